@@ -1,0 +1,165 @@
+//! `deltacast status URL`: the membership table of one node, for people (or raw JSON).
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use super::http::{self, HttpError};
+use super::{CliError, StatusArgs};
+use crate::node::status::StatusDoc;
+
+pub async fn run(args: StatusArgs) -> Result<ExitCode, CliError> {
+    let uri = http::with_path(&args.url, "/status")?;
+    let body = http::get(&uri, Duration::from_secs(5)).await?;
+    if args.json {
+        println!("{}", String::from_utf8_lossy(&body));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let doc: StatusDoc = serde_json::from_slice(&body).map_err(|e| HttpError::Body {
+        url: uri.to_string(),
+        reason: format!("not a deltacast /status document: {e}"),
+    })?;
+    print!("{}", render(&doc));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The human table: the node first (marked `*`), then its members.
+pub fn render(doc: &StatusDoc) -> String {
+    let n = &doc.node;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "cluster {}  node {} ({})  {}  up {}  v{}",
+        doc.cluster,
+        n.name,
+        n.id,
+        n.state,
+        human_ms(n.uptime_ms),
+        n.version
+    );
+    let _ = writeln!(
+        out,
+        "sessions {}  replication {} (sent {}, received {}, errors {})  datagrams dropped {}",
+        doc.sessions.active,
+        doc.replication.mode,
+        doc.replication.deltas_sent,
+        doc.replication.deltas_received,
+        doc.replication.errors,
+        doc.membership.dropped
+    );
+    let mut rows = vec![[
+        "NAME".to_string(),
+        "ROUTE".into(),
+        "HTTP".into(),
+        "REPLICATION".into(),
+        "STATE".into(),
+        "LAST HEARD".into(),
+    ]];
+    rows.push([
+        format!("{} *", n.name),
+        n.route.clone(),
+        n.http.clone(),
+        n.replication.clone(),
+        n.state.clone(),
+        "-".into(),
+    ]);
+    for m in &doc.members {
+        rows.push([
+            m.name.clone(),
+            m.route.clone(),
+            m.http.clone(),
+            m.replication.clone(),
+            m.state.clone(),
+            format!("{} ago", human_ms(m.last_heard_ms)),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    let _ = writeln!(out, "{} member(s) besides this node (*)", doc.members.len());
+    out
+}
+
+/// Left-aligned columns separated by two spaces.
+pub fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
+}
+
+fn human_ms(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m{}s", ms / 60_000, ms % 60_000 / 1000),
+        _ => format!("{}h{}m", ms / 3_600_000, ms % 3_600_000 / 60_000),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::MembershipCounters;
+    use crate::node::status::{MemberStatus, NodeStatus, ReplicationStatus, SessionsStatus};
+
+    #[test]
+    fn the_table_lists_the_node_then_its_members() {
+        let doc = StatusDoc {
+            node: NodeStatus {
+                id: "00000000000000aa".into(),
+                name: "n1".into(),
+                route: "n1".into(),
+                http: "127.0.0.1:8081".into(),
+                replication: "127.0.0.1:4001".into(),
+                state: "ready".into(),
+                uptime_ms: 61_500,
+                version: "0.1.0".into(),
+            },
+            cluster: "c".into(),
+            members: vec![MemberStatus {
+                id: "00000000000000bb".into(),
+                name: "n2".into(),
+                route: "n2".into(),
+                http: "127.0.0.1:8082".into(),
+                replication: "127.0.0.1:4002".into(),
+                state: "suspect".into(),
+                last_heard_ms: 1_300,
+            }],
+            sessions: SessionsStatus { active: 0 },
+            replication: ReplicationStatus {
+                mode: "sync".into(),
+                deltas_sent: 0,
+                deltas_received: 0,
+                bytes_sent: 0,
+                bytes_received: 0,
+                queue: 0,
+                errors: 0,
+            },
+            membership: MembershipCounters::default(),
+        };
+        let text = render(&doc);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("up 1m1s"));
+        assert!(lines[2].starts_with("NAME"));
+        assert!(lines[3].starts_with("n1 *"));
+        assert!(lines[4].starts_with("n2 "));
+        assert!(
+            lines[4].contains("suspect") && lines[4].contains("1.3s ago"),
+            "{}",
+            lines[4]
+        );
+        // Columns line up.
+        assert_eq!(lines[2].find("HTTP"), lines[4].find("127.0.0.1:8082"));
+    }
+}

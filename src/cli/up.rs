@@ -1,0 +1,301 @@
+//! `deltacast up`: a whole local cluster from one command. Starts N node processes on
+//! loopback, waits until every node sees all the others, prints their URLs, and stops
+//! them all on Ctrl-C/SIGTERM.
+//!
+//! Children never outlive this process: each one watches its standard input, a pipe
+//! from us, and leaves the cluster when it closes — which the kernel does for us even
+//! when we are killed with SIGKILL.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
+use std::process::{ExitCode, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use super::http;
+use super::status::table;
+use super::{CliError, UpArgs};
+use crate::config::Config;
+use crate::node::status::StatusDoc;
+use crate::shutdown;
+
+/// How long the nodes get to find each other.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a node gets to leave gracefully before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+struct Spawned {
+    name: String,
+    pid: u32,
+    http: SocketAddr,
+    replication: SocketAddr,
+    /// Closing it asks the child to stop.
+    stdin: Option<ChildStdin>,
+    kill: Option<oneshot::Sender<()>>,
+    exited: Option<ExitStatus>,
+}
+
+pub async fn run(args: UpArgs) -> Result<ExitCode, CliError> {
+    let base = Config::load(args.common.config.as_deref(), &args.common.overrides())?;
+    let n = usize::from(args.nodes);
+    let multicast = if base.is_set("membership.multicast") {
+        base.membership.multicast
+    } else {
+        SocketAddrV4::new(*base.membership.multicast.ip(), free_udp_port()?)
+    };
+    let loopback = Ipv4Addr::LOCALHOST;
+    let mut taken = Vec::new();
+    let mut plan = Vec::with_capacity(n);
+    for i in 0..n {
+        let http = pick_port(loopback, base.node.http.port(), i, &mut taken)?;
+        let replication = pick_port(loopback, base.node.replication.port(), i, &mut taken)?;
+        plan.push((format!("n{}", i + 1), http, replication));
+    }
+    let static_members: Vec<String> = plan.iter().map(|(_, _, r)| r.to_string()).collect();
+    let uses_static = !base.membership.static_members.is_empty();
+
+    let signals = shutdown::signal_listener().map_err(|source| CliError::Io {
+        context: "cannot install signal handlers".into(),
+        source,
+    })?;
+    tokio::pin!(signals);
+
+    let exe = std::env::current_exe().map_err(|source| CliError::Io {
+        context: "cannot find the deltacast executable".into(),
+        source,
+    })?;
+    let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(usize, ExitStatus)>();
+    let mut nodes: Vec<Spawned> = Vec::with_capacity(n);
+    for (index, (name, http, replication)) in plan.into_iter().enumerate() {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("node").arg("--watch-stdin");
+        if let Some(file) = &args.common.config {
+            cmd.arg("--config").arg(file);
+        }
+        for arg in &args.common.set_args {
+            cmd.arg("--set").arg(arg);
+        }
+        cmd.args(["--cluster", &base.cluster.name])
+            .args(["--multicast", &multicast.to_string()])
+            .args(["--name", &name])
+            .args(["--http", &http.to_string()])
+            .args(["--replication", &replication.to_string()]);
+        if uses_static {
+            cmd.arg("--set").arg(format!(
+                "membership.static_members={}",
+                static_members.join(",")
+            ));
+        }
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .kill_on_drop(true);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(source) => {
+                stop_all(&mut nodes, &mut exit_rx).await;
+                return Err(CliError::Io {
+                    context: format!("cannot start node {name}"),
+                    source,
+                });
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        let stdin = child.stdin.take();
+        let (kill_tx, kill_rx) = oneshot::channel();
+        tokio::spawn(reap(index, child, kill_rx, exit_tx.clone()));
+        nodes.push(Spawned {
+            name,
+            pid,
+            http,
+            replication,
+            stdin,
+            kill: Some(kill_tx),
+            exited: None,
+        });
+    }
+
+    // Wait until every node lists all the others as alive, or give up.
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if all_see_each_other(&nodes).await {
+            break;
+        }
+        let failure = tokio::select! {
+            name = &mut signals => Some(format!("{name} received while starting")),
+            Some((i, status)) = exit_rx.recv() => {
+                nodes[i].exited = Some(status);
+                Some(format!("node {} exited while starting ({status}); see its log above", nodes[i].name))
+            }
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                (Instant::now() > deadline).then(|| format!("the nodes did not all see each other within {READY_TIMEOUT:?} (is multicast on {} working? try --set membership.static_members=...)", base.membership.interface))
+            }
+        };
+        if let Some(reason) = failure {
+            stop_all(&mut nodes, &mut exit_rx).await;
+            return Err(CliError::Up(reason));
+        }
+    }
+
+    print_table(&base, multicast, uses_static, &nodes);
+    loop {
+        tokio::select! {
+            name = &mut signals => {
+                info!(signal = name, "stopping the cluster");
+                break;
+            }
+            Some((i, status)) = exit_rx.recv() => {
+                nodes[i].exited = Some(status);
+                warn!(node = %nodes[i].name, pid = nodes[i].pid, %status, "node exited; the others carry on");
+            }
+        }
+    }
+    stop_all(&mut nodes, &mut exit_rx).await;
+    println!("deltacast: all nodes stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Owns one child: reports its exit, or kills it when asked.
+async fn reap(
+    index: usize,
+    mut child: Child,
+    kill: oneshot::Receiver<()>,
+    exits: mpsc::UnboundedSender<(usize, ExitStatus)>,
+) {
+    let status = tokio::select! {
+        status = child.wait() => status,
+        _ = kill => {
+            let _ = child.start_kill();
+            child.wait().await
+        }
+    };
+    if let Ok(status) = status {
+        let _ = exits.send((index, status));
+    }
+}
+
+/// Asks every running node to leave (closes its stdin), waits, and kills stragglers.
+async fn stop_all(nodes: &mut [Spawned], exits: &mut mpsc::UnboundedReceiver<(usize, ExitStatus)>) {
+    for node in nodes.iter_mut() {
+        node.stdin = None;
+    }
+    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+    while nodes.iter().any(|n| n.exited.is_none()) {
+        match tokio::time::timeout_at(deadline, exits.recv()).await {
+            Ok(Some((i, status))) => nodes[i].exited = Some(status),
+            Ok(None) => break,
+            Err(_) => {
+                for node in nodes.iter_mut().filter(|n| n.exited.is_none()) {
+                    warn!(node = %node.name, pid = node.pid, "node did not stop in time, killing it");
+                    if let Some(kill) = node.kill.take() {
+                        let _ = kill.send(());
+                    }
+                }
+                while nodes.iter().any(|n| n.exited.is_none()) {
+                    match exits.recv().await {
+                        Some((i, status)) => nodes[i].exited = Some(status),
+                        None => break,
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn all_see_each_other(nodes: &[Spawned]) -> bool {
+    let expected = nodes.len() - 1;
+    for node in nodes {
+        let Ok(uri) = http::with_path(&format!("http://{}", node.http), "/status") else {
+            return false;
+        };
+        let Ok(body) = http::get(&uri, Duration::from_secs(1)).await else {
+            return false;
+        };
+        let Ok(doc) = serde_json::from_slice::<StatusDoc>(&body) else {
+            return false;
+        };
+        let alive = doc.members.iter().filter(|m| m.state == "alive").count();
+        if alive < expected {
+            return false;
+        }
+    }
+    true
+}
+
+fn print_table(base: &Config, multicast: SocketAddrV4, uses_static: bool, nodes: &[Spawned]) {
+    let how = if uses_static {
+        "static members".to_string()
+    } else {
+        format!("multicast {multicast} on {}", base.membership.interface)
+    };
+    println!(
+        "deltacast: {} node(s) of cluster {:?} are up ({how})",
+        nodes.len(),
+        base.cluster.name
+    );
+    let mut rows = vec![[
+        "NAME".to_string(),
+        "URL".into(),
+        "REPLICATION".into(),
+        "STATUS".into(),
+        "PID".into(),
+    ]];
+    for node in nodes {
+        rows.push([
+            node.name.clone(),
+            format!("http://{}/", node.http),
+            node.replication.to_string(),
+            format!("http://{}/status", node.http),
+            node.pid.to_string(),
+        ]);
+    }
+    print!("{}", table(&rows));
+    println!("Press Ctrl-C to stop.");
+}
+
+/// `preferred + index` when it is free on `ip` (so a default cluster gets the familiar
+/// 8081, 8082...), else any free port. Ports handed out earlier in this run are skipped.
+fn pick_port(
+    ip: Ipv4Addr,
+    preferred: u16,
+    index: usize,
+    taken: &mut Vec<u16>,
+) -> Result<SocketAddr, CliError> {
+    let wanted = u16::try_from(usize::from(preferred) + index)
+        .ok()
+        .filter(|p| preferred != 0 && *p != 0);
+    if let Some(port) = wanted {
+        if !taken.contains(&port)
+            && TcpListener::bind((ip, port)).is_ok()
+            && UdpSocket::bind((ip, port)).is_ok()
+        {
+            taken.push(port);
+            return Ok(SocketAddr::from((ip, port)));
+        }
+    }
+    loop {
+        let listener = TcpListener::bind((ip, 0)).map_err(|source| CliError::Io {
+            context: "cannot find a free port".into(),
+            source,
+        })?;
+        let addr = listener.local_addr().map_err(|source| CliError::Io {
+            context: "cannot find a free port".into(),
+            source,
+        })?;
+        if !taken.contains(&addr.port()) {
+            taken.push(addr.port());
+            return Ok(addr);
+        }
+    }
+}
+
+fn free_udp_port() -> Result<u16, CliError> {
+    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .map_err(|source| CliError::Io {
+            context: "cannot find a free UDP port for the multicast group".into(),
+            source,
+        })
+}

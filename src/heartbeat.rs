@@ -1,0 +1,312 @@
+//! The async driver of membership: sends heartbeats on an interval, feeds received ones to
+//! the member table, verifies suspects over TCP, publishes the view, and announces the
+//! leave on shutdown. All decisions are the table's; this file only moves bytes and time.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::membership::{
+    Announce, Event, Heartbeat, MemberInfo, MemberState, MemberTable, MemberView, NodeId, Timing,
+    Verdict,
+};
+use crate::metrics::Metrics;
+use crate::throttle::LogThrottle;
+use crate::transport::{self, Datagrams};
+use crate::wire::{self, FrameBody, MAX_DATAGRAM, WireError};
+
+/// The members as last seen by the driver.
+#[derive(Clone, Debug)]
+pub struct MembershipView {
+    pub taken_at: Instant,
+    pub members: Vec<MemberView>,
+}
+
+impl MembershipView {
+    pub fn empty() -> MembershipView {
+        MembershipView {
+            taken_at: Instant::now(),
+            members: Vec::new(),
+        }
+    }
+
+    /// Time since each member was last heard, as of `now`.
+    pub fn last_heard(&self, member: &MemberView, now: Instant) -> Duration {
+        member.last_heard + now.saturating_duration_since(self.taken_at)
+    }
+
+    pub fn alive(&self) -> impl Iterator<Item = &MemberView> {
+        self.members
+            .iter()
+            .filter(|m| m.state == MemberState::Alive)
+    }
+}
+
+/// What the driver needs to know.
+#[derive(Clone, Debug)]
+pub struct HeartbeatConfig {
+    pub cluster: String,
+    pub me: MemberInfo,
+    pub timing: Timing,
+    /// How long a verification may take before it counts as no answer.
+    pub verify_timeout: Duration,
+    /// Interval of the log throttle for bad datagrams, per sender.
+    pub log_interval: Duration,
+}
+
+impl HeartbeatConfig {
+    pub fn new(
+        cluster: String,
+        me: MemberInfo,
+        heartbeat: Duration,
+        drop_after: Duration,
+    ) -> HeartbeatConfig {
+        HeartbeatConfig {
+            cluster,
+            me,
+            timing: Timing::new(heartbeat, drop_after),
+            verify_timeout: heartbeat.min(Duration::from_secs(1)),
+            log_interval: drop_after.max(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// Runs until `shutdown` is cancelled, then sends the leaving heartbeat and returns.
+pub async fn run(
+    cfg: HeartbeatConfig,
+    datagrams: Datagrams,
+    metrics: Arc<Metrics>,
+    view: watch::Sender<MembershipView>,
+    shutdown: CancellationToken,
+) {
+    let mut driver = Driver {
+        table: MemberTable::new(cfg.me.id, cfg.timing),
+        throttle: LogThrottle::new(cfg.log_interval),
+        cfg,
+        datagrams,
+        metrics,
+        view,
+        seq: 0,
+        verifications: JoinSet::new(),
+        last_sent: None,
+    };
+    driver.run(shutdown).await;
+}
+
+struct Driver {
+    cfg: HeartbeatConfig,
+    table: MemberTable,
+    datagrams: Datagrams,
+    metrics: Arc<Metrics>,
+    view: watch::Sender<MembershipView>,
+    throttle: LogThrottle<SocketAddr>,
+    seq: u64,
+    verifications: JoinSet<(NodeId, Verdict)>,
+    last_sent: Option<Instant>,
+}
+
+impl Driver {
+    async fn run(&mut self, shutdown: CancellationToken) {
+        let heartbeat = self.cfg.timing.heartbeat;
+        let mut send_every = tokio::time::interval(heartbeat);
+        send_every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut check_every = tokio::time::interval((heartbeat / 5).max(Duration::from_millis(10)));
+        check_every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        info!(
+            id = %self.cfg.me.id,
+            name = %self.cfg.me.name,
+            targets = ?self.datagrams.targets(),
+            "membership started"
+        );
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = send_every.tick() => self.send(Announce::Alive).await,
+                _ = check_every.tick() => {
+                    let events = self.table.tick(Instant::now());
+                    self.handle(events).await;
+                }
+                received = self.datagrams.recv(&mut buf) => match received {
+                    Ok((len, from)) => {
+                        let events = self.on_datagram(&buf[..len], from);
+                        self.handle(events).await;
+                    }
+                    Err(e) => self.on_recv_error(e).await,
+                },
+                Some(done) = self.verifications.join_next(), if !self.verifications.is_empty() => {
+                    if let Ok((id, verdict)) = done {
+                        debug!(member = %id, ?verdict, "verification done");
+                        let events = self.table.on_verdict(id, verdict, Instant::now());
+                        self.handle(events).await;
+                    }
+                }
+            }
+        }
+        self.verifications.abort_all();
+        // Twice: one lost datagram must not turn a clean leave into a slow drop.
+        self.send(Announce::Leaving).await;
+        self.send(Announce::Leaving).await;
+        info!(name = %self.cfg.me.name, "left the cluster");
+    }
+
+    async fn send(&mut self, announce: Announce) {
+        self.seq += 1;
+        let hb = Heartbeat {
+            info: self.cfg.me.clone(),
+            announce,
+            seq: self.seq,
+        };
+        let bytes = wire::encode_heartbeat(&self.cfg.cluster, &hb);
+        let (sent, error) = self.datagrams.send(&bytes).await;
+        self.metrics.membership.heartbeats_sent.add(sent as u64);
+        self.last_sent = Some(Instant::now());
+        if let Some(e) = error {
+            // Static peers that are down give ECONNREFUSED/EHOSTUNREACH; log once per interval.
+            let key = self
+                .datagrams
+                .local_addr()
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+            if self.throttle.allow(&key, Instant::now()) {
+                warn!(error = %e, "heartbeat send failed");
+            }
+        }
+    }
+
+    fn on_datagram(&mut self, bytes: &[u8], from: SocketAddr) -> Vec<Event> {
+        match wire::decode_datagram(bytes, &self.cfg.cluster) {
+            Ok(hb) if hb.info.id == self.cfg.me.id => Vec::new(),
+            Ok(hb) => {
+                self.metrics.membership.heartbeats_received.inc();
+                if hb.info.name == self.cfg.me.name && self.throttle.allow(&from, Instant::now()) {
+                    warn!(%from, other = %hb.info.id, name = %hb.info.name, "another member uses this node's name");
+                }
+                self.table.on_heartbeat(hb, Instant::now())
+            }
+            Err(e) => {
+                let m = &self.metrics.membership;
+                match e {
+                    WireError::TooLarge { .. } => m.dropped_oversized.inc(),
+                    WireError::ForeignCluster(_) => m.dropped_foreign_cluster.inc(),
+                    _ => m.dropped_malformed.inc(),
+                }
+                if self.throttle.allow(&from, Instant::now()) {
+                    warn!(%from, reason = e.kind(), error = %e, "dropped datagram (further ones from this sender are counted, not logged, for a while)");
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    async fn on_recv_error(&mut self, e: io::Error) {
+        let key = SocketAddr::from(([0, 0, 0, 0], 0));
+        if self.throttle.allow(&key, Instant::now()) {
+            warn!(error = %e, "heartbeat receive failed");
+        }
+        // Never spin on a persistent socket error.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    async fn handle(&mut self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut answer_now = false;
+        for event in events {
+            match event {
+                Event::Joined(info) => {
+                    self.metrics.membership.joined.inc();
+                    info!(member = %info.id, name = %info.name, http = %info.http, replication = %info.replication, "member joined");
+                    answer_now = true;
+                }
+                Event::Suspected(id) => info!(member = %id, "member suspect, verifying"),
+                Event::Recovered(id) => info!(member = %id, "member alive again"),
+                Event::Dropped { info, reason } => {
+                    self.metrics.membership.dropped_members.inc();
+                    info!(member = %info.id, name = %info.name, reason = reason.as_str(), "member dropped");
+                }
+                Event::Verify { id, addr } => {
+                    self.metrics.membership.verifications.inc();
+                    let cluster = self.cfg.cluster.clone();
+                    let me = self.cfg.me.id;
+                    let timeout = self.cfg.verify_timeout;
+                    self.verifications
+                        .spawn(async move { (id, verify(addr, &cluster, me, id, timeout).await) });
+                }
+                Event::NameConflict {
+                    name,
+                    kept,
+                    ignored,
+                } => {
+                    warn!(%name, %kept, %ignored, "ignored an older incarnation under a taken name");
+                }
+            }
+        }
+        self.publish();
+        // A newcomer learns of us at once instead of after up to one interval.
+        let recently = self
+            .last_sent
+            .is_some_and(|at| at.elapsed() < self.cfg.timing.heartbeat / 4);
+        if answer_now && !recently {
+            self.send(Announce::Alive).await;
+        }
+    }
+
+    fn publish(&self) {
+        let now = Instant::now();
+        self.view.send_replace(MembershipView {
+            taken_at: now,
+            members: self.table.view(now),
+        });
+    }
+}
+
+/// Verifies a suspect on its replication port: it must answer a ping with its own id.
+/// A bare TCP accept (the kernel's, for a frozen process) is not an answer.
+pub async fn verify(
+    addr: SocketAddr,
+    cluster: &str,
+    me: NodeId,
+    suspect: NodeId,
+    timeout: Duration,
+) -> Verdict {
+    let attempt = async {
+        let mut stream = match transport::connect(addr).await {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Verdict::Refused,
+            Err(_) => return Verdict::NoAnswer,
+        };
+        let nonce = rand::random::<u64>();
+        if stream
+            .send(wire::encode_frame(cluster, me, &FrameBody::Ping(nonce)))
+            .await
+            .is_err()
+        {
+            return Verdict::NoAnswer;
+        }
+        while let Some(Ok(frame)) = stream.next().await {
+            if let Ok((sender, FrameBody::Pong(n))) = wire::decode_frame(&frame, cluster) {
+                if n == nonce {
+                    // Another process (a restart) on that port means the suspect is gone.
+                    return if sender == suspect {
+                        Verdict::Answered
+                    } else {
+                        Verdict::Refused
+                    };
+                }
+            }
+        }
+        Verdict::NoAnswer
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or(Verdict::NoAnswer)
+}

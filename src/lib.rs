@@ -1,0 +1,36 @@
+//! deltacast: a peer-to-peer HTTP session replication cluster in the style of Tomcat's
+//! DeltaManager. Nodes find each other by UDP multicast heartbeats (or a static member
+//! list), detect failures fast and honestly, and replicate every session change as a
+//! small delta over TCP.
+//!
+//! # Layout
+//! - [`config`]: the configuration file, flags and `--set` overrides, validated.
+//! - [`metrics`]: atomic counters behind `/status` and `/metrics`.
+//! - [`shutdown`]: the cancellation token and task tracker every task is spawned through.
+//! - [`membership`]: the member table, a pure state machine driven with injected time.
+//! - [`wire`]: bytes to checked messages and back (protobuf via prost); no sockets.
+//! - [`transport`]: the only code that opens sockets (UDP datagrams, TCP frame streams).
+//! - [`heartbeat`]: the async driver of membership (send, receive, verify, leave).
+//! - [`replication`]: the replication port (liveness pings now, deltas next).
+//! - [`node`]: the composition root of `deltacast node` and its HTTP endpoints.
+//! - [`cli`]: the command line (`node`, `up`, `status`).
+//!
+//! Dependencies point inward: `membership` and `wire` know nothing of tokio or sockets,
+//! `transport` knows nothing of membership rules, and only `node` and `cli` put the parts
+//! together.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod heartbeat;
+pub mod membership;
+pub mod metrics;
+pub mod node;
+pub mod replication;
+pub mod shutdown;
+pub mod throttle;
+pub mod transport;
+pub mod wire;
+
+pub use config::Config;

@@ -1,0 +1,234 @@
+//! Composition root of `deltacast node`: binds the sockets, starts membership, the
+//! replication port and HTTP, and takes them down in order on shutdown.
+
+pub mod http;
+pub mod status;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::{Config, ConfigError, ReplicationMode};
+use crate::heartbeat::{self, HeartbeatConfig, MembershipView};
+use crate::membership::{MemberInfo, NodeId};
+use crate::metrics::Metrics;
+use crate::replication::{self, InboundConfig};
+use crate::shutdown::Shutdown;
+use crate::transport::{self, Datagrams};
+
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot bind the {what} address {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// The node's own lifecycle state, as `/status` shows it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum NodeState {
+    Joining = 0,
+    Ready = 1,
+    Leaving = 2,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Joining => "joining",
+            NodeState::Ready => "ready",
+            NodeState::Leaving => "leaving",
+        }
+    }
+}
+
+/// What the HTTP handlers read.
+pub struct Shared {
+    pub me: MemberInfo,
+    pub cluster: String,
+    pub started: Instant,
+    pub replication_mode: ReplicationMode,
+    pub metrics: Arc<Metrics>,
+    pub view: watch::Receiver<MembershipView>,
+    state: AtomicU8,
+}
+
+impl Shared {
+    pub fn state(&self) -> NodeState {
+        match self.state.load(Ordering::Relaxed) {
+            0 => NodeState::Joining,
+            1 => NodeState::Ready,
+            _ => NodeState::Leaving,
+        }
+    }
+
+    fn set_state(&self, state: NodeState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+}
+
+/// How long shutdown waits for tasks to finish before giving up on them.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs a node until `shutdown` is triggered, then leaves the cluster and returns.
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
+    let static_members = config.static_member_addrs()?;
+    let membership = &config.membership;
+
+    let replication_listener = bind_tcp("replication", config.node.replication).await?;
+    let replication_addr = advertised(
+        local_addr(&replication_listener),
+        membership.interface.into(),
+    );
+    let http_listener = bind_tcp("http", config.node.http).await?;
+    let http_addr = advertised(local_addr(&http_listener), membership.interface.into());
+
+    let heartbeat_mode = if static_members.is_empty() {
+        "multicast"
+    } else {
+        "unicast"
+    };
+    let datagrams = if static_members.is_empty() {
+        Datagrams::multicast(membership.multicast, membership.interface, membership.ttl).map_err(
+            |source| NodeError::Bind {
+                what: "multicast",
+                addr: format!(
+                    "{} on interface {}",
+                    membership.multicast, membership.interface
+                ),
+                source,
+            },
+        )?
+    } else {
+        // Unicast heartbeats share the replication port number, over UDP.
+        let local = SocketAddr::new(config.node.replication.ip(), replication_addr.port());
+        Datagrams::unicast(local, static_members).map_err(|source| NodeError::Bind {
+            what: "unicast heartbeat",
+            addr: local.to_string(),
+            source,
+        })?
+    };
+
+    let me = MemberInfo {
+        id: NodeId::random(),
+        name: config.node.name.clone(),
+        http: http_addr,
+        replication: replication_addr,
+        incarnation: unix_ms(),
+    };
+    let metrics = Arc::new(Metrics::default());
+    let (view_tx, view_rx) = watch::channel(MembershipView::empty());
+    let shared = Arc::new(Shared {
+        me: me.clone(),
+        cluster: config.cluster.name.clone(),
+        started: Instant::now(),
+        replication_mode: config.sessions.replication,
+        metrics: metrics.clone(),
+        view: view_rx,
+        state: AtomicU8::new(NodeState::Ready as u8),
+    });
+    if !replication_addr.ip().is_loopback() {
+        warn!(
+            replication = %replication_addr,
+            "cluster traffic is not authenticated or encrypted: keep the replication port on a trusted network"
+        );
+    }
+    info!(
+        id = %me.id,
+        name = %me.name,
+        cluster = %config.cluster.name,
+        http = %http_addr,
+        replication = %replication_addr,
+        heartbeats = heartbeat_mode,
+        "node started"
+    );
+
+    let hb_cfg = HeartbeatConfig::new(
+        config.cluster.name.clone(),
+        me.clone(),
+        config.heartbeat(),
+        config.drop_after(),
+    );
+    shutdown.spawn(heartbeat::run(
+        hb_cfg,
+        datagrams,
+        metrics.clone(),
+        view_tx,
+        shutdown.token().clone(),
+    ));
+    let inbound_cfg = InboundConfig {
+        cluster: config.cluster.name.clone(),
+        me: me.id,
+        idle_timeout: Duration::from_secs(60),
+        max_connections: 1024,
+        log_interval: Duration::from_secs(10),
+    };
+    shutdown.spawn(replication::serve(
+        replication_listener,
+        inbound_cfg,
+        metrics.clone(),
+        shutdown.token().clone(),
+    ));
+    let http_stop = shutdown.token().clone();
+    let server = axum::serve(http_listener, http::router(shared.clone()))
+        .with_graceful_shutdown(async move { http_stop.cancelled().await });
+    shutdown.spawn(async move {
+        if let Err(e) = server.await {
+            warn!(error = %e, "http server failed");
+        }
+    });
+
+    shutdown.triggered().await;
+    // The heartbeat task announces the leave as it stops; HTTP finishes what is in flight.
+    shared.set_state(NodeState::Leaving);
+    info!(name = %me.name, "shutting down");
+    if !shutdown.drain(DRAIN_GRACE).await {
+        warn!("some tasks did not finish within {DRAIN_GRACE:?}; closing them");
+    }
+    info!(name = %me.name, "stopped");
+    Ok(())
+}
+
+async fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
+    transport::bind_listener(addr)
+        .await
+        .map_err(|source| NodeError::Bind {
+            what,
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+fn local_addr(listener: &TcpListener) -> SocketAddr {
+    // A bound listener always has a local address; the fallback is never used in practice.
+    listener
+        .local_addr()
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+/// The address others reach: a wildcard bind is announced as the membership interface.
+fn advertised(bound: SocketAddr, interface: IpAddr) -> SocketAddr {
+    if bound.ip().is_unspecified() {
+        SocketAddr::new(interface, bound.port())
+    } else {
+        bound
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,8 @@
+//! The only code that opens sockets: best-effort datagrams (heartbeats, multicast or
+//! unicast) and reliable length-delimited frame streams (the replication port).
+
+mod datagram;
+mod stream;
+
+pub use datagram::Datagrams;
+pub use stream::{FramedStream, bind_listener, connect, framed};

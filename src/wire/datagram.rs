@@ -1,0 +1,155 @@
+//! Heartbeat datagrams: `MAGIC` followed by one encoded `Datagram`.
+
+use std::net::SocketAddr;
+
+use prost::Message;
+
+use super::{PROTOCOL_VERSION, WireError, check_envelope, pb};
+use crate::membership::{Announce, Heartbeat, MemberInfo, NodeId};
+
+/// First bytes of every datagram: random traffic is rejected before any decoding.
+pub const MAGIC: [u8; 4] = *b"DCst";
+
+/// Largest datagram accepted. A heartbeat is about 100 bytes; this leaves room for
+/// long names and a later seal without ever fragmenting on a LAN.
+pub const MAX_DATAGRAM: usize = 1400;
+
+/// The datagram announcing `hb` to the members of `cluster`.
+pub fn encode_heartbeat(cluster: &str, hb: &Heartbeat) -> Vec<u8> {
+    let msg = pb::Datagram {
+        version: PROTOCOL_VERSION,
+        cluster: cluster.to_string(),
+        sender: hb.info.id.as_u64(),
+        body: Some(pb::datagram::Body::Heartbeat(pb::Heartbeat {
+            name: hb.info.name.clone(),
+            http: hb.info.http.to_string(),
+            replication: hb.info.replication.to_string(),
+            incarnation: hb.info.incarnation,
+            announce: match hb.announce {
+                Announce::Alive => pb::Announce::Alive,
+                Announce::Leaving => pb::Announce::Leaving,
+            } as i32,
+            seq: hb.seq,
+            heartbeat_ms: 0,
+        })),
+    };
+    [&MAGIC[..], &msg.encode_to_vec()].concat()
+}
+
+/// A heartbeat of `expected_cluster`, or why the datagram must be dropped.
+pub fn decode_datagram(buf: &[u8], expected_cluster: &str) -> Result<Heartbeat, WireError> {
+    if buf.len() > MAX_DATAGRAM {
+        return Err(WireError::TooLarge {
+            len: buf.len(),
+            max: MAX_DATAGRAM,
+        });
+    }
+    let body = buf.strip_prefix(&MAGIC).ok_or(WireError::BadMagic)?;
+    let msg = pb::Datagram::decode(body)?;
+    check_envelope(msg.version, &msg.cluster, expected_cluster)?;
+    let Some(pb::datagram::Body::Heartbeat(hb)) = msg.body else {
+        return Err(WireError::Invalid {
+            field: "body",
+            reason: "missing".into(),
+        });
+    };
+    let announce = match pb::Announce::try_from(hb.announce) {
+        Ok(pb::Announce::Alive) => Announce::Alive,
+        Ok(pb::Announce::Leaving) => Announce::Leaving,
+        _ => {
+            return Err(WireError::Invalid {
+                field: "announce",
+                reason: format!("unknown value {}", hb.announce),
+            });
+        }
+    };
+    if hb.name.is_empty() || hb.name.len() > 64 {
+        return Err(WireError::Invalid {
+            field: "name",
+            reason: format!("length {} is not in 1..=64", hb.name.len()),
+        });
+    }
+    Ok(Heartbeat {
+        info: MemberInfo {
+            id: NodeId::from_u64(msg.sender),
+            name: hb.name,
+            http: parse_addr("http", &hb.http)?,
+            replication: parse_addr("replication", &hb.replication)?,
+            incarnation: hb.incarnation,
+        },
+        announce,
+        seq: hb.seq,
+    })
+}
+
+fn parse_addr(field: &'static str, text: &str) -> Result<SocketAddr, WireError> {
+    text.parse().map_err(|_| WireError::Invalid {
+        field,
+        reason: format!(
+            "not an ip:port: {:?}",
+            text.chars().take(64).collect::<String>()
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn heartbeat() -> Heartbeat {
+        Heartbeat {
+            info: MemberInfo {
+                id: NodeId::from_u64(0xfeed),
+                name: "n1".into(),
+                http: "127.0.0.1:8081".parse().unwrap(),
+                replication: "127.0.0.1:4001".parse().unwrap(),
+                incarnation: 17,
+            },
+            announce: Announce::Leaving,
+            seq: 9,
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_round_trips() {
+        let bytes = encode_heartbeat("c1", &heartbeat());
+        assert_eq!(decode_datagram(&bytes, "c1"), Ok(heartbeat()));
+    }
+
+    #[test]
+    fn a_heartbeat_of_another_cluster_is_rejected() {
+        let bytes = encode_heartbeat("c1", &heartbeat());
+        assert_eq!(
+            decode_datagram(&bytes, "c2"),
+            Err(WireError::ForeignCluster("c1".into()))
+        );
+    }
+
+    #[test]
+    fn truncated_and_oversized_datagrams_are_rejected() {
+        let bytes = encode_heartbeat("c1", &heartbeat());
+        for len in 0..bytes.len() {
+            assert!(
+                decode_datagram(&bytes[..len], "c1").is_err(),
+                "prefix of {len} bytes"
+            );
+        }
+        let mut big = bytes.clone();
+        big.resize(MAX_DATAGRAM + 1, 0);
+        assert!(matches!(
+            decode_datagram(&big, "c1"),
+            Err(WireError::TooLarge { .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let _ = decode_datagram(&bytes, "c1");
+            let mut with_magic = MAGIC.to_vec();
+            with_magic.extend_from_slice(&bytes);
+            let _ = decode_datagram(&with_magic, "c1");
+        }
+    }
+}
