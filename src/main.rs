@@ -6,11 +6,15 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
+
 use deltacast::cli::{self, Cli, Command};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     match real_main(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -18,6 +22,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Help and version print as clap renders them; a usage mistake is one line on stderr.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let _ = e.print();
+        return ExitCode::from(2);
+    }
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or("invalid command line");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("deltacast: {first} (see deltacast --help)");
+    ExitCode::from(2)
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,293 @@
+//! Helpers for tests that run the real `deltacast` binary: free ports, a cluster name and
+//! multicast port per test, child processes killed by PID when the test ends (even when
+//! it fails), deadline-bounded waits and a tiny HTTP client.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_deltacast");
+pub const GROUP: &str = "228.0.0.4";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A free TCP port on loopback (free when asked; the kernel picks it at random, so a
+/// collision with a parallel test is unlikely).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A port free for both TCP and UDP on loopback (static members use UDP on the replication port).
+pub fn free_dual_port() -> u16 {
+    loop {
+        let port = free_port();
+        if UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+pub fn free_udp_port() -> u16 {
+    let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind a free udp port");
+    s.local_addr().expect("local addr").port()
+}
+
+/// A cluster of its own for one test: a unique name and multicast port.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    pub name: String,
+    pub multicast: String,
+}
+
+impl Cluster {
+    pub fn new(test: &str) -> Cluster {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        Cluster {
+            name: format!("{test}-{}-{n}", std::process::id()),
+            multicast: format!("{GROUP}:{}", free_udp_port()),
+        }
+    }
+
+    /// The multicast group address as a socket address.
+    pub fn group(&self) -> SocketAddr {
+        self.multicast.parse().expect("group:port")
+    }
+
+    /// Starts a node of this cluster with a short heartbeat (fast tests) unless `extra`
+    /// sets it; `extra` are more command-line arguments.
+    pub fn node(&self, name: &str, extra: &[&str]) -> NodeProc {
+        NodeProc::spawn(self, name, extra)
+    }
+}
+
+/// A `deltacast node` child process, killed (SIGKILL, by its PID) when dropped.
+pub struct NodeProc {
+    pub child: Child,
+    pub name: String,
+    pub http: SocketAddr,
+    pub replication: SocketAddr,
+    pub log: PathBuf,
+}
+
+pub fn log_path(cluster: &str, name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-logs");
+    std::fs::create_dir_all(&dir).expect("log dir");
+    dir.join(format!("{cluster}-{name}.log"))
+}
+
+impl NodeProc {
+    pub fn spawn(cluster: &Cluster, name: &str, extra: &[&str]) -> NodeProc {
+        NodeProc::spawn_at(cluster, name, free_dual_port(), extra)
+    }
+
+    /// Like `spawn`, with the replication port chosen by the caller.
+    pub fn spawn_at(
+        cluster: &Cluster,
+        name: &str,
+        replication_port: u16,
+        extra: &[&str],
+    ) -> NodeProc {
+        let http = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let replication = SocketAddr::from((Ipv4Addr::LOCALHOST, replication_port));
+        let log = log_path(&cluster.name, name);
+        let stderr = File::create(&log).expect("log file");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("node")
+            .args(["--cluster", &cluster.name])
+            .args(["--multicast", &cluster.multicast])
+            .args(["--name", name])
+            .args(["--http", &http.to_string()])
+            .args(["--replication", &replication.to_string()])
+            .args(extra)
+            .env("RUST_LOG", "deltacast=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        let child = cmd.spawn().expect("spawn deltacast node");
+        NodeProc {
+            child,
+            name: name.to_string(),
+            http,
+            replication,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).expect("signal the node");
+    }
+
+    /// `/status` as JSON, or None when the node does not answer.
+    pub fn status(&self) -> Option<Value> {
+        get_json(self.http, "/status")
+    }
+
+    /// Names of the members this node lists in the given state ("alive", "suspect", or "" for any).
+    pub fn members(&self, state: &str) -> Option<Vec<String>> {
+        let status = self.status()?;
+        let mut names: Vec<String> = status["members"]
+            .as_array()?
+            .iter()
+            .filter(|m| state.is_empty() || m["state"] == state)
+            .filter_map(|m| m["name"].as_str().map(str::to_string))
+            .collect();
+        names.sort();
+        Some(names)
+    }
+
+    /// Waits (bounded) until the process exits.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = kill(self.pid(), Signal::SIGCONT);
+            let _ = kill(self.pid(), Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Polls `probe` every 25 ms until it returns Some, or panics after `timeout` naming `what`.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting until {what}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Like `wait_until` but returns how long it took, for measuring.
+pub fn time_until(timeout: Duration, mut probe: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if probe() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits until every node lists every other one as alive.
+pub fn wait_converged(nodes: &[&NodeProc], timeout: Duration) {
+    wait_until(timeout, "every node sees all the others alive", || {
+        nodes
+            .iter()
+            .all(|n| {
+                let mut want: Vec<String> = nodes
+                    .iter()
+                    .filter(|o| o.name != n.name)
+                    .map(|o| o.name.clone())
+                    .collect();
+                want.sort();
+                n.members("alive") == Some(want)
+            })
+            .then_some(())
+    });
+}
+
+/// A plain HTTP/1.1 exchange with `Connection: close`; returns the status code and body.
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Option<(u16, Vec<u8>)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).ok()?;
+    stream.write_all(body).ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..split]).ok()?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, raw[split + 4..].to_vec()))
+}
+
+pub fn get_json(addr: SocketAddr, path: &str) -> Option<Value> {
+    let (code, body) = http(addr, "GET", path, b"")?;
+    if code != 200 {
+        return None;
+    }
+    serde_json::from_slice(&body).ok()
+}
+
+/// Runs the binary to completion with `args`; returns (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run deltacast");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Whether a process with this PID still exists (and is not a zombie of ours).
+pub fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state is the field after the parenthesised command name.
+            let state = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().chars().next());
+            !matches!(state, Some(Some('Z')) | Some(Some('X')))
+        }
+        Err(_) => false,
+    }
+}
+
+/// A UDP socket that sends to the multicast group on loopback.
+pub fn group_sender() -> UdpSocket {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).expect("socket");
+    s.set_multicast_if_v4(&Ipv4Addr::LOCALHOST)
+        .expect("multicast interface");
+    s.set_multicast_ttl_v4(1).expect("ttl");
+    s.set_multicast_loop_v4(true).expect("loop");
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())
+        .expect("bind sender");
+    s.into()
+}

@@ -1,0 +1,166 @@
+//! `deltacast up`: a local cluster from one command, and no child left behind.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{BIN, Cluster, pid_alive, wait_until};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+struct Up {
+    child: Child,
+    lines: Vec<String>,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Starts `up` on ephemeral ports and reads its table up to the "Press Ctrl-C" line.
+fn start_up(cluster: &Cluster, nodes: &str) -> Up {
+    let log = std::fs::File::create(common::log_path(&cluster.name, "up")).expect("log");
+    let mut child = Command::new(BIN)
+        .args(["up", "--nodes", nodes, "--cluster", &cluster.name])
+        .args([
+            "--set",
+            "node.http=127.0.0.1:0",
+            "--set",
+            "node.replication=127.0.0.1:0",
+        ])
+        .args([
+            "--set",
+            "membership.heartbeat_ms=100",
+            "--set",
+            "membership.drop_ms=1000",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("spawn up");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut up = Up {
+        child,
+        lines: Vec::new(),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("up prints its table in time");
+        let done = line.starts_with("Press Ctrl-C");
+        up.lines.push(line);
+        if done {
+            break;
+        }
+    }
+    up
+}
+
+/// (name, url, pid) of each node row.
+fn rows(up: &Up) -> Vec<(String, String, i32)> {
+    let header = up
+        .lines
+        .iter()
+        .position(|l| l.starts_with("NAME"))
+        .expect("header");
+    up.lines[header + 1..]
+        .iter()
+        .take_while(|l| !l.starts_with("Press"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            (
+                cells[0].to_string(),
+                cells[1].to_string(),
+                cells[4].parse().expect("pid"),
+            )
+        })
+        .collect()
+}
+
+fn addr_of(url: &str) -> std::net::SocketAddr {
+    url.trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("url")
+}
+
+#[test]
+fn up_prints_its_table_and_exits_zero_on_sigterm_with_no_child_left() {
+    let cluster = Cluster::new("up3");
+    let mut up = start_up(&cluster, "3");
+    let nodes = rows(&up);
+    assert_eq!(
+        nodes.iter().map(|n| n.0.as_str()).collect::<Vec<_>>(),
+        ["n1", "n2", "n3"]
+    );
+    for (name, url, pid) in &nodes {
+        assert!(pid_alive(*pid), "{name} runs");
+        let status = common::get_json(addr_of(url), "/status").expect("status");
+        assert_eq!(status["node"]["name"], name.as_str());
+        assert_eq!(
+            status["members"].as_array().map(Vec::len),
+            Some(2),
+            "{name} sees the others"
+        );
+    }
+
+    kill(Pid::from_raw(up.child.id() as i32), Signal::SIGTERM).expect("SIGTERM up");
+    let status = wait_until(Duration::from_secs(20), "up exits", || {
+        up.child.try_wait().ok().flatten()
+    });
+    assert_eq!(status.code(), Some(0));
+    for (name, _, pid) in &nodes {
+        assert!(!pid_alive(*pid), "{name} (pid {pid}) outlived up");
+    }
+}
+
+#[test]
+fn children_stop_by_themselves_when_up_is_killed() {
+    let cluster = Cluster::new("upkill");
+    let mut up = start_up(&cluster, "2");
+    let nodes = rows(&up);
+    up.child.kill().expect("SIGKILL up");
+    let _ = up.child.wait();
+    wait_until(
+        Duration::from_secs(15),
+        "every child of the killed up exits",
+        || {
+            nodes
+                .iter()
+                .all(|(_, _, pid)| !pid_alive(*pid))
+                .then_some(())
+        },
+    );
+}
+
+#[test]
+fn a_killed_node_is_reported_and_the_others_carry_on() {
+    let cluster = Cluster::new("upnode");
+    let up = start_up(&cluster, "3");
+    let nodes = rows(&up);
+    kill(Pid::from_raw(nodes[2].2), Signal::SIGKILL).expect("kill n3");
+    let n1 = addr_of(&nodes[0].1);
+    wait_until(Duration::from_secs(10), "n1 drops n3", || {
+        let status = common::get_json(n1, "/status")?;
+        (status["members"].as_array()?.len() == 1).then_some(())
+    });
+    assert!(!up.child.id().to_string().is_empty());
+    let mut up = up;
+    assert!(matches!(up.child.try_wait(), Ok(None)), "up keeps running");
+}
