@@ -96,7 +96,8 @@ pub async fn run(
         view,
         seq: 0,
         verifications: JoinSet::new(),
-        last_sent: None,
+        last_answer: None,
+        answer_at: None,
     };
     driver.run(shutdown).await;
 }
@@ -110,8 +111,16 @@ struct Driver {
     throttle: LogThrottle<SocketAddr>,
     seq: u64,
     verifications: JoinSet<(NodeId, Verdict)>,
-    last_sent: Option<Instant>,
+    /// When the last early heartbeat (the answer to a newcomer) went out.
+    last_answer: Option<Instant>,
+    /// An early heartbeat is due at this instant.
+    answer_at: Option<tokio::time::Instant>,
 }
+
+/// Early heartbeats for newcomers go out at most this often, so a burst of joins (or a
+/// flood of forged ones) costs one datagram per interval, yet every newcomer hears us
+/// within this long instead of up to a whole heartbeat interval.
+const ANSWER_SPACING: Duration = Duration::from_millis(20);
 
 impl Driver {
     async fn run(&mut self, shutdown: CancellationToken) {
@@ -131,14 +140,19 @@ impl Driver {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = send_every.tick() => self.send(Announce::Alive).await,
+                _ = sleep_until_some(self.answer_at), if self.answer_at.is_some() => {
+                    self.answer_at = None;
+                    self.last_answer = Some(Instant::now());
+                    self.send(Announce::Alive).await;
+                }
                 _ = check_every.tick() => {
                     let events = self.table.tick(Instant::now());
-                    self.handle(events).await;
+                    self.handle(events);
                 }
                 received = self.datagrams.recv(&mut buf) => match received {
                     Ok((len, from)) => {
                         let events = self.on_datagram(&buf[..len], from);
-                        self.handle(events).await;
+                        self.handle(events);
                     }
                     Err(e) => self.on_recv_error(e).await,
                 },
@@ -146,7 +160,7 @@ impl Driver {
                     if let Ok((id, verdict)) = done {
                         debug!(member = %id, ?verdict, "verification done");
                         let events = self.table.on_verdict(id, verdict, Instant::now());
-                        self.handle(events).await;
+                        self.handle(events);
                     }
                 }
             }
@@ -168,7 +182,6 @@ impl Driver {
         let bytes = wire::encode_heartbeat(&self.cfg.cluster, &hb);
         let (sent, error) = self.datagrams.send(&bytes).await;
         self.metrics.membership.heartbeats_sent.add(sent as u64);
-        self.last_sent = Some(Instant::now());
         if let Some(e) = error {
             // Static peers that are down give ECONNREFUSED/EHOSTUNREACH; log once per interval.
             let key = self
@@ -215,7 +228,7 @@ impl Driver {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    async fn handle(&mut self, events: Vec<Event>) {
+    fn handle(&mut self, events: Vec<Event>) {
         if events.is_empty() {
             return;
         }
@@ -252,11 +265,11 @@ impl Driver {
         }
         self.publish();
         // A newcomer learns of us at once instead of after up to one interval.
-        let recently = self
-            .last_sent
-            .is_some_and(|at| at.elapsed() < self.cfg.timing.heartbeat / 4);
-        if answer_now && !recently {
-            self.send(Announce::Alive).await;
+        if answer_now && self.answer_at.is_none() {
+            let earliest = self
+                .last_answer
+                .map_or(Instant::now(), |at| at + ANSWER_SPACING);
+            self.answer_at = Some(tokio::time::Instant::from_std(earliest.max(Instant::now())));
         }
     }
 
@@ -266,6 +279,12 @@ impl Driver {
             taken_at: now,
             members: self.table.view(now),
         });
+    }
+}
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
     }
 }
 

@@ -32,6 +32,22 @@ fn forged(name: &str) -> Heartbeat {
     }
 }
 
+fn wait_counted(nodes: &[&common::NodeProc], at_least: u64) {
+    let what = format!("{at_least} garbage datagrams are counted");
+    wait_until(Duration::from_secs(10), &what, || {
+        nodes
+            .iter()
+            .all(|n| {
+                let d = n.status().and_then(|s| s["membership"]["dropped"].as_u64());
+                if d.is_some_and(|d| d + 3 >= at_least && d < at_least) {
+                    eprintln!("{}: dropped {d:?} of {at_least}", n.name);
+                }
+                d.is_some_and(|d| d >= at_least)
+            })
+            .then_some(())
+    });
+}
+
 #[test]
 fn three_hundred_garbage_datagrams_change_nothing_and_are_counted() {
     let c = Cluster::new("garbage");
@@ -65,7 +81,7 @@ fn three_hundred_garbage_datagrams_change_nothing_and_are_counted() {
             // Oversized: a valid heartbeat padded past the limit.
             3 => {
                 let mut d = valid.clone();
-                d.resize(wire::MAX_DATAGRAM + 1 + rng.random_range(0..20_000), 0);
+                d.resize(wire::MAX_DATAGRAM + 1 + rng.random_range(0..4_000), 0);
                 d
             }
             // Another cluster's well-formed heartbeat.
@@ -84,21 +100,13 @@ fn three_hundred_garbage_datagrams_change_nothing_and_are_counted() {
         };
         sender.send_to(&datagram, group).expect("send garbage");
         sent += 1;
+        // In batches, so a loaded machine's socket buffers never overflow: every datagram
+        // must reach the nodes for the count below to be exact.
+        if sent % 20 == 0 {
+            wait_counted(&[&a, &b], before + sent);
+        }
     }
-    wait_until(
-        Duration::from_secs(10),
-        "all garbage datagrams are counted on a and b",
-        || {
-            [&a, &b]
-                .iter()
-                .all(|n| {
-                    n.status()
-                        .and_then(|s| s["membership"]["dropped"].as_u64())
-                        .is_some_and(|d| d >= before + sent)
-                })
-                .then_some(())
-        },
-    );
+    wait_counted(&[&a, &b], before + sent);
     let status = a.status().expect("a still answers");
     assert_eq!(
         status["membership"]["dropped"].as_u64(),

@@ -26,6 +26,11 @@ use crate::transport::{self, Datagrams};
 pub enum NodeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("{key}: {reason}")]
+    Unsupported {
+        key: &'static str,
+        reason: &'static str,
+    },
     #[error("cannot bind the {what} address {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -83,6 +88,13 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs a node until `shutdown` is triggered, then leaves the cluster and returns.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
+    if config.cluster.key_file.is_some() {
+        // Refused rather than ignored: a user who sets a key expects encrypted traffic.
+        return Err(NodeError::Unsupported {
+            key: "cluster.key_file",
+            reason: "authenticated and encrypted cluster traffic is not available in this version yet; remove the key to run unencrypted",
+        });
+    }
     let static_members = config.static_member_addrs()?;
     let membership = &config.membership;
 

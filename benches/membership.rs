@@ -1,0 +1,141 @@
+//! Membership figures, measured on real processes over loopback multicast with the
+//! default timing (heartbeat 500 ms, drop 3000 ms):
+//! - convergence time of 3 and of 8 nodes started together;
+//! - time from kill -9 of a node to its removal on the others;
+//! - CPU and memory of an idle node.
+//!
+//! Run: `cargo bench --bench membership` (add `-- --quick` for fewer, shorter runs).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Cluster, NodeProc, time_until};
+use nix::sys::signal::Signal;
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (convergence_runs, kill_runs, idle_secs) = if quick { (3, 5, 10) } else { (5, 10, 30) };
+    println!(
+        "deltacast membership benchmark ({} mode)",
+        if quick { "quick" } else { "full" }
+    );
+    println!("figure                                   runs   median      min      max");
+    for n in [3, 8] {
+        let samples: Vec<Duration> = (0..convergence_runs).map(|_| convergence(n)).collect();
+        report(
+            &format!("convergence of {n} nodes started together"),
+            samples,
+        );
+    }
+    let samples: Vec<Duration> = (0..kill_runs).map(|_| kill_to_removal()).collect();
+    report("kill -9 to removal on the others", samples);
+    idle(idle_secs);
+}
+
+fn all_converged(nodes: &[NodeProc]) -> bool {
+    nodes.iter().all(|n| {
+        n.members("alive")
+            .is_some_and(|m| m.len() == nodes.len() - 1)
+    })
+}
+
+/// From the first spawn until every node lists every other as alive.
+fn convergence(n: usize) -> Duration {
+    let c = Cluster::new("bench-converge");
+    let start = Instant::now();
+    let nodes: Vec<NodeProc> = (1..=n).map(|i| c.node(&format!("n{i}"), &[])).collect();
+    time_until(Duration::from_secs(30), || all_converged(&nodes)).expect("the nodes converge");
+    start.elapsed()
+}
+
+/// From the SIGKILL until both survivors no longer list the victim.
+fn kill_to_removal() -> Duration {
+    let c = Cluster::new("bench-kill");
+    let a = c.node("a", &[]);
+    let b = c.node("b", &[]);
+    let mut victim = c.node("victim", &[]);
+    let trio = [a, b];
+    time_until(Duration::from_secs(30), || {
+        trio.iter()
+            .all(|n| n.members("alive").is_some_and(|m| m.len() == 2))
+            && victim.members("alive").is_some_and(|m| m.len() == 2)
+    })
+    .expect("the nodes converge");
+    // Kill at a random point of the heartbeat cycle, as a crash would.
+    std::thread::sleep(Duration::from_millis(rand::random_range(0..500)));
+    victim.signal(Signal::SIGKILL);
+    let killed = Instant::now();
+    time_until(Duration::from_secs(30), || {
+        trio.iter()
+            .all(|n| n.members("").is_some_and(|m| m.len() == 1))
+    })
+    .expect("the victim is removed");
+    let took = killed.elapsed();
+    let _ = victim.wait_exit(Duration::from_secs(5));
+    took
+}
+
+/// CPU% and RSS of each node of an idle 3-node cluster over `secs` seconds.
+fn idle(secs: u64) {
+    let c = Cluster::new("bench-idle");
+    let nodes: Vec<NodeProc> = (1..=3).map(|i| c.node(&format!("n{i}"), &[])).collect();
+    time_until(Duration::from_secs(30), || all_converged(&nodes)).expect("the nodes converge");
+    std::thread::sleep(Duration::from_secs(2));
+    let before: Vec<u64> = nodes.iter().map(|n| cpu_ns(n.child.id())).collect();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    let wall = t0.elapsed().as_nanos() as f64;
+    println!("idle node over {secs} s (3-node cluster, heartbeat 500 ms):");
+    for (n, cpu0) in nodes.iter().zip(before) {
+        let cpu = (cpu_ns(n.child.id()) - cpu0) as f64 / wall * 100.0;
+        println!(
+            "  {}: CPU {:.3} %  RSS {:.1} MB  threads {}",
+            n.name,
+            cpu,
+            status_field(n.child.id(), "VmRSS:") as f64 / 1024.0,
+            status_field(n.child.id(), "Threads:")
+        );
+    }
+}
+
+/// CPU time of all threads of `pid`, in nanoseconds (from /proc/PID/task/*/schedstat).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+fn status_field(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn report(what: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
+    println!(
+        "{what:<40} {:>4} {:>10} {:>8} {:>8}",
+        samples.len(),
+        ms(samples[samples.len() / 2]),
+        ms(samples[0]),
+        ms(samples[samples.len() - 1])
+    );
+}
