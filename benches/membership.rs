@@ -45,7 +45,9 @@ fn all_converged(nodes: &[NodeProc]) -> bool {
 fn convergence(n: usize) -> Duration {
     let c = Cluster::new("bench-converge");
     let start = Instant::now();
-    let nodes: Vec<NodeProc> = (1..=n).map(|i| c.node(&format!("n{i}"), &[])).collect();
+    let nodes: Vec<NodeProc> = (1..=n)
+        .map(|i| c.node(&format!("n{i}"), common::DEFAULTS))
+        .collect();
     time_until(Duration::from_secs(30), || all_converged(&nodes)).expect("the nodes converge");
     start.elapsed()
 }
@@ -53,9 +55,9 @@ fn convergence(n: usize) -> Duration {
 /// From the SIGKILL until both survivors no longer list the victim.
 fn kill_to_removal() -> Duration {
     let c = Cluster::new("bench-kill");
-    let a = c.node("a", &[]);
-    let b = c.node("b", &[]);
-    let mut victim = c.node("victim", &[]);
+    let a = c.node("a", common::DEFAULTS);
+    let b = c.node("b", common::DEFAULTS);
+    let mut victim = c.node("victim", common::DEFAULTS);
     let trio = [a, b];
     time_until(Duration::from_secs(30), || {
         trio.iter()
@@ -80,7 +82,9 @@ fn kill_to_removal() -> Duration {
 /// CPU% and RSS of each node of an idle 3-node cluster over `secs` seconds.
 fn idle(secs: u64) {
     let c = Cluster::new("bench-idle");
-    let nodes: Vec<NodeProc> = (1..=3).map(|i| c.node(&format!("n{i}"), &[])).collect();
+    let nodes: Vec<NodeProc> = (1..=3)
+        .map(|i| c.node(&format!("n{i}"), common::DEFAULTS))
+        .collect();
     time_until(Duration::from_secs(30), || all_converged(&nodes)).expect("the nodes converge");
     std::thread::sleep(Duration::from_secs(2));
     let before: Vec<u64> = nodes.iter().map(|n| cpu_ns(n.child.id())).collect();

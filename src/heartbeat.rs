@@ -180,7 +180,23 @@ impl Driver {
             seq: self.seq,
         };
         let bytes = wire::encode_heartbeat(&self.cfg.cluster, &hb);
-        let (sent, error) = self.datagrams.send(&bytes).await;
+        let (mut sent, mut error) = self.datagrams.send(&bytes).await;
+        if !self.datagrams.is_multicast() {
+            // Unicast: also answer members that found us but are not in our static list,
+            // so a node that lists a single seed still joins the whole cluster.
+            let extra: Vec<SocketAddr> = self
+                .table
+                .members()
+                .map(|m| m.info.replication)
+                .filter(|addr| !self.datagrams.targets().contains(addr))
+                .collect();
+            for addr in extra {
+                match self.datagrams.send_to(&bytes, addr).await {
+                    Ok(()) => sent += 1,
+                    Err(e) => error = Some(e),
+                }
+            }
+        }
         self.metrics.membership.heartbeats_sent.add(sent as u64);
         if let Some(e) = error {
             // Static peers that are down give ECONNREFUSED/EHOSTUNREACH; log once per interval.

@@ -56,9 +56,9 @@ fn three_nodes_converge_and_report_each_other_in_status() {
 fn a_killed_node_is_removed_by_the_others_within_two_seconds_with_default_timing() {
     let c = Cluster::new("kill9");
     // Default heartbeat (500 ms) and drop_ms (3000 ms): detection must not wait for drop_ms.
-    let a = c.node("a", &[]);
-    let b = c.node("b", &[]);
-    let mut victim = c.node("victim", &[]);
+    let a = c.node("a", common::DEFAULTS);
+    let b = c.node("b", common::DEFAULTS);
+    let mut victim = c.node("victim", common::DEFAULTS);
     wait_converged(&[&a, &b, &victim], Duration::from_secs(10));
 
     victim.signal(Signal::SIGKILL);
@@ -254,4 +254,36 @@ fn a_restarted_node_under_the_same_name_replaces_its_old_incarnation() {
             .then_some(())
     });
     wait_converged(&[&a, &new], Duration::from_secs(10));
+}
+
+#[test]
+fn a_new_static_member_joins_a_cluster_whose_lists_do_not_name_it() {
+    let c = Cluster::new("newstatic");
+    let ports: Vec<u16> = (0..3).map(|_| common::free_dual_port()).collect();
+    let old_list = format!(
+        "membership.static_members=127.0.0.1:{},127.0.0.1:{}",
+        ports[0], ports[1]
+    );
+    let new_list = format!(
+        "membership.static_members=127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}",
+        ports[0], ports[1], ports[2]
+    );
+    let with = |list: &str| -> Vec<String> {
+        [
+            "--set",
+            "membership.heartbeat_ms=100",
+            "--set",
+            "membership.drop_ms=1000",
+            "--set",
+            list,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let a = NodeProc::spawn_at(&c, "a", ports[0], &with(&old_list));
+    let b = NodeProc::spawn_at(&c, "b", ports[1], &with(&old_list));
+    wait_converged(&[&a, &b], Duration::from_secs(10));
+    // Added later without touching a and b: it lists everyone, they answer whoever they hear.
+    let newcomer = NodeProc::spawn_at(&c, "newcomer", ports[2], &with(&new_list));
+    wait_converged(&[&a, &b, &newcomer], Duration::from_secs(10));
 }

@@ -12,6 +12,7 @@ use tokio::net::UdpSocket;
 pub struct Datagrams {
     socket: UdpSocket,
     targets: Vec<SocketAddr>,
+    multicast: bool,
 }
 
 impl Datagrams {
@@ -32,6 +33,7 @@ impl Datagrams {
         Ok(Datagrams {
             socket: UdpSocket::from_std(socket.into())?,
             targets: vec![SocketAddr::V4(group)],
+            multicast: true,
         })
     }
 
@@ -49,6 +51,7 @@ impl Datagrams {
         Ok(Datagrams {
             socket: UdpSocket::from_std(socket.into())?,
             targets,
+            multicast: false,
         })
     }
 
@@ -58,6 +61,15 @@ impl Datagrams {
 
     pub fn targets(&self) -> &[SocketAddr] {
         &self.targets
+    }
+
+    pub fn is_multicast(&self) -> bool {
+        self.multicast
+    }
+
+    /// Sends `payload` to one address besides the targets.
+    pub async fn send_to(&self, payload: &[u8], addr: SocketAddr) -> io::Result<()> {
+        self.socket.send_to(payload, addr).await.map(|_| ())
     }
 
     /// Sends `payload` to every target; returns how many sends succeeded and the last error.

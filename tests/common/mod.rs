@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -18,6 +19,8 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_deltacast");
 pub const GROUP: &str = "228.0.0.4";
+/// No extra arguments: the node runs with the default timing.
+pub const DEFAULTS: &[&str] = &[];
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -66,7 +69,7 @@ impl Cluster {
 
     /// Starts a node of this cluster with a short heartbeat (fast tests) unless `extra`
     /// sets it; `extra` are more command-line arguments.
-    pub fn node(&self, name: &str, extra: &[&str]) -> NodeProc {
+    pub fn node<S: AsRef<OsStr>>(&self, name: &str, extra: &[S]) -> NodeProc {
         NodeProc::spawn(self, name, extra)
     }
 }
@@ -87,16 +90,16 @@ pub fn log_path(cluster: &str, name: &str) -> PathBuf {
 }
 
 impl NodeProc {
-    pub fn spawn(cluster: &Cluster, name: &str, extra: &[&str]) -> NodeProc {
+    pub fn spawn<S: AsRef<OsStr>>(cluster: &Cluster, name: &str, extra: &[S]) -> NodeProc {
         NodeProc::spawn_at(cluster, name, free_dual_port(), extra)
     }
 
     /// Like `spawn`, with the replication port chosen by the caller.
-    pub fn spawn_at(
+    pub fn spawn_at<S: AsRef<OsStr>>(
         cluster: &Cluster,
         name: &str,
         replication_port: u16,
-        extra: &[&str],
+        extra: &[S],
     ) -> NodeProc {
         let http = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         let replication = SocketAddr::from((Ipv4Addr::LOCALHOST, replication_port));
