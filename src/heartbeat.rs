@@ -345,3 +345,70 @@ pub async fn verify(
         .await
         .unwrap_or(Verdict::NoAnswer)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::replication::{self, InboundConfig};
+    use tokio::net::TcpListener;
+
+    const T: Duration = Duration::from_millis(500);
+
+    async fn responder(id: u64) -> (SocketAddr, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        let cfg = InboundConfig::new("c".into(), NodeId::from_u64(id));
+        tokio::spawn(replication::serve(
+            listener,
+            cfg,
+            Arc::new(Metrics::default()),
+            stop.clone(),
+        ));
+        (addr, stop)
+    }
+
+    #[tokio::test]
+    async fn a_live_member_answers_verification() {
+        let (addr, stop) = responder(7).await;
+        let verdict = verify(addr, "c", NodeId::from_u64(1), NodeId::from_u64(7), T).await;
+        assert_eq!(verdict, Verdict::Answered);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_refused() {
+        let addr = {
+            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let verdict = verify(addr, "c", NodeId::from_u64(1), NodeId::from_u64(7), T).await;
+        assert_eq!(verdict, Verdict::Refused);
+    }
+
+    #[tokio::test]
+    async fn a_bare_accept_by_the_kernel_is_no_answer() {
+        // A bound, listening socket nobody accepts from: what a frozen process looks like.
+        let frozen = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = frozen.local_addr().expect("addr");
+        let verdict = verify(addr, "c", NodeId::from_u64(1), NodeId::from_u64(7), T).await;
+        assert_eq!(verdict, Verdict::NoAnswer);
+    }
+
+    #[tokio::test]
+    async fn another_process_on_the_port_means_the_suspect_is_gone() {
+        let (addr, stop) = responder(8).await;
+        let verdict = verify(addr, "c", NodeId::from_u64(1), NodeId::from_u64(7), T).await;
+        assert_eq!(verdict, Verdict::Refused);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_member_of_another_cluster_on_the_port_is_no_answer() {
+        let (addr, stop) = responder(7).await;
+        let verdict = verify(addr, "other", NodeId::from_u64(1), NodeId::from_u64(7), T).await;
+        assert_eq!(verdict, Verdict::NoAnswer);
+        stop.cancel();
+    }
+}

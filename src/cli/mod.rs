@@ -51,13 +51,8 @@ pub struct ConfigArgs {
     #[arg(long, value_name = "GROUP:PORT")]
     pub multicast: Option<String>,
     /// Any key of the config file, e.g. --set sessions.max_inactive_s=2 (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
-    pub set_args: Vec<String>,
-}
-
-/// Checks the form of `--set` at parse time; the text is kept so `up` can pass it on.
-fn parse_set(arg: &str) -> Result<String, ConfigError> {
-    Override::parse_set(arg).map(|_| arg.to_string())
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<Override>,
 }
 
 #[derive(Debug, Args)]
@@ -116,12 +111,7 @@ pub enum CliError {
 impl ConfigArgs {
     /// The overrides these flags stand for, in the order they apply: --set, then named flags.
     fn overrides(&self) -> Vec<Override> {
-        // Each was checked by `parse_set` when the command line was parsed.
-        let mut out: Vec<Override> = self
-            .set_args
-            .iter()
-            .filter_map(|a| Override::parse_set(a).ok())
-            .collect();
+        let mut out = self.set.clone();
         if let Some(v) = &self.cluster {
             out.push(Override::text("cluster.name", v));
         }

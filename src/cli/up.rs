@@ -74,8 +74,8 @@ pub async fn run(args: UpArgs) -> Result<ExitCode, CliError> {
         if let Some(file) = &args.common.config {
             cmd.arg("--config").arg(file);
         }
-        for arg in &args.common.set_args {
-            cmd.arg("--set").arg(arg);
+        for o in &args.common.set {
+            cmd.arg("--set").arg(o.to_string());
         }
         cmd.args(["--cluster", &base.cluster.name])
             .args(["--multicast", &multicast.to_string()])

@@ -179,13 +179,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
         view_tx,
         shutdown.token().clone(),
     ));
-    let inbound_cfg = InboundConfig {
-        cluster: config.cluster.name.clone(),
-        me: me.id,
-        idle_timeout: Duration::from_secs(60),
-        max_connections: 1024,
-        log_interval: Duration::from_secs(10),
-    };
+    let inbound_cfg = InboundConfig::new(config.cluster.name.clone(), me.id);
     shutdown.spawn(replication::serve(
         replication_listener,
         inbound_cfg,

@@ -22,11 +22,28 @@ use crate::wire::{self, FrameBody};
 pub struct InboundConfig {
     pub cluster: String,
     pub me: NodeId,
+    /// A connection whose first frame does not arrive within this is closed (a client that
+    /// connects and says nothing must not hold a slot for long).
+    pub first_frame_timeout: Duration,
     /// A connection that sends nothing for this long is closed.
     pub idle_timeout: Duration,
     /// At most this many inbound connections at once; more are closed at accept.
     pub max_connections: usize,
     pub log_interval: Duration,
+}
+
+impl InboundConfig {
+    /// The production limits: 5 s for a first frame, 60 s idle, 1024 connections.
+    pub fn new(cluster: String, me: NodeId) -> InboundConfig {
+        InboundConfig {
+            cluster,
+            me,
+            first_frame_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            log_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Accepts connections on `listener` until `shutdown`; one task per connection.
@@ -87,14 +104,18 @@ async fn connection(
     metrics: &Metrics,
     throttle: &Mutex<LogThrottle<IpAddr>>,
 ) {
+    let mut wait = cfg.first_frame_timeout;
     loop {
-        let frame = match tokio::time::timeout(cfg.idle_timeout, stream.next()).await {
+        let frame = match tokio::time::timeout(wait, stream.next()).await {
             Err(_) => {
                 debug!(%peer, "replication connection idle, closing");
                 return;
             }
             Ok(None) => return,
-            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Ok(frame))) => {
+                wait = cfg.idle_timeout;
+                frame
+            }
             Ok(Some(Err(e))) => {
                 // Oversized length prefix or an I/O error: the stream cannot be resynchronised.
                 reject(peer, metrics, throttle, &e.to_string(), "bad stream");
@@ -135,5 +156,72 @@ fn reject(
     metrics.replication.errors.inc();
     if throttle.lock().allow(&peer.ip(), Instant::now()) {
         warn!(%peer, reason, error, "closed a replication connection (further ones from this peer are counted, not logged, for a while)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    async fn start() -> (SocketAddr, Arc<Metrics>, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let metrics = Arc::new(Metrics::default());
+        let stop = CancellationToken::new();
+        let cfg = InboundConfig::new("c".into(), NodeId::from_u64(1));
+        tokio::spawn(serve(listener, cfg, metrics.clone(), stop.clone()));
+        (addr, metrics, stop)
+    }
+
+    #[tokio::test]
+    async fn a_ping_gets_a_pong_with_our_id() {
+        let (addr, metrics, stop) = start().await;
+        let mut stream = transport::connect(addr).await.expect("connect");
+        stream
+            .send(wire::encode_frame(
+                "c",
+                NodeId::from_u64(2),
+                &FrameBody::Ping(42),
+            ))
+            .await
+            .expect("send");
+        let frame = stream.next().await.expect("a frame").expect("ok");
+        assert_eq!(
+            wire::decode_frame(&frame, "c"),
+            Ok((NodeId::from_u64(1), FrameBody::Pong(42)))
+        );
+        assert_eq!(metrics.replication.pings_answered.get(), 1);
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_closed_after_the_first_frame_timeout() {
+        let (addr, _metrics, stop) = start().await;
+        let mut silent = TcpStream::connect(addr).await.expect("connect");
+        let started = tokio::time::Instant::now();
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            silent.read(&mut buf).await.expect("read"),
+            0,
+            "closed, not answered"
+        );
+        assert!(started.elapsed() >= Duration::from_secs(5));
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_frame_of_another_cluster_closes_the_connection_and_is_counted() {
+        let (addr, metrics, stop) = start().await;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let frame = wire::encode_frame("other", NodeId::from_u64(2), &FrameBody::Ping(1));
+        let mut bytes = (frame.len() as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&frame);
+        stream.write_all(&bytes).await.expect("write");
+        let mut buf = [0u8; 8];
+        assert!(matches!(stream.read(&mut buf).await, Ok(0) | Err(_)));
+        assert_eq!(metrics.replication.errors.get(), 1);
+        stop.cancel();
     }
 }
