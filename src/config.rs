@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, ToSocketAddrs};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::OnceLock;
@@ -493,25 +493,6 @@ impl Config {
     /// the file or the overrides, as opposed to coming from the defaults.
     pub fn is_set(&self, key: &str) -> bool {
         self.set_keys.contains(key)
-    }
-
-    /// Resolves `membership.static_members`, preferring the first IPv4 address of each.
-    pub fn static_member_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
-        let mut out = Vec::with_capacity(self.membership.static_members.len());
-        for (i, member) in self.membership.static_members.iter().enumerate() {
-            let key = format!("membership.static_members[{i}]");
-            let addrs: Vec<SocketAddr> = match member.as_str().to_socket_addrs() {
-                Ok(addrs) => addrs.collect(),
-                Err(e) => return Err(invalid(key, format!("cannot resolve {member:?}: {e}"))),
-            };
-            match addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()) {
-                Some(addr) => out.push(*addr),
-                Option::None => {
-                    return Err(invalid(key, format!("{member:?} resolved to no address")));
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// Checks the ranges and formats that the types alone do not enforce.
@@ -1300,15 +1281,15 @@ discover = true
     }
 
     #[test]
-    fn file_then_set_then_flags_apply_in_order_and_later_wins() {
+    fn overrides_apply_over_the_file_in_order_and_the_later_wins() {
         let file = "[node]\nname = \"file\"\n[membership]\nttl = 3\n";
         let overrides = [
+            Override::text("node.name", "fromflag"),
             Override::parse_set("node.name=fromset").unwrap(),
             Override::parse_set("membership.ttl=4").unwrap(),
-            Override::text("node.name", "fromflag"),
         ];
         let config = Config::from_toml_str(file, "f.toml", &overrides).unwrap();
-        assert_eq!(config.node.name, "fromflag");
+        assert_eq!(config.node.name, "fromset");
         assert_eq!(config.membership.ttl, 4);
 
         let config = load_with(file, &[]).unwrap();
@@ -1540,28 +1521,6 @@ discover = true
         );
         load("[membership]\nstatic_members = [\"node-2.example.com:4001\", \"[::1]:4001\"]\n")
             .unwrap();
-    }
-
-    #[test]
-    fn static_members_resolve_to_socket_addresses() {
-        let config = load_with(
-            "",
-            &["membership.static_members=127.0.0.1:4001,localhost:4002,[::1]:4003"],
-        )
-        .unwrap();
-        let addrs = config.static_member_addrs().unwrap();
-        assert_eq!(addrs[0], "127.0.0.1:4001".parse::<SocketAddr>().unwrap());
-        assert_eq!(addrs[1].port(), 4002);
-        assert_eq!(addrs[2], "[::1]:4003".parse::<SocketAddr>().unwrap());
-
-        let mut config = Config::default();
-        config.membership.static_members = vec!["no-such-host.invalid:4001".into()];
-        match config.static_member_addrs() {
-            Err(ConfigError::Invalid { key, .. }) => {
-                assert_eq!(key, "membership.static_members[0]")
-            }
-            other => panic!("{other:?}"),
-        }
     }
 
     #[test]

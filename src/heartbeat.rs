@@ -15,8 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::membership::{
-    Announce, Event, Heartbeat, MemberInfo, MemberState, MemberTable, MemberView, NodeId, Timing,
-    Verdict,
+    Announce, Event, Heartbeat, MemberInfo, MemberTable, MemberView, NodeId, Timing, Verdict,
 };
 use crate::metrics::Metrics;
 use crate::throttle::LogThrottle;
@@ -38,16 +37,20 @@ impl MembershipView {
         }
     }
 
-    /// Time since each member was last heard, as of `now`.
+    /// Time since `member` was last heard, as of `now`.
     pub fn last_heard(&self, member: &MemberView, now: Instant) -> Duration {
         member.last_heard + now.saturating_duration_since(self.taken_at)
     }
+}
 
-    pub fn alive(&self) -> impl Iterator<Item = &MemberView> {
-        self.members
-            .iter()
-            .filter(|m| m.state == MemberState::Alive)
-    }
+/// Where heartbeats go.
+#[derive(Debug)]
+pub enum Peers {
+    /// The multicast group of the socket.
+    Group,
+    /// Static members (kept resolved by [`transport::keep_resolving`]); members heard
+    /// from outside the list are answered too.
+    Static(watch::Receiver<Vec<SocketAddr>>),
 }
 
 /// What the driver needs to know.
@@ -58,7 +61,7 @@ pub struct HeartbeatConfig {
     pub timing: Timing,
     /// How long a verification may take before it counts as no answer.
     pub verify_timeout: Duration,
-    /// Interval of the log throttle for bad datagrams, per sender.
+    /// Interval of the log throttles, per sender or per kind of notice.
     pub log_interval: Duration,
 }
 
@@ -73,7 +76,8 @@ impl HeartbeatConfig {
             cluster,
             me,
             timing: Timing::new(heartbeat, drop_after),
-            verify_timeout: heartbeat.min(Duration::from_secs(1)),
+            // Long enough for a loaded machine to answer, short enough to re-verify often.
+            verify_timeout: heartbeat.clamp(Duration::from_millis(250), Duration::from_secs(1)),
             log_interval: drop_after.max(Duration::from_secs(10)),
         }
     }
@@ -83,15 +87,18 @@ impl HeartbeatConfig {
 pub async fn run(
     cfg: HeartbeatConfig,
     datagrams: Datagrams,
+    peers: Peers,
     metrics: Arc<Metrics>,
     view: watch::Sender<MembershipView>,
     shutdown: CancellationToken,
 ) {
     let mut driver = Driver {
         table: MemberTable::new(cfg.me.id, cfg.timing),
-        throttle: LogThrottle::new(cfg.log_interval),
+        bad_senders: LogThrottle::new(cfg.log_interval),
+        notices: LogThrottle::new(cfg.log_interval),
         cfg,
         datagrams,
+        peers,
         metrics,
         view,
         seq: 0,
@@ -106,9 +113,13 @@ struct Driver {
     cfg: HeartbeatConfig,
     table: MemberTable,
     datagrams: Datagrams,
+    peers: Peers,
     metrics: Arc<Metrics>,
     view: watch::Sender<MembershipView>,
-    throttle: LogThrottle<SocketAddr>,
+    /// Bad datagrams: logged once per sender per interval.
+    bad_senders: LogThrottle<SocketAddr>,
+    /// Other recurring notices (name conflicts, a full table, socket errors), per kind.
+    notices: LogThrottle<String>,
     seq: u64,
     verifications: JoinSet<(NodeId, Verdict)>,
     /// When the last early heartbeat (the answer to a newcomer) went out.
@@ -130,12 +141,7 @@ impl Driver {
         let mut check_every = tokio::time::interval((heartbeat / 5).max(Duration::from_millis(10)));
         check_every.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-        info!(
-            id = %self.cfg.me.id,
-            name = %self.cfg.me.name,
-            targets = ?self.datagrams.targets(),
-            "membership started"
-        );
+        info!(id = %self.cfg.me.id, name = %self.cfg.me.name, peers = ?self.peers, "membership started");
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -148,6 +154,7 @@ impl Driver {
                 _ = check_every.tick() => {
                     let events = self.table.tick(Instant::now());
                     self.handle(events);
+                    self.publish();
                 }
                 received = self.datagrams.recv(&mut buf) => match received {
                     Ok((len, from)) => {
@@ -172,6 +179,24 @@ impl Driver {
         info!(name = %self.cfg.me.name, "left the cluster");
     }
 
+    /// Where a heartbeat goes now: the group, or the static peers plus every member heard
+    /// from (so a node added later that lists everyone is answered by all), never ourselves.
+    fn targets(&self) -> Vec<SocketAddr> {
+        match &self.peers {
+            Peers::Group => self.datagrams.group().into_iter().collect(),
+            Peers::Static(list) => {
+                let mut targets: Vec<SocketAddr> = list.borrow().clone();
+                for m in self.table.members() {
+                    if !targets.contains(&m.info.replication) {
+                        targets.push(m.info.replication);
+                    }
+                }
+                targets.retain(|t| *t != self.cfg.me.replication);
+                targets
+            }
+        }
+    }
+
     async fn send(&mut self, announce: Announce) {
         self.seq += 1;
         let hb = Heartbeat {
@@ -179,46 +204,37 @@ impl Driver {
             announce,
             seq: self.seq,
         };
-        let bytes = wire::encode_heartbeat(&self.cfg.cluster, &hb);
-        let (mut sent, mut error) = self.datagrams.send(&bytes).await;
-        if !self.datagrams.is_multicast() {
-            // Unicast: also answer members that found us but are not in our static list,
-            // so a node that lists a single seed still joins the whole cluster.
-            let extra: Vec<SocketAddr> = self
-                .table
-                .members()
-                .map(|m| m.info.replication)
-                .filter(|addr| !self.datagrams.targets().contains(addr))
-                .collect();
-            for addr in extra {
-                match self.datagrams.send_to(&bytes, addr).await {
-                    Ok(()) => sent += 1,
-                    Err(e) => error = Some(e),
+        let bytes = wire::encode_heartbeat(&self.cfg.cluster, &hb, self.cfg.timing.heartbeat);
+        for target in self.targets() {
+            match self.datagrams.send_to(&bytes, target).await {
+                Ok(()) => self.metrics.membership.heartbeats_sent.inc(),
+                Err(e) => {
+                    if self
+                        .notices
+                        .allow(&format!("send {target}"), Instant::now())
+                    {
+                        warn!(%target, error = %e, "heartbeat send failed");
+                    }
                 }
-            }
-        }
-        self.metrics.membership.heartbeats_sent.add(sent as u64);
-        if let Some(e) = error {
-            // Static peers that are down give ECONNREFUSED/EHOSTUNREACH; log once per interval.
-            let key = self
-                .datagrams
-                .local_addr()
-                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-            if self.throttle.allow(&key, Instant::now()) {
-                warn!(error = %e, "heartbeat send failed");
             }
         }
     }
 
     fn on_datagram(&mut self, bytes: &[u8], from: SocketAddr) -> Vec<Event> {
+        let now = Instant::now();
         match wire::decode_datagram(bytes, &self.cfg.cluster) {
             Ok(hb) if hb.info.id == self.cfg.me.id => Vec::new(),
             Ok(hb) => {
                 self.metrics.membership.heartbeats_received.inc();
-                if hb.info.name == self.cfg.me.name && self.throttle.allow(&from, Instant::now()) {
+                if hb.info.name == self.cfg.me.name
+                    && self.notices.allow(&format!("own name {}", hb.info.id), now)
+                {
                     warn!(%from, other = %hb.info.id, name = %hb.info.name, "another member uses this node's name");
                 }
-                self.table.on_heartbeat(hb, Instant::now())
+                let events = self.table.on_heartbeat(hb, now);
+                // Fresh "last heard" figures for /status.
+                self.publish();
+                events
             }
             Err(e) => {
                 let m = &self.metrics.membership;
@@ -227,8 +243,8 @@ impl Driver {
                     WireError::ForeignCluster(_) => m.dropped_foreign_cluster.inc(),
                     _ => m.dropped_malformed.inc(),
                 }
-                if self.throttle.allow(&from, Instant::now()) {
-                    warn!(%from, reason = e.kind(), error = %e, "dropped datagram (further ones from this sender are counted, not logged, for a while)");
+                if self.bad_senders.allow(&from, now) {
+                    warn!(%from, reason = e.kind(), error = %e, "dropped datagram (more from this sender are counted, not logged, for a while)");
                 }
                 Vec::new()
             }
@@ -236,8 +252,7 @@ impl Driver {
     }
 
     async fn on_recv_error(&mut self, e: io::Error) {
-        let key = SocketAddr::from(([0, 0, 0, 0], 0));
-        if self.throttle.allow(&key, Instant::now()) {
+        if self.notices.allow(&"recv".to_string(), Instant::now()) {
             warn!(error = %e, "heartbeat receive failed");
         }
         // Never spin on a persistent socket error.
@@ -248,6 +263,7 @@ impl Driver {
         if events.is_empty() {
             return;
         }
+        let now = Instant::now();
         let mut answer_now = false;
         for event in events {
             match event {
@@ -275,17 +291,22 @@ impl Driver {
                     kept,
                     ignored,
                 } => {
-                    warn!(%name, %kept, %ignored, "ignored an older incarnation under a taken name");
+                    if self.notices.allow(&format!("conflict {name}"), now) {
+                        warn!(%name, %kept, %ignored, "ignored an older incarnation under a taken name");
+                    }
+                }
+                Event::TableFull { ignored } => {
+                    if self.notices.allow(&"table full".to_string(), now) {
+                        warn!(%ignored, "member table full, ignoring new members");
+                    }
                 }
             }
         }
         self.publish();
         // A newcomer learns of us at once instead of after up to one interval.
         if answer_now && self.answer_at.is_none() {
-            let earliest = self
-                .last_answer
-                .map_or(Instant::now(), |at| at + ANSWER_SPACING);
-            self.answer_at = Some(tokio::time::Instant::from_std(earliest.max(Instant::now())));
+            let earliest = self.last_answer.map_or(now, |at| at + ANSWER_SPACING);
+            self.answer_at = Some(tokio::time::Instant::from_std(earliest.max(now)));
         }
     }
 
@@ -387,7 +408,7 @@ mod tests {
         assert_eq!(verdict, Verdict::Refused);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_bare_accept_by_the_kernel_is_no_answer() {
         // A bound, listening socket nobody accepts from: what a frozen process looks like.
         let frozen = TcpListener::bind("127.0.0.1:0").await.expect("bind");

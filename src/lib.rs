@@ -7,6 +7,7 @@
 //! - [`config`]: the configuration file, flags and `--set` overrides, validated.
 //! - [`metrics`]: atomic counters behind `/status` and `/metrics`.
 //! - [`shutdown`]: the cancellation token and task tracker every task is spawned through.
+//! - [`throttle`]: log once per sender per interval, so floods are counted, not logged.
 //! - [`membership`]: the member table, a pure state machine driven with injected time.
 //! - [`wire`]: bytes to checked messages and back (protobuf via prost); no sockets.
 //! - [`transport`]: the only code that opens sockets (UDP datagrams, TCP frame streams).

@@ -4,7 +4,6 @@
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::Parser as _;
 
 use deltacast::cli::{self, Cli, Command};
@@ -18,7 +17,8 @@ fn main() -> ExitCode {
     match real_main(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("deltacast: {e:#}");
+            // Our errors say their cause in their own one line; no chain to print.
+            eprintln!("deltacast: {e}");
             ExitCode::FAILURE
         }
     }
@@ -59,7 +59,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
     let code = runtime.block_on(cli::run(cli))?;
     Ok(code)
 }

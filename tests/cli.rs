@@ -25,6 +25,11 @@ fn assert_one_line_error(args: &[&str], key: &str) {
 
 #[test]
 fn bad_values_exit_non_zero_with_one_line_naming_the_key() {
+    // --set applies after the flags (SPEC: file, flags, --set), so it decides here.
+    assert_one_line_error(
+        &["node", "--name", "fine", "--set", "node.name=has.dot"],
+        "node.name",
+    );
     assert_one_line_error(
         &["node", "--set", "membership.heartbeat_ms=abc"],
         "membership.heartbeat_ms",
@@ -92,6 +97,8 @@ fn an_address_in_use_is_a_clear_error() {
         &c.name,
         "--multicast",
         &c.multicast,
+        "--replication",
+        "127.0.0.1:0",
         "--http",
         &addr,
     ]);

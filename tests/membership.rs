@@ -48,8 +48,22 @@ fn three_nodes_converge_and_report_each_other_in_status() {
     assert_eq!(n2["http"], nodes[1].http.to_string());
     assert_eq!(n2["replication"], nodes[1].replication.to_string());
     assert_eq!(n2["state"], "alive");
-    assert!(n2["last_heard_ms"].as_u64().expect("last_heard_ms") < 1000);
     assert_ne!(n2["id"], status["node"]["id"]);
+
+    // Some heartbeats later, "last heard" is still about one interval (100 ms), not the
+    // time since the member joined.
+    wait_until(Duration::from_secs(10), "n1 has run for 1.5 s", || {
+        (nodes[0].status()?["node"]["uptime_ms"].as_u64()? > 1500).then_some(())
+    });
+    let status = nodes[0].status().expect("status of n1");
+    for m in status["members"].as_array().expect("members") {
+        let heard = m["last_heard_ms"].as_u64().expect("last_heard_ms");
+        assert!(
+            heard < 600,
+            "{} last heard {heard} ms ago with a 100 ms heartbeat",
+            m["name"]
+        );
+    }
 }
 
 #[test]

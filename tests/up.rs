@@ -160,7 +160,26 @@ fn a_killed_node_is_reported_and_the_others_carry_on() {
         let status = common::get_json(n1, "/status")?;
         (status["members"].as_array()?.len() == 1).then_some(())
     });
-    assert!(!up.child.id().to_string().is_empty());
     let mut up = up;
     assert!(matches!(up.child.try_wait(), Ok(None)), "up keeps running");
+}
+
+#[test]
+fn a_stopped_child_does_not_outlive_a_killed_up() {
+    let cluster = Cluster::new("upstopped");
+    let mut up = start_up(&cluster, "2");
+    let nodes = rows(&up);
+    kill(Pid::from_raw(nodes[0].2), Signal::SIGSTOP).expect("stop n1");
+    up.child.kill().expect("SIGKILL up");
+    let _ = up.child.wait();
+    wait_until(
+        Duration::from_secs(15),
+        "the stopped child ends too",
+        || {
+            nodes
+                .iter()
+                .all(|(_, _, pid)| !pid_alive(*pid))
+                .then_some(())
+        },
+    );
 }

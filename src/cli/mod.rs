@@ -68,9 +68,9 @@ pub struct NodeArgs {
     /// Replication listen address (node.replication).
     #[arg(long, value_name = "ADDR")]
     pub replication: Option<String>,
-    /// Stop gracefully when standard input closes (used by `up`, so nodes never outlive it).
-    #[arg(long, hide = true)]
-    pub watch_stdin: bool,
+    /// Die with this parent process (used by `up`, so nodes never outlive it).
+    #[arg(long, hide = true, value_name = "PID")]
+    pub parent_pid: Option<i32>,
 }
 
 #[derive(Debug, Args)]
@@ -109,31 +109,30 @@ pub enum CliError {
 }
 
 impl ConfigArgs {
-    /// The overrides these flags stand for, in the order they apply: --set, then named flags.
-    fn overrides(&self) -> Vec<Override> {
-        let mut out = self.set.clone();
-        if let Some(v) = &self.cluster {
-            out.push(Override::text("cluster.name", v));
-        }
-        if let Some(v) = &self.multicast {
-            out.push(Override::text("membership.multicast", v));
-        }
+    /// The overrides of these flags plus `named` (key, flag value) ones, in the order they
+    /// apply over the file: named flags first, then `--set` (SPEC: file, flags, `--set`).
+    fn overrides(&self, named: &[(&str, &Option<String>)]) -> Vec<Override> {
+        let flags = [
+            ("cluster.name", &self.cluster),
+            ("membership.multicast", &self.multicast),
+        ];
+        let mut out: Vec<Override> = flags
+            .iter()
+            .chain(named)
+            .filter_map(|(key, value)| value.as_deref().map(|v| Override::text(key, v)))
+            .collect();
+        out.extend(self.set.iter().cloned());
         out
     }
 }
 
 impl NodeArgs {
     pub fn load_config(&self) -> Result<Config, ConfigError> {
-        let mut overrides = self.common.overrides();
-        for (key, value) in [
+        let overrides = self.common.overrides(&[
             ("node.name", &self.name),
             ("node.http", &self.http),
             ("node.replication", &self.replication),
-        ] {
-            if let Some(v) = value {
-                overrides.push(Override::text(key, v));
-            }
-        }
+        ]);
         Config::load(self.common.config.as_deref(), &overrides)
     }
 }
@@ -160,15 +159,24 @@ async fn run_node(args: NodeArgs) -> Result<ExitCode, CliError> {
         info!(signal = name, "stopping");
         on_signal.trigger();
     });
-    if args.watch_stdin {
-        // A plain thread: tokio's stdin would hold runtime shutdown until the read ends.
-        let on_eof = shutdown.clone();
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
-            info!("standard input closed, stopping");
-            on_eof.trigger();
-        });
+    if let Some(parent) = args.parent_pid {
+        tie_to_parent(parent)?;
     }
     node::run(config, shutdown).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Makes the kernel kill this process when its parent dies (PR_SET_PDEATHSIG), even if it
+/// is stopped, and checks that the parent did not die before that was in place.
+fn tie_to_parent(parent: i32) -> Result<(), CliError> {
+    use nix::sys::signal::Signal;
+    use nix::unistd::{Pid, getppid};
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| CliError::Io {
+        context: "cannot tie the node to its parent".into(),
+        source: e.into(),
+    })?;
+    if getppid() != Pid::from_raw(parent) {
+        return Err(CliError::Up(format!("the parent process {parent} is gone")));
+    }
+    Ok(())
 }

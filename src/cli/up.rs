@@ -2,15 +2,18 @@
 //! loopback, waits until every node sees all the others, prints their URLs, and stops
 //! them all on Ctrl-C/SIGTERM.
 //!
-//! Children never outlive this process: each one watches its standard input, a pipe
-//! from us, and leaves the cluster when it closes — which the kernel does for us even
-//! when we are killed with SIGKILL.
+//! Children never outlive this process: each asks the kernel to kill it when we die
+//! (PR_SET_PDEATHSIG, set by the child for itself, so no unsafe `pre_exec` here), which
+//! holds even when we are killed with SIGKILL and even for a stopped child. A graceful
+//! stop forwards SIGTERM: every node announces its leave and exits 0.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
 use std::process::{ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::process::{Child, ChildStdin, Command};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -20,6 +23,16 @@ use super::{CliError, UpArgs};
 use crate::config::Config;
 use crate::node::status::StatusDoc;
 use crate::shutdown;
+
+/// Keys `up` sets for each node itself (from the config, picked ports, its own cluster).
+const PER_NODE_KEYS: &[&str] = &[
+    "node.name",
+    "node.http",
+    "node.replication",
+    "membership.multicast",
+    "membership.static_members",
+    "cluster.name",
+];
 
 /// How long the nodes get to find each other.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -31,14 +44,12 @@ struct Spawned {
     pid: u32,
     http: SocketAddr,
     replication: SocketAddr,
-    /// Closing it asks the child to stop.
-    stdin: Option<ChildStdin>,
     kill: Option<oneshot::Sender<()>>,
     exited: Option<ExitStatus>,
 }
 
 pub async fn run(args: UpArgs) -> Result<ExitCode, CliError> {
-    let base = Config::load(args.common.config.as_deref(), &args.common.overrides())?;
+    let base = Config::load(args.common.config.as_deref(), &args.common.overrides(&[]))?;
     let n = usize::from(args.nodes);
     let multicast = if base.is_set("membership.multicast") {
         base.membership.multicast
@@ -70,11 +81,20 @@ pub async fn run(args: UpArgs) -> Result<ExitCode, CliError> {
     let mut nodes: Vec<Spawned> = Vec::with_capacity(n);
     for (index, (name, http, replication)) in plan.into_iter().enumerate() {
         let mut cmd = Command::new(&exe);
-        cmd.arg("node").arg("--watch-stdin");
+        cmd.arg("node")
+            .arg("--parent-pid")
+            .arg(std::process::id().to_string());
         if let Some(file) = &args.common.config {
             cmd.arg("--config").arg(file);
         }
-        for o in &args.common.set {
+        // `--set` applies after flags, so keys that differ per node are not passed on:
+        // each node gets its own value from the flags below.
+        for o in args
+            .common
+            .set
+            .iter()
+            .filter(|o| !PER_NODE_KEYS.contains(&o.key.as_str()))
+        {
             cmd.arg("--set").arg(o.to_string());
         }
         cmd.args(["--cluster", &base.cluster.name])
@@ -88,10 +108,13 @@ pub async fn run(args: UpArgs) -> Result<ExitCode, CliError> {
                 static_members.join(",")
             ));
         }
-        cmd.stdin(Stdio::piped())
+        // A process group of its own: Ctrl-C in a terminal reaches only `up`, which then
+        // stops the nodes itself, each exactly once.
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
+            .process_group(0)
             .kill_on_drop(true);
-        let mut child = match cmd.spawn() {
+        let child = match cmd.spawn() {
             Ok(c) => c,
             Err(source) => {
                 stop_all(&mut nodes, &mut exit_rx).await;
@@ -102,7 +125,6 @@ pub async fn run(args: UpArgs) -> Result<ExitCode, CliError> {
             }
         };
         let pid = child.id().unwrap_or(0);
-        let stdin = child.stdin.take();
         let (kill_tx, kill_rx) = oneshot::channel();
         tokio::spawn(reap(index, child, kill_rx, exit_tx.clone()));
         nodes.push(Spawned {
@@ -110,7 +132,6 @@ pub async fn run(args: UpArgs) -> Result<ExitCode, CliError> {
             pid,
             http,
             replication,
-            stdin,
             kill: Some(kill_tx),
             exited: None,
         });
@@ -147,6 +168,9 @@ pub async fn run(args: UpArgs) -> Result<ExitCode, CliError> {
             }
             Some((i, status)) = exit_rx.recv() => {
                 nodes[i].exited = Some(status);
+                if nodes.iter().all(|n| n.exited.is_some()) {
+                    return Err(CliError::Up("every node has exited".into()));
+                }
                 warn!(node = %nodes[i].name, pid = nodes[i].pid, %status, "node exited; the others carry on");
             }
         }
@@ -175,10 +199,12 @@ async fn reap(
     }
 }
 
-/// Asks every running node to leave (closes its stdin), waits, and kills stragglers.
+/// Asks every running node to leave (SIGTERM), waits, and kills stragglers.
 async fn stop_all(nodes: &mut [Spawned], exits: &mut mpsc::UnboundedReceiver<(usize, ExitStatus)>) {
-    for node in nodes.iter_mut() {
-        node.stdin = None;
+    for node in nodes.iter().filter(|n| n.exited.is_none()) {
+        if let Ok(pid) = i32::try_from(node.pid) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
     }
     let deadline = tokio::time::Instant::now() + STOP_GRACE;
     while nodes.iter().any(|n| n.exited.is_none()) {

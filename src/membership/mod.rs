@@ -52,6 +52,15 @@ impl FromStr for NodeId {
     }
 }
 
+/// Whether `name` can be a node name: it is the route suffix of session ids (after the
+/// last `.`), shown in tables and logs, so 1 to 64 of `A-Z a-z 0-9 _ -`.
+pub fn is_valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// What a node says about itself in every heartbeat.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberInfo {

@@ -81,6 +81,10 @@ pub enum Event {
         id: NodeId,
         addr: SocketAddr,
     },
+    /// A new member was ignored because the table holds [`MAX_MEMBERS`] already.
+    TableFull {
+        ignored: NodeId,
+    },
     /// A heartbeat used the name of a newer member and was ignored.
     NameConflict {
         name: String,
@@ -104,13 +108,40 @@ pub struct Member {
     pub last_heard: Instant,
     /// Last proof of life: a heartbeat or an answered verification.
     last_alive: Instant,
+    /// When the last verification started (the one in flight, if any).
     last_verify_started: Option<Instant>,
     verification: Verification,
     /// The last verification got no answer: only then may silence drop it, so a node
     /// that was itself frozen verifies everyone before dropping anyone.
     unanswered: bool,
-    pub last_seq: u64,
 }
+
+impl Member {
+    /// A verdict is stale when the member proved alive after the verification began.
+    fn verdict_is_stale(&self) -> bool {
+        self.last_verify_started
+            .is_some_and(|started| self.last_alive > started)
+    }
+
+    /// Starts a verification unless one is in flight or one started too recently.
+    fn start_verification(&mut self, now: Instant, every: Duration) -> Option<Event> {
+        let due = self
+            .last_verify_started
+            .is_none_or(|at| now.saturating_duration_since(at) >= every);
+        if self.verification == Verification::InFlight || !due {
+            return None;
+        }
+        self.verification = Verification::InFlight;
+        self.last_verify_started = Some(now);
+        Some(Event::Verify {
+            id: self.info.id,
+            addr: self.info.replication,
+        })
+    }
+}
+
+/// Most members a table holds: forged heartbeats with fresh ids cannot grow it further.
+pub const MAX_MEMBERS: usize = 1024;
 
 /// A member as shown in `/status`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -198,12 +229,11 @@ impl MemberTable {
             return events;
         }
         if let Some(m) = self.members.get_mut(&id) {
+            // A process keeps its name and addresses for life: a restart is a new id, so
+            // whatever else a datagram under this id claims is not taken.
             m.last_heard = now;
             m.last_alive = now;
             m.unanswered = false;
-            m.last_seq = hb.seq;
-            // Addresses may change only with a new id; keep what the member says anyway.
-            m.info = hb.info;
             if m.state == MemberState::Suspect {
                 m.state = MemberState::Alive;
                 events.push(Event::Recovered(id));
@@ -211,6 +241,10 @@ impl MemberTable {
             return events;
         }
         if self.quarantine.get(&id).is_some_and(|until| now < *until) {
+            return events;
+        }
+        if self.members.len() >= MAX_MEMBERS {
+            events.push(Event::TableFull { ignored: id });
             return events;
         }
         // A new id. Another id under the same name is an older or newer incarnation.
@@ -249,7 +283,6 @@ impl MemberTable {
                 last_verify_started: None,
                 verification: Verification::Idle,
                 unanswered: false,
-                last_seq: hb.seq,
             },
         );
         events
@@ -262,6 +295,10 @@ impl MemberTable {
             return events;
         };
         m.verification = Verification::Idle;
+        if verdict != Verdict::Answered && m.verdict_is_stale() {
+            // It was heard from after this verification began: the verdict is out of date.
+            return events;
+        }
         match verdict {
             Verdict::Answered => {
                 m.last_alive = now;
@@ -294,14 +331,7 @@ impl MemberTable {
                 m.state = MemberState::Suspect;
                 events.push(Event::Suspected(id));
             }
-            if m.verification == Verification::Idle {
-                m.verification = Verification::InFlight;
-                m.last_verify_started = Some(now);
-                events.push(Event::Verify {
-                    id,
-                    addr: m.info.replication,
-                });
-            }
+            events.extend(m.start_verification(now, Duration::ZERO));
         }
         events
     }
@@ -312,29 +342,21 @@ impl MemberTable {
         let t = self.timing;
         let mut dropped = Vec::new();
         for (id, m) in self.members.iter_mut() {
-            let silent = now.saturating_duration_since(m.last_alive);
-            if silent >= t.drop_after && m.state == MemberState::Suspect && m.unanswered {
+            let unproven = now.saturating_duration_since(m.last_alive);
+            if unproven >= t.drop_after && m.state == MemberState::Suspect && m.unanswered {
                 dropped.push(*id);
                 continue;
             }
-            if silent <= t.suspect_after {
+            if now.saturating_duration_since(m.last_heard) <= t.suspect_after {
                 continue;
             }
-            if m.state == MemberState::Alive {
+            // Heartbeats are missing. Verify it every interval; it stays alive while it
+            // answers, and is suspect once no proof of life is recent enough.
+            if unproven > t.suspect_after && m.state == MemberState::Alive {
                 m.state = MemberState::Suspect;
                 events.push(Event::Suspected(*id));
             }
-            let due = m
-                .last_verify_started
-                .is_none_or(|at| now.saturating_duration_since(at) >= t.reverify_every);
-            if m.verification == Verification::Idle && due {
-                m.verification = Verification::InFlight;
-                m.last_verify_started = Some(now);
-                events.push(Event::Verify {
-                    id: *id,
-                    addr: m.info.replication,
-                });
-            }
+            events.extend(m.start_verification(now, t.reverify_every));
         }
         for id in dropped {
             if let Some(m) = self.members.remove(&id) {
@@ -485,26 +507,74 @@ mod tests {
     }
 
     #[test]
-    fn an_answered_verification_keeps_the_member_and_reverifies_while_heartbeats_stay_missing() {
+    fn a_member_that_answers_verification_stays_alive_without_heartbeats_and_does_not_flap() {
         let (mut t, t0) = table();
         t.on_heartbeat(alive(2, "n2"), t0);
         t.tick(t0 + ms(1001));
         let events = t.on_verdict(id(2), Verdict::Answered, t0 + ms(1010));
         assert_eq!(events, vec![Event::Recovered(id(2))]);
+        // Its heartbeats stay lost: verified every interval, never suspect again while it
+        // answers, never dropped even long past drop_ms.
+        for step in 1..=12 {
+            let now = t0 + ms(1010 + 500 * step);
+            let verify = Event::Verify {
+                id: id(2),
+                addr: info(2, "n2", 1).replication,
+            };
+            assert_eq!(t.tick(now), vec![verify], "step {step}");
+            assert!(
+                t.on_verdict(id(2), Verdict::Answered, now + ms(5))
+                    .is_empty()
+            );
+        }
         assert_eq!(state(&t, 2), Some(MemberState::Alive));
-        // Still no heartbeat: suspect again two intervals after the answer, verify again.
-        assert!(t.tick(t0 + ms(2000)).is_empty());
-        let events = t.tick(t0 + ms(2011));
-        assert!(events.contains(&Event::Verify {
-            id: id(2),
-            addr: info(2, "n2", 1).replication
-        }));
-        // Answers keep it past drop_after even though no heartbeat came.
-        t.on_verdict(id(2), Verdict::Answered, t0 + ms(2020));
-        t.tick(t0 + ms(3030));
-        t.on_verdict(id(2), Verdict::Answered, t0 + ms(3040));
-        assert!(t.tick(t0 + ms(3500)).is_empty());
+    }
+
+    #[test]
+    fn a_verdict_that_started_before_the_member_was_heard_again_is_ignored() {
+        let (mut t, t0) = table();
+        t.on_heartbeat(alive(2, "n2"), t0);
+        t.tick(t0 + ms(1001));
+        // A heartbeat overtakes the verification's answer.
+        t.on_heartbeat(alive(2, "n2"), t0 + ms(1005));
+        assert!(
+            t.on_verdict(id(2), Verdict::Refused, t0 + ms(1010))
+                .is_empty()
+        );
         assert_eq!(state(&t, 2), Some(MemberState::Alive));
+        // A stale "no answer" does not arm the silence drop either.
+        t.tick(t0 + ms(2006));
+        t.on_heartbeat(alive(2, "n2"), t0 + ms(2007));
+        assert!(
+            t.on_verdict(id(2), Verdict::NoAnswer, t0 + ms(2500))
+                .is_empty()
+        );
+        assert!(
+            t.tick(t0 + ms(5100))
+                .iter()
+                .all(|e| !matches!(e, Event::Dropped { .. }))
+        );
+    }
+
+    #[test]
+    fn a_known_id_cannot_change_its_name_or_addresses() {
+        let (mut t, t0) = table();
+        t.on_heartbeat(alive(2, "n2"), t0);
+        let mut forged = alive(2, "other");
+        forged.info.replication = SocketAddr::from(([10, 0, 0, 1], 1));
+        assert!(t.on_heartbeat(forged, t0 + ms(10)).is_empty());
+        assert_eq!(t.get(id(2)).map(|m| m.info.clone()), Some(info(2, "n2", 1)));
+    }
+
+    #[test]
+    fn the_table_stops_growing_at_its_limit() {
+        let (mut t, t0) = table();
+        for n in 0..MAX_MEMBERS as u64 {
+            t.on_heartbeat(alive(100 + n, &format!("m{n}")), t0);
+        }
+        let events = t.on_heartbeat(alive(5, "late"), t0);
+        assert_eq!(events, vec![Event::TableFull { ignored: id(5) }]);
+        assert_eq!(t.len(), MAX_MEMBERS);
     }
 
     #[test]

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError, ReplicationMode};
-use crate::heartbeat::{self, HeartbeatConfig, MembershipView};
+use crate::heartbeat::{self, HeartbeatConfig, MembershipView, Peers};
 use crate::membership::{MemberInfo, NodeId};
 use crate::metrics::Metrics;
 use crate::replication::{self, InboundConfig};
@@ -31,6 +32,10 @@ pub enum NodeError {
         key: &'static str,
         reason: &'static str,
     },
+    #[error(
+        "node.replication: {addr} is announced to static members on other hosts, which cannot reach it; use this host's address (or set membership.interface when binding 0.0.0.0)"
+    )]
+    Unreachable { addr: SocketAddr },
     #[error("cannot bind the {what} address {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -85,6 +90,8 @@ impl Shared {
 
 /// How long shutdown waits for tasks to finish before giving up on them.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// How often static member names are resolved again.
+const RESOLVE_EVERY: Duration = Duration::from_secs(10);
 
 /// Runs a node until `shutdown` is triggered, then leaves the cluster and returns.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
@@ -95,9 +102,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
             reason: "authenticated and encrypted cluster traffic is not available in this version yet; remove the key to run unencrypted",
         });
     }
-    let static_members = config.static_member_addrs()?;
     let membership = &config.membership;
-
     let replication_listener = bind_tcp("replication", config.node.replication).await?;
     let replication_addr = advertised(
         local_addr(&replication_listener),
@@ -106,30 +111,44 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
     let http_listener = bind_tcp("http", config.node.http).await?;
     let http_addr = advertised(local_addr(&http_listener), membership.interface.into());
 
-    let heartbeat_mode = if static_members.is_empty() {
-        "multicast"
+    let static_names = &membership.static_members;
+    let (datagrams, peers, resolver) = if static_names.is_empty() {
+        let datagrams =
+            Datagrams::multicast(membership.multicast, membership.interface, membership.ttl)
+                .map_err(|source| NodeError::Bind {
+                    what: "multicast",
+                    addr: format!(
+                        "{} on interface {}",
+                        membership.multicast, membership.interface
+                    ),
+                    source,
+                })?;
+        (datagrams, Peers::Group, None)
     } else {
-        "unicast"
-    };
-    let datagrams = if static_members.is_empty() {
-        Datagrams::multicast(membership.multicast, membership.interface, membership.ttl).map_err(
-            |source| NodeError::Bind {
-                what: "multicast",
-                addr: format!(
-                    "{} on interface {}",
-                    membership.multicast, membership.interface
-                ),
-                source,
-            },
-        )?
-    } else {
+        let (resolved, _) = transport::resolve_peers(static_names, Duration::from_secs(5)).await;
+        if replication_addr.ip().is_loopback() && resolved.iter().any(|p| !p.ip().is_loopback()) {
+            return Err(NodeError::Unreachable {
+                addr: replication_addr,
+            });
+        }
         // Unicast heartbeats share the replication port number, over UDP.
         let local = SocketAddr::new(config.node.replication.ip(), replication_addr.port());
-        Datagrams::unicast(local, static_members).map_err(|source| NodeError::Bind {
+        let datagrams = Datagrams::unicast(local).map_err(|source| NodeError::Bind {
             what: "unicast heartbeat",
             addr: local.to_string(),
             source,
-        })?
+        })?;
+        let (tx, rx) = watch::channel(resolved);
+        (
+            datagrams,
+            Peers::Static(rx),
+            Some((static_names.clone(), tx)),
+        )
+    };
+    let heartbeat_mode = if resolver.is_none() {
+        "multicast"
+    } else {
+        "unicast"
     };
 
     let me = MemberInfo {
@@ -166,29 +185,43 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
         "node started"
     );
 
+    // Stopped in order on shutdown: membership first (the leave is announced while HTTP
+    // still answers, so `/status` can show `leaving`), then HTTP.
+    let cluster_stop = CancellationToken::new();
+    let http_stop = CancellationToken::new();
+    if let Some((names, tx)) = resolver {
+        shutdown.spawn(transport::keep_resolving(
+            names,
+            RESOLVE_EVERY,
+            tx,
+            cluster_stop.clone(),
+        ));
+    }
     let hb_cfg = HeartbeatConfig::new(
         config.cluster.name.clone(),
         me.clone(),
         config.heartbeat(),
         config.drop_after(),
     );
-    shutdown.spawn(heartbeat::run(
+    let membership_task = shutdown.spawn(heartbeat::run(
         hb_cfg,
         datagrams,
+        peers,
         metrics.clone(),
         view_tx,
-        shutdown.token().clone(),
+        cluster_stop.clone(),
     ));
     let inbound_cfg = InboundConfig::new(config.cluster.name.clone(), me.id);
     shutdown.spawn(replication::serve(
         replication_listener,
         inbound_cfg,
         metrics.clone(),
-        shutdown.token().clone(),
+        cluster_stop.clone(),
     ));
-    let http_stop = shutdown.token().clone();
-    let server = axum::serve(http_listener, http::router(shared.clone()))
-        .with_graceful_shutdown(async move { http_stop.cancelled().await });
+    let server = axum::serve(http_listener, http::router(shared.clone())).with_graceful_shutdown({
+        let http_stop = http_stop.clone();
+        async move { http_stop.cancelled().await }
+    });
     shutdown.spawn(async move {
         if let Err(e) = server.await {
             warn!(error = %e, "http server failed");
@@ -196,9 +229,16 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
     });
 
     shutdown.triggered().await;
-    // The heartbeat task announces the leave as it stops; HTTP finishes what is in flight.
     shared.set_state(NodeState::Leaving);
     info!(name = %me.name, "shutting down");
+    cluster_stop.cancel();
+    if tokio::time::timeout(DRAIN_GRACE, membership_task)
+        .await
+        .is_err()
+    {
+        warn!("the leave announcement did not finish within {DRAIN_GRACE:?}");
+    }
+    http_stop.cancel();
     if !shutdown.drain(DRAIN_GRACE).await {
         warn!("some tasks did not finish within {DRAIN_GRACE:?}; closing them");
     }

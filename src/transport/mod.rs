@@ -4,5 +4,5 @@
 mod datagram;
 mod stream;
 
-pub use datagram::Datagrams;
+pub use datagram::{Datagrams, keep_resolving, resolve_peers};
 pub use stream::{FramedStream, bind_listener, connect, framed};

@@ -1,11 +1,12 @@
 //! Heartbeat datagrams: `MAGIC` followed by one encoded `Datagram`.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use prost::Message;
 
 use super::{PROTOCOL_VERSION, WireError, check_envelope, pb};
-use crate::membership::{Announce, Heartbeat, MemberInfo, NodeId};
+use crate::membership::{Announce, Heartbeat, MemberInfo, NodeId, is_valid_name};
 
 /// First bytes of every datagram: random traffic is rejected before any decoding.
 pub const MAGIC: [u8; 4] = *b"DCst";
@@ -15,7 +16,7 @@ pub const MAGIC: [u8; 4] = *b"DCst";
 pub const MAX_DATAGRAM: usize = 1400;
 
 /// The datagram announcing `hb` to the members of `cluster`.
-pub fn encode_heartbeat(cluster: &str, hb: &Heartbeat) -> Vec<u8> {
+pub fn encode_heartbeat(cluster: &str, hb: &Heartbeat, interval: Duration) -> Vec<u8> {
     let msg = pb::Datagram {
         version: PROTOCOL_VERSION,
         cluster: cluster.to_string(),
@@ -30,7 +31,7 @@ pub fn encode_heartbeat(cluster: &str, hb: &Heartbeat) -> Vec<u8> {
                 Announce::Leaving => pb::Announce::Leaving,
             } as i32,
             seq: hb.seq,
-            heartbeat_ms: 0,
+            heartbeat_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
         })),
     };
     [&MAGIC[..], &msg.encode_to_vec()].concat()
@@ -63,10 +64,10 @@ pub fn decode_datagram(buf: &[u8], expected_cluster: &str) -> Result<Heartbeat, 
             });
         }
     };
-    if hb.name.is_empty() || hb.name.len() > 64 {
+    if !is_valid_name(&hb.name) {
         return Err(WireError::Invalid {
             field: "name",
-            reason: format!("length {} is not in 1..=64", hb.name.len()),
+            reason: "not 1 to 64 of A-Z a-z 0-9 _ -".into(),
         });
     }
     Ok(Heartbeat {
@@ -113,13 +114,13 @@ mod tests {
 
     #[test]
     fn a_heartbeat_round_trips() {
-        let bytes = encode_heartbeat("c1", &heartbeat());
+        let bytes = encode_heartbeat("c1", &heartbeat(), Duration::from_millis(500));
         assert_eq!(decode_datagram(&bytes, "c1"), Ok(heartbeat()));
     }
 
     #[test]
     fn a_heartbeat_of_another_cluster_is_rejected() {
-        let bytes = encode_heartbeat("c1", &heartbeat());
+        let bytes = encode_heartbeat("c1", &heartbeat(), Duration::from_millis(500));
         assert_eq!(
             decode_datagram(&bytes, "c2"),
             Err(WireError::ForeignCluster("c1".into()))
@@ -128,7 +129,7 @@ mod tests {
 
     #[test]
     fn truncated_and_oversized_datagrams_are_rejected() {
-        let bytes = encode_heartbeat("c1", &heartbeat());
+        let bytes = encode_heartbeat("c1", &heartbeat(), Duration::from_millis(500));
         for len in 0..bytes.len() {
             assert!(
                 decode_datagram(&bytes[..len], "c1").is_err(),
@@ -141,6 +142,22 @@ mod tests {
             decode_datagram(&big, "c1"),
             Err(WireError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn a_name_that_could_not_be_a_route_is_rejected() {
+        for name in ["", "a.b", "new\nline", "\u{1b}[31m", &"x".repeat(65)] {
+            let mut hb = heartbeat();
+            hb.info.name = name.to_string();
+            let bytes = encode_heartbeat("c1", &hb, Duration::from_millis(500));
+            assert!(
+                matches!(
+                    decode_datagram(&bytes, "c1"),
+                    Err(WireError::Invalid { field: "name", .. })
+                ),
+                "{name:?}"
+            );
+        }
     }
 
     proptest! {

@@ -4,12 +4,14 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -23,12 +25,26 @@ pub const GROUP: &str = "228.0.0.4";
 pub const DEFAULTS: &[&str] = &[];
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
+/// Ports handed out in this test process: the kernel may offer a released port again, and
+/// two nodes of parallel tests must never be given the same one.
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 
-/// A free TCP port on loopback (free when asked; the kernel picks it at random, so a
-/// collision with a parallel test is unlikely).
+fn claim(port: u16) -> bool {
+    HANDED_OUT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(port)
+}
+
+/// A free TCP port on loopback, never the same twice in one test process.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free port");
-    l.local_addr().expect("local addr").port()
+    loop {
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free port");
+        let port = l.local_addr().expect("local addr").port();
+        if claim(port) {
+            return port;
+        }
+    }
 }
 
 /// A port free for both TCP and UDP on loopback (static members use UDP on the replication port).
@@ -42,8 +58,13 @@ pub fn free_dual_port() -> u16 {
 }
 
 pub fn free_udp_port() -> u16 {
-    let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind a free udp port");
-    s.local_addr().expect("local addr").port()
+    loop {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind a free udp port");
+        let port = s.local_addr().expect("local addr").port();
+        if claim(port) {
+            return port;
+        }
+    }
 }
 
 /// A cluster of its own for one test: a unique name and multicast port.
