@@ -29,6 +29,7 @@ pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod replication;
+pub mod session;
 pub mod shutdown;
 pub mod throttle;
 pub mod transport;

@@ -1,0 +1,524 @@
+//! The session map: sharded behind `parking_lot` locks, cheap to clone (a handle), and
+//! every mutation returns the [`Delta`] it caused so the caller can replicate it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use thiserror::Error;
+
+use super::delta::{SessionState, Version};
+use super::{AttributeChange, Delta, SessionId};
+use crate::membership::NodeId;
+
+const SHARDS: usize = 64;
+
+/// How long after expiry (beyond `max_inactive`) a session is swept: longer than access
+/// times take to reach every member, so no member drops a session another kept alive.
+pub const EXPIRY_SLACK_MS: u64 = 2_000;
+
+/// How long a tombstone keeps late deltas from resurrecting an ended session.
+pub const TOMBSTONE_TTL_MS: u64 = 10 * 60 * 1000;
+
+/// Limits that keep one client from exhausting a node.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_sessions: usize,
+    pub max_attributes: usize,
+    pub max_value_bytes: usize,
+    pub max_name_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_sessions: 1_000_000,
+            max_attributes: 64,
+            max_value_bytes: 64 * 1024,
+            max_name_bytes: 256,
+        }
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("this node holds its limit of {max} sessions")]
+    TooManySessions { max: usize },
+    #[error("a session holds at most {max} attributes")]
+    TooManyAttributes { max: usize },
+    #[error("attribute value of {len} bytes exceeds the limit of {max}")]
+    ValueTooLarge { len: usize, max: usize },
+    #[error("attribute name must be 1 to {max} bytes")]
+    BadName { max: usize },
+}
+
+/// How a session ended; kept as a tombstone for [`TOMBSTONE_TTL_MS`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Ended {
+    /// Invalidated somewhere: final everywhere.
+    Invalidated,
+    /// Expired here (every member decides the same from the replicated access time).
+    /// A whole session with newer activity may still replace it (a healed partition).
+    Expired { last_access_ms: u64 },
+}
+
+#[derive(Debug)]
+enum Entry {
+    Live(SessionState),
+    Ended { how: Ended, at_ms: u64 },
+}
+
+/// What [`SessionStore::apply`] did with a delta.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// It made a session this store did not have.
+    Created,
+    Changed,
+    /// Nothing new (a duplicate or older versions).
+    Unchanged,
+    /// The session ended here; its tombstone absorbed the delta.
+    Ended,
+}
+
+/// The result of [`SessionStore::update`].
+#[derive(Debug)]
+pub struct Update<R> {
+    pub id: SessionId,
+    /// A new session was made for this request.
+    pub created: bool,
+    pub value: R,
+    /// Everything the request changed, to replicate; `None` when it only read.
+    pub delta: Option<Delta>,
+}
+
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepStats {
+    pub expired: usize,
+    pub purged: usize,
+}
+
+#[derive(Default)]
+struct Shard {
+    entries: HashMap<SessionId, Entry>,
+}
+
+struct Inner {
+    node: NodeId,
+    limits: Limits,
+    default_max_inactive_s: u32,
+    shards: Box<[RwLock<Shard>]>,
+    clock: AtomicU64,
+    live: AtomicUsize,
+    /// Sessions accessed since the last [`SessionStore::take_accessed`], with the time.
+    accessed: Mutex<HashMap<SessionId, u64>>,
+}
+
+/// A cheap-to-clone handle on one node's sessions.
+#[derive(Clone)]
+pub struct SessionStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SessionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionStore")
+            .field("node", &self.inner.node)
+            .field("live", &self.len())
+            .finish()
+    }
+}
+
+/// One live session during one request, under its shard's lock. Changes are recorded in
+/// the request's delta.
+pub struct SessionMut<'a> {
+    id: SessionId,
+    state: &'a mut SessionState,
+    inner: &'a Inner,
+    delta: Delta,
+    changed: bool,
+}
+
+impl SessionMut<'_> {
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    pub fn created_ms(&self) -> u64 {
+        self.state.created_ms
+    }
+
+    pub fn last_accessed_ms(&self) -> u64 {
+        self.state.last_access_ms
+    }
+
+    pub fn max_inactive_s(&self) -> u32 {
+        self.state.max_inactive_s
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Bytes> {
+        self.state.get(name)
+    }
+
+    /// The attributes that have a value, in the order they were first set.
+    pub fn attributes(&self) -> impl Iterator<Item = (&str, &Bytes)> {
+        self.state.present()
+    }
+
+    pub fn set(&mut self, name: &str, value: Bytes) -> Result<(), StoreError> {
+        let limits = &self.inner.limits;
+        if name.is_empty() || name.len() > limits.max_name_bytes {
+            return Err(StoreError::BadName {
+                max: limits.max_name_bytes,
+            });
+        }
+        if value.len() > limits.max_value_bytes {
+            return Err(StoreError::ValueTooLarge {
+                len: value.len(),
+                max: limits.max_value_bytes,
+            });
+        }
+        if self.state.get(name).is_none() && self.state.present().count() >= limits.max_attributes {
+            return Err(StoreError::TooManyAttributes {
+                max: limits.max_attributes,
+            });
+        }
+        self.change(name, Some(value));
+        Ok(())
+    }
+
+    /// Removes an attribute; false when it had no value.
+    pub fn remove(&mut self, name: &str) -> bool {
+        if self.state.get(name).is_none() {
+            return false;
+        }
+        self.change(name, None);
+        true
+    }
+
+    pub fn set_max_inactive_s(&mut self, secs: u32) {
+        let version = self.inner.next_version();
+        self.delta.max_inactive = Some((secs, version));
+        self.state.max_inactive_s = secs;
+        self.state.max_inactive_version = version;
+        self.changed = true;
+    }
+
+    fn change(&mut self, name: &str, value: Option<Bytes>) {
+        let change = AttributeChange {
+            name: name.to_string(),
+            value,
+            version: self.inner.next_version(),
+        };
+        let mut one = Delta::new(self.id, self.state.created_ms, self.state.last_access_ms);
+        one.attributes.push(change.clone());
+        self.state.merge(&one);
+        self.delta.record(change);
+        self.changed = true;
+    }
+}
+
+impl Inner {
+    fn shard(&self, id: &SessionId) -> &RwLock<Shard> {
+        &self.shards[usize::from(id.as_bytes()[0]) % SHARDS]
+    }
+
+    fn next_version(&self) -> Version {
+        Version {
+            counter: self.clock.fetch_add(1, Ordering::Relaxed) + 1,
+            node: self.node,
+        }
+    }
+
+    fn observe(&self, counter: u64) {
+        self.clock.fetch_max(counter, Ordering::Relaxed);
+    }
+}
+
+impl SessionStore {
+    /// A store for node `node` whose new sessions live `default_max_inactive_s` without access.
+    pub fn new(node: NodeId, limits: Limits, default_max_inactive_s: u32) -> SessionStore {
+        SessionStore {
+            inner: Arc::new(Inner {
+                node,
+                limits,
+                default_max_inactive_s,
+                shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
+                clock: AtomicU64::new(0),
+                live: AtomicUsize::new(0),
+                accessed: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.inner.node
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    /// Live sessions held (including expired ones not yet swept).
+    pub fn len(&self) -> usize {
+        self.inner.live.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Runs `f` on the live session `id`, touching it; when there is none (no id, unknown,
+    /// expired or invalidated) and `create` is true, on a new session with a fresh id
+    /// instead (never the client's: no session fixation). `Ok(None)`: no session and
+    /// `create` false. The delta holds everything the request changed, the creation
+    /// included.
+    pub fn update<R>(
+        &self,
+        id: Option<SessionId>,
+        create: bool,
+        now_ms: u64,
+        f: impl FnOnce(&mut SessionMut<'_>) -> R,
+    ) -> Result<Option<Update<R>>, StoreError> {
+        if let Some(id) = id {
+            let mut shard = self.inner.shard(&id).write();
+            if let Some(Entry::Live(state)) = shard.entries.get_mut(&id) {
+                if now_ms <= state.expires_at_ms() {
+                    if now_ms > state.last_access_ms {
+                        state.last_access_ms = now_ms;
+                    }
+                    self.inner.accessed.lock().insert(id, state.last_access_ms);
+                    let mut s = SessionMut {
+                        id,
+                        delta: Delta::new(id, state.created_ms, state.last_access_ms),
+                        state,
+                        inner: &self.inner,
+                        changed: false,
+                    };
+                    let value = f(&mut s);
+                    let delta = s.changed.then_some(s.delta);
+                    return Ok(Some(Update {
+                        id,
+                        created: false,
+                        value,
+                        delta,
+                    }));
+                }
+            }
+        }
+        if !create {
+            return Ok(None);
+        }
+        self.create(now_ms, f).map(Some)
+    }
+
+    fn create<R>(
+        &self,
+        now_ms: u64,
+        f: impl FnOnce(&mut SessionMut<'_>) -> R,
+    ) -> Result<Update<R>, StoreError> {
+        let max = self.inner.limits.max_sessions;
+        if self.len() >= max {
+            return Err(StoreError::TooManySessions { max });
+        }
+        let id = loop {
+            let candidate = SessionId::random();
+            if !self
+                .inner
+                .shard(&candidate)
+                .read()
+                .entries
+                .contains_key(&candidate)
+            {
+                break candidate;
+            }
+        };
+        let version = self.inner.next_version();
+        let mut state = SessionState {
+            created_ms: now_ms,
+            last_access_ms: now_ms,
+            max_inactive_s: self.inner.default_max_inactive_s,
+            max_inactive_version: version,
+            attributes: Vec::new(),
+        };
+        let mut delta = Delta::new(id, now_ms, now_ms);
+        delta.max_inactive = Some((state.max_inactive_s, version));
+        let mut s = SessionMut {
+            id,
+            state: &mut state,
+            inner: &self.inner,
+            delta,
+            changed: true,
+        };
+        let value = f(&mut s);
+        let delta = s.delta;
+        self.inner
+            .shard(&id)
+            .write()
+            .entries
+            .insert(id, Entry::Live(state));
+        self.inner.live.fetch_add(1, Ordering::Relaxed);
+        Ok(Update {
+            id,
+            created: true,
+            value,
+            delta: Some(delta),
+        })
+    }
+
+    /// Ends a session on this node; the delta ends it everywhere. None when it was not live.
+    pub fn invalidate(&self, id: SessionId, now_ms: u64) -> Option<Delta> {
+        let mut shard = self.inner.shard(&id).write();
+        let Some(Entry::Live(state)) = shard.entries.get(&id) else {
+            return None;
+        };
+        let mut delta = Delta::new(id, state.created_ms, state.last_access_ms);
+        delta.invalidated = true;
+        shard.entries.insert(
+            id,
+            Entry::Ended {
+                how: Ended::Invalidated,
+                at_ms: now_ms,
+            },
+        );
+        self.inner.live.fetch_sub(1, Ordering::Relaxed);
+        Some(delta)
+    }
+
+    /// Merges a delta from another member. Idempotent and order-independent.
+    pub fn apply(&self, delta: &Delta, now_ms: u64) -> Applied {
+        self.inner.observe(delta.max_counter());
+        let mut shard = self.inner.shard(&delta.id).write();
+        let entries = &mut shard.entries;
+        match entries.get_mut(&delta.id) {
+            None => {
+                if delta.invalidated {
+                    entries.insert(
+                        delta.id,
+                        Entry::Ended {
+                            how: Ended::Invalidated,
+                            at_ms: now_ms,
+                        },
+                    );
+                    return Applied::Ended;
+                }
+                let state = SessionState::from_delta(delta, self.inner.default_max_inactive_s);
+                entries.insert(delta.id, Entry::Live(state));
+                self.inner.live.fetch_add(1, Ordering::Relaxed);
+                Applied::Created
+            }
+            Some(Entry::Live(state)) => {
+                if delta.invalidated {
+                    entries.insert(
+                        delta.id,
+                        Entry::Ended {
+                            how: Ended::Invalidated,
+                            at_ms: now_ms,
+                        },
+                    );
+                    self.inner.live.fetch_sub(1, Ordering::Relaxed);
+                    return Applied::Ended;
+                }
+                if state.merge(delta) {
+                    Applied::Changed
+                } else {
+                    Applied::Unchanged
+                }
+            }
+            Some(Entry::Ended { how, .. }) => {
+                if delta.invalidated {
+                    *how = Ended::Invalidated;
+                    return Applied::Ended;
+                }
+                let revives = matches!(*how, Ended::Expired { last_access_ms } if delta.full && delta.last_access_ms > last_access_ms);
+                if !revives {
+                    return Applied::Ended;
+                }
+                let state = SessionState::from_delta(delta, self.inner.default_max_inactive_s);
+                entries.insert(delta.id, Entry::Live(state));
+                self.inner.live.fetch_add(1, Ordering::Relaxed);
+                Applied::Created
+            }
+        }
+    }
+
+    /// Access times from another member (batched): the latest wins.
+    pub fn touch(&self, id: SessionId, last_access_ms: u64) -> bool {
+        let mut shard = self.inner.shard(&id).write();
+        match shard.entries.get_mut(&id) {
+            Some(Entry::Live(state)) if last_access_ms > state.last_access_ms => {
+                state.last_access_ms = last_access_ms;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The sessions accessed here since the last call, with their access times.
+    pub fn take_accessed(&self) -> Vec<(SessionId, u64)> {
+        let taken = std::mem::take(&mut *self.inner.accessed.lock());
+        taken.into_iter().collect()
+    }
+
+    /// Expires sessions idle beyond their interval (plus [`EXPIRY_SLACK_MS`]) and forgets
+    /// tombstones older than [`TOMBSTONE_TTL_MS`].
+    pub fn sweep(&self, now_ms: u64) -> SweepStats {
+        let mut stats = SweepStats::default();
+        for shard in self.inner.shards.iter() {
+            let mut shard = shard.write();
+            shard.entries.retain(|_, entry| match entry {
+                Entry::Live(state) => {
+                    if now_ms > state.expires_at_ms().saturating_add(EXPIRY_SLACK_MS) {
+                        *entry = Entry::Ended {
+                            how: Ended::Expired {
+                                last_access_ms: state.last_access_ms,
+                            },
+                            at_ms: now_ms,
+                        };
+                        stats.expired += 1;
+                    }
+                    true
+                }
+                Entry::Ended { at_ms, .. } => {
+                    let keep = now_ms < at_ms.saturating_add(TOMBSTONE_TTL_MS);
+                    if !keep {
+                        stats.purged += 1;
+                    }
+                    keep
+                }
+            });
+        }
+        self.inner.live.fetch_sub(stats.expired, Ordering::Relaxed);
+        stats
+    }
+
+    /// Number of shards, for exporting the store in pieces.
+    pub fn shard_count(&self) -> usize {
+        SHARDS
+    }
+
+    /// Every live session of shard `index` as a full delta (state transfer).
+    pub fn export_shard(&self, index: usize) -> Vec<Delta> {
+        let Some(shard) = self.inner.shards.get(index) else {
+            return Vec::new();
+        };
+        shard
+            .read()
+            .entries
+            .iter()
+            .filter_map(|(id, e)| match e {
+                Entry::Live(state) => Some(state.to_full_delta(*id)),
+                Entry::Ended { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Whether `id` is live here (expired-but-unswept counts as live).
+    pub fn contains(&self, id: SessionId) -> bool {
+        matches!(
+            self.inner.shard(&id).read().entries.get(&id),
+            Some(Entry::Live(_))
+        )
+    }
+}

@@ -1,0 +1,352 @@
+//! Tests of the store and of the merge: limits, expiry, tombstones, and the properties that
+//! make replication safe (any order, any duplication, same result).
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use super::store::{EXPIRY_SLACK_MS, TOMBSTONE_TTL_MS};
+use super::*;
+use crate::membership::NodeId;
+
+fn store(node: u64) -> SessionStore {
+    SessionStore::new(NodeId::from_u64(node), Limits::default(), 60)
+}
+
+fn b(s: &'static str) -> Bytes {
+    Bytes::from_static(s.as_bytes())
+}
+
+/// Every live session as sorted full deltas, for comparing stores.
+fn contents(s: &SessionStore) -> Vec<Delta> {
+    let mut all: Vec<Delta> = (0..s.shard_count())
+        .flat_map(|i| s.export_shard(i))
+        .collect();
+    for d in &mut all {
+        d.attributes.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    all.sort_by_key(|d| d.id);
+    all
+}
+
+fn read(s: &SessionStore, id: SessionId, name: &str, now: u64) -> Option<Bytes> {
+    s.update(Some(id), false, now, |m| m.get(name).cloned())
+        .ok()
+        .flatten()
+        .and_then(|u| u.value)
+}
+
+#[test]
+fn a_created_session_and_its_first_attribute_travel_in_one_delta() {
+    let a = store(1);
+    let done = a
+        .update(None, true, 100, |s| s.set("x", b("1")))
+        .unwrap()
+        .unwrap();
+    assert!(done.created);
+    let delta = done.delta.unwrap();
+    assert_eq!(delta.attributes.len(), 1);
+    assert_eq!(delta.max_inactive.map(|m| m.0), Some(60));
+    let other = store(2);
+    assert_eq!(other.apply(&delta, 101), Applied::Created);
+    assert_eq!(read(&other, done.id, "x", 102), Some(b("1")));
+}
+
+#[test]
+fn a_delta_that_overtakes_the_creation_still_lands() {
+    let a = store(1);
+    let created = a.update(None, true, 100, |_| ()).unwrap().unwrap();
+    let changed = a
+        .update(Some(created.id), false, 110, |s| s.set("x", b("v")))
+        .unwrap()
+        .unwrap();
+    let b2 = store(2);
+    // The change arrives first (Tomcat dropped it as "unknown session").
+    b2.apply(changed.delta.as_ref().unwrap(), 111);
+    b2.apply(created.delta.as_ref().unwrap(), 112);
+    assert_eq!(read(&b2, created.id, "x", 113), Some(b("v")));
+    assert_eq!(contents(&b2)[0].created_ms, 100);
+}
+
+#[test]
+fn a_read_only_request_makes_no_delta_but_is_recorded_as_an_access() {
+    let a = store(1);
+    let id = a.update(None, true, 100, |_| ()).unwrap().unwrap().id;
+    a.take_accessed();
+    let read = a
+        .update(Some(id), false, 150, |s| s.get("nothing").is_some())
+        .unwrap()
+        .unwrap();
+    assert!(read.delta.is_none());
+    assert_eq!(a.take_accessed(), vec![(id, 150)]);
+    assert!(a.take_accessed().is_empty());
+}
+
+#[test]
+fn unknown_or_absent_ids_make_a_fresh_session_never_the_clients_id() {
+    let a = store(1);
+    let forged = SessionId::from_bytes([7; 16]);
+    let done = a.update(Some(forged), true, 100, |_| ()).unwrap().unwrap();
+    assert!(done.created);
+    assert_ne!(done.id, forged);
+    assert!(
+        a.update(Some(forged), false, 100, |_| ())
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn limits_give_clear_errors_and_change_nothing() {
+    let limits = Limits {
+        max_sessions: 1,
+        max_attributes: 1,
+        max_value_bytes: 4,
+        max_name_bytes: 8,
+    };
+    let a = SessionStore::new(NodeId::from_u64(1), limits, 60);
+    let id = a.update(None, true, 1, |_| ()).unwrap().unwrap().id;
+    assert_eq!(
+        a.update(None, true, 2, |_| ()).unwrap_err(),
+        StoreError::TooManySessions { max: 1 }
+    );
+    let too_big = a
+        .update(Some(id), false, 3, |s| s.set("a", b("12345")))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        too_big.value,
+        Err(StoreError::ValueTooLarge { len: 5, max: 4 })
+    );
+    assert!(too_big.delta.is_none());
+    let first = a
+        .update(Some(id), false, 4, |s| s.set("a", b("1")))
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.value, Ok(()));
+    let second = a
+        .update(Some(id), false, 5, |s| s.set("b", b("2")))
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.value, Err(StoreError::TooManyAttributes { max: 1 }));
+    // Replacing an existing attribute is not a new one.
+    let again = a
+        .update(Some(id), false, 6, |s| s.set("a", b("3")))
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.value, Ok(()));
+    let bad = a
+        .update(Some(id), false, 7, |s| s.set("", b("x")))
+        .unwrap()
+        .unwrap();
+    assert_eq!(bad.value, Err(StoreError::BadName { max: 8 }));
+}
+
+#[test]
+fn a_session_past_its_interval_is_not_served_and_is_swept_after_the_slack() {
+    let a = store(1);
+    let id = a.update(None, true, 0, |_| ()).unwrap().unwrap().id;
+    assert!(a.update(Some(id), false, 60_000, |_| ()).unwrap().is_some());
+    assert!(
+        a.update(Some(id), false, 120_001, |_| ())
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(a.sweep(120_001 + EXPIRY_SLACK_MS - 1).expired, 0);
+    assert_eq!(a.sweep(120_001 + EXPIRY_SLACK_MS).expired, 1);
+    assert_eq!(a.len(), 0);
+}
+
+#[test]
+fn access_from_another_member_keeps_a_session_alive() {
+    let a = store(1);
+    let id = a.update(None, true, 0, |_| ()).unwrap().unwrap().id;
+    for t in (10_000..200_000).step_by(10_000) {
+        assert!(a.touch(id, t));
+        assert_eq!(a.sweep(t + 1).expired, 0);
+    }
+    assert!(!a.touch(id, 5), "an older access time changes nothing");
+}
+
+#[test]
+fn tombstones_stop_late_deltas_from_resurrecting_an_invalidated_session() {
+    let a = store(1);
+    let done = a
+        .update(None, true, 0, |s| s.set("x", b("1")))
+        .unwrap()
+        .unwrap();
+    let late = a
+        .update(Some(done.id), false, 5, |s| s.set("x", b("2")))
+        .unwrap()
+        .unwrap();
+    let end = a.invalidate(done.id, 10).unwrap();
+    let b2 = store(2);
+    b2.apply(done.delta.as_ref().unwrap(), 11);
+    b2.apply(&end, 12);
+    assert_eq!(b2.apply(late.delta.as_ref().unwrap(), 13), Applied::Ended);
+    assert!(!b2.contains(done.id));
+    // Also when the end comes first and the creation after.
+    let c = store(3);
+    c.apply(&end, 1);
+    assert_eq!(c.apply(done.delta.as_ref().unwrap(), 2), Applied::Ended);
+    assert_eq!(c.len(), 0);
+    // The tombstone is forgotten after its time.
+    assert_eq!(c.sweep(1 + TOMBSTONE_TTL_MS).purged, 1);
+}
+
+#[test]
+fn an_expired_session_is_replaced_only_by_a_whole_session_with_newer_activity() {
+    let a = store(1);
+    let done = a
+        .update(None, true, 0, |s| s.set("x", b("1")))
+        .unwrap()
+        .unwrap();
+    let expire_at = 60_000 + EXPIRY_SLACK_MS + 1;
+    assert_eq!(a.sweep(expire_at).expired, 1);
+    // A late change alone cannot rebuild it.
+    let mut partial = done.delta.clone().unwrap();
+    partial.last_access_ms = 70_000;
+    assert_eq!(a.apply(&partial, expire_at + 1), Applied::Ended);
+    // The other side of a healed partition kept using it: its whole state comes back.
+    let mut whole = partial.clone();
+    whole.full = true;
+    assert_eq!(a.apply(&whole, expire_at + 2), Applied::Created);
+    assert_eq!(read(&a, done.id, "x", 70_001), Some(b("1")));
+}
+
+#[test]
+fn concurrent_writes_of_one_attribute_converge_to_the_same_value_everywhere() {
+    let a = store(1);
+    let b2 = store(2);
+    let created = a.update(None, true, 0, |_| ()).unwrap().unwrap();
+    b2.apply(created.delta.as_ref().unwrap(), 0);
+    let on_a = a
+        .update(Some(created.id), false, 1, |s| s.set("x", b("from a")))
+        .unwrap()
+        .unwrap();
+    let on_b = b2
+        .update(Some(created.id), false, 1, |s| s.set("x", b("from b")))
+        .unwrap()
+        .unwrap();
+    a.apply(on_b.delta.as_ref().unwrap(), 2);
+    b2.apply(on_a.delta.as_ref().unwrap(), 2);
+    assert_eq!(read(&a, created.id, "x", 3), read(&b2, created.id, "x", 3));
+    // Equal Lamport counters: the higher node id wins.
+    assert_eq!(read(&a, created.id, "x", 3), Some(b("from b")));
+}
+
+#[test]
+fn a_write_after_seeing_a_remote_write_wins_over_it() {
+    let a = store(1);
+    let b2 = store(2);
+    let created = a.update(None, true, 0, |_| ()).unwrap().unwrap();
+    b2.apply(created.delta.as_ref().unwrap(), 0);
+    for i in 0..5 {
+        let w = b2
+            .update(Some(created.id), false, 1, |s| {
+                s.set("x", Bytes::from(vec![i]))
+            })
+            .unwrap()
+            .unwrap();
+        a.apply(w.delta.as_ref().unwrap(), 1);
+    }
+    // a's clock moved past b's writes, so a's next write is newer even with a lower id.
+    let w = a
+        .update(Some(created.id), false, 2, |s| s.set("x", b("a")))
+        .unwrap()
+        .unwrap();
+    b2.apply(w.delta.as_ref().unwrap(), 3);
+    assert_eq!(read(&b2, created.id, "x", 4), Some(b("a")));
+}
+
+/// A write by `node` with a per-node unique counter: what Lamport clocks guarantee.
+#[derive(Clone, Debug)]
+struct Write {
+    session: u8,
+    node: u64,
+    counter: u64,
+    name: u8,
+    value: Option<u8>,
+    access: u64,
+    invalidate: bool,
+}
+
+fn write_strategy() -> impl Strategy<Value = Write> {
+    (
+        0u8..3,
+        1u64..4,
+        1u64..50,
+        0u8..4,
+        proptest::option::of(any::<u8>()),
+        0u64..1000,
+        proptest::bool::weighted(0.05),
+    )
+        .prop_map(
+            |(session, node, counter, name, value, access, invalidate)| Write {
+                session,
+                node,
+                counter,
+                name,
+                value,
+                access,
+                invalidate,
+            },
+        )
+}
+
+fn to_delta(w: &Write) -> Delta {
+    let mut d = Delta::new(
+        SessionId::from_bytes([w.session; 16]),
+        10 + u64::from(w.session),
+        w.access,
+    );
+    // Unique per (node, counter): the value is a function of them, as with a real writer.
+    let value = w
+        .value
+        .map(|v| Bytes::from(vec![v, w.node as u8, w.counter as u8]));
+    d.attributes.push(AttributeChange {
+        name: format!("a{}", w.name),
+        value,
+        version: Version {
+            counter: w.counter,
+            node: NodeId::from_u64(w.node),
+        },
+    });
+    d.invalidated = w.invalidate;
+    d
+}
+
+proptest! {
+    #[test]
+    fn merge_is_order_independent_and_idempotent(
+        writes in proptest::collection::vec(write_strategy(), 1..40),
+        seed in any::<u64>(),
+    ) {
+        // Deduplicate (node, counter, name) so one version never carries two values.
+        let mut seen = std::collections::HashSet::new();
+        let deltas: Vec<Delta> = writes
+            .iter()
+            .filter(|w| seen.insert((w.node, w.counter, w.session, w.name)))
+            .map(to_delta)
+            .collect();
+        let forward = store(9);
+        for d in &deltas {
+            forward.apply(d, 1);
+        }
+        // Another order, each delta delivered one to three times.
+        let mut shuffled: Vec<&Delta> = deltas.iter().flat_map(|d| std::iter::repeat_n(d, 1 + (seed as usize ^ d.last_access_ms as usize) % 3)).collect();
+        let mut rng = seed;
+        for i in (1..shuffled.len()).rev() {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            shuffled.swap(i, (rng >> 33) as usize % (i + 1));
+        }
+        let other = store(8);
+        for d in shuffled {
+            other.apply(d, 1);
+        }
+        prop_assert_eq!(contents(&forward), contents(&other));
+        for s in 0..3u8 {
+            let id = SessionId::from_bytes([s; 16]);
+            prop_assert_eq!(forward.contains(id), other.contains(id));
+        }
+    }
+}
