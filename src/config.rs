@@ -162,6 +162,14 @@ pub struct SessionsConfig {
     pub cookie: String,
     pub max_inactive_s: u64,
     pub replication: ReplicationMode,
+    /// How long a sync write waits for a member's acknowledgement before suspecting it.
+    pub ack_timeout_ms: u64,
+    /// Sessions one node holds at most (new ones beyond: 507).
+    pub max_sessions: u64,
+    /// Attributes one session holds at most (more: 507).
+    pub max_attributes: u64,
+    /// Largest attribute value in bytes (larger: 413).
+    pub max_value_bytes: u64,
 }
 
 impl Default for SessionsConfig {
@@ -170,6 +178,10 @@ impl Default for SessionsConfig {
             cookie: "JSESSIONID".to_string(),
             max_inactive_s: 1800,
             replication: ReplicationMode::Sync,
+            ack_timeout_ms: 1000,
+            max_sessions: 1_000_000,
+            max_attributes: 64,
+            max_value_bytes: 65_536,
         }
     }
 }
@@ -597,6 +609,25 @@ impl Config {
                 ),
             ));
         }
+        let ranges: [(&str, u64, u64, u64); 4] = [
+            ("sessions.ack_timeout_ms", s.ack_timeout_ms, 10, 60_000),
+            ("sessions.max_sessions", s.max_sessions, 1, 100_000_000),
+            ("sessions.max_attributes", s.max_attributes, 1, 100_000),
+            (
+                "sessions.max_value_bytes",
+                s.max_value_bytes,
+                1,
+                8 * 1024 * 1024,
+            ),
+        ];
+        for (key, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return Err(invalid(
+                    key,
+                    format!("must be between {min} and {max}, got {value}"),
+                ));
+            }
+        }
 
         let b = &self.balancer;
         if matches!(&b.sticky, Sticky::Header(name) if !is_token(name)) {
@@ -835,6 +866,10 @@ fn hint(normalized: &str) -> Option<&'static str> {
         }
         "sessions.cookie" => "expected a string like \"JSESSIONID\"",
         "sessions.max_inactive_s" => "expected a whole number of seconds",
+        "sessions.ack_timeout_ms" => "expected a whole number of milliseconds",
+        "sessions.max_sessions" | "sessions.max_attributes" | "sessions.max_value_bytes" => {
+            "expected a whole number"
+        }
         "sessions.replication" => "expected one of \"sync\", \"async\"",
         "balancer.lbmethod" => "expected one of \"byrequests\", \"bytraffic\", \"bybusyness\"",
         "balancer.sticky" => {
@@ -1149,6 +1184,10 @@ replication = "127.0.0.1:4001"# SocketAddr (port 0 allowed)
 [sessions]
 cookie = "JSESSIONID"         # non-empty RFC 6265 cookie-name token
 max_inactive_s = 1800         # u64, 1..=31536000
+ack_timeout_ms = 1000
+max_sessions = 1000000
+max_attributes = 64
+max_value_bytes = 65536
 replication = "sync"          # enum ReplicationMode { Sync, Async }, lowercase "sync" | "async"
 
 [balancer]

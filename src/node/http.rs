@@ -60,7 +60,9 @@ pub(super) fn status_doc(shared: &Shared) -> StatusDoc {
                 last_heard_ms: millis(view.last_heard(m, now)),
             })
             .collect(),
-        sessions: SessionsStatus { active: 0 },
+        sessions: SessionsStatus {
+            active: shared.store.len() as u64,
+        },
         replication: ReplicationStatus {
             mode: shared.replication_mode.to_string(),
             deltas_sent: r.deltas_sent.get(),
@@ -80,7 +82,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let gauges = Gauges {
         members_alive: count(MemberState::Alive),
         members_suspect: count(MemberState::Suspect),
-        sessions_active: 0,
+        sessions_active: shared.store.len() as u64,
         replication_queue: 0,
         uptime_seconds: shared.started.elapsed().as_secs_f64(),
     };

@@ -6,7 +6,6 @@ pub mod status;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
@@ -19,7 +18,8 @@ use crate::config::{Config, ConfigError, ReplicationMode};
 use crate::heartbeat::{self, HeartbeatConfig, MembershipView, Peers};
 use crate::membership::{MemberInfo, NodeId};
 use crate::metrics::Metrics;
-use crate::replication::{self, InboundConfig};
+use crate::replication::{self, InboundConfig, Replicator};
+use crate::session::{Limits, SessionStore};
 use crate::shutdown::Shutdown;
 use crate::transport::{self, Datagrams};
 
@@ -46,11 +46,10 @@ pub enum NodeError {
 
 /// The node's own lifecycle state, as `/status` shows it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-#[repr(u8)]
 pub enum NodeState {
-    Joining = 0,
-    Ready = 1,
-    Leaving = 2,
+    Joining,
+    Ready,
+    Leaving,
 }
 
 impl NodeState {
@@ -71,21 +70,34 @@ pub struct Shared {
     pub replication_mode: ReplicationMode,
     pub metrics: Arc<Metrics>,
     pub view: watch::Receiver<MembershipView>,
-    state: AtomicU8,
+    pub store: SessionStore,
+    pub replicator: Replicator,
+    /// Name of the session cookie (sessions.cookie).
+    pub cookie: String,
+    state: watch::Sender<NodeState>,
 }
 
 impl Shared {
     pub fn state(&self) -> NodeState {
-        match self.state.load(Ordering::Relaxed) {
-            0 => NodeState::Joining,
-            1 => NodeState::Ready,
-            _ => NodeState::Leaving,
-        }
+        *self.state.borrow()
     }
 
     fn set_state(&self, state: NodeState) {
-        self.state.store(state as u8, Ordering::Relaxed);
+        self.state.send_replace(state);
     }
+
+    /// Waits (at most `limit`) until the node is no longer joining; false on timeout.
+    pub async fn wait_until_ready(&self, limit: Duration) -> bool {
+        let mut state = self.state.subscribe();
+        tokio::time::timeout(limit, state.wait_for(|s| *s != NodeState::Joining))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// Milliseconds since the Unix epoch: the clock of session times.
+pub fn now_ms() -> u64 {
+    unix_ms()
 }
 
 /// How long shutdown waits for tasks to finish before giving up on them.
@@ -159,6 +171,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
         incarnation: unix_ms(),
     };
     let metrics = Arc::new(Metrics::default());
+    let max_inactive = u32::try_from(config.sessions.max_inactive_s).unwrap_or(u32::MAX);
     let (view_tx, view_rx) = watch::channel(MembershipView::empty());
     let shared = Arc::new(Shared {
         me: me.clone(),
@@ -167,7 +180,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
         replication_mode: config.sessions.replication,
         metrics: metrics.clone(),
         view: view_rx,
-        state: AtomicU8::new(NodeState::Ready as u8),
+        store: SessionStore::new(me.id, limits(&config), max_inactive),
+        replicator: Replicator::new(config.sessions.replication),
+        cookie: config.sessions.cookie.clone(),
+        state: watch::channel(NodeState::Ready).0,
     });
     if !replication_addr.ip().is_loopback() {
         warn!(
@@ -244,6 +260,17 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
     }
     info!(name = %me.name, "stopped");
     Ok(())
+}
+
+fn limits(config: &Config) -> Limits {
+    let s = &config.sessions;
+    let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    Limits {
+        max_sessions: size(s.max_sessions),
+        max_attributes: size(s.max_attributes),
+        max_value_bytes: size(s.max_value_bytes),
+        ..Limits::default()
+    }
 }
 
 async fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
