@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -90,9 +90,11 @@ pub async fn run(
     peers: Peers,
     metrics: Arc<Metrics>,
     view: watch::Sender<MembershipView>,
+    suspicions: mpsc::Receiver<NodeId>,
     shutdown: CancellationToken,
 ) {
     let mut driver = Driver {
+        suspicions,
         table: MemberTable::new(cfg.me.id, cfg.timing),
         bad_senders: LogThrottle::new(cfg.log_interval),
         notices: LogThrottle::new(cfg.log_interval),
@@ -111,6 +113,8 @@ pub async fn run(
 
 struct Driver {
     cfg: HeartbeatConfig,
+    /// Members other parts suspect (a broken replication link, a missing ack).
+    suspicions: mpsc::Receiver<NodeId>,
     table: MemberTable,
     datagrams: Datagrams,
     peers: Peers,
@@ -163,6 +167,10 @@ impl Driver {
                     }
                     Err(e) => self.on_recv_error(e).await,
                 },
+                Some(id) = self.suspicions.recv() => {
+                    let events = self.table.on_suspicion(id, Instant::now());
+                    self.handle(events);
+                }
                 Some(done) = self.verifications.join_next(), if !self.verifications.is_empty() => {
                     if let Ok((id, verdict)) = done {
                         debug!(member = %id, ?verdict, "verification done");
@@ -380,7 +388,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();
-        let cfg = InboundConfig::new("c".into(), NodeId::from_u64(id));
+        let store = crate::session::SessionStore::new(NodeId::from_u64(id), Default::default(), 60);
+        let cfg = InboundConfig::new("c".into(), NodeId::from_u64(id), store);
         tokio::spawn(replication::serve(
             listener,
             cfg,

@@ -64,12 +64,12 @@ pub(super) fn status_doc(shared: &Shared) -> StatusDoc {
             active: shared.store.len() as u64,
         },
         replication: ReplicationStatus {
-            mode: shared.replication_mode.to_string(),
+            mode: shared.replicator.mode().to_string(),
             deltas_sent: r.deltas_sent.get(),
             deltas_received: r.deltas_received.get(),
             bytes_sent: r.bytes_sent.get(),
             bytes_received: r.bytes_received.get(),
-            queue: 0,
+            queue: shared.replicator.queued(),
             errors: r.errors.get(),
         },
         membership: shared.metrics.membership.counters(),
@@ -83,7 +83,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         members_alive: count(MemberState::Alive),
         members_suspect: count(MemberState::Suspect),
         sessions_active: shared.store.len() as u64,
-        replication_queue: 0,
+        replication_queue: shared.replicator.queued(),
         uptime_seconds: shared.started.elapsed().as_secs_f64(),
     };
     (

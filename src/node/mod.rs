@@ -10,15 +10,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{Config, ConfigError, ReplicationMode};
+use crate::config::{Config, ConfigError};
 use crate::heartbeat::{self, HeartbeatConfig, MembershipView, Peers};
 use crate::membership::{MemberInfo, NodeId};
 use crate::metrics::Metrics;
-use crate::replication::{self, InboundConfig, Replicator};
+use crate::replication::transfer::{self, Transfer};
+use crate::replication::{self, InboundConfig, ReplicationConfig, Replicator};
 use crate::session::{Limits, SessionStore};
 use crate::shutdown::Shutdown;
 use crate::transport::{self, Datagrams};
@@ -67,7 +68,6 @@ pub struct Shared {
     pub me: MemberInfo,
     pub cluster: String,
     pub started: Instant,
-    pub replication_mode: ReplicationMode,
     pub metrics: Arc<Metrics>,
     pub view: watch::Receiver<MembershipView>,
     pub store: SessionStore,
@@ -102,6 +102,8 @@ pub fn now_ms() -> u64 {
 
 /// How long shutdown waits for tasks to finish before giving up on them.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// How long queued deltas get to reach the members before the leave.
+const FLUSH_GRACE: Duration = Duration::from_secs(2);
 /// How often static member names are resolved again.
 const RESOLVE_EVERY: Duration = Duration::from_secs(10);
 
@@ -173,17 +175,30 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
     let metrics = Arc::new(Metrics::default());
     let max_inactive = u32::try_from(config.sessions.max_inactive_s).unwrap_or(u32::MAX);
     let (view_tx, view_rx) = watch::channel(MembershipView::empty());
+    let store = SessionStore::new(me.id, limits(&config), max_inactive);
+    let (suspicions_tx, suspicions_rx) = mpsc::channel(256);
+    let replication_cfg = ReplicationConfig::new(
+        config.cluster.name.clone(),
+        me.id,
+        config.sessions.replication,
+        Duration::from_millis(config.sessions.ack_timeout_ms),
+    );
+    let replicator = Replicator::new(
+        replication_cfg,
+        store.clone(),
+        metrics.clone(),
+        suspicions_tx,
+    );
     let shared = Arc::new(Shared {
         me: me.clone(),
         cluster: config.cluster.name.clone(),
         started: Instant::now(),
-        replication_mode: config.sessions.replication,
         metrics: metrics.clone(),
-        view: view_rx,
-        store: SessionStore::new(me.id, limits(&config), max_inactive),
-        replicator: Replicator::new(config.sessions.replication),
+        view: view_rx.clone(),
+        store,
+        replicator: replicator.clone(),
         cookie: config.sessions.cookie.clone(),
-        state: watch::channel(NodeState::Ready).0,
+        state: watch::channel(NodeState::Joining).0,
     });
     if !replication_addr.ip().is_loopback() {
         warn!(
@@ -201,8 +216,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
         "node started"
     );
 
-    // Stopped in order on shutdown: membership first (the leave is announced while HTTP
-    // still answers, so `/status` can show `leaving`), then HTTP.
+    // Stopped in order on shutdown: HTTP first (requests in flight finish, their
+    // replication included), then the links drain, then membership announces the leave.
     let cluster_stop = CancellationToken::new();
     let http_stop = CancellationToken::new();
     if let Some((names, tx)) = resolver {
@@ -219,47 +234,71 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
         config.heartbeat(),
         config.drop_after(),
     );
-    let membership_task = shutdown.spawn(heartbeat::run(
+    shutdown.spawn(heartbeat::run(
         hb_cfg,
         datagrams,
         peers,
         metrics.clone(),
         view_tx,
+        suspicions_rx,
         cluster_stop.clone(),
     ));
-    let inbound_cfg = InboundConfig::new(config.cluster.name.clone(), me.id);
+    let inbound_cfg = InboundConfig::new(config.cluster.name.clone(), me.id, shared.store.clone());
     shutdown.spawn(replication::serve(
         replication_listener,
         inbound_cfg,
         metrics.clone(),
         cluster_stop.clone(),
     ));
+    shutdown.spawn(
+        replicator
+            .clone()
+            .run(view_rx.clone(), cluster_stop.clone()),
+    );
     let server = axum::serve(http_listener, http::router(shared.clone())).with_graceful_shutdown({
         let http_stop = http_stop.clone();
         async move { http_stop.cancelled().await }
     });
-    shutdown.spawn(async move {
+    let http_task = shutdown.spawn(async move {
         if let Err(e) = server.await {
             warn!(error = %e, "http server failed");
         }
+    });
+    // Join: take every session from a member before serving sessions.
+    let joining = shared.clone();
+    let wait_for_members = config.heartbeat() * 2;
+    shutdown.spawn(async move {
+        let outcome = tokio::select! {
+            _ = joining_stop(&joining) => return,
+            outcome = transfer::run(&joining.cluster, joining.me.id, &joining.store, view_rx, wait_for_members) => outcome,
+        };
+        if outcome == Transfer::Failed {
+            warn!("no member could send its sessions; serving what arrives, anti-entropy fills in");
+        }
+        joining.set_state(NodeState::Ready);
+        joining.replicator.set_ready();
     });
 
     shutdown.triggered().await;
     shared.set_state(NodeState::Leaving);
     info!(name = %me.name, "shutting down");
-    cluster_stop.cancel();
-    if tokio::time::timeout(DRAIN_GRACE, membership_task)
-        .await
-        .is_err()
-    {
-        warn!("the leave announcement did not finish within {DRAIN_GRACE:?}");
-    }
     http_stop.cancel();
+    if tokio::time::timeout(DRAIN_GRACE, http_task).await.is_err() {
+        warn!("requests still running after {DRAIN_GRACE:?}; closing them");
+    }
+    replicator.flush(FLUSH_GRACE).await;
+    cluster_stop.cancel();
     if !shutdown.drain(DRAIN_GRACE).await {
         warn!("some tasks did not finish within {DRAIN_GRACE:?}; closing them");
     }
     info!(name = %me.name, "stopped");
     Ok(())
+}
+
+/// Resolves when the node starts leaving (so a join in progress is abandoned).
+async fn joining_stop(shared: &Shared) {
+    let mut state = shared.state.subscribe();
+    let _ = state.wait_for(|s| *s == NodeState::Leaving).await;
 }
 
 fn limits(config: &Config) -> Limits {

@@ -14,6 +14,7 @@ use tracing::{debug, warn};
 
 use crate::membership::NodeId;
 use crate::metrics::Metrics;
+use crate::session::{Delta, SessionStore};
 use crate::throttle::LogThrottle;
 use crate::transport::{self, FramedStream};
 use crate::wire::{self, FrameBody};
@@ -22,6 +23,8 @@ use crate::wire::{self, FrameBody};
 pub struct InboundConfig {
     pub cluster: String,
     pub me: NodeId,
+    /// Where received deltas are applied and state transfers are read from.
+    pub store: SessionStore,
     /// A connection whose first frame does not arrive within this is closed (a client that
     /// connects and says nothing must not hold a slot for long).
     pub first_frame_timeout: Duration,
@@ -33,13 +36,15 @@ pub struct InboundConfig {
 }
 
 impl InboundConfig {
-    /// The production limits: 5 s for a first frame, 60 s idle, 1024 connections.
-    pub fn new(cluster: String, me: NodeId) -> InboundConfig {
+    /// The production limits: 5 s for a first frame, 5 min idle (links carry a digest every
+    /// 30 s), 1024 connections.
+    pub fn new(cluster: String, me: NodeId, store: SessionStore) -> InboundConfig {
         InboundConfig {
             cluster,
             me,
+            store,
             first_frame_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(300),
             max_connections: 1024,
             log_interval: Duration::from_secs(10),
         }
@@ -126,24 +131,147 @@ async fn connection(
             .replication
             .bytes_received
             .add(frame.len() as u64 + 4);
-        match wire::decode_frame(&frame, &cfg.cluster) {
-            Ok((_, FrameBody::Ping(nonce))) => {
-                let pong = wire::encode_frame(&cfg.cluster, cfg.me, &FrameBody::Pong(nonce));
-                metrics.replication.bytes_sent.add(pong.len() as u64 + 4);
-                if stream.send(pong).await.is_err() {
-                    return;
-                }
-                metrics.replication.pings_answered.inc();
-            }
-            Ok((sender, FrameBody::Pong(_))) => {
-                debug!(%peer, %sender, "unexpected pong ignored");
-            }
+        let (sender, body) = match wire::decode_frame(&frame, &cfg.cluster) {
+            Ok(decoded) => decoded,
             Err(e) => {
                 reject(peer, metrics, throttle, &e.to_string(), e.kind());
                 return;
             }
+        };
+        if let FrameBody::StateRequest(request) = body {
+            debug!(%sender, "state transfer requested");
+            if send_state(&mut stream, cfg, metrics, request)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
+        for answer in answer(cfg, metrics, sender, body) {
+            if send(&mut stream, cfg, metrics, &answer).await.is_err() {
+                return;
+            }
         }
     }
+}
+
+async fn send(
+    stream: &mut FramedStream,
+    cfg: &InboundConfig,
+    metrics: &Metrics,
+    body: &FrameBody,
+) -> std::io::Result<()> {
+    let bytes = wire::encode_frame(&cfg.cluster, cfg.me, body);
+    metrics.replication.bytes_sent.add(bytes.len() as u64 + 4);
+    stream.send(bytes).await
+}
+
+/// The whole store, shard by shard in batches, streamed so that only one shard is copied
+/// at a time; the last batch says `done`.
+async fn send_state(
+    stream: &mut FramedStream,
+    cfg: &InboundConfig,
+    metrics: &Metrics,
+    request: u64,
+) -> std::io::Result<()> {
+    for shard in 0..cfg.store.shard_count() {
+        for sessions in chunk(cfg.store.export_shard(shard)) {
+            let batch = FrameBody::StateBatch {
+                request,
+                sessions,
+                done: false,
+            };
+            send(stream, cfg, metrics, &batch).await?;
+        }
+    }
+    let last = FrameBody::StateBatch {
+        request,
+        sessions: Vec::new(),
+        done: true,
+    };
+    send(stream, cfg, metrics, &last).await
+}
+
+/// Most sessions in one state-transfer batch, and most bytes (about) in one frame.
+const BATCH_SESSIONS: usize = 2_000;
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// What a received frame asks of this node, as the frames to send back.
+fn answer(
+    cfg: &InboundConfig,
+    metrics: &Metrics,
+    sender: NodeId,
+    body: FrameBody,
+) -> Vec<FrameBody> {
+    let now = crate::node::now_ms();
+    match body {
+        FrameBody::Ping(nonce) => {
+            metrics.replication.pings_answered.inc();
+            vec![FrameBody::Pong(nonce)]
+        }
+        FrameBody::Deltas { seq, deltas } => {
+            metrics.replication.deltas_received.add(deltas.len() as u64);
+            for delta in &deltas {
+                cfg.store.apply(delta, now);
+            }
+            // seq 0: an answer to a pull, not to be acknowledged.
+            if seq == 0 {
+                Vec::new()
+            } else {
+                vec![FrameBody::Ack(seq)]
+            }
+        }
+        FrameBody::Access(times) => {
+            for (id, at) in times {
+                cfg.store.touch(id, at);
+            }
+            Vec::new()
+        }
+        FrameBody::Digest(theirs) => {
+            let mine = cfg.store.digest();
+            theirs
+                .iter()
+                .filter(|(shard, hash)| mine.get(*shard as usize).is_none_or(|m| m.1 != *hash))
+                .map(|(shard, _)| FrameBody::ShardEntries {
+                    shard: *shard,
+                    entries: cfg.store.shard_entries(*shard),
+                })
+                .collect()
+        }
+        FrameBody::Pull(ids) => chunk(cfg.store.export(&ids))
+            .into_iter()
+            .map(|deltas| FrameBody::Deltas { seq: 0, deltas })
+            .collect(),
+        other => {
+            debug!(%sender, kind = other.kind(), "unexpected frame on an inbound link ignored");
+            Vec::new()
+        }
+    }
+}
+
+/// Splits deltas into frames of at most BATCH_SESSIONS sessions and about BATCH_BYTES.
+pub(crate) fn chunk(deltas: Vec<Delta>) -> Vec<Vec<Delta>> {
+    let mut out = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for d in deltas {
+        let size = 64
+            + d.attributes
+                .iter()
+                .map(|a| a.name.len() + a.value.as_ref().map_or(0, |v| v.len()) + 24)
+                .sum::<usize>();
+        if !current.is_empty() && (current.len() >= BATCH_SESSIONS || bytes + size > BATCH_BYTES) {
+            out.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(d);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
 }
 
 fn reject(
@@ -170,7 +298,8 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let metrics = Arc::new(Metrics::default());
         let stop = CancellationToken::new();
-        let cfg = InboundConfig::new("c".into(), NodeId::from_u64(1));
+        let store = SessionStore::new(NodeId::from_u64(1), Default::default(), 60);
+        let cfg = InboundConfig::new("c".into(), NodeId::from_u64(1), store);
         tokio::spawn(serve(listener, cfg, metrics.clone(), stop.clone()));
         (addr, metrics, stop)
     }

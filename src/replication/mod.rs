@@ -1,42 +1,306 @@
 //! Replication over TCP between members: one ordered link per peer carrying deltas and
 //! access times out, acknowledgements back; the inbound side applies what arrives through
-//! the store's versioned merge. The same port answers the failure detector's pings.
+//! the store's versioned merge. The same port answers the failure detector's pings, serves
+//! state transfers to joining nodes and anti-entropy digests.
 
 mod inbound;
+mod outbound;
+pub mod transfer;
 
 pub use inbound::{InboundConfig, serve};
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
 
 use crate::config::ReplicationMode;
-use crate::session::Delta;
+use crate::heartbeat::MembershipView;
+use crate::membership::{MemberInfo, MemberState, NodeId};
+use crate::metrics::Metrics;
+use crate::session::{Delta, SessionStore};
+use outbound::Outgoing;
 
-/// Sends every local change to the other members. Cheap to clone.
+/// How replication behaves.
 #[derive(Clone, Debug)]
-pub struct Replicator {
-    inner: Arc<ReplicatorInner>,
+pub struct ReplicationConfig {
+    pub cluster: String,
+    pub me: NodeId,
+    pub mode: ReplicationMode,
+    /// How long a sync write waits for each alive member's acknowledgement.
+    pub ack_timeout: Duration,
+    /// Deltas queued per peer at most; beyond, the peer is resynchronised later.
+    pub queue: usize,
+    /// How often access times of touched sessions are sent.
+    pub access_every: Duration,
+    /// How often expired sessions and old tombstones are swept.
+    pub sweep_every: Duration,
 }
 
-#[derive(Debug)]
-struct ReplicatorInner {
-    mode: ReplicationMode,
+impl ReplicationConfig {
+    pub fn new(
+        cluster: String,
+        me: NodeId,
+        mode: ReplicationMode,
+        ack_timeout: Duration,
+    ) -> ReplicationConfig {
+        ReplicationConfig {
+            cluster,
+            me,
+            mode,
+            ack_timeout,
+            queue: 10_000,
+            access_every: Duration::from_millis(250),
+            sweep_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What the links share.
+pub(crate) struct Context {
+    pub cluster: String,
+    pub me: NodeId,
+    pub store: SessionStore,
+    pub metrics: Arc<Metrics>,
+    suspicions: mpsc::Sender<NodeId>,
+    ready: AtomicBool,
+}
+
+impl Context {
+    /// Tells membership that `id` may be gone (a broken link, a missing ack); it verifies.
+    pub fn suspect(&self, id: NodeId) {
+        let _ = self.suspicions.try_send(id);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+struct Link {
+    alive: bool,
+    tx: mpsc::Sender<Outgoing>,
+    resync: Arc<AtomicBool>,
+    stop: CancellationToken,
+}
+
+/// Sends every local change to the other members. Cheap to clone.
+#[derive(Clone)]
+pub struct Replicator {
+    cfg: Arc<ReplicationConfig>,
+    ctx: Arc<Context>,
+    links: Arc<RwLock<HashMap<NodeId, Link>>>,
+}
+
+impl std::fmt::Debug for Replicator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replicator")
+            .field("mode", &self.cfg.mode)
+            .field("links", &self.links.read().len())
+            .finish()
+    }
 }
 
 impl Replicator {
-    pub fn new(mode: ReplicationMode) -> Replicator {
+    /// `suspicions` goes to the membership driver.
+    pub fn new(
+        cfg: ReplicationConfig,
+        store: SessionStore,
+        metrics: Arc<Metrics>,
+        suspicions: mpsc::Sender<NodeId>,
+    ) -> Replicator {
         Replicator {
-            inner: Arc::new(ReplicatorInner { mode }),
+            ctx: Arc::new(Context {
+                cluster: cfg.cluster.clone(),
+                me: cfg.me,
+                store,
+                metrics,
+                suspicions,
+                ready: AtomicBool::new(false),
+            }),
+            cfg: Arc::new(cfg),
+            links: Arc::new(RwLock::new(HashMap::new())),
         }
     }
 
     pub fn mode(&self) -> ReplicationMode {
-        self.inner.mode
+        self.cfg.mode
+    }
+
+    /// Deltas queued for sending, over all links.
+    pub fn queued(&self) -> u64 {
+        self.links
+            .read()
+            .values()
+            .map(|l| (l.tx.max_capacity() - l.tx.capacity()) as u64)
+            .sum()
+    }
+
+    /// The node holds the cluster's state (state transfer done): anti-entropy may run, and
+    /// runs now with every member.
+    pub fn set_ready(&self) {
+        self.ctx.ready.store(true, Ordering::Relaxed);
+        for link in self.links.read().values() {
+            link.resync.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Replicates one request's delta. In sync mode it returns once every alive member
-    /// acknowledged it (or was suspected for not doing so within the ack timeout); in async
-    /// mode once it is queued.
+    /// acknowledged it, or once the ack timeout passed (the laggards are then suspected and
+    /// verified by membership); in async mode once it is queued.
     pub async fn replicate(&self, delta: Delta) {
-        let _ = delta;
+        let sync = self.cfg.mode == ReplicationMode::Sync;
+        let deadline = tokio::time::Instant::now() + self.cfg.ack_timeout;
+        let delta = Arc::new(delta);
+        let targets: Vec<(NodeId, bool, mpsc::Sender<Outgoing>, Arc<AtomicBool>)> = self
+            .links
+            .read()
+            .iter()
+            .map(|(id, l)| (*id, l.alive, l.tx.clone(), l.resync.clone()))
+            .collect();
+        let mut waits = Vec::new();
+        for (id, alive, tx, resync) in targets {
+            let wait = sync && alive;
+            let (ack, acked) = if wait {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            } else {
+                (None, None)
+            };
+            let item = Outgoing::Delta {
+                delta: delta.clone(),
+                ack,
+            };
+            // A full queue holds the writer back, but never past the ack timeout.
+            let sent = if alive {
+                tokio::time::timeout_at(deadline, tx.send(item))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+            } else {
+                tx.try_send(item).is_ok()
+            };
+            if !sent {
+                // Dropped for this peer: anti-entropy brings it over later.
+                resync.store(true, Ordering::Relaxed);
+                self.ctx.metrics.replication.errors.inc();
+                if alive {
+                    warn!(member = %id, "replication queue full; member suspected and resynchronised later");
+                    self.ctx.suspect(id);
+                }
+                continue;
+            }
+            if let Some(rx) = acked {
+                waits.push((id, rx));
+            }
+        }
+        for (id, rx) in waits {
+            // A dropped sender means the link was stopped: the member left.
+            if tokio::time::timeout_at(deadline, rx).await.is_err() {
+                debug!(member = %id, "no acknowledgement within the ack timeout; suspecting");
+                self.ctx.suspect(id);
+            }
+        }
+    }
+
+    /// Waits (at most `limit`) until every queue is empty, before leaving the cluster.
+    pub async fn flush(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            while self.queued() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+
+    /// Keeps one link per member of `view`, sends access times and sweeps expired
+    /// sessions, until `stop`.
+    pub async fn run(self, mut view: watch::Receiver<MembershipView>, stop: CancellationToken) {
+        let mut access = tokio::time::interval(self.cfg.access_every);
+        let mut sweep = tokio::time::interval(self.cfg.sweep_every);
+        let tasks = TaskTracker::new();
+        loop {
+            let members: Vec<(MemberInfo, bool)> = view
+                .borrow_and_update()
+                .members
+                .iter()
+                .map(|m| (m.info.clone(), m.state == MemberState::Alive))
+                .collect();
+            self.sync_links(members, &stop, &tasks);
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                changed = view.changed() => if changed.is_err() { break },
+                _ = access.tick() => self.send_access(),
+                _ = sweep.tick() => {
+                    let stats = self.ctx.store.sweep(crate::node::now_ms());
+                    if stats.expired > 0 || stats.purged > 0 {
+                        debug!(expired = stats.expired, purged = stats.purged, "swept sessions");
+                    }
+                }
+            }
+        }
+        for (_, link) in self.links.write().drain() {
+            link.stop.cancel();
+        }
+        tasks.close();
+        tasks.wait().await;
+    }
+
+    fn sync_links(
+        &self,
+        members: Vec<(MemberInfo, bool)>,
+        stop: &CancellationToken,
+        tasks: &TaskTracker,
+    ) {
+        let mut links = self.links.write();
+        links.retain(|id, link| {
+            let keep = members.iter().any(|(m, _)| m.id == *id);
+            if !keep {
+                link.stop.cancel();
+            }
+            keep
+        });
+        for (info, alive) in members {
+            if let Some(link) = links.get_mut(&info.id) {
+                link.alive = alive;
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(self.cfg.queue);
+            let resync = Arc::new(AtomicBool::new(true));
+            let link_stop = stop.child_token();
+            tasks.spawn(outbound::run(
+                self.ctx.clone(),
+                info.clone(),
+                rx,
+                resync.clone(),
+                link_stop.clone(),
+            ));
+            links.insert(
+                info.id,
+                Link {
+                    alive,
+                    tx,
+                    resync,
+                    stop: link_stop,
+                },
+            );
+        }
+    }
+
+    fn send_access(&self) {
+        let touched = self.ctx.store.take_accessed();
+        if touched.is_empty() {
+            return;
+        }
+        let touched = Arc::new(touched);
+        for link in self.links.read().values() {
+            // Access times are best effort: the next batch carries newer ones anyway.
+            let _ = link.tx.try_send(Outgoing::Access(touched.clone()));
+        }
     }
 }

@@ -522,3 +522,112 @@ impl SessionStore {
         )
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Anti-entropy digests: order-independent hashes of what each shard holds, so two members
+// find what differs by comparing 64 numbers, then the entries of differing shards only.
+// Access times are left out (they travel in batches and converge by themselves).
+
+/// FNV-1a: a stable hash, the same on every member whatever its build.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) -> &mut Fnv {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self
+    }
+
+    fn u64(&mut self, v: u64) -> &mut Fnv {
+        self.bytes(&v.to_le_bytes())
+    }
+}
+
+fn entry_hash(id: &SessionId, entry: &Entry) -> Option<u64> {
+    match entry {
+        Entry::Live(s) => {
+            let mut h = Fnv::new();
+            h.bytes(id.as_bytes())
+                .u64(s.created_ms)
+                .u64(u64::from(s.max_inactive_s))
+                .u64(s.max_inactive_version.counter)
+                .u64(s.max_inactive_version.node.as_u64());
+            // Attributes in any order: combine their hashes commutatively.
+            let attrs = s.attributes.iter().fold(0u64, |acc, a| {
+                let mut h = Fnv::new();
+                h.bytes(a.name.as_bytes())
+                    .u64(a.version.counter)
+                    .u64(a.version.node.as_u64());
+                acc.wrapping_add(h.0)
+            });
+            Some(h.u64(attrs).0)
+        }
+        Entry::Ended {
+            how: Ended::Invalidated,
+            ..
+        } => Some(Fnv::new().bytes(id.as_bytes()).bytes(b"invalidated").0),
+        // Expiry is each member's own decision: nothing to compare.
+        Entry::Ended {
+            how: Ended::Expired { .. },
+            ..
+        } => None,
+    }
+}
+
+impl SessionStore {
+    /// The digest of every shard: (shard, hash).
+    pub fn digest(&self) -> Vec<(u32, u64)> {
+        self.inner
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, shard)| {
+                let hash = shard
+                    .read()
+                    .entries
+                    .iter()
+                    .filter_map(|(id, e)| entry_hash(id, e))
+                    .fold(0u64, u64::wrapping_add);
+                (i as u32, hash)
+            })
+            .collect()
+    }
+
+    /// The per-session digests of one shard.
+    pub fn shard_entries(&self, shard: u32) -> Vec<(SessionId, u64)> {
+        let Some(shard) = self.inner.shards.get(shard as usize) else {
+            return Vec::new();
+        };
+        shard
+            .read()
+            .entries
+            .iter()
+            .filter_map(|(id, e)| entry_hash(id, e).map(|h| (*id, h)))
+            .collect()
+    }
+
+    /// What this store holds of `ids`, whole: live sessions as full deltas, invalidated
+    /// ones as invalidations. Unknown and expired ids are left out.
+    pub fn export(&self, ids: &[SessionId]) -> Vec<Delta> {
+        ids.iter()
+            .filter_map(|id| match self.inner.shard(id).read().entries.get(id) {
+                Some(Entry::Live(state)) => Some(state.to_full_delta(*id)),
+                Some(Entry::Ended {
+                    how: Ended::Invalidated,
+                    ..
+                }) => {
+                    let mut d = Delta::new(*id, 0, 0);
+                    d.invalidated = true;
+                    Some(d)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}

@@ -6,6 +6,7 @@ use prost::Message;
 
 use super::{PROTOCOL_VERSION, WireError, check_envelope, pb};
 use crate::membership::NodeId;
+use crate::session::{AttributeChange, Delta, SessionId, Version};
 
 /// Hard limit of one frame; a peer announcing a longer one is cut off.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -17,12 +18,100 @@ pub enum FrameBody {
     Ping(u64),
     /// Yes: the answer to the `Ping` with the same nonce.
     Pong(u64),
+    /// Session changes in order; answered by `Ack(seq)`.
+    Deltas { seq: u64, deltas: Vec<Delta> },
+    /// Every `Deltas` up to this seq is applied.
+    Ack(u64),
+    /// Access times of sessions touched on the sender.
+    Access(Vec<(SessionId, u64)>),
+    /// A joining node asks for every session.
+    StateRequest(u64),
+    /// A batch of the answer; `done` on the last.
+    StateBatch {
+        request: u64,
+        sessions: Vec<Delta>,
+        done: bool,
+    },
+    /// Anti-entropy: the sender's digest of each shard.
+    Digest(Vec<(u32, u64)>),
+    /// Anti-entropy: the per-session digests of one shard that differs.
+    ShardEntries {
+        shard: u32,
+        entries: Vec<(SessionId, u64)>,
+    },
+    /// Anti-entropy: send me these sessions whole.
+    Pull(Vec<SessionId>),
+}
+
+impl FrameBody {
+    /// A short name for logs and counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FrameBody::Ping(_) => "ping",
+            FrameBody::Pong(_) => "pong",
+            FrameBody::Deltas { .. } => "deltas",
+            FrameBody::Ack(_) => "ack",
+            FrameBody::Access(_) => "access",
+            FrameBody::StateRequest(_) => "state_request",
+            FrameBody::StateBatch { .. } => "state_batch",
+            FrameBody::Digest(_) => "digest",
+            FrameBody::ShardEntries { .. } => "shard_entries",
+            FrameBody::Pull(_) => "pull",
+        }
+    }
 }
 
 pub fn encode_frame(cluster: &str, sender: NodeId, body: &FrameBody) -> Bytes {
+    use pb::frame::Body as B;
     let body = match body {
-        FrameBody::Ping(nonce) => pb::frame::Body::Ping(pb::Ping { nonce: *nonce }),
-        FrameBody::Pong(nonce) => pb::frame::Body::Pong(pb::Pong { nonce: *nonce }),
+        FrameBody::Ping(nonce) => B::Ping(pb::Ping { nonce: *nonce }),
+        FrameBody::Pong(nonce) => B::Pong(pb::Pong { nonce: *nonce }),
+        FrameBody::Deltas { seq, deltas } => B::Deltas(pb::Deltas {
+            seq: *seq,
+            deltas: deltas.iter().map(delta_to_pb).collect(),
+        }),
+        FrameBody::Ack(seq) => B::Ack(pb::Ack { seq: *seq }),
+        FrameBody::Access(times) => B::Access(pb::Access {
+            times: times
+                .iter()
+                .map(|(id, at)| pb::AccessTime {
+                    id: id_bytes(*id),
+                    last_access_ms: *at,
+                })
+                .collect(),
+        }),
+        FrameBody::StateRequest(request) => B::StateRequest(pb::StateRequest { request: *request }),
+        FrameBody::StateBatch {
+            request,
+            sessions,
+            done,
+        } => B::StateBatch(pb::StateBatch {
+            request: *request,
+            sessions: sessions.iter().map(delta_to_pb).collect(),
+            done: *done,
+        }),
+        FrameBody::Digest(shards) => B::Digest(pb::Digest {
+            shards: shards
+                .iter()
+                .map(|(shard, hash)| pb::ShardDigest {
+                    shard: *shard,
+                    hash: *hash,
+                })
+                .collect(),
+        }),
+        FrameBody::ShardEntries { shard, entries } => B::ShardEntries(pb::ShardEntries {
+            shard: *shard,
+            entries: entries
+                .iter()
+                .map(|(id, hash)| pb::EntryDigest {
+                    id: id_bytes(*id),
+                    hash: *hash,
+                })
+                .collect(),
+        }),
+        FrameBody::Pull(ids) => B::Pull(pb::Pull {
+            ids: ids.iter().map(|id| id_bytes(*id)).collect(),
+        }),
     };
     pb::Frame {
         version: PROTOCOL_VERSION,
@@ -36,6 +125,7 @@ pub fn encode_frame(cluster: &str, sender: NodeId, body: &FrameBody) -> Bytes {
 
 /// The sender and body of a frame of `expected_cluster`, or why it must be dropped.
 pub fn decode_frame(buf: &[u8], expected_cluster: &str) -> Result<(NodeId, FrameBody), WireError> {
+    use pb::frame::Body as B;
     if buf.len() > MAX_FRAME {
         return Err(WireError::TooLarge {
             len: buf.len(),
@@ -45,8 +135,50 @@ pub fn decode_frame(buf: &[u8], expected_cluster: &str) -> Result<(NodeId, Frame
     let msg = pb::Frame::decode(buf)?;
     check_envelope(msg.version, &msg.cluster, expected_cluster)?;
     let body = match msg.body {
-        Some(pb::frame::Body::Ping(p)) => FrameBody::Ping(p.nonce),
-        Some(pb::frame::Body::Pong(p)) => FrameBody::Pong(p.nonce),
+        Some(B::Ping(p)) => FrameBody::Ping(p.nonce),
+        Some(B::Pong(p)) => FrameBody::Pong(p.nonce),
+        Some(B::Deltas(d)) => FrameBody::Deltas {
+            seq: d.seq,
+            deltas: d
+                .deltas
+                .into_iter()
+                .map(delta_from_pb)
+                .collect::<Result<_, _>>()?,
+        },
+        Some(B::Ack(a)) => FrameBody::Ack(a.seq),
+        Some(B::Access(a)) => FrameBody::Access(
+            a.times
+                .into_iter()
+                .map(|t| Ok((id_from(&t.id)?, t.last_access_ms)))
+                .collect::<Result<_, WireError>>()?,
+        ),
+        Some(B::StateRequest(r)) => FrameBody::StateRequest(r.request),
+        Some(B::StateBatch(b)) => FrameBody::StateBatch {
+            request: b.request,
+            sessions: b
+                .sessions
+                .into_iter()
+                .map(delta_from_pb)
+                .collect::<Result<_, _>>()?,
+            done: b.done,
+        },
+        Some(B::Digest(d)) => {
+            FrameBody::Digest(d.shards.into_iter().map(|s| (s.shard, s.hash)).collect())
+        }
+        Some(B::ShardEntries(e)) => FrameBody::ShardEntries {
+            shard: e.shard,
+            entries: e
+                .entries
+                .into_iter()
+                .map(|x| Ok((id_from(&x.id)?, x.hash)))
+                .collect::<Result<_, WireError>>()?,
+        },
+        Some(B::Pull(p)) => FrameBody::Pull(
+            p.ids
+                .iter()
+                .map(|id| id_from(id))
+                .collect::<Result<_, _>>()?,
+        ),
         None => {
             return Err(WireError::Invalid {
                 field: "body",
@@ -57,17 +189,177 @@ pub fn decode_frame(buf: &[u8], expected_cluster: &str) -> Result<(NodeId, Frame
     Ok((NodeId::from_u64(msg.sender), body))
 }
 
+fn id_bytes(id: SessionId) -> Bytes {
+    Bytes::copy_from_slice(id.as_bytes())
+}
+
+fn id_from(bytes: &[u8]) -> Result<SessionId, WireError> {
+    SessionId::from_slice(bytes).ok_or_else(|| WireError::Invalid {
+        field: "session id",
+        reason: format!("{} bytes, expected 16", bytes.len()),
+    })
+}
+
+fn version_to_pb(v: Version) -> pb::Version {
+    pb::Version {
+        counter: v.counter,
+        node: v.node.as_u64(),
+    }
+}
+
+fn version_from_pb(v: Option<pb::Version>) -> Version {
+    v.map_or(Version::ZERO, |v| Version {
+        counter: v.counter,
+        node: NodeId::from_u64(v.node),
+    })
+}
+
+fn delta_to_pb(d: &Delta) -> pb::SessionDelta {
+    pb::SessionDelta {
+        id: id_bytes(d.id),
+        created_ms: d.created_ms,
+        last_access_ms: d.last_access_ms,
+        max_inactive_s: d.max_inactive.map(|(s, _)| s),
+        max_inactive_version: d.max_inactive.map(|(_, v)| version_to_pb(v)),
+        attributes: d
+            .attributes
+            .iter()
+            .map(|a| pb::AttributeChange {
+                name: a.name.clone(),
+                value: a.value.clone(),
+                version: Some(version_to_pb(a.version)),
+            })
+            .collect(),
+        invalidated: d.invalidated,
+        full: d.full,
+    }
+}
+
+/// Longest attribute name accepted from the wire.
+const MAX_NAME_BYTES: usize = 1024;
+
+fn delta_from_pb(d: pb::SessionDelta) -> Result<Delta, WireError> {
+    let attributes = d
+        .attributes
+        .into_iter()
+        .map(|a| {
+            if a.name.is_empty() || a.name.len() > MAX_NAME_BYTES {
+                return Err(WireError::Invalid {
+                    field: "attribute name",
+                    reason: format!("{} bytes, expected 1 to {MAX_NAME_BYTES}", a.name.len()),
+                });
+            }
+            Ok(AttributeChange {
+                name: a.name,
+                value: a.value,
+                version: version_from_pb(a.version),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Delta {
+        id: id_from(&d.id)?,
+        created_ms: d.created_ms,
+        last_access_ms: d.last_access_ms,
+        max_inactive: d
+            .max_inactive_s
+            .map(|s| (s, version_from_pb(d.max_inactive_version))),
+        attributes,
+        invalidated: d.invalidated,
+        full: d.full,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn delta() -> Delta {
+        let mut d = Delta::new(SessionId::from_bytes([3; 16]), 10, 20);
+        d.max_inactive = Some((
+            1800,
+            Version {
+                counter: 1,
+                node: NodeId::from_u64(9),
+            },
+        ));
+        d.attributes.push(AttributeChange {
+            name: "hits".into(),
+            value: Some(Bytes::from_static(b"41")),
+            version: Version {
+                counter: 7,
+                node: NodeId::from_u64(9),
+            },
+        });
+        d.attributes.push(AttributeChange {
+            name: "gone".into(),
+            value: None,
+            version: Version {
+                counter: 8,
+                node: NodeId::from_u64(9),
+            },
+        });
+        d
+    }
+
     #[test]
-    fn ping_and_pong_round_trip() {
-        for body in [FrameBody::Ping(7), FrameBody::Pong(u64::MAX)] {
+    fn every_body_round_trips() {
+        let id = SessionId::from_bytes([5; 16]);
+        let mut ended = delta();
+        ended.invalidated = true;
+        ended.full = true;
+        for body in [
+            FrameBody::Ping(7),
+            FrameBody::Pong(u64::MAX),
+            FrameBody::Deltas {
+                seq: 3,
+                deltas: vec![delta(), ended],
+            },
+            FrameBody::Ack(3),
+            FrameBody::Access(vec![(id, 99)]),
+            FrameBody::StateRequest(1),
+            FrameBody::StateBatch {
+                request: 1,
+                sessions: vec![delta()],
+                done: true,
+            },
+            FrameBody::Digest(vec![(0, 1), (63, u64::MAX)]),
+            FrameBody::ShardEntries {
+                shard: 4,
+                entries: vec![(id, 5)],
+            },
+            FrameBody::Pull(vec![id]),
+        ] {
             let bytes = encode_frame("c1", NodeId::from_u64(3), &body);
             assert_eq!(decode_frame(&bytes, "c1"), Ok((NodeId::from_u64(3), body)));
         }
+    }
+
+    #[test]
+    fn a_one_attribute_delta_is_small_on_the_wire() {
+        let mut d = Delta::new(
+            SessionId::from_bytes([3; 16]),
+            1_764_000_000_000,
+            1_764_000_000_500,
+        );
+        d.attributes.push(AttributeChange {
+            name: "hits".into(),
+            value: Some(Bytes::from_static(b"42")),
+            version: Version {
+                counter: 1234,
+                node: NodeId::from_u64(u64::MAX),
+            },
+        });
+        let frame = encode_frame(
+            "deltacast",
+            NodeId::from_u64(u64::MAX),
+            &FrameBody::Deltas {
+                seq: 1,
+                deltas: vec![d],
+            },
+        );
+        // 4 bytes of length prefix are added by the codec.
+        assert!(frame.len() + 4 < 100, "{} bytes", frame.len() + 4);
     }
 
     #[test]
@@ -80,6 +372,25 @@ mod tests {
     }
 
     #[test]
+    fn a_session_id_of_the_wrong_length_is_rejected() {
+        let msg = pb::Frame {
+            version: PROTOCOL_VERSION,
+            cluster: "c1".into(),
+            sender: 1,
+            body: Some(pb::frame::Body::Pull(pb::Pull {
+                ids: vec![Bytes::from_static(b"short")],
+            })),
+        };
+        assert!(matches!(
+            decode_frame(&msg.encode_to_vec(), "c1"),
+            Err(WireError::Invalid {
+                field: "session id",
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn an_empty_frame_is_rejected() {
         assert!(decode_frame(&[], "c1").is_err());
     }
@@ -87,6 +398,16 @@ mod tests {
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let _ = decode_frame(&bytes, "c1");
+        }
+
+        #[test]
+        fn mutated_valid_frames_never_panic(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+            let mut bytes = encode_frame("c1", NodeId::from_u64(3), &FrameBody::Deltas { seq: 1, deltas: vec![delta()] }).to_vec();
+            for (at, x) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] ^= x;
+            }
             let _ = decode_frame(&bytes, "c1");
         }
     }

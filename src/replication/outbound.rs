@@ -1,0 +1,305 @@
+//! One link per peer: an ordered TCP connection that carries this node's deltas and access
+//! times to the peer and brings its acknowledgements back. Unacknowledged batches are sent
+//! again after a reconnect (the merge is idempotent), and every reconnect or overflow is
+//! followed by an anti-entropy exchange so nothing missed stays missed.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use super::Context;
+use crate::membership::MemberInfo;
+use crate::session::{Delta, SessionId};
+use crate::transport;
+use crate::wire::{self, FrameBody};
+
+/// What a link sends.
+pub(crate) enum Outgoing {
+    /// A delta, and where to report its acknowledgement (sync mode).
+    Delta {
+        delta: Arc<Delta>,
+        ack: Option<oneshot::Sender<()>>,
+    },
+    Access(Arc<Vec<(SessionId, u64)>>),
+}
+
+/// Batches sent but not yet acknowledged, most a link keeps in flight.
+const WINDOW: usize = 64;
+/// Most deltas in one frame.
+const MAX_BATCH: usize = 256;
+/// How often a link compares digests with its peer even when nothing looked wrong.
+const ANTI_ENTROPY_EVERY: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+struct Batch {
+    seq: u64,
+    deltas: Vec<Delta>,
+    acks: Vec<oneshot::Sender<()>>,
+}
+
+enum Outcome {
+    Stopped,
+    Down(String),
+}
+
+/// Runs the link to `peer` until `stop`.
+pub(crate) async fn run(
+    ctx: Arc<Context>,
+    peer: MemberInfo,
+    mut rx: mpsc::Receiver<Outgoing>,
+    resync: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    let mut unacked: VecDeque<Batch> = VecDeque::new();
+    let mut seq = 0u64;
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let connected = tokio::select! {
+            _ = stop.cancelled() => return,
+            c = tokio::time::timeout(CONNECT_TIMEOUT, transport::connect(peer.replication)) => c,
+        };
+        let stream = match connected {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                debug!(peer = %peer.name, error = %e, "replication connect failed");
+                ctx.suspect(peer.id);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+            Err(_) => {
+                ctx.suspect(peer.id);
+                continue;
+            }
+        };
+        backoff = BACKOFF_MIN;
+        debug!(peer = %peer.name, "replication link up");
+        let mut link = Link {
+            ctx: &ctx,
+            peer: &peer,
+            stream,
+            unacked: &mut unacked,
+            seq: &mut seq,
+        };
+        // Whatever was in flight may be lost; whatever overflowed is missing: compare.
+        resync.store(true, Ordering::Relaxed);
+        match link.serve(&mut rx, &resync, &stop).await {
+            Outcome::Stopped => return,
+            Outcome::Down(why) => {
+                info!(peer = %peer.name, reason = %why, "replication link down");
+                ctx.suspect(peer.id);
+            }
+        }
+    }
+}
+
+struct Link<'a> {
+    ctx: &'a Context,
+    peer: &'a MemberInfo,
+    stream: transport::FramedStream,
+    unacked: &'a mut VecDeque<Batch>,
+    seq: &'a mut u64,
+}
+
+impl Link<'_> {
+    async fn serve(
+        &mut self,
+        rx: &mut mpsc::Receiver<Outgoing>,
+        resync: &AtomicBool,
+        stop: &CancellationToken,
+    ) -> Outcome {
+        // Resend what was not acknowledged, in order.
+        let resend: Vec<FrameBody> = self
+            .unacked
+            .iter()
+            .map(|b| FrameBody::Deltas {
+                seq: b.seq,
+                deltas: b.deltas.clone(),
+            })
+            .collect();
+        for body in resend {
+            if let Err(e) = self.send(&body).await {
+                return Outcome::Down(e);
+            }
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_digest: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Outcome::Stopped,
+                frame = self.stream.next() => {
+                    let body = match frame {
+                        None => return Outcome::Down("closed by the peer".into()),
+                        Some(Err(e)) => return Outcome::Down(e.to_string()),
+                        Some(Ok(bytes)) => {
+                            self.ctx.metrics.replication.bytes_received.add(bytes.len() as u64 + 4);
+                            match wire::decode_frame(&bytes, &self.ctx.cluster) {
+                                Ok((_, body)) => body,
+                                Err(e) => {
+                                    self.ctx.metrics.replication.errors.inc();
+                                    return Outcome::Down(format!("bad frame: {e}"));
+                                }
+                            }
+                        }
+                    };
+                    if let Err(e) = self.on_answer(body).await {
+                        return Outcome::Down(e);
+                    }
+                }
+                item = rx.recv(), if self.unacked.len() < WINDOW => {
+                    let Some(first) = item else { return Outcome::Stopped };
+                    if let Err(e) = self.send_batch(first, rx).await {
+                        return Outcome::Down(e);
+                    }
+                }
+                _ = tick.tick() => {
+                    let due = last_digest.is_none_or(|at| at.elapsed() >= ANTI_ENTROPY_EVERY);
+                    if self.ctx.is_ready() && (resync.swap(false, Ordering::Relaxed) || due) {
+                        last_digest = Some(Instant::now());
+                        let digest = FrameBody::Digest(self.ctx.store.digest());
+                        if let Err(e) = self.send(&digest).await {
+                            return Outcome::Down(e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&mut self, body: &FrameBody) -> Result<(), String> {
+        let bytes = wire::encode_frame(&self.ctx.cluster, self.ctx.me, body);
+        self.ctx
+            .metrics
+            .replication
+            .bytes_sent
+            .add(bytes.len() as u64 + 4);
+        self.stream.send(bytes).await.map_err(|e| e.to_string())
+    }
+
+    /// Sends `first` and whatever else is queued already, as one Deltas frame (and one
+    /// Access frame): many writes cost one frame when they pile up.
+    async fn send_batch(
+        &mut self,
+        first: Outgoing,
+        rx: &mut mpsc::Receiver<Outgoing>,
+    ) -> Result<(), String> {
+        let mut deltas = Vec::new();
+        let mut acks = Vec::new();
+        let mut access: Vec<(SessionId, u64)> = Vec::new();
+        let mut next = Some(first);
+        while let Some(item) = next {
+            match item {
+                Outgoing::Delta { delta, ack } => {
+                    deltas.push(Arc::unwrap_or_clone(delta));
+                    acks.extend(ack);
+                }
+                Outgoing::Access(times) => access.extend(times.iter().copied()),
+            }
+            next = if deltas.len() < MAX_BATCH {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if !deltas.is_empty() {
+            *self.seq += 1;
+            let count = deltas.len() as u64;
+            let body = FrameBody::Deltas {
+                seq: *self.seq,
+                deltas,
+            };
+            self.send(&body).await?;
+            self.ctx.metrics.replication.deltas_sent.add(count);
+            if let FrameBody::Deltas { seq, deltas } = body {
+                self.unacked.push_back(Batch { seq, deltas, acks });
+            }
+        }
+        if !access.is_empty() {
+            self.send(&FrameBody::Access(access)).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_answer(&mut self, body: FrameBody) -> Result<(), String> {
+        match body {
+            FrameBody::Ack(seq) => {
+                while self.unacked.front().is_some_and(|b| b.seq <= seq) {
+                    if let Some(batch) = self.unacked.pop_front() {
+                        for ack in batch.acks {
+                            let _ = ack.send(());
+                        }
+                    }
+                }
+            }
+            FrameBody::ShardEntries { shard, entries } => self.reconcile(shard, entries).await?,
+            FrameBody::Deltas { deltas, .. } => {
+                // Sessions we pulled.
+                let now = crate::node::now_ms();
+                self.ctx
+                    .metrics
+                    .replication
+                    .deltas_received
+                    .add(deltas.len() as u64);
+                for d in &deltas {
+                    self.ctx.store.apply(d, now);
+                }
+            }
+            other => {
+                debug!(peer = %self.peer.name, kind = other.kind(), "unexpected answer ignored")
+            }
+        }
+        Ok(())
+    }
+
+    /// Anti-entropy for one shard whose digests differ: send what the peer misses or holds
+    /// differently, and pull what we miss or hold differently. The merge sorts out which
+    /// side is newer, so sending both ways is safe.
+    async fn reconcile(&mut self, shard: u32, theirs: Vec<(SessionId, u64)>) -> Result<(), String> {
+        let mine: HashMap<SessionId, u64> =
+            self.ctx.store.shard_entries(shard).into_iter().collect();
+        let theirs: HashMap<SessionId, u64> = theirs.into_iter().collect();
+        let push: Vec<SessionId> = mine
+            .iter()
+            .filter(|(id, h)| theirs.get(*id) != Some(*h))
+            .map(|(id, _)| *id)
+            .collect();
+        let pull: Vec<SessionId> = theirs
+            .iter()
+            .filter(|(id, h)| mine.get(*id) != Some(*h))
+            .map(|(id, _)| *id)
+            .collect();
+        if !push.is_empty() || !pull.is_empty() {
+            debug!(peer = %self.peer.name, shard, push = push.len(), pull = pull.len(), "anti-entropy");
+        }
+        for deltas in super::inbound::chunk(self.ctx.store.export(&push)) {
+            *self.seq += 1;
+            let body = FrameBody::Deltas {
+                seq: *self.seq,
+                deltas,
+            };
+            self.send(&body).await?;
+            if let FrameBody::Deltas { seq, deltas } = body {
+                self.unacked.push_back(Batch {
+                    seq,
+                    deltas,
+                    acks: Vec::new(),
+                });
+            }
+        }
+        if !pull.is_empty() {
+            self.send(&FrameBody::Pull(pull)).await?;
+        }
+        Ok(())
+    }
+}
