@@ -315,3 +315,92 @@ pub fn group_sender() -> UdpSocket {
         .expect("bind sender");
     s.into()
 }
+
+/// An HTTP answer with the headers that matter to session tests.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    /// The `name=value` part of a `Set-Cookie` header, if any.
+    pub set_cookie: Option<String>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// One HTTP/1.1 exchange with an optional `Cookie` header.
+pub fn exchange(addr: SocketAddr, method: &str, path: &str, cookie: Option<&str>, body: &[u8]) -> Option<Answer> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let cookie = cookie.map(|c| format!("Cookie: {c}\r\n")).unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{cookie}Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).ok()?;
+    stream.write_all(body).ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..split]).ok()?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let set_cookie = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("set-cookie"))
+        .and_then(|(_, v)| v.trim().split(';').next().map(str::to_string));
+    let mut body = raw[split + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body)?;
+    }
+    Some(Answer { status, set_cookie, body })
+}
+
+fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = raw.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&raw[..line_end]).ok()?.trim(), 16).ok()?;
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(raw.get(..size)?);
+        raw = raw.get(size + 2..)?;
+    }
+}
+
+/// A browser with one session cookie, talking to any node.
+#[derive(Debug, Default, Clone)]
+pub struct Browser {
+    pub cookie: Option<String>,
+}
+
+impl Browser {
+    pub fn new() -> Browser {
+        Browser::default()
+    }
+
+    /// Sends a request with the cookie and keeps whatever cookie comes back.
+    pub fn send(&mut self, addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Answer {
+        let answer = exchange(addr, method, path, self.cookie.as_deref(), body)
+            .unwrap_or_else(|| panic!("{method} {path} on {addr} got no answer"));
+        if let Some(c) = &answer.set_cookie {
+            self.cookie = Some(c.clone());
+        }
+        answer
+    }
+
+    /// The session id without the route.
+    pub fn session_id(&self) -> Option<String> {
+        let value = self.cookie.as_ref()?.split_once('=')?.1;
+        Some(value.split('.').next()?.to_string())
+    }
+}
