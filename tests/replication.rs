@@ -6,10 +6,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::{wait_converged, wait_until, Browser, Cluster, NodeProc};
+use common::{Browser, Cluster, NodeProc, wait_converged, wait_until};
 use nix::sys::signal::Signal;
 
-const FAST: &[&str] = &["--set", "membership.heartbeat_ms=100", "--set", "membership.drop_ms=1000"];
+const FAST: &[&str] = &[
+    "--set",
+    "membership.heartbeat_ms=100",
+    "--set",
+    "membership.drop_ms=1000",
+];
 
 fn cluster(name: &str, n: usize, extra: &[&str]) -> (Cluster, Vec<NodeProc>) {
     let c = Cluster::new(name);
@@ -33,10 +38,20 @@ fn in_sync_mode_a_write_on_one_node_is_read_on_another_by_the_very_next_request_
         let writer = &nodes[i % 3];
         let reader = &nodes[(i + 1) % 3];
         let value = format!("value-{i}");
-        let put = browser.send(writer.http, "PUT", "/session/attributes/x", value.as_bytes());
+        let put = browser.send(
+            writer.http,
+            "PUT",
+            "/session/attributes/x",
+            value.as_bytes(),
+        );
         assert_eq!(put.status, 204, "write {i}");
         let got = browser.send(reader.http, "GET", "/session/attributes/x", b"");
-        assert_eq!((got.status, got.text()), (200, value), "read {i} on {}", reader.name);
+        assert_eq!(
+            (got.status, got.text()),
+            (200, value),
+            "read {i} on {}",
+            reader.name
+        );
     }
 }
 
@@ -59,14 +74,26 @@ fn invalidation_on_one_node_ends_the_session_on_every_node() {
     browser.send(nodes[0].http, "PUT", "/session/attributes/x", b"1");
     let old = browser.session_id().expect("a session");
     let old_cookie = browser.cookie.clone();
-    assert_eq!(browser.send(nodes[1].http, "POST", "/session/invalidate", b"").status, 204);
+    assert_eq!(
+        browser
+            .send(nodes[1].http, "POST", "/session/invalidate", b"")
+            .status,
+        204
+    );
     for node in &nodes {
         // The old cookie is an unknown session now, wherever it goes.
-        let mut stale = Browser { cookie: old_cookie.clone() };
+        let mut stale = Browser {
+            cookie: old_cookie.clone(),
+        };
         let got = stale.send(node.http, "GET", "/session/attributes/x", b"");
         assert_eq!(got.status, 404, "{} still has the value", node.name);
         let fresh = stale.send(node.http, "GET", "/session", b"");
-        assert_ne!(stale.session_id(), Some(old.clone()), "{} revived the session", node.name);
+        assert_ne!(
+            stale.session_id(),
+            Some(old.clone()),
+            "{} revived the session",
+            node.name
+        );
         assert_eq!(fresh.status, 200);
     }
 }
@@ -83,22 +110,42 @@ fn an_idle_session_expires_everywhere_while_one_touched_elsewhere_every_second_s
     let mut i = 0;
     while std::time::Instant::now() < deadline {
         let got = busy.send(nodes[1 + i % 2].http, "GET", "/session/attributes/x", b"");
-        assert_eq!((got.status, got.text()), (200, "busy".to_string()), "touch {i}");
+        assert_eq!(
+            (got.status, got.text()),
+            (200, "busy".to_string()),
+            "touch {i}"
+        );
         i += 1;
         std::thread::sleep(Duration::from_millis(900));
     }
     for node in &nodes {
         let mut probe = idle.clone();
-        assert_eq!(probe.send(node.http, "GET", "/session/attributes/x", b"").status, 404, "idle on {}", node.name);
+        assert_eq!(
+            probe
+                .send(node.http, "GET", "/session/attributes/x", b"")
+                .status,
+            404,
+            "idle on {}",
+            node.name
+        );
         let mut probe = busy.clone();
         let got = probe.send(node.http, "GET", "/session/attributes/x", b"");
-        assert_eq!((got.status, got.text()), (200, "busy".to_string()), "busy on {}", node.name);
+        assert_eq!(
+            (got.status, got.text()),
+            (200, "busy".to_string()),
+            "busy on {}",
+            node.name
+        );
     }
 }
 
 #[test]
 fn concurrent_writes_of_one_attribute_from_two_nodes_converge() {
-    let (_c, nodes) = cluster("converge-writes", 3, &["--set", "sessions.replication=async"]);
+    let (_c, nodes) = cluster(
+        "converge-writes",
+        3,
+        &["--set", "sessions.replication=async"],
+    );
     let mut browser = Browser::new();
     browser.send(nodes[0].http, "PUT", "/session/attributes/x", b"start");
     let cookie = browser.cookie.clone();
@@ -110,7 +157,12 @@ fn concurrent_writes_of_one_attribute_from_two_nodes_converge() {
             std::thread::spawn(move || {
                 let mut me = Browser { cookie };
                 for i in 0..100 {
-                    me.send(addr, "PUT", "/session/attributes/x", format!("{tag}{i}").as_bytes());
+                    me.send(
+                        addr,
+                        "PUT",
+                        "/session/attributes/x",
+                        format!("{tag}{i}").as_bytes(),
+                    );
                 }
             })
         })
@@ -122,14 +174,26 @@ fn concurrent_writes_of_one_attribute_from_two_nodes_converge() {
         let values: Vec<String> = nodes
             .iter()
             .map(|n| {
-                let mut probe = Browser { cookie: cookie.clone() };
-                probe.send(n.http, "GET", "/session/attributes/x", b"").text()
+                let mut probe = Browser {
+                    cookie: cookie.clone(),
+                };
+                probe
+                    .send(n.http, "GET", "/session/attributes/x", b"")
+                    .text()
             })
             .collect();
         values.iter().all(|v| *v == values[0]).then_some(values)
     };
-    let values = wait_until(Duration::from_secs(10), "every node holds the same value", read_all);
-    assert!(values[0] == "a99" || values[0] == "b99", "the last write of one side wins, got {}", values[0]);
+    let values = wait_until(
+        Duration::from_secs(10),
+        "every node holds the same value",
+        read_all,
+    );
+    assert!(
+        values[0] == "a99" || values[0] == "b99",
+        "the last write of one side wins, got {}",
+        values[0]
+    );
 }
 
 #[test]
@@ -142,7 +206,12 @@ fn a_fourth_node_joining_a_cluster_of_ten_thousand_sessions_gets_them_all() {
             std::thread::spawn(move || {
                 for i in 0..per_thread {
                     let mut b = Browser::new();
-                    let answer = b.send(addr, "PUT", "/session/attributes/n", format!("{t}-{i}").as_bytes());
+                    let answer = b.send(
+                        addr,
+                        "PUT",
+                        "/session/attributes/n",
+                        format!("{t}-{i}").as_bytes(),
+                    );
                     assert_eq!(answer.status, 204);
                 }
             })
@@ -152,14 +221,23 @@ fn a_fourth_node_joining_a_cluster_of_ten_thousand_sessions_gets_them_all() {
         w.join().expect("writer");
     }
     for node in &nodes {
-        assert_eq!(node.status().expect("status")["sessions"]["active"], 10_000, "{}", node.name);
+        assert_eq!(
+            node.status().expect("status")["sessions"]["active"],
+            10_000,
+            "{}",
+            node.name
+        );
     }
     let args: Vec<&str> = FAST.to_vec();
     let joiner = c.node("n4", &args);
-    wait_until(Duration::from_secs(30), "the new node holds every session", || {
-        let s = joiner.status()?;
-        (s["node"]["state"] == "ready" && s["sessions"]["active"] == 10_000).then_some(())
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "the new node holds every session",
+        || {
+            let s = joiner.status()?;
+            (s["node"]["state"] == "ready" && s["sessions"]["active"] == 10_000).then_some(())
+        },
+    );
 }
 
 #[test]
@@ -169,7 +247,12 @@ fn a_node_killed_right_after_200_acknowledged_writes_loses_none_of_them() {
     let mut browsers = Vec::new();
     for i in 0..200 {
         let mut b = Browser::new();
-        let answer = b.send(victim.http, "PUT", "/session/attributes/v", format!("w{i}").as_bytes());
+        let answer = b.send(
+            victim.http,
+            "PUT",
+            "/session/attributes/v",
+            format!("w{i}").as_bytes(),
+        );
         assert_eq!(answer.status, 204);
         browsers.push((b, format!("w{i}")));
     }
@@ -179,7 +262,12 @@ fn a_node_killed_right_after_200_acknowledged_writes_loses_none_of_them() {
         for (b, value) in &browsers {
             let mut probe = b.clone();
             let got = probe.send(node.http, "GET", "/session/attributes/v", b"");
-            assert_eq!((got.status, got.text()), (200, value.clone()), "lost on {}", node.name);
+            assert_eq!(
+                (got.status, got.text()),
+                (200, value.clone()),
+                "lost on {}",
+                node.name
+            );
         }
     }
 }
@@ -189,11 +277,23 @@ fn a_session_from_another_node_is_served_here_and_its_cookie_moves_here() {
     let (_c, nodes) = cluster("failover", 2, &[]);
     let mut browser = Browser::new();
     browser.send(nodes[0].http, "PUT", "/session/attributes/x", b"kept");
-    assert!(browser.cookie.as_deref().is_some_and(|c| c.ends_with(".n1")));
+    assert!(
+        browser
+            .cookie
+            .as_deref()
+            .is_some_and(|c| c.ends_with(".n1"))
+    );
     let id = browser.session_id();
     let got = browser.send(nodes[1].http, "GET", "/session/attributes/x", b"");
     assert_eq!((got.status, got.text()), (200, "kept".to_string()));
-    assert!(browser.cookie.as_deref().is_some_and(|c| c.ends_with(".n2")), "{:?}", browser.cookie);
+    assert!(
+        browser
+            .cookie
+            .as_deref()
+            .is_some_and(|c| c.ends_with(".n2")),
+        "{:?}",
+        browser.cookie
+    );
     assert_eq!(browser.session_id(), id, "same session, new route");
 }
 
@@ -201,18 +301,30 @@ fn a_session_from_another_node_is_served_here_and_its_cookie_moves_here() {
 fn a_killed_node_is_gone_from_the_others_in_milliseconds_through_its_broken_links() {
     // Long heartbeats: only the broken replication link can explain a fast removal.
     let c = Cluster::new("linkbreak");
-    let slow = ["--set", "membership.heartbeat_ms=2000", "--set", "membership.drop_ms=10000"];
+    let slow = [
+        "--set",
+        "membership.heartbeat_ms=2000",
+        "--set",
+        "membership.drop_ms=10000",
+    ];
     let a = c.node("a", &slow);
     let mut b = c.node("b", &slow);
     wait_converged(&[&a, &b], Duration::from_secs(10));
     // A write makes sure the links are up.
     let mut browser = Browser::new();
-    wait_until(Duration::from_secs(10), "a is ready", || (a.status()?["node"]["state"] == "ready").then_some(()));
+    wait_until(Duration::from_secs(10), "a is ready", || {
+        (a.status()?["node"]["state"] == "ready").then_some(())
+    });
     browser.send(a.http, "PUT", "/session/attributes/x", b"1");
     b.signal(Signal::SIGKILL);
     let _ = b.wait_exit(Duration::from_secs(5));
     let killed = std::time::Instant::now();
-    wait_until(Duration::from_secs(10), "a drops b", || (a.members("") == Some(vec![])).then_some(()));
+    wait_until(Duration::from_secs(10), "a drops b", || {
+        (a.members("") == Some(vec![])).then_some(())
+    });
     let took = killed.elapsed();
-    assert!(took < Duration::from_millis(1500), "took {took:?} with 2 s heartbeats");
+    assert!(
+        took < Duration::from_millis(1500),
+        "took {took:?} with 2 s heartbeats"
+    );
 }

@@ -18,6 +18,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .merge(super::sessions::router())
         .fallback(not_found)
         .with_state(shared)
 }

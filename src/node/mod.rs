@@ -2,6 +2,7 @@
 //! replication port and HTTP, and takes them down in order on shutdown.
 
 pub mod http;
+pub mod sessions;
 pub mod status;
 
 use std::net::{IpAddr, SocketAddr};

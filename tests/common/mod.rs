@@ -336,10 +336,20 @@ impl Answer {
 }
 
 /// One HTTP/1.1 exchange with an optional `Cookie` header.
-pub fn exchange(addr: SocketAddr, method: &str, path: &str, cookie: Option<&str>, body: &[u8]) -> Option<Answer> {
+pub fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    body: &[u8],
+) -> Option<Answer> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let cookie = cookie.map(|c| format!("Cookie: {c}\r\n")).unwrap_or_default();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let cookie = cookie
+        .map(|c| format!("Cookie: {c}\r\n"))
+        .unwrap_or_default();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{cookie}Content-Length: {}\r\n\r\n",
         body.len()
@@ -357,17 +367,25 @@ pub fn exchange(addr: SocketAddr, method: &str, path: &str, cookie: Option<&str>
         .find(|(name, _)| name.eq_ignore_ascii_case("set-cookie"))
         .and_then(|(_, v)| v.trim().split(';').next().map(str::to_string));
     let mut body = raw[split + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body)?;
     }
-    Some(Answer { status, set_cookie, body })
+    Some(Answer {
+        status,
+        set_cookie,
+        body,
+    })
 }
 
 fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let line_end = raw.windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&raw[..line_end]).ok()?.trim(), 16).ok()?;
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&raw[..line_end]).ok()?.trim(), 16).ok()?;
         raw = &raw[line_end + 2..];
         if size == 0 {
             return Some(out);

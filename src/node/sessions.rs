@@ -1,0 +1,811 @@
+//! The session endpoints of a node: the classic test page, the session document and the
+//! attribute API (SPEC "Node HTTP endpoints").
+//!
+//! Every request finds its session the same way: the session cookie from all `Cookie`
+//! headers, else a `;jsessionid=` path parameter (Tomcat's URL rewriting). The id without
+//! its route is the key; an unknown, expired, invalidated or malformed id is never an
+//! error, it just means "no session". A request that changed its session replicates the
+//! delta before the response leaves, which is what makes sync replication true. The cookie
+//! is (re-)issued when a session was made, or when the client's cookie names another route
+//! or none (failover: Tomcat's JvmRouteBinderValve), so stickiness follows the session.
+//!
+//! Attribute values are client data: they are never logged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Serialize;
+use tracing::warn;
+
+use super::{NodeState, Shared, now_ms};
+use crate::session::id::{self, CookieValue};
+use crate::session::{SessionId, StoreError, Update};
+
+/// How long a request waits for a joining node to finish its state transfer.
+const READY_WAIT: Duration = Duration::from_secs(10);
+/// The attribute the test page counts its visits in.
+const HITS: &str = "hits";
+
+/// The session routes; merged into the node's router, which supplies the state and the
+/// 404 fallback. A wrong method on these paths is a `405` with an `Allow` header.
+///
+/// The `;{params}` routes take Tomcat's URL-rewriting form (`/session;jsessionid=ID.n1`),
+/// which the router would otherwise not match; attribute names shed theirs in
+/// [`attribute_name`].
+pub fn router() -> Router<Arc<Shared>> {
+    let page = || get(page).fallback(method_not_allowed);
+    let document = || get(document).fallback(method_not_allowed);
+    let invalidate = || post(invalidate).fallback(method_not_allowed);
+    Router::new()
+        .route("/", page())
+        .route("/;{params}", page())
+        .route("/session", document())
+        .route("/session;{params}", document())
+        .route("/session/invalidate", invalidate())
+        .route("/session/invalidate;{params}", invalidate())
+        .route(
+            "/session/attributes/{name}",
+            get(get_attribute)
+                .put(put_attribute)
+                .delete(delete_attribute)
+                .fallback(method_not_allowed),
+        )
+}
+
+/// One request's view of its session: the id the client presented (if any parses) and the
+/// single clock reading every store call of the request uses.
+struct Visit {
+    client: Option<CookieValue>,
+    now_ms: u64,
+}
+
+impl Visit {
+    fn id(&self) -> Option<SessionId> {
+        self.client.as_ref().map(|c| c.id)
+    }
+}
+
+/// Waits out a joining node, then reads the client's session id.
+async fn begin(shared: &Shared, headers: &HeaderMap, uri: &Uri) -> Result<Visit, Response> {
+    if shared.state() == NodeState::Joining && !shared.wait_until_ready(READY_WAIT).await {
+        let mut response = plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node is still receiving the cluster's sessions; try again shortly",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Err(response);
+    }
+    let cookies = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let client = id::find_in_cookie_headers(cookies, &shared.cookie)
+        .or_else(|| id::find_in_path(uri.path()));
+    Ok(Visit {
+        client,
+        now_ms: now_ms(),
+    })
+}
+
+/// What a request did to a session, replicated.
+struct Done<R> {
+    id: SessionId,
+    value: R,
+    /// The `Set-Cookie` value to send, if the client must learn the id or the route.
+    cookie: Option<HeaderValue>,
+}
+
+/// Replicates the delta of an update (before the response: sync replication) and decides
+/// the cookie. `Ok(None)`: no session and none made. `Err`: the store refused (session
+/// limit), nothing changed.
+async fn finish<R>(
+    shared: &Shared,
+    visit: &Visit,
+    outcome: Result<Option<Update<R>>, StoreError>,
+) -> Result<Option<Done<R>>, Response> {
+    let update = match outcome {
+        Ok(Some(update)) => update,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(store_error(&e)),
+    };
+    if let Some(delta) = update.delta {
+        shared.replicator.replicate(delta).await;
+    }
+    let route = shared.me.name.as_str();
+    let current = visit
+        .client
+        .as_ref()
+        .is_some_and(|c| c.id == update.id && c.route.as_deref() == Some(route));
+    let cookie = if update.created || !current {
+        session_cookie(&id::set_cookie_header(&shared.cookie, update.id, route))
+    } else {
+        None
+    };
+    Ok(Some(Done {
+        id: update.id,
+        value: update.value,
+        cookie,
+    }))
+}
+
+fn session_cookie(value: &str) -> Option<HeaderValue> {
+    match HeaderValue::from_str(value) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            // Cookie names and routes are validated tokens, so this cannot happen.
+            warn!("the session cookie is not a valid header value; not sent");
+            None
+        }
+    }
+}
+
+fn with_cookie(mut response: Response, cookie: Option<HeaderValue>) -> Response {
+    if let Some(cookie) = cookie {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// Session-dependent answers must not be cached by anyone in between.
+fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+// ---- GET / -------------------------------------------------------------------------------
+
+struct PageView {
+    hits: u64,
+    created_ms: u64,
+    stored: Result<(), StoreError>,
+}
+
+async fn page(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -> Response {
+    let visit = match begin(&shared, &headers, &uri).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let outcome = shared.store.update(visit.id(), true, visit.now_ms, |s| {
+        let hits = s.get(HITS).map_or(0, |v| parse_count(v)).saturating_add(1);
+        let stored = s.set(HITS, Bytes::from(hits.to_string()));
+        PageView {
+            hits,
+            created_ms: s.created_ms(),
+            stored,
+        }
+    });
+    let done = match finish(&shared, &visit, outcome).await {
+        Ok(Some(done)) => done,
+        Ok(None) => return plain(StatusCode::INTERNAL_SERVER_ERROR, "no session was made"),
+        Err(r) => return r,
+    };
+    let response = match &done.value.stored {
+        Err(e) => store_error(e),
+        Ok(()) => {
+            let html = render_page(
+                &shared.me.name,
+                &id::cookie_value(done.id, &shared.me.name),
+                done.value.created_ms,
+                done.value.hits,
+            );
+            no_store(Html(html).into_response())
+        }
+    };
+    with_cookie(response, done.cookie)
+}
+
+/// A visit counter: UTF-8 decimal; anything else counts as 0.
+fn parse_count(value: &[u8]) -> u64 {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn render_page(node: &str, session: &str, created_ms: u64, hits: u64) -> String {
+    let node = escape_html(node);
+    let session = escape_html(session);
+    let machine = rfc3339(created_ms);
+    let human = human_utc(created_ms);
+    format!(
+        r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>deltacast · {node}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; }}
+th, td {{ text-align: left; padding: .3em 1em .3em 0; }}
+th {{ font-weight: normal; color: #666; }}
+</style>
+</head>
+<body>
+<h1>deltacast node {node}</h1>
+<table>
+<tr><th>Node</th><td id="node">{node}</td></tr>
+<tr><th>Session</th><td id="session"><code>{session}</code></td></tr>
+<tr><th>Created on</th><td id="created"><time datetime="{machine}">{human}</time></td></tr>
+<tr><th>Hits</th><td id="hits">{hits}</td></tr>
+</table>
+<p>Reload the page to count another hit.</p>
+</body>
+</html>
+"#
+    )
+}
+
+fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// UTC calendar fields of a Unix time in milliseconds.
+struct Utc {
+    year: i64,
+    month: u32,
+    day: u32,
+    hour: u64,
+    minute: u64,
+    second: u64,
+    milli: u64,
+}
+
+fn utc(ms: u64) -> Utc {
+    let secs = ms / 1000;
+    let of_day = secs % 86_400;
+    // u64::MAX / 86_400_000 fits an i64 easily.
+    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
+    let (year, month, day) = civil_from_days(days);
+    Utc {
+        year,
+        month,
+        day,
+        hour: of_day / 3600,
+        minute: of_day % 3600 / 60,
+        second: of_day % 60,
+        milli: ms % 1000,
+    }
+}
+
+/// `2023-11-14T22:13:20.000Z`
+fn rfc3339(ms: u64) -> String {
+    let t = utc(ms);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year, t.month, t.day, t.hour, t.minute, t.second, t.milli
+    )
+}
+
+/// `2023-11-14 22:13:20 UTC`
+fn human_utc(ms: u64) -> String {
+    let t = utc(ms);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // [0, 146096]
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+    let mp = (5 * doy + 2) / 153; // [0, 11], March first
+    let day = doy - (153 * mp + 2) / 5 + 1; // [1, 31]
+    let month = if mp < 10 { mp + 3 } else { mp - 9 }; // [1, 12]
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    // Both are in range by construction.
+    (
+        year,
+        u32::try_from(month).unwrap_or(1),
+        u32::try_from(day).unwrap_or(1),
+    )
+}
+
+// ---- GET /session --------------------------------------------------------------------------
+
+/// The session document (SPEC). Attributes keep the order they were first set in.
+#[derive(Serialize)]
+struct SessionDoc {
+    id: String,
+    node: String,
+    created_ms: u64,
+    last_accessed_ms: u64,
+    max_inactive_s: u32,
+    attributes: Pairs,
+    binary_attributes: Pairs,
+}
+
+/// A JSON object written in the order of its pairs.
+struct Pairs(Vec<(String, String)>);
+
+impl Serialize for Pairs {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+async fn document(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -> Response {
+    let visit = match begin(&shared, &headers, &uri).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let route = shared.me.name.clone();
+    let outcome = shared.store.update(visit.id(), true, visit.now_ms, |s| {
+        let mut text = Vec::new();
+        let mut binary = Vec::new();
+        for (name, value) in s.attributes() {
+            match std::str::from_utf8(value) {
+                Ok(v) => text.push((name.to_string(), v.to_string())),
+                Err(_) => binary.push((name.to_string(), base64(value))),
+            }
+        }
+        SessionDoc {
+            id: id::cookie_value(s.id(), &route),
+            node: route.clone(),
+            created_ms: s.created_ms(),
+            last_accessed_ms: s.last_accessed_ms(),
+            max_inactive_s: s.max_inactive_s(),
+            attributes: Pairs(text),
+            binary_attributes: Pairs(binary),
+        }
+    });
+    match finish(&shared, &visit, outcome).await {
+        Ok(Some(done)) => with_cookie(
+            no_store(axum::Json(done.value).into_response()),
+            done.cookie,
+        ),
+        Ok(None) => plain(StatusCode::INTERNAL_SERVER_ERROR, "no session was made"),
+        Err(r) => r,
+    }
+}
+
+/// Standard base64 alphabet, padded (RFC 4648 §4).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let byte = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
+        let n = (byte(0) << 16) | (byte(1) << 8) | byte(2);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                let six = (n >> (18 - 6 * i)) & 0x3f;
+                out.push(char::from(ALPHABET[six as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+// ---- /session/attributes/{name} --------------------------------------------------------------
+
+/// The attribute name of `/session/attributes/{name}`, from the raw path: the last segment
+/// without its `;` path parameters, percent-decoded. (Decoding first would confuse an
+/// encoded `%3B` in a name with a `;jsessionid=` parameter.) None when not UTF-8.
+fn attribute_name(uri: &Uri) -> Option<String> {
+    let segment = uri.path().rsplit('/').next().unwrap_or_default();
+    let raw = segment.split(';').next().unwrap_or_default();
+    percent_decode(raw)
+}
+
+/// Percent-decodes `%XX` escapes; a `%` not followed by two hex digits stays as it is.
+fn percent_decode(raw: &str) -> Option<String> {
+    let hex = |c: &u8| char::from(*c).to_digit(16);
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&c) = bytes.get(i) {
+        if c == b'%' {
+            if let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).and_then(hex),
+                bytes.get(i + 2).and_then(hex),
+            ) {
+                // Two hex digits make at most 0xff.
+                out.push(u8::try_from(hi * 16 + lo).unwrap_or(u8::MAX));
+                i += 3;
+                continue;
+            }
+        }
+        out.push(c);
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+fn bad_name(shared: &Shared) -> Response {
+    let max = shared.store.limits().max_name_bytes;
+    plain(
+        StatusCode::BAD_REQUEST,
+        &format!("the attribute name must be 1 to {max} bytes of UTF-8"),
+    )
+}
+
+async fn get_attribute(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let visit = match begin(&shared, &headers, &uri).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(name) = attribute_name(&uri) else {
+        return bad_name(&shared);
+    };
+    let outcome = shared
+        .store
+        .update(visit.id(), false, visit.now_ms, |s| s.get(&name).cloned());
+    let done = match finish(&shared, &visit, outcome).await {
+        Ok(Some(done)) => done,
+        Ok(None) => return plain(StatusCode::NOT_FOUND, "no session"),
+        Err(r) => return r,
+    };
+    let response = match done.value {
+        None => plain(StatusCode::NOT_FOUND, "no such attribute"),
+        Some(value) => {
+            let kind = if std::str::from_utf8(&value).is_ok() {
+                "text/plain; charset=utf-8"
+            } else {
+                "application/octet-stream"
+            };
+            no_store(([(header::CONTENT_TYPE, kind)], value).into_response())
+        }
+    };
+    with_cookie(response, done.cookie)
+}
+
+async fn put_attribute(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let visit = match begin(&shared, &parts.headers, &parts.uri).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let limits = shared.store.limits();
+    // Checked before anything is made, so a bad request changes nothing.
+    let name = match attribute_name(&parts.uri) {
+        Some(name) if !name.is_empty() && name.len() <= limits.max_name_bytes => name,
+        _ => return bad_name(&shared),
+    };
+    let value = match read_body(body, &parts.headers, limits.max_value_bytes).await {
+        Ok(value) => value,
+        Err(r) => return r,
+    };
+    let outcome = shared
+        .store
+        .update(visit.id(), true, visit.now_ms, |s| s.set(&name, value));
+    match finish(&shared, &visit, outcome).await {
+        Ok(Some(done)) => {
+            let response = match done.value {
+                Ok(()) => StatusCode::NO_CONTENT.into_response(),
+                Err(e) => store_error(&e),
+            };
+            with_cookie(response, done.cookie)
+        }
+        Ok(None) => plain(StatusCode::INTERNAL_SERVER_ERROR, "no session was made"),
+        Err(r) => r,
+    }
+}
+
+/// Reads at most `max` bytes of body: a declared length over the limit is refused before
+/// reading, and a body that turns out longer (chunked) as soon as it passes the limit.
+async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes, Response> {
+    let too_large = || {
+        plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the attribute value exceeds the limit of {max} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > u64::try_from(max).unwrap_or(u64::MAX)) {
+        return Err(too_large());
+    }
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(_) => Err(plain(
+            StatusCode::BAD_REQUEST,
+            "the request body could not be read",
+        )),
+    }
+}
+
+async fn delete_attribute(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let visit = match begin(&shared, &headers, &uri).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(name) = attribute_name(&uri) else {
+        return bad_name(&shared);
+    };
+    let outcome = shared
+        .store
+        .update(visit.id(), false, visit.now_ms, |s| s.remove(&name));
+    match finish(&shared, &visit, outcome).await {
+        Ok(Some(done)) => with_cookie(StatusCode::NO_CONTENT.into_response(), done.cookie),
+        Ok(None) => StatusCode::NO_CONTENT.into_response(),
+        Err(r) => r,
+    }
+}
+
+// ---- POST /session/invalidate ------------------------------------------------------------------
+
+async fn invalidate(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -> Response {
+    let visit = match begin(&shared, &headers, &uri).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if let Some(id) = visit.id() {
+        if let Some(delta) = shared.store.invalidate(id, visit.now_ms) {
+            shared.replicator.replicate(delta).await;
+        }
+    }
+    let clear = format!(
+        "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax",
+        shared.cookie
+    );
+    with_cookie(
+        StatusCode::NO_CONTENT.into_response(),
+        session_cookie(&clear),
+    )
+}
+
+// ---- errors ------------------------------------------------------------------------------------
+
+/// A one-line text answer.
+fn plain(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{message}\n"),
+    )
+        .into_response()
+}
+
+fn store_error(e: &StoreError) -> Response {
+    let status = match e {
+        StoreError::TooManySessions { .. } | StoreError::TooManyAttributes { .. } => {
+            StatusCode::INSUFFICIENT_STORAGE
+        }
+        StoreError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        StoreError::BadName { .. } => StatusCode::BAD_REQUEST,
+    };
+    plain(status, &e.to_string())
+}
+
+async fn method_not_allowed() -> Response {
+    plain(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this path",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ReplicationMode;
+    use crate::heartbeat::MembershipView;
+    use crate::membership::{MemberInfo, NodeId};
+    use crate::metrics::Metrics;
+    use crate::replication::{ReplicationConfig, Replicator};
+    use crate::session::{Limits, SessionStore};
+    use tokio::sync::{mpsc, watch};
+
+    /// A node's shared state in `state`, without any sockets or peers (replication is then
+    /// immediate).
+    fn shared(state: NodeState) -> Arc<Shared> {
+        let me = MemberInfo {
+            id: NodeId::from_u64(1),
+            name: "n1".to_string(),
+            http: std::net::SocketAddr::from(([127, 0, 0, 1], 8081)),
+            replication: std::net::SocketAddr::from(([127, 0, 0, 1], 4001)),
+            incarnation: 1,
+        };
+        let store = SessionStore::new(me.id, Limits::default(), 1800);
+        let metrics = Arc::new(Metrics::default());
+        let replication = ReplicationConfig::new(
+            "test".to_string(),
+            me.id,
+            ReplicationMode::Sync,
+            Duration::from_millis(100),
+        );
+        let replicator = Replicator::new(
+            replication,
+            store.clone(),
+            metrics.clone(),
+            mpsc::channel(1).0,
+        );
+        Arc::new(Shared {
+            me,
+            cluster: "test".to_string(),
+            started: std::time::Instant::now(),
+            metrics,
+            view: watch::channel(MembershipView::empty()).1,
+            store,
+            replicator,
+            cookie: "JSESSIONID".to_string(),
+            state: watch::channel(state).0,
+        })
+    }
+
+    async fn body_text(response: Response) -> String {
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_that_stays_joining_answers_503_after_ten_seconds() {
+        let shared = shared(NodeState::Joining);
+        let started = tokio::time::Instant::now();
+        let response = page(
+            State(shared.clone()),
+            HeaderMap::new(),
+            Uri::from_static("/"),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(started.elapsed(), READY_WAIT);
+        assert!(response.headers().get(header::SET_COOKIE).is_none());
+        let text = body_text(response).await;
+        assert!(
+            text.ends_with('\n') && text.lines().count() == 1,
+            "{text:?}"
+        );
+        assert!(shared.store.is_empty(), "no session made while joining");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_to_a_joining_node_is_served_once_it_is_ready() {
+        let shared = shared(NodeState::Joining);
+        let later = shared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            later.set_state(NodeState::Ready);
+        });
+        let started = tokio::time::Instant::now();
+        let response = document(
+            State(shared.clone()),
+            HeaderMap::new(),
+            Uri::from_static("/session"),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        assert!(response.headers().get(header::SET_COOKIE).is_some());
+        assert_eq!(shared.store.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_leaving_node_still_serves_sessions() {
+        let shared = shared(NodeState::Leaving);
+        let response = page(
+            State(shared.clone()),
+            HeaderMap::new(),
+            Uri::from_static("/"),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            body_text(response)
+                .await
+                .contains(r#"<td id="hits">1</td>"#)
+        );
+    }
+
+    #[test]
+    fn base64_matches_the_rfc_4648_test_vectors() {
+        let cases: [(&[u8], &str); 8] = [
+            (b"", ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"foob", "Zm9vYg=="),
+            (b"fooba", "Zm9vYmE="),
+            (b"foobar", "Zm9vYmFy"),
+            (&[0xff, 0x00, 0xfe, 0x80, 0x01], "/wD+gAE="),
+        ];
+        for (input, want) in cases {
+            assert_eq!(base64(input), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn times_are_written_in_utc_on_the_gregorian_calendar() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(rfc3339(4_107_542_399_999), "2100-02-28T23:59:59.999Z");
+        assert_eq!(human_utc(1_700_000_000_999), "2023-11-14 22:13:20 UTC");
+        // Far beyond any real clock, still no panic.
+        let _ = rfc3339(u64::MAX);
+    }
+
+    #[test]
+    fn html_special_characters_are_escaped() {
+        assert_eq!(
+            escape_html(r#"<a href="x">'&'</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+        assert_eq!(escape_html("n1"), "n1");
+    }
+
+    #[test]
+    fn the_page_shows_every_field() {
+        let html = render_page("n<1>", "ABC.n1", 1_700_000_000_000, 7);
+        assert!(html.contains(r#"<td id="node">n&lt;1&gt;</td>"#));
+        assert!(html.contains("<code>ABC.n1</code>"));
+        assert!(html.contains(r#"<time datetime="2023-11-14T22:13:20.000Z">"#));
+        assert!(html.contains(r#"<td id="hits">7</td>"#));
+    }
+
+    #[test]
+    fn the_hit_counter_reads_decimal_and_counts_anything_else_as_zero() {
+        assert_eq!(parse_count(b"41"), 41);
+        assert_eq!(parse_count(b""), 0);
+        assert_eq!(parse_count(b"many"), 0);
+        assert_eq!(parse_count(b"-3"), 0);
+        assert_eq!(parse_count(&[0xff, 0x31]), 0);
+        assert_eq!(parse_count(b"99999999999999999999999"), 0);
+    }
+
+    #[test]
+    fn attribute_names_are_decoded_without_their_path_parameters() {
+        let name = |path: &str| attribute_name(&path.parse::<Uri>().expect("uri"));
+        assert_eq!(name("/session/attributes/user").as_deref(), Some("user"));
+        assert_eq!(
+            name("/session/attributes/caf%C3%A9%20au%20lait").as_deref(),
+            Some("café au lait")
+        );
+        assert_eq!(
+            name("/session/attributes/cart;jsessionid=ABC.n1?x=1").as_deref(),
+            Some("cart")
+        );
+        assert_eq!(name("/session/attributes/a%3Bb").as_deref(), Some("a;b"));
+        assert_eq!(name("/session/attributes/100%").as_deref(), Some("100%"));
+        assert_eq!(name("/session/attributes/%zz%4").as_deref(), Some("%zz%4"));
+        assert_eq!(
+            name("/session/attributes/;jsessionid=X").as_deref(),
+            Some("")
+        );
+        assert_eq!(name("/session/attributes/%FF"), None);
+    }
+}
