@@ -150,6 +150,13 @@ fn garbage_on_the_replication_port_is_counted_and_the_node_keeps_working() {
     let a = c.node("a", FAST);
     let b = c.node("b", FAST);
     wait_converged(&[&a, &b], Duration::from_secs(10));
+    let mut browser = common::Browser::new();
+    assert_eq!(
+        browser
+            .send(a.http, "PUT", "/session/attributes/x", b"kept")
+            .status,
+        204
+    );
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     for i in 0..20 {
@@ -185,8 +192,28 @@ fn garbage_on_the_replication_port_is_counted_and_the_node_keeps_working() {
             (errors >= 20).then_some(())
         },
     );
-    // Still a member, still answering verifications.
+    // Still a member, still answering verifications, sessions untouched and still replicated.
     wait_converged(&[&a, &b], Duration::from_secs(10));
+    for node in [&a, &b] {
+        let got = browser
+            .clone()
+            .send(node.http, "GET", "/session/attributes/x", b"");
+        assert_eq!(
+            (got.status, got.text()),
+            (200, "kept".to_string()),
+            "on {}",
+            node.name
+        );
+        assert_eq!(node.status().expect("status")["sessions"]["active"], 1);
+    }
+    assert_eq!(
+        browser
+            .send(b.http, "PUT", "/session/attributes/x", b"after")
+            .status,
+        204
+    );
+    let got = browser.send(a.http, "GET", "/session/attributes/x", b"");
+    assert_eq!(got.text(), "after");
 }
 
 #[test]

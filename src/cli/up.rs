@@ -34,7 +34,7 @@ const PER_NODE_KEYS: &[&str] = &[
     "cluster.name",
 ];
 
-/// How long the nodes get to find each other.
+/// How long the nodes get to find each other and take over the cluster's sessions.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a node gets to leave gracefully before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -242,7 +242,7 @@ async fn all_see_each_other(nodes: &[Spawned]) -> bool {
             return false;
         };
         let alive = doc.members.iter().filter(|m| m.state == "alive").count();
-        if alive < expected {
+        if alive < expected || doc.node.state != "ready" {
             return false;
         }
     }

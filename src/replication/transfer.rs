@@ -127,3 +127,97 @@ async fn from_member(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heartbeat::MembershipView;
+    use crate::membership::{MemberInfo, MemberView};
+    use crate::metrics::Metrics;
+    use crate::replication::{InboundConfig, serve};
+    use bytes::Bytes;
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+    use tokio_util::sync::CancellationToken;
+
+    fn member(id: u64, name: &str, replication: std::net::SocketAddr) -> MemberView {
+        MemberView {
+            info: MemberInfo {
+                id: NodeId::from_u64(id),
+                name: name.into(),
+                http: "127.0.0.1:1".parse().unwrap(),
+                replication,
+                incarnation: 1,
+            },
+            state: MemberState::Alive,
+            last_heard: Duration::ZERO,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_member_that_fails_mid_transfer_is_replaced_by_the_next_one() {
+        // A member that takes the request and dies.
+        let dying = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dying_addr = dying.local_addr().unwrap();
+        tokio::spawn(async move {
+            if let Ok((mut s, _)) = dying.accept().await {
+                let mut buf = [0u8; 64];
+                let _ = s.read(&mut buf).await;
+            }
+        });
+        // A member with 5000 sessions.
+        let full = SessionStore::new(NodeId::from_u64(2), Default::default(), 60);
+        for i in 0..5000u32 {
+            full.update(None, true, 1, |s| s.set("i", Bytes::from(i.to_string())))
+                .unwrap();
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let good_addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(
+            listener,
+            InboundConfig::new("c".into(), NodeId::from_u64(2), full.clone()),
+            Arc::new(Metrics::default()),
+            stop.clone(),
+        ));
+        let view = MembershipView {
+            taken_at: std::time::Instant::now(),
+            members: vec![member(1, "dying", dying_addr), member(2, "good", good_addr)],
+        };
+        let (_tx, rx) = watch::channel(view);
+        let joiner = SessionStore::new(NodeId::from_u64(9), Default::default(), 60);
+        let outcome = run(
+            "c",
+            NodeId::from_u64(9),
+            &joiner,
+            rx,
+            Duration::from_secs(1),
+        )
+        .await;
+        assert!(
+            matches!(outcome, Transfer::Done { ref from, sessions: 5000, .. } if from == "good"),
+            "{outcome:?}"
+        );
+        assert_eq!(joiner.len(), 5000);
+        assert_eq!(joiner.digest(), full.digest());
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_that_hears_no_member_starts_alone() {
+        let (_tx, rx) = watch::channel(MembershipView::empty());
+        let joiner = SessionStore::new(NodeId::from_u64(9), Default::default(), 60);
+        assert_eq!(
+            run(
+                "c",
+                NodeId::from_u64(9),
+                &joiner,
+                rx,
+                Duration::from_secs(1)
+            )
+            .await,
+            Transfer::Alone
+        );
+    }
+}
