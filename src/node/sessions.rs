@@ -388,21 +388,8 @@ async fn document(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Ur
 
 /// Standard base64 alphabet, padded (RFC 4648 §4).
 fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let byte = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
-        let n = (byte(0) << 16) | (byte(1) << 8) | byte(2);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                let six = (n >> (18 - 6 * i)) & 0x3f;
-                out.push(char::from(ALPHABET[six as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 // ---- /session/attributes/{name} --------------------------------------------------------------
@@ -418,26 +405,10 @@ fn attribute_name(uri: &Uri) -> Option<String> {
 
 /// Percent-decodes `%XX` escapes; a `%` not followed by two hex digits stays as it is.
 fn percent_decode(raw: &str) -> Option<String> {
-    let hex = |c: &u8| char::from(*c).to_digit(16);
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&c) = bytes.get(i) {
-        if c == b'%' {
-            if let (Some(hi), Some(lo)) = (
-                bytes.get(i + 1).and_then(hex),
-                bytes.get(i + 2).and_then(hex),
-            ) {
-                // Two hex digits make at most 0xff.
-                out.push(u8::try_from(hi * 16 + lo).unwrap_or(u8::MAX));
-                i += 3;
-                continue;
-            }
-        }
-        out.push(c);
-        i += 1;
-    }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .ok()
+        .map(|name| name.into_owned())
 }
 
 fn bad_name(shared: &Shared) -> Response {
