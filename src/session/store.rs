@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use thiserror::Error;
 
 use super::delta::{SessionState, Version};
@@ -102,6 +102,9 @@ pub struct SweepStats {
 #[derive(Default)]
 struct Shard {
     entries: HashMap<SessionId, Entry>,
+    /// Sessions of this shard accessed since the last [`SessionStore::take_accessed`],
+    /// with the time (kept per shard: no lock shared by all requests).
+    accessed: HashMap<SessionId, u64>,
 }
 
 struct Inner {
@@ -111,8 +114,6 @@ struct Inner {
     shards: Box<[RwLock<Shard>]>,
     clock: AtomicU64,
     live: AtomicUsize,
-    /// Sessions accessed since the last [`SessionStore::take_accessed`], with the time.
-    accessed: Mutex<HashMap<SessionId, u64>>,
 }
 
 /// A cheap-to-clone handle on one node's sessions.
@@ -247,7 +248,6 @@ impl SessionStore {
                 shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
                 clock: AtomicU64::new(0),
                 live: AtomicUsize::new(0),
-                accessed: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -282,13 +282,14 @@ impl SessionStore {
         f: impl FnOnce(&mut SessionMut<'_>) -> R,
     ) -> Result<Option<Update<R>>, StoreError> {
         if let Some(id) = id {
-            let mut shard = self.inner.shard(&id).write();
+            let mut guard = self.inner.shard(&id).write();
+            let shard = &mut *guard;
             if let Some(Entry::Live(state)) = shard.entries.get_mut(&id) {
                 if now_ms <= state.expires_at_ms() {
                     if now_ms > state.last_access_ms {
                         state.last_access_ms = now_ms;
                     }
-                    self.inner.accessed.lock().insert(id, state.last_access_ms);
+                    shard.accessed.insert(id, state.last_access_ms);
                     let mut s = SessionMut {
                         id,
                         delta: Delta::new(id, state.created_ms, state.last_access_ms),
@@ -457,8 +458,14 @@ impl SessionStore {
 
     /// The sessions accessed here since the last call, with their access times.
     pub fn take_accessed(&self) -> Vec<(SessionId, u64)> {
-        let taken = std::mem::take(&mut *self.inner.accessed.lock());
-        taken.into_iter().collect()
+        let mut out = Vec::new();
+        for shard in self.inner.shards.iter() {
+            let mut shard = shard.write();
+            if !shard.accessed.is_empty() {
+                out.extend(shard.accessed.drain());
+            }
+        }
+        out
     }
 
     /// Expires sessions idle beyond their interval (plus [`EXPIRY_SLACK_MS`]) and forgets
