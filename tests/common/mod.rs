@@ -251,20 +251,7 @@ pub fn wait_converged(nodes: &[&NodeProc], timeout: Duration) {
 
 /// A plain HTTP/1.1 exchange with `Connection: close`; returns the status code and body.
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Option<(u16, Vec<u8>)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).ok()?;
-    stream.write_all(body).ok()?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).ok()?;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&raw[..split]).ok()?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, raw[split + 4..].to_vec()))
+    exchange(addr, method, path, None, body).map(|a| (a.status, a.body))
 }
 
 pub fn get_json(addr: SocketAddr, path: &str) -> Option<Value> {
