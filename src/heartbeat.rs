@@ -389,7 +389,8 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();
         let store = crate::session::SessionStore::new(NodeId::from_u64(id), Default::default(), 60);
-        let cfg = InboundConfig::new("c".into(), NodeId::from_u64(id), store);
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let cfg = InboundConfig::new("c".into(), NodeId::from_u64(id), store, ready);
         tokio::spawn(replication::serve(
             listener,
             cfg,

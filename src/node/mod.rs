@@ -218,7 +218,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
     );
 
     // Stopped in order on shutdown: HTTP first (requests in flight finish, their
-    // replication included), then the links drain, then membership announces the leave.
+    // replication included), then the links drain, membership announces the leave, and
+    // only then the links and the replication port close.
     let cluster_stop = CancellationToken::new();
     let http_stop = CancellationToken::new();
     if let Some((names, tx)) = resolver {
@@ -235,16 +236,24 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
         config.heartbeat(),
         config.drop_after(),
     );
-    shutdown.spawn(heartbeat::run(
+    // Membership stops on its own token, first: the leave must be announced before the
+    // links close, or members would see the links break and drop us as dead instead.
+    let membership_stop = CancellationToken::new();
+    let membership_task = shutdown.spawn(heartbeat::run(
         hb_cfg,
         datagrams,
         peers,
         metrics.clone(),
         view_tx,
         suspicions_rx,
-        cluster_stop.clone(),
+        membership_stop.clone(),
     ));
-    let inbound_cfg = InboundConfig::new(config.cluster.name.clone(), me.id, shared.store.clone());
+    let inbound_cfg = InboundConfig::new(
+        config.cluster.name.clone(),
+        me.id,
+        shared.store.clone(),
+        replicator.ready_flag(),
+    );
     shutdown.spawn(replication::serve(
         replication_listener,
         inbound_cfg,
@@ -288,6 +297,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
         warn!("requests still running after {DRAIN_GRACE:?}; closing them");
     }
     replicator.flush(FLUSH_GRACE).await;
+    membership_stop.cancel();
+    if tokio::time::timeout(DRAIN_GRACE, membership_task)
+        .await
+        .is_err()
+    {
+        warn!("the leave announcement did not finish within {DRAIN_GRACE:?}");
+    }
     cluster_stop.cancel();
     if !shutdown.drain(DRAIN_GRACE).await {
         warn!("some tasks did not finish within {DRAIN_GRACE:?}; closing them");

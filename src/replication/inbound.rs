@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -25,6 +26,8 @@ pub struct InboundConfig {
     pub me: NodeId,
     /// Where received deltas are applied and state transfers are read from.
     pub store: SessionStore,
+    /// Digests are answered only once this node holds the cluster's state.
+    pub ready: Arc<AtomicBool>,
     /// A connection whose first frame does not arrive within this is closed (a client that
     /// connects and says nothing must not hold a slot for long).
     pub first_frame_timeout: Duration,
@@ -38,11 +41,17 @@ pub struct InboundConfig {
 impl InboundConfig {
     /// The production limits: 5 s for a first frame, 5 min idle (links carry a digest every
     /// 30 s), 1024 connections.
-    pub fn new(cluster: String, me: NodeId, store: SessionStore) -> InboundConfig {
+    pub fn new(
+        cluster: String,
+        me: NodeId,
+        store: SessionStore,
+        ready: Arc<AtomicBool>,
+    ) -> InboundConfig {
         InboundConfig {
             cluster,
             me,
             store,
+            ready,
             first_frame_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(300),
             max_connections: 1024,
@@ -228,6 +237,9 @@ fn answer(
             }
             Vec::new()
         }
+        // Still joining: the state transfer brings everything, and once ready this node
+        // starts an exchange with every member itself.
+        FrameBody::Digest(_) if !cfg.ready.load(Ordering::Relaxed) => Vec::new(),
         FrameBody::Digest(theirs) => {
             let mine = cfg.store.digest();
             theirs
@@ -299,7 +311,12 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let stop = CancellationToken::new();
         let store = SessionStore::new(NodeId::from_u64(1), Default::default(), 60);
-        let cfg = InboundConfig::new("c".into(), NodeId::from_u64(1), store);
+        let cfg = InboundConfig::new(
+            "c".into(),
+            NodeId::from_u64(1),
+            store,
+            Arc::new(AtomicBool::new(true)),
+        );
         tokio::spawn(serve(listener, cfg, metrics.clone(), stop.clone()));
         (addr, metrics, stop)
     }

@@ -69,7 +69,7 @@ pub(crate) struct Context {
     pub store: SessionStore,
     pub metrics: Arc<Metrics>,
     suspicions: mpsc::Sender<NodeId>,
-    ready: AtomicBool,
+    ready: Arc<AtomicBool>,
 }
 
 impl Context {
@@ -122,7 +122,7 @@ impl Replicator {
                 store,
                 metrics,
                 suspicions,
-                ready: AtomicBool::new(false),
+                ready: Arc::new(AtomicBool::new(false)),
             }),
             cfg: Arc::new(cfg),
             links: Arc::new(RwLock::new(HashMap::new())),
@@ -140,6 +140,12 @@ impl Replicator {
             .values()
             .map(|l| (l.tx.max_capacity() - l.tx.capacity()) as u64)
             .sum()
+    }
+
+    /// Whether the node holds the cluster's state (shared with the inbound side, which answers
+    /// digests only then: a joining node would otherwise be sent everything twice).
+    pub fn ready_flag(&self) -> Arc<AtomicBool> {
+        self.ctx.ready.clone()
     }
 
     /// The node holds the cluster's state (state transfer done): anti-entropy may run, and

@@ -177,7 +177,12 @@ mod tests {
         let stop = CancellationToken::new();
         tokio::spawn(serve(
             listener,
-            InboundConfig::new("c".into(), NodeId::from_u64(2), full.clone()),
+            InboundConfig::new(
+                "c".into(),
+                NodeId::from_u64(2),
+                full.clone(),
+                Arc::new(true.into()),
+            ),
             Arc::new(Metrics::default()),
             stop.clone(),
         ));

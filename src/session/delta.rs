@@ -3,7 +3,11 @@
 //! the deltas arrive in, and applying one twice changes nothing. Invalidation is final:
 //! it wins over any attribute change, before or after it.
 
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
+
 use bytes::Bytes;
+use parking_lot::RwLock;
 
 use super::SessionId;
 use crate::membership::NodeId;
@@ -81,7 +85,8 @@ impl Delta {
 /// that an older set arriving late cannot bring the value back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Attribute {
-    pub name: Box<str>,
+    /// Interned: the same few names recur in every session, one allocation serves all.
+    pub name: Arc<str>,
     pub value: Option<Bytes>,
     pub version: Version,
 }
@@ -143,8 +148,11 @@ impl SessionState {
             }
             Some(_) => false,
             None => {
+                // Exactly one more: sessions hold a few attributes, and spare capacity
+                // would cost more than the moves.
+                self.attributes.reserve_exact(1);
                 self.attributes.push(Attribute {
-                    name: change.name.as_str().into(),
+                    name: intern(&change.name),
                     value: change.value.clone(),
                     version: change.version,
                 });
@@ -192,4 +200,30 @@ impl SessionState {
             full: true,
         }
     }
+}
+
+/// Names longer than this are not interned (they are rare and would bloat the table).
+const INTERN_MAX_LEN: usize = 64;
+/// Distinct names interned at most, so a client inventing names cannot grow the table.
+const INTERN_MAX_NAMES: usize = 4096;
+
+/// The shared copy of an attribute name.
+pub(crate) fn intern(name: &str) -> Arc<str> {
+    static NAMES: OnceLock<RwLock<HashSet<Arc<str>>>> = OnceLock::new();
+    if name.len() > INTERN_MAX_LEN {
+        return Arc::from(name);
+    }
+    let names = NAMES.get_or_init(|| RwLock::new(HashSet::new()));
+    if let Some(found) = names.read().get(name) {
+        return found.clone();
+    }
+    let mut names = names.write();
+    if let Some(found) = names.get(name) {
+        return found.clone();
+    }
+    let fresh: Arc<str> = Arc::from(name);
+    if names.len() < INTERN_MAX_NAMES {
+        names.insert(fresh.clone());
+    }
+    fresh
 }

@@ -185,7 +185,9 @@ impl SessionMut<'_> {
                 max: limits.max_attributes,
             });
         }
-        self.change(name, Some(value));
+        // A compact copy: the caller's value may be a slice of a much larger buffer (an
+        // HTTP read buffer), which the session would otherwise keep alive.
+        self.change(name, Some(Bytes::copy_from_slice(&value)));
         Ok(())
     }
 
