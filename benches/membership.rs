@@ -87,49 +87,21 @@ fn idle(secs: u64) {
         .collect();
     time_until(Duration::from_secs(30), || all_converged(&nodes)).expect("the nodes converge");
     std::thread::sleep(Duration::from_secs(2));
-    let before: Vec<u64> = nodes.iter().map(|n| cpu_ns(n.child.id())).collect();
+    let before: Vec<u64> = nodes.iter().map(|n| common::cpu_ns(n.child.id())).collect();
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(secs));
     let wall = t0.elapsed().as_nanos() as f64;
     println!("idle node over {secs} s (3-node cluster, heartbeat 500 ms):");
     for (n, cpu0) in nodes.iter().zip(before) {
-        let cpu = (cpu_ns(n.child.id()) - cpu0) as f64 / wall * 100.0;
+        let cpu = (common::cpu_ns(n.child.id()) - cpu0) as f64 / wall * 100.0;
         println!(
             "  {}: CPU {:.3} %  RSS {:.1} MB  threads {}",
             n.name,
             cpu,
-            status_field(n.child.id(), "VmRSS:") as f64 / 1024.0,
-            status_field(n.child.id(), "Threads:")
+            common::proc_status(n.child.id(), "VmRSS:") as f64 / 1024.0,
+            common::proc_status(n.child.id(), "Threads:")
         );
     }
-}
-
-/// CPU time of all threads of `pid`, in nanoseconds (from /proc/PID/task/*/schedstat).
-fn cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .filter_map(Result::ok)
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| {
-            s.split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .sum()
-}
-
-fn status_field(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn report(what: &str, mut samples: Vec<Duration>) {

@@ -405,37 +405,8 @@ fn pid(node: &NodeProc) -> u32 {
     node.child.id()
 }
 
-/// CPU time of all threads of `pid`, in nanoseconds (from /proc/PID/task/*/schedstat).
-fn cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .filter_map(Result::ok)
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| {
-            s.split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .sum()
-}
-
-/// A `/proc/PID/status` field in kB (`VmRSS:`, `VmHWM:`).
-fn status_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn rss_kb(pid: u32) -> u64 {
-    status_kb(pid, "VmRSS:")
+    common::proc_status(pid, "VmRSS:")
 }
 
 // ---- HTTP client -----------------------------------------------------------------------------
@@ -617,7 +588,7 @@ async fn sample(t: Target) -> Sample {
         Ok(r) if r.status == 200 => serde_json::from_slice(&r.body).unwrap_or(Value::Null),
         _ => Value::Null,
     };
-    Sample::from_status(cpu_ns(t.pid), &status)
+    Sample::from_status(common::cpu_ns(t.pid), &status)
 }
 
 async fn sample_all(ts: &[Target]) -> Vec<Sample> {
@@ -700,7 +671,7 @@ async fn write_load(all: &[Target], on: &[Target], clients: usize, duration: Dur
     }
     ready.wait().await;
     let before = sample_all(all).await;
-    let client_before = cpu_ns(std::process::id());
+    let client_before = common::cpu_ns(std::process::id());
     let start = Instant::now();
     let _ = go_tx.send(Some(start + duration));
     let (mut writes, mut failures) = (0, 0);
@@ -710,7 +681,7 @@ async fn write_load(all: &[Target], on: &[Target], clients: usize, duration: Dur
             failures += failed;
         }
     }
-    let client_cpu_ns = cpu_ns(std::process::id()).saturating_sub(client_before);
+    let client_cpu_ns = common::cpu_ns(std::process::id()).saturating_sub(client_before);
     let after = sample_all(all).await;
     Load {
         writes,
@@ -1150,7 +1121,7 @@ fn join_once(c: &Cluster, member: &NodeProc, name: &str, args: &[String], sessio
         took_ms,
         logged_ms: logged_transfer_ms(&joiner.log_text()),
         rss_kb,
-        hwm_kb: status_kb(pid(&joiner), "VmHWM:"),
+        hwm_kb: common::proc_status(pid(&joiner), "VmHWM:"),
         member_bytes: member_after.since(&member_before).bytes_sent,
         pushed: anti_entropy_pushes(&member.log_text(), name),
     };
