@@ -12,8 +12,10 @@
 //! - [`wire`]: bytes to checked messages and back (protobuf via prost); no sockets.
 //! - [`transport`]: the only code that opens sockets (UDP datagrams, TCP frame streams).
 //! - [`heartbeat`]: the async driver of membership (send, receive, verify, leave).
-//! - [`replication`]: the replication port (liveness pings now, deltas next).
+//! - [`replication`]: links per peer, the replication port, state transfer, anti-entropy.
+//! - [`session`]: the session store library (ids, cookies, versioned deltas, merge).
 //! - [`node`]: the composition root of `deltacast node` and its HTTP endpoints.
+//! - [`balancer`]: the built-in balancer; so far its pure member choice (`select`).
 //! - [`cli`]: the command line (`node`, `up`, `status`).
 //!
 //! Dependencies point inward: `membership` and `wire` know nothing of tokio or sockets,
@@ -22,6 +24,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod balancer;
 pub mod cli;
 pub mod config;
 pub mod heartbeat;
