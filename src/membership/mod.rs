@@ -7,7 +7,7 @@
 
 mod table;
 
-pub use table::{DropReason, Event, Member, MemberTable, MemberView, Timing, Verdict};
+pub use table::{DropReason, Event, MAX_MEMBERS, Member, MemberTable, MemberView, Timing, Verdict};
 
 use std::fmt;
 use std::net::SocketAddr;

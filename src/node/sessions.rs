@@ -39,7 +39,7 @@ const HITS: &str = "hits";
 ///
 /// The `;{params}` routes take Tomcat's URL-rewriting form (`/session;jsessionid=ID.n1`),
 /// which the router would otherwise not match; attribute names shed theirs in
-/// [`attribute_name`].
+/// `attribute_name`.
 pub fn router() -> Router<Arc<Shared>> {
     let page = || get(page).fallback(method_not_allowed);
     let document = || get(document).fallback(method_not_allowed);

@@ -26,7 +26,10 @@ mod store;
 
 pub use delta::{AttributeChange, Delta, Version};
 pub use id::SessionId;
-pub use store::{Applied, Limits, SessionMut, SessionStore, StoreError, SweepStats, Update};
+pub use store::{
+    Applied, EXPIRY_SLACK_MS, Limits, SessionMut, SessionStore, StoreError, SweepStats,
+    TOMBSTONE_TTL_MS, Update,
+};
 
 #[cfg(test)]
 mod tests;
