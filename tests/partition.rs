@@ -287,15 +287,7 @@ impl Testbed {
 
     /// Names of the members host `i`'s node lists, in `state` ("" for any), sorted.
     fn members(&self, i: usize, state: &str) -> Option<Vec<String>> {
-        let status = self.status(i)?;
-        let mut names: Vec<String> = status["members"]
-            .as_array()?
-            .iter()
-            .filter(|m| state.is_empty() || m["state"] == state)
-            .filter_map(|m| m["name"].as_str().map(str::to_string))
-            .collect();
-        names.sort();
-        Some(names)
+        common::member_names(&self.status(i)?, state)
     }
 
     /// Names of the hosts in `among` other than host `i`, sorted.

@@ -163,15 +163,7 @@ impl NodeProc {
 
     /// Names of the members this node lists in the given state ("alive", "suspect", or "" for any).
     pub fn members(&self, state: &str) -> Option<Vec<String>> {
-        let status = self.status()?;
-        let mut names: Vec<String> = status["members"]
-            .as_array()?
-            .iter()
-            .filter(|m| state.is_empty() || m["state"] == state)
-            .filter_map(|m| m["name"].as_str().map(str::to_string))
-            .collect();
-        names.sort();
-        Some(names)
+        member_names(&self.status()?, state)
     }
 
     /// Waits (bounded) until the process exits.
@@ -201,6 +193,18 @@ impl Drop for NodeProc {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The names of the members a `/status` document lists in `state` ("" for any), sorted.
+pub fn member_names(status: &Value, state: &str) -> Option<Vec<String>> {
+    let mut names: Vec<String> = status["members"]
+        .as_array()?
+        .iter()
+        .filter(|m| state.is_empty() || m["state"] == state)
+        .filter_map(|m| m["name"].as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    Some(names)
 }
 
 /// Polls `probe` every 25 ms until it returns Some, or panics after `timeout` naming `what`.
