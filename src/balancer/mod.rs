@@ -2,4 +2,5 @@
 //! pure choice of a member ([`select`]); the proxy, the member states and the manager page
 //! build on it.
 
+pub mod member;
 pub mod select;
