@@ -63,6 +63,9 @@ pub struct HeartbeatConfig {
     pub verify_timeout: Duration,
     /// Interval of the log throttles, per sender or per kind of notice.
     pub log_interval: Duration,
+    /// Listen only (the balancer): never send a heartbeat, an answer or a leave, so the
+    /// members never list this process.
+    pub observer: bool,
 }
 
 impl HeartbeatConfig {
@@ -79,6 +82,7 @@ impl HeartbeatConfig {
             // Long enough for a loaded machine to answer, short enough to re-verify often.
             verify_timeout: heartbeat.clamp(Duration::from_millis(250), Duration::from_secs(1)),
             log_interval: drop_after.max(Duration::from_secs(10)),
+            observer: false,
         }
     }
 }
@@ -149,7 +153,7 @@ impl Driver {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = send_every.tick() => self.send(Announce::Alive).await,
+                _ = send_every.tick(), if !self.cfg.observer => self.send(Announce::Alive).await,
                 _ = sleep_until_some(self.answer_at), if self.answer_at.is_some() => {
                     self.answer_at = None;
                     self.last_answer = Some(Instant::now());
@@ -181,6 +185,10 @@ impl Driver {
             }
         }
         self.verifications.abort_all();
+        if self.cfg.observer {
+            info!("stopped listening to the cluster");
+            return;
+        }
         // Twice: one lost datagram must not turn a clean leave into a slow drop.
         self.send(Announce::Leaving).await;
         self.send(Announce::Leaving).await;
@@ -312,7 +320,7 @@ impl Driver {
         }
         self.publish();
         // A newcomer learns of us at once instead of after up to one interval.
-        if answer_now && self.answer_at.is_none() {
+        if answer_now && !self.cfg.observer && self.answer_at.is_none() {
             let earliest = self.last_answer.map_or(now, |at| at + ANSWER_SPACING);
             self.answer_at = Some(tokio::time::Instant::from_std(earliest.max(now)));
         }

@@ -15,7 +15,7 @@
 //! - [`replication`]: links per peer, the replication port, state transfer, anti-entropy.
 //! - [`session`]: the session store library (ids, cookies, versioned deltas, merge).
 //! - [`node`]: the composition root of `deltacast node` and its HTTP endpoints.
-//! - [`balancer`]: the built-in balancer; so far its pure member choice (`select`).
+//! - [`balancer`]: the built-in balancer: member choice, health, proxy, discovery, manager.
 //! - [`cli`]: the command line (`node`, `up`, `status`).
 //!
 //! Dependencies point inward: `membership` and `wire` know nothing of tokio or sockets,

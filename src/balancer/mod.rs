@@ -1,6 +1,246 @@
-//! The built-in HTTP balancer, in the style of Apache mod_proxy_balancer. So far its pure
-//! parts: the choice of a member ([`select`]) and a member's health with hysteresis
-//! ([`member`]); the proxy, discovery and the manager page build on them.
+//! The built-in HTTP balancer, in the style of Apache mod_proxy_balancer: the pure choice of
+//! a member ([`select`]), a member's health with hysteresis ([`member`]), the members and
+//! their figures ([`registry`]), the proxy ([`proxy`]) and the manager paths ([`manager`]).
+//! Members are static (`[[balancer.member]]`) and/or discovered from the heartbeats, which
+//! the balancer listens to as an observer (it never sends one).
 
+pub mod manager;
 pub mod member;
+pub mod proxy;
+pub mod registry;
 pub mod select;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, ConfigError};
+use crate::heartbeat::{self, HeartbeatConfig, MembershipView, Peers};
+use crate::membership::{MemberInfo, NodeId};
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::transport::Datagrams;
+
+use proxy::{HttpClient, ProxyBody};
+use registry::Registry;
+
+pub use select::{Candidate, Selector, Stickiness};
+
+#[derive(Debug, Error)]
+pub enum BalancerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot bind the {what} address {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// How long a client may take to send a request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle pooled connections to members are closed after this long.
+const POOL_IDLE: Duration = Duration::from_secs(30);
+/// How long shutdown waits for requests in flight.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// What every connection task reads.
+struct Shared {
+    registry: Arc<Registry>,
+    client: HttpClient,
+    config: Config,
+}
+
+/// Runs the balancer until `shutdown` is triggered.
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), BalancerError> {
+    config.validate()?;
+    let b = &config.balancer;
+    let listener = TcpListener::bind(b.listen)
+        .await
+        .map_err(|source| BalancerError::Bind {
+            what: "balancer",
+            addr: b.listen.to_string(),
+            source,
+        })?;
+    let listen = listener.local_addr().unwrap_or(b.listen);
+    let registry = Arc::new(Registry::new(b.lbmethod, &b.member));
+    let stop = CancellationToken::new();
+    if b.discover {
+        start_discovery(&config, registry.clone(), &shutdown, stop.clone())?;
+    }
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_timer(TokioTimer::new())
+        .build(connector);
+    info!(
+        listen = %listen,
+        lbmethod = %b.lbmethod,
+        sticky = %b.sticky,
+        discover = b.discover,
+        members = b.member.len(),
+        "balancer started"
+    );
+    let shared = Arc::new(Shared {
+        registry,
+        client,
+        config: config.clone(),
+    });
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.triggered() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let token = shutdown.token().clone();
+        shutdown.spawn(async move {
+            let service = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&shared, req, peer).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        debug!(%peer, error = %e, "client connection ended");
+                    }
+                }
+                _ = token.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(DRAIN_GRACE, conn).await;
+                }
+            }
+        });
+    }
+    info!("balancer shutting down");
+    stop.cancel();
+    if !shutdown.drain(DRAIN_GRACE).await {
+        warn!("some connections did not finish within {DRAIN_GRACE:?}; closing them");
+    }
+    info!("balancer stopped");
+    Ok(())
+}
+
+async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    let path = req.uri().path();
+    if manager::is_manager_path(path) {
+        let members: Vec<_> = shared
+            .registry
+            .members()
+            .iter()
+            .map(|m| m.status())
+            .collect();
+        return manager::answer(req.method(), path, &members);
+    }
+    proxy::forward(
+        &shared.registry,
+        &shared.client,
+        &shared.config.balancer.sticky,
+        &shared.config.sessions.cookie,
+        req,
+        peer.ip(),
+    )
+    .await
+}
+
+/// Joins the multicast group as an observer and keeps the registry's discovered members
+/// equal to the members the heartbeats show (route = name, url = http://<http addr>).
+fn start_discovery(
+    config: &Config,
+    registry: Arc<Registry>,
+    shutdown: &Shutdown,
+    stop: CancellationToken,
+) -> Result<(), BalancerError> {
+    let m = &config.membership;
+    let datagrams = Datagrams::multicast(m.multicast, m.interface, m.ttl).map_err(|source| {
+        BalancerError::Bind {
+            what: "multicast",
+            addr: format!("{} on interface {}", m.multicast, m.interface),
+            source,
+        }
+    })?;
+    let nowhere = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+    let me = MemberInfo {
+        id: NodeId::random(),
+        name: String::new(),
+        http: nowhere,
+        replication: nowhere,
+        incarnation: 0,
+    };
+    let mut hb = HeartbeatConfig::new(
+        config.cluster.name.clone(),
+        me,
+        config.heartbeat(),
+        config.drop_after(),
+    );
+    hb.observer = true;
+    let (view_tx, mut view_rx) = watch::channel(MembershipView::empty());
+    let (suspicions_tx, suspicions_rx) = mpsc::channel(1);
+    shutdown.spawn(heartbeat::run(
+        hb,
+        datagrams,
+        Peers::Group,
+        Arc::new(Metrics::default()),
+        view_tx,
+        suspicions_rx,
+        stop.clone(),
+    ));
+    shutdown.spawn(async move {
+        // Nobody suspects members here; the sender lives as long as the task.
+        let _suspicions = suspicions_tx;
+        let mut last: Vec<(String, String)> = Vec::new();
+        loop {
+            let found = discovered(&view_rx.borrow_and_update());
+            if found != last {
+                info!(members = ?found, "discovered members");
+                registry.set_discovered(&found);
+                last = found;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                changed = view_rx.changed() => if changed.is_err() { break },
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The (route, url) of each member of a view, sorted by route.
+pub fn discovered(view: &MembershipView) -> Vec<(String, String)> {
+    let mut found: Vec<(String, String)> = view
+        .members
+        .iter()
+        .map(|m| (m.info.name.clone(), format!("http://{}", m.info.http)))
+        .collect();
+    found.sort();
+    found
+}

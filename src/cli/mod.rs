@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use thiserror::Error;
 use tracing::info;
 
+use crate::balancer::{self, BalancerError};
 use crate::config::{Config, ConfigError, Override};
 use crate::node::{self, NodeError};
 use crate::shutdown::{self, Shutdown};
@@ -34,6 +35,8 @@ pub enum Command {
     Up(UpArgs),
     /// Run one cluster node.
     Node(NodeArgs),
+    /// Run the HTTP balancer alone.
+    Balancer(BalancerArgs),
     /// Print the membership/status table of the node at URL.
     Status(StatusArgs),
 }
@@ -74,6 +77,21 @@ pub struct NodeArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct BalancerArgs {
+    #[command(flatten)]
+    pub common: ConfigArgs,
+    /// Listen address (balancer.listen).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// A static member, e.g. n1=http://127.0.0.1:8081 (balancer.member, repeatable).
+    #[arg(long = "member", value_name = "ROUTE=URL")]
+    pub member: Vec<String>,
+    /// Die with this parent process (used by `up`).
+    #[arg(long, hide = true, value_name = "PID")]
+    pub parent_pid: Option<i32>,
+}
+
+#[derive(Debug, Args)]
 pub struct UpArgs {
     #[command(flatten)]
     pub common: ConfigArgs,
@@ -97,6 +115,8 @@ pub enum CliError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Node(#[from] NodeError),
+    #[error(transparent)]
+    Balancer(#[from] BalancerError),
     #[error(transparent)]
     Http(#[from] HttpError),
     #[error("{0}")]
@@ -137,10 +157,24 @@ impl NodeArgs {
     }
 }
 
+impl BalancerArgs {
+    /// The file, then `--cluster`/`--multicast`/`--listen`, then `--member`, then `--set`.
+    pub fn load_config(&self) -> Result<Config, ConfigError> {
+        let mut overrides = self.common.overrides(&[("balancer.listen", &self.listen)]);
+        let set = overrides.split_off(overrides.len() - self.common.set.len());
+        for member in &self.member {
+            overrides.push(Override::parse_member(member)?);
+        }
+        overrides.extend(set);
+        Config::load(self.common.config.as_deref(), &overrides)
+    }
+}
+
 /// Runs a command to completion; the exit code is the command's.
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Node(args) => run_node(args).await,
+        Command::Balancer(args) => run_balancer(args).await,
         Command::Up(args) => up::run(args).await,
         Command::Status(args) => status::run(args).await,
     }
@@ -163,6 +197,26 @@ async fn run_node(args: NodeArgs) -> Result<ExitCode, CliError> {
         tie_to_parent(parent)?;
     }
     node::run(config, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_balancer(args: BalancerArgs) -> Result<ExitCode, CliError> {
+    let config = args.load_config()?;
+    let shutdown = Shutdown::new();
+    let on_signal = shutdown.clone();
+    let signals = shutdown::signal_listener().map_err(|source| CliError::Io {
+        context: "cannot install signal handlers".into(),
+        source,
+    })?;
+    tokio::spawn(async move {
+        let name = signals.await;
+        info!(signal = name, "stopping");
+        on_signal.trigger();
+    });
+    if let Some(parent) = args.parent_pid {
+        tie_to_parent(parent)?;
+    }
+    balancer::run(config, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,0 +1,131 @@
+//! The reserved `/balancer-manager` paths: the members as JSON (SPEC) and as an HTML page.
+
+use bytes::Bytes;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Response, StatusCode};
+use serde::Serialize;
+
+use super::proxy::{ProxyBody, full, plain};
+use super::registry::MemberStatus;
+
+/// The reserved prefix: never proxied.
+pub const PREFIX: &str = "/balancer-manager";
+
+/// Whether `path` belongs to the manager.
+pub fn is_manager_path(path: &str) -> bool {
+    path.strip_prefix(PREFIX)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+#[derive(Serialize)]
+struct StatusDoc<'a> {
+    members: &'a [MemberStatus],
+}
+
+/// The SPEC's `{"members":[...]}` document.
+pub fn status_json(members: &[MemberStatus]) -> String {
+    serde_json::to_string(&StatusDoc { members }).unwrap_or_else(|_| "{}".to_string())
+}
+
+/// The members table, refreshing itself every 2 s.
+pub fn page_html(members: &[MemberStatus]) -> String {
+    let mut rows = String::new();
+    for m in members {
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"state-{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            escape(&m.route),
+            escape(&m.url),
+            m.loadfactor,
+            m.state,
+            m.state,
+            m.elected,
+            m.busy,
+            m.bytes_in,
+            m.bytes_out,
+            m.errors
+        ));
+    }
+    if members.is_empty() {
+        rows.push_str("<tr><td colspan=\"9\">no members</td></tr>\n");
+    }
+    format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\">\
+<title>deltacast balancer-manager</title>\
+<style>body{{font-family:sans-serif}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}\
+.state-ok{{color:green}}.state-error{{color:red}}</style></head>\n<body><h1>deltacast balancer</h1>\n\
+<table id=\"members\"><tr><th>Route</th><th>URL</th><th>Load factor</th><th>State</th><th>Elected</th>\
+<th>Busy</th><th>Bytes in</th><th>Bytes out</th><th>Errors</th></tr>\n{rows}</table></body></html>\n"
+    )
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Answers a request under [`PREFIX`].
+pub fn answer(method: &Method, path: &str, members: &[MemberStatus]) -> Response<ProxyBody> {
+    if method != Method::GET && method != Method::HEAD {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    }
+    let (body, kind) = match path.trim_end_matches('/') {
+        "/balancer-manager/status" => (status_json(members), "application/json"),
+        "/balancer-manager" => (page_html(members), "text/html; charset=utf-8"),
+        _ => return plain(StatusCode::NOT_FOUND, "not found"),
+    };
+    let mut r = Response::new(full(Bytes::from(body)));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member() -> MemberStatus {
+        MemberStatus {
+            route: "n1".into(),
+            url: "http://127.0.0.1:8081".into(),
+            loadfactor: 2,
+            state: "ok",
+            elected: 3,
+            busy: 0,
+            bytes_in: 10,
+            bytes_out: 20,
+            errors: 1,
+        }
+    }
+
+    #[test]
+    fn the_status_json_is_the_specs() {
+        let v: serde_json::Value = serde_json::from_str(&status_json(&[member()])).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"members":[{"route":"n1","url":"http://127.0.0.1:8081",
+                "loadfactor":2,"state":"ok","elected":3,"busy":0,"bytes_in":10,"bytes_out":20,"errors":1}]})
+        );
+    }
+
+    #[test]
+    fn only_the_prefix_and_below_are_reserved() {
+        assert!(is_manager_path("/balancer-manager"));
+        assert!(is_manager_path("/balancer-manager/status"));
+        assert!(!is_manager_path("/balancer-managerx"));
+        assert!(!is_manager_path("/status"));
+    }
+
+    #[test]
+    fn the_page_lists_members_escaped_and_refreshes() {
+        let mut m = member();
+        m.route = "<b>".into();
+        let html = page_html(&[m]);
+        assert!(html.contains("http-equiv=\"refresh\""));
+        assert!(html.contains("&lt;b&gt;"));
+        assert!(html.contains("http://127.0.0.1:8081"));
+    }
+}

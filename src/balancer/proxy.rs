@@ -1,0 +1,516 @@
+//! The proxy: forwards a request to the members in the order the registry gives, through
+//! hyper-util's pooled client, and retries on the next member only when that is safe.
+//! The request → stickiness and header rewriting parts are pure functions.
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tracing::debug;
+
+use super::registry::{Member, Registry};
+use super::select::Stickiness;
+use crate::config::Sticky;
+use crate::session::id;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of both directions.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+pub type HttpClient = Client<HttpConnector, ProxyBody>;
+
+/// Request bodies up to this size (with a known length) are kept so the request can be
+/// sent again to another member; larger ones stream and are never retried.
+pub const REPLAY_LIMIT: u64 = 64 * 1024;
+
+/// The `Via` token this proxy adds.
+const VIA: &str = "1.1 deltacast";
+
+/// Headers that concern one connection only (RFC 9110 §7.6.1), never forwarded.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The stickiness of one request, owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StickyKey {
+    None,
+    Route(String),
+    Key(Vec<u8>),
+}
+
+impl StickyKey {
+    pub fn as_stickiness(&self) -> Stickiness<'_> {
+        match self {
+            StickyKey::None => Stickiness::None,
+            StickyKey::Route(r) => Stickiness::Route(r),
+            StickyKey::Key(k) => Stickiness::Key(k),
+        }
+    }
+}
+
+/// What the request says about where it should go.
+pub fn sticky_key(
+    sticky: &Sticky,
+    cookie_name: &str,
+    headers: &HeaderMap,
+    path_and_query: &str,
+    peer: IpAddr,
+) -> StickyKey {
+    match sticky {
+        Sticky::None => StickyKey::None,
+        Sticky::SourceIp => StickyKey::Key(peer.to_string().into_bytes()),
+        Sticky::Header(name) => match headers.get(name.as_str()) {
+            Some(v) => StickyKey::Key(v.as_bytes().to_vec()),
+            None => StickyKey::None,
+        },
+        Sticky::Route => {
+            let cookies = headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok());
+            id::find_in_cookie_headers(cookies, cookie_name)
+                .and_then(|c| c.route)
+                .or_else(|| id::find_in_path(path_and_query).and_then(|c| c.route))
+                .map_or(StickyKey::None, StickyKey::Route)
+        }
+    }
+}
+
+/// Removes the hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Rewrites a request's headers for a member: hop-by-hop ones removed, `X-Forwarded-For`
+/// appended, `X-Forwarded-Proto`, `X-Forwarded-Host` (the original Host) and `Via` added;
+/// Host is kept.
+pub fn forward_request_headers(headers: &mut HeaderMap, peer: IpAddr) {
+    strip_hop_by_hop(headers);
+    let forwarded_for = append_list(headers, "x-forwarded-for", &peer.to_string());
+    headers.insert("x-forwarded-for", forwarded_for);
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Some(host) = headers.get(header::HOST).cloned() {
+        headers.insert("x-forwarded-host", host);
+    }
+    let via = append_list(headers, "via", VIA);
+    headers.insert(header::VIA, via);
+}
+
+/// The values of `name` joined by ", ", then `item`.
+fn append_list(headers: &HeaderMap, name: &str, item: &str) -> HeaderValue {
+    let mut parts: Vec<String> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_string)
+        .collect();
+    parts.push(item.to_string());
+    HeaderValue::from_str(&parts.join(", ")).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Whether a method may be sent twice (RFC 9110 §9.2.2; the ones we retry).
+pub fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
+}
+
+/// Whether a failed attempt may go to the next member: always when the request never
+/// reached the member, for idempotent methods otherwise; never when the body is gone.
+pub fn may_retry(method: &Method, replayable: bool, never_sent: bool) -> bool {
+    replayable && (never_sent || idempotent(method))
+}
+
+/// A plain one-line answer.
+pub fn plain(status: StatusCode, line: &str) -> Response<ProxyBody> {
+    let mut r = Response::new(full(Bytes::from(format!("{line}\n"))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+pub fn full(bytes: Bytes) -> ProxyBody {
+    Full::new(bytes)
+        .map_err(|e: Infallible| -> BoxError { match e {} })
+        .boxed()
+}
+
+/// A body that counts its data bytes into `counter` as they pass, and holds `on_drop`
+/// (the member's busy mark) until it is dropped.
+struct Counted {
+    inner: ProxyBody,
+    counter: Arc<Member>,
+    direction: Direction,
+    _busy: Option<Busy>,
+}
+
+#[derive(Copy, Clone)]
+enum Direction {
+    In,
+    Out,
+}
+
+impl Counted {
+    fn counter(&self) -> &AtomicU64 {
+        match self.direction {
+            Direction::In => &self.counter.bytes_in,
+            Direction::Out => &self.counter.bytes_out,
+        }
+    }
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.counter()
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request in flight on a member: `busy` while it lives.
+struct Busy(Arc<Member>);
+
+impl Busy {
+    fn new(member: &Arc<Member>) -> Busy {
+        member.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(member.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One attempt's health bookkeeping: a trial abandoned without an outcome (the client
+/// went away) counts as a failure, so the member is not stuck waiting for it.
+struct Attempt {
+    member: Arc<Member>,
+    settled: bool,
+}
+
+impl Attempt {
+    fn start(member: &Arc<Member>) -> Attempt {
+        member.health.lock().on_send();
+        member.elected.fetch_add(1, Ordering::Relaxed);
+        Attempt {
+            member: member.clone(),
+            settled: false,
+        }
+    }
+
+    fn succeeded(mut self) {
+        self.settled = true;
+        self.member.health.lock().on_success();
+    }
+
+    fn failed(mut self) {
+        self.settled = true;
+        self.member.errors.fetch_add(1, Ordering::Relaxed);
+        self.member.health.lock().on_failure(Instant::now());
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if !self.settled {
+            let mut health = self.member.health.lock();
+            if health.failures() > 0 {
+                health.on_failure(Instant::now());
+            }
+        }
+    }
+}
+
+/// The request body: kept for a retry, or streamed once.
+enum Payload {
+    Kept(Bytes),
+    Stream(Option<Incoming>),
+}
+
+impl Payload {
+    /// Buffers small bodies of known length (and empty ones); streams the rest.
+    async fn from(body: Incoming) -> Result<Payload, Response<ProxyBody>> {
+        let hint = body.size_hint();
+        if body.is_end_stream() {
+            return Ok(Payload::Kept(Bytes::new()));
+        }
+        match hint.exact() {
+            Some(len) if len <= REPLAY_LIMIT => {
+                let limit = usize::try_from(REPLAY_LIMIT).unwrap_or(usize::MAX);
+                match Limited::new(body, limit).collect().await {
+                    Ok(collected) => Ok(Payload::Kept(collected.to_bytes())),
+                    Err(_) => Err(plain(
+                        StatusCode::BAD_REQUEST,
+                        "bad request: the body could not be read",
+                    )),
+                }
+            }
+            _ => Ok(Payload::Stream(Some(body))),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        matches!(self, Payload::Kept(_))
+    }
+
+    /// The body for one attempt, or None when a streamed body was already sent.
+    fn take(&mut self) -> Option<ProxyBody> {
+        match self {
+            Payload::Kept(bytes) => Some(full(bytes.clone())),
+            Payload::Stream(body) => body
+                .take()
+                .map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()),
+        }
+    }
+}
+
+/// Forwards one request; answers 503 when no member is usable and 502 when every tried
+/// member failed.
+pub async fn forward(
+    registry: &Registry,
+    client: &HttpClient,
+    sticky: &Sticky,
+    cookie_name: &str,
+    req: Request<Incoming>,
+    peer: IpAddr,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = req.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let key = sticky_key(sticky, cookie_name, &parts.headers, &path_and_query, peer);
+    let order = registry.order(&key.as_stickiness(), Instant::now());
+    if order.is_empty() {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "no member is available");
+    }
+    forward_request_headers(&mut parts.headers, peer);
+    let mut payload = match Payload::from(body).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let mut tried_any = false;
+    for member in order {
+        let Some(body) = payload.take() else { break };
+        let Ok(uri) = Uri::try_from(format!("http://{}{}", member.authority, path_and_query))
+        else {
+            return plain(StatusCode::BAD_REQUEST, "bad request: invalid target");
+        };
+        let mut out = Request::new(
+            Counted {
+                inner: body,
+                counter: member.clone(),
+                direction: Direction::In,
+                _busy: None,
+            }
+            .boxed(),
+        );
+        *out.method_mut() = parts.method.clone();
+        *out.uri_mut() = uri;
+        *out.headers_mut() = parts.headers.clone();
+        let busy = Busy::new(&member);
+        let attempt = Attempt::start(&member);
+        tried_any = true;
+        match client.request(out).await {
+            Ok(response) => {
+                attempt.succeeded();
+                let (mut head, body) = response.into_parts();
+                strip_hop_by_hop(&mut head.headers);
+                let body = Counted {
+                    inner: body.map_err(|e| -> BoxError { Box::new(e) }).boxed(),
+                    counter: member.clone(),
+                    direction: Direction::Out,
+                    _busy: Some(busy),
+                };
+                return Response::from_parts(head, body.boxed());
+            }
+            Err(e) => {
+                attempt.failed();
+                let never_sent = e.is_connect();
+                debug!(member = %member.route, error = %e, never_sent, "member failed");
+                if !may_retry(&parts.method, payload.replayable(), never_sent) {
+                    return plain(StatusCode::BAD_GATEWAY, "the member failed to answer");
+                }
+            }
+        }
+    }
+    if tried_any {
+        plain(StatusCode::BAD_GATEWAY, "no member could answer")
+    } else {
+        plain(StatusCode::SERVICE_UNAVAILABLE, "no member is available")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    const PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7));
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn the_route_comes_from_the_session_cookie_then_the_path() {
+        let h = headers(&[(
+            "cookie",
+            "a=b; JSESSIONID=0123456789abcdef0123456789abcdef.n2",
+        )]);
+        let k = sticky_key(&Sticky::Route, "JSESSIONID", &h, "/", PEER);
+        assert_eq!(k, StickyKey::Route("n2".into()));
+        let k = sticky_key(&Sticky::Route, "OTHER", &h, "/", PEER);
+        assert_eq!(k, StickyKey::None);
+        let k = sticky_key(
+            &Sticky::Route,
+            "JSESSIONID",
+            &HeaderMap::new(),
+            "/x;jsessionid=0123456789abcdef0123456789abcdef.n3?q=1",
+            PEER,
+        );
+        assert_eq!(k, StickyKey::Route("n3".into()));
+        let k = sticky_key(&Sticky::None, "JSESSIONID", &h, "/", PEER);
+        assert_eq!(k, StickyKey::None);
+    }
+
+    #[test]
+    fn source_ip_and_header_stickiness_give_hash_keys() {
+        let h = headers(&[("x-user", "alice")]);
+        assert_eq!(
+            sticky_key(&Sticky::SourceIp, "J", &h, "/", PEER),
+            StickyKey::Key(b"10.0.0.7".to_vec())
+        );
+        assert_eq!(
+            sticky_key(&Sticky::Header("X-User".into()), "J", &h, "/", PEER),
+            StickyKey::Key(b"alice".to_vec())
+        );
+        assert_eq!(
+            sticky_key(&Sticky::Header("X-Other".into()), "J", &h, "/", PEER),
+            StickyKey::None
+        );
+    }
+
+    #[test]
+    fn forwarded_headers_are_added_and_hop_by_hop_ones_removed() {
+        let mut h = headers(&[
+            ("host", "example.org"),
+            ("connection", "keep-alive, X-Secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "s"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "keep-alive"),
+            ("trailer", "x"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("via", "1.0 other"),
+            ("cookie", "a=b"),
+        ]);
+        forward_request_headers(&mut h, PEER);
+        for gone in [
+            "connection",
+            "keep-alive",
+            "x-secret",
+            "te",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-connection",
+            "trailer",
+        ] {
+            assert!(h.get(gone).is_none(), "{gone} still there");
+        }
+        assert_eq!(h["host"], "example.org");
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "example.org");
+        assert_eq!(h["via"], "1.0 other, 1.1 deltacast");
+        assert_eq!(h["cookie"], "a=b");
+    }
+
+    #[test]
+    fn a_first_hop_gets_fresh_forwarded_headers() {
+        let mut h = headers(&[("host", "h:1")]);
+        forward_request_headers(&mut h, PEER);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.7");
+        assert_eq!(h["via"], "1.1 deltacast");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn retries_only_when_safe() {
+        assert!(
+            may_retry(&Method::POST, true, true),
+            "never reached the member"
+        );
+        assert!(!may_retry(&Method::POST, true, false), "POST may have run");
+        assert!(may_retry(&Method::GET, true, false));
+        assert!(may_retry(&Method::PUT, true, false));
+        assert!(may_retry(&Method::DELETE, true, false));
+        assert!(!may_retry(&Method::PATCH, true, false));
+        assert!(!may_retry(&Method::GET, false, true), "the body is gone");
+    }
+}

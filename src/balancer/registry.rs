@@ -1,0 +1,214 @@
+//! The balancer's members: static ones from the config and those discovered from the
+//! heartbeats, each with its figures (atomics) and its [`Health`]; and the choice of the
+//! members to try for a request, through the pure [`Selector`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use super::member::Health;
+use super::select::{Candidate, Selector, Stickiness};
+use crate::config::{BalancerMember, LbMethod};
+
+/// One member: where it is, its weight, its figures and its health.
+#[derive(Debug)]
+pub struct Member {
+    pub route: String,
+    /// `http://host:port`, without a trailing slash.
+    pub url: String,
+    /// `host:port`, the authority requests are sent to.
+    pub authority: String,
+    pub loadfactor: u32,
+    /// From the config (never removed by discovery).
+    pub fixed: bool,
+    pub elected: AtomicU64,
+    pub busy: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub errors: AtomicU64,
+    pub health: Mutex<Health>,
+}
+
+impl Member {
+    pub fn new(route: &str, url: &str, loadfactor: u32, fixed: bool) -> Member {
+        let url = url.trim_end_matches('/').to_string();
+        let authority = url.strip_prefix("http://").unwrap_or(&url).to_string();
+        Member {
+            route: route.to_string(),
+            url,
+            authority,
+            loadfactor,
+            fixed,
+            elected: AtomicU64::new(0),
+            busy: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            health: Mutex::new(Health::new()),
+        }
+    }
+
+    fn candidate(&self, now: Instant) -> Candidate {
+        let health = self.health.lock();
+        Candidate {
+            route: self.route.clone(),
+            loadfactor: self.loadfactor,
+            usable: health.usable(now),
+            sticky_usable: health.sticky_usable(now),
+            busy: self.busy.load(Ordering::Relaxed),
+            traffic: self.bytes_in.load(Ordering::Relaxed) + self.bytes_out.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The member's line of `/balancer-manager/status`.
+    pub fn status(&self) -> MemberStatus {
+        MemberStatus {
+            route: self.route.clone(),
+            url: self.url.clone(),
+            loadfactor: self.loadfactor,
+            state: self.health.lock().state().as_str(),
+            elected: self.elected.load(Ordering::Relaxed),
+            busy: self.busy.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One member in the SPEC's `/balancer-manager/status` JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MemberStatus {
+    pub route: String,
+    pub url: String,
+    pub loadfactor: u32,
+    pub state: &'static str,
+    pub elected: u64,
+    pub busy: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub errors: u64,
+}
+
+/// All members and the selector that chooses among them.
+#[derive(Debug)]
+pub struct Registry {
+    members: Mutex<Vec<Arc<Member>>>,
+    selector: Mutex<Selector>,
+}
+
+impl Registry {
+    pub fn new(method: LbMethod, fixed: &[BalancerMember]) -> Registry {
+        let members = fixed
+            .iter()
+            .map(|m| Arc::new(Member::new(&m.route, &m.url, m.loadfactor, true)))
+            .collect();
+        Registry {
+            members: Mutex::new(members),
+            selector: Mutex::new(Selector::new(method)),
+        }
+    }
+
+    pub fn members(&self) -> Vec<Arc<Member>> {
+        self.members.lock().clone()
+    }
+
+    /// The members to try for a request, best first; empty when none is usable.
+    pub fn order(&self, sticky: &Stickiness<'_>, now: Instant) -> Vec<Arc<Member>> {
+        let members = self.members();
+        let candidates: Vec<Candidate> = members.iter().map(|m| m.candidate(now)).collect();
+        let order = self.selector.lock().order(&candidates, sticky);
+        order.into_iter().map(|i| members[i].clone()).collect()
+    }
+
+    /// Replaces the discovered members by `found` (route, url): a member still there keeps
+    /// its figures and health; a static member's route is never taken over.
+    pub fn set_discovered(&self, found: &[(String, String)]) {
+        let mut members = self.members.lock();
+        let kept: Vec<Arc<Member>> = members
+            .iter()
+            .filter(|m| {
+                m.fixed
+                    || found
+                        .iter()
+                        .any(|(route, url)| *route == m.route && url.trim_end_matches('/') == m.url)
+            })
+            .cloned()
+            .collect();
+        let mut next = kept;
+        for (route, url) in found {
+            if !next.iter().any(|m| m.route == *route) {
+                next.push(Arc::new(Member::new(route, url, 1, false)));
+            }
+        }
+        *members = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixed(route: &str, port: u16, loadfactor: u32) -> BalancerMember {
+        BalancerMember {
+            url: format!("http://127.0.0.1:{port}"),
+            route: route.to_string(),
+            loadfactor,
+        }
+    }
+
+    fn routes(registry: &Registry) -> Vec<String> {
+        registry.members().iter().map(|m| m.route.clone()).collect()
+    }
+
+    #[test]
+    fn discovery_adds_and_removes_but_keeps_static_members_and_figures() {
+        let r = Registry::new(LbMethod::ByRequests, &[fixed("s1", 9001, 2)]);
+        r.set_discovered(&[
+            ("n1".into(), "http://127.0.0.1:9101".into()),
+            ("s1".into(), "http://127.0.0.1:9999".into()),
+        ]);
+        assert_eq!(routes(&r), ["s1", "n1"]);
+        assert_eq!(r.members()[0].url, "http://127.0.0.1:9001");
+        r.members()[1].elected.store(5, Ordering::Relaxed);
+        r.set_discovered(&[
+            ("n1".into(), "http://127.0.0.1:9101".into()),
+            ("n2".into(), "http://127.0.0.1:9102".into()),
+        ]);
+        assert_eq!(routes(&r), ["s1", "n1", "n2"]);
+        assert_eq!(r.members()[1].elected.load(Ordering::Relaxed), 5);
+        r.set_discovered(&[("n2".into(), "http://127.0.0.1:9102".into())]);
+        assert_eq!(routes(&r), ["s1", "n2"]);
+        // A restarted node on another port is a new member.
+        r.set_discovered(&[("n2".into(), "http://127.0.0.1:9202".into())]);
+        assert_eq!(r.members()[1].authority, "127.0.0.1:9202");
+    }
+
+    #[test]
+    fn the_order_skips_members_in_error_and_follows_the_sticky_route() {
+        let r = Registry::new(
+            LbMethod::ByRequests,
+            &[fixed("a", 9001, 1), fixed("b", 9002, 1)],
+        );
+        let now = Instant::now();
+        let order: Vec<String> = r
+            .order(&Stickiness::Route("b"), now)
+            .iter()
+            .map(|m| m.route.clone())
+            .collect();
+        assert_eq!(order, ["b", "a"]);
+        r.members()[1].health.lock().on_failure(now);
+        let order: Vec<String> = r
+            .order(&Stickiness::Route("b"), now)
+            .iter()
+            .map(|m| m.route.clone())
+            .collect();
+        assert_eq!(order, ["a"]);
+        r.members()[0].health.lock().on_failure(now);
+        assert!(r.order(&Stickiness::None, now).is_empty());
+        assert_eq!(r.members()[0].status().state, "error");
+    }
+}
