@@ -1,0 +1,315 @@
+//! The balancer in front of real nodes: distribution by weights, sticky routes, failover
+//! on kill -9 without a failed request, discovery from the heartbeats, 503 without members.
+
+mod common;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{BIN, Browser, Cluster, NodeProc, exchange, free_port, get_json, wait_until};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+const FAST: &[&str] = &[
+    "--set",
+    "membership.heartbeat_ms=100",
+    "--set",
+    "membership.drop_ms=1000",
+];
+const STARTUP: Duration = Duration::from_secs(20);
+
+/// A `deltacast balancer` child process, killed (SIGKILL, by its PID) when dropped.
+struct BalancerProc {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl BalancerProc {
+    fn spawn<S: AsRef<OsStr>>(cluster: &Cluster, extra: &[S]) -> BalancerProc {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let log = common::log_path(&cluster.name, "balancer");
+        let stderr = File::create(&log).expect("log file");
+        let child = Command::new(BIN)
+            .arg("balancer")
+            .args(["--cluster", &cluster.name])
+            .args(["--multicast", &cluster.multicast])
+            .args(["--listen", &addr.to_string()])
+            .args(FAST)
+            .args(extra)
+            .env("RUST_LOG", "deltacast=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn deltacast balancer");
+        let b = BalancerProc { child, addr };
+        wait_until(STARTUP, "the balancer answers", || b.status());
+        b
+    }
+
+    /// `/balancer-manager/status`.
+    fn status(&self) -> Option<Value> {
+        get_json(self.addr, "/balancer-manager/status")
+    }
+
+    /// The routes of the members the balancer lists, sorted.
+    fn routes(&self) -> Option<Vec<String>> {
+        let mut routes: Vec<String> = self.status()?["members"]
+            .as_array()?
+            .iter()
+            .filter_map(|m| m["route"].as_str().map(str::to_string))
+            .collect();
+        routes.sort();
+        Some(routes)
+    }
+}
+
+impl Drop for BalancerProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn node(cluster: &Cluster, name: &str) -> NodeProc {
+    let n = cluster.node(name, FAST);
+    wait_until(STARTUP, "the node answers", || n.status());
+    n
+}
+
+/// The name of the node that answered `GET /status` through the balancer.
+fn answered_by(addr: SocketAddr) -> String {
+    let a = exchange(addr, "GET", "/status", None, b"").expect("an answer");
+    assert_eq!(a.status, 200, "{}", a.text());
+    a.json()["node"]["name"]
+        .as_str()
+        .expect("node name")
+        .to_string()
+}
+
+/// The hits counter of the test page.
+fn hits(page: &str) -> u64 {
+    let at = page.find("id=\"hits\">").expect("hits cell") + "id=\"hits\">".len();
+    page[at..]
+        .split('<')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a number")
+}
+
+fn route_of(cookie: &str) -> String {
+    cookie.rsplit('.').next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn requests_are_spread_by_the_weights() {
+    let cluster = Cluster::new("bal-weights");
+    let n1 = node(&cluster, "n1");
+    let n2 = node(&cluster, "n2");
+    let file = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{}-balancer.toml", cluster.name));
+    let toml = format!(
+        "[balancer]\ndiscover = false\nsticky = \"none\"\n\
+         [[balancer.member]]\nroute = \"n1\"\nurl = \"http://{}\"\nloadfactor = 1\n\
+         [[balancer.member]]\nroute = \"n2\"\nurl = \"http://{}\"\nloadfactor = 2\n",
+        n1.http, n2.http
+    );
+    std::fs::write(&file, toml).expect("write the config");
+    let b = BalancerProc::spawn(&cluster, &[OsStr::new("--config"), file.as_os_str()]);
+    let mut counts: HashMap<String, u32> = HashMap::new();
+    for _ in 0..1500 {
+        *counts.entry(answered_by(b.addr)).or_default() += 1;
+    }
+    let (c1, c2) = (counts["n1"], counts["n2"]);
+    assert_eq!(c1 + c2, 1500);
+    assert!((450..=550).contains(&c1), "n1 got {c1}, n2 got {c2}");
+    assert!((900..=1100).contains(&c2), "n1 got {c1}, n2 got {c2}");
+    let status = b.status().expect("status");
+    let elected: u64 = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["elected"].as_u64().unwrap())
+        .sum();
+    assert_eq!(elected, 1500);
+}
+
+#[test]
+fn a_session_sticks_to_its_route() {
+    let cluster = Cluster::new("bal-sticky");
+    let nodes = [
+        node(&cluster, "n1"),
+        node(&cluster, "n2"),
+        node(&cluster, "n3"),
+    ];
+    common::wait_converged(&nodes.iter().collect::<Vec<_>>(), STARTUP);
+    let b = BalancerProc::spawn(&cluster, common::DEFAULTS);
+    wait_until(STARTUP, "the balancer discovers 3 members", || {
+        (b.routes()? == ["n1", "n2", "n3"]).then_some(())
+    });
+    let mut browser = Browser::new();
+    let first = browser.send(b.addr, "GET", "/", b"");
+    assert_eq!(first.status, 200);
+    let cookie = browser.cookie.clone().expect("a session cookie");
+    let route = route_of(&cookie);
+    for i in 1..=50 {
+        let a = browser.send(b.addr, "GET", "/", b"");
+        assert_eq!(a.status, 200);
+        assert!(
+            a.text().contains(&format!("<td id=\"node\">{route}</td>")),
+            "request {i} left {route}"
+        );
+        assert_eq!(hits(&a.text()), i + 1);
+        assert_eq!(browser.cookie.as_deref(), Some(cookie.as_str()));
+    }
+}
+
+#[test]
+fn killing_the_sticky_member_under_load_fails_no_request() {
+    let cluster = Cluster::new("bal-failover");
+    let mut nodes = vec![
+        node(&cluster, "n1"),
+        node(&cluster, "n2"),
+        node(&cluster, "n3"),
+    ];
+    common::wait_converged(&nodes.iter().collect::<Vec<_>>(), STARTUP);
+    let b = BalancerProc::spawn(&cluster, common::DEFAULTS);
+    wait_until(STARTUP, "the balancer discovers 3 members", || {
+        (b.routes()? == ["n1", "n2", "n3"]).then_some(())
+    });
+    // Four clients, each with its session and an attribute.
+    let mut browsers = Vec::new();
+    for i in 0..4 {
+        let mut browser = Browser::new();
+        assert_eq!(browser.send(b.addr, "GET", "/", b"").status, 200);
+        let put = browser.send(
+            b.addr,
+            "PUT",
+            "/session/attributes/who",
+            format!("client{i}").as_bytes(),
+        );
+        assert!(put.status < 300, "PUT: {} {}", put.status, put.text());
+        browsers.push(browser);
+    }
+    let victim = route_of(browsers[0].cookie.as_deref().unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for (i, mut browser) in browsers.into_iter().enumerate() {
+        let stop = stop.clone();
+        let addr = b.addr;
+        clients.push(std::thread::spawn(move || {
+            let mut last = 1;
+            let mut sent = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let a = exchange(addr, "GET", "/", browser.cookie.as_deref(), b"")
+                    .unwrap_or_else(|| panic!("client {i}: no answer after {sent} requests"));
+                assert_eq!(a.status, 200, "client {i}: {}", a.text());
+                if let Some(c) = &a.set_cookie {
+                    browser.cookie = Some(c.clone());
+                }
+                let now = hits(&a.text());
+                assert!(now > last, "client {i}: hits went from {last} to {now}");
+                last = now;
+                sent += 1;
+            }
+            let who = browser.send(addr, "GET", "/session/attributes/who", b"");
+            assert_eq!(who.status, 200);
+            assert_eq!(who.text().trim(), format!("client{i}"));
+            (browser.cookie.unwrap(), sent)
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let at = nodes.iter().position(|n| n.name == victim).unwrap();
+    let mut dead = nodes.remove(at);
+    dead.signal(Signal::SIGKILL);
+    dead.wait_exit(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(2000));
+    stop.store(true, Ordering::Relaxed);
+    let results: Vec<(String, u32)> = clients
+        .into_iter()
+        .map(|c| c.join().expect("a client failed"))
+        .collect();
+    let (cookie, sent) = &results[0];
+    assert!(*sent > 10, "client 0 sent only {sent} requests");
+    assert_ne!(route_of(cookie), victim, "the cookie's route did not move");
+    for (cookie, _) in &results {
+        assert_ne!(route_of(cookie), victim);
+    }
+}
+
+#[test]
+fn new_members_are_used_quickly_and_dropped_ones_no_more() {
+    let cluster = Cluster::new("bal-discover");
+    let n1 = node(&cluster, "n1");
+    let b = BalancerProc::spawn(&cluster, &["--set", "balancer.sticky=none"]);
+    wait_until(STARTUP, "the balancer discovers n1", || {
+        (b.routes()? == ["n1"]).then_some(())
+    });
+    let n2 = node(&cluster, "n2");
+    let started = Instant::now();
+    wait_until(Duration::from_secs(3), "n2 gets traffic", || {
+        (answered_by(b.addr) == "n2").then_some(())
+    });
+    assert!(started.elapsed() < Duration::from_secs(3));
+    drop(n2);
+    wait_until(Duration::from_secs(5), "n2 is dropped", || {
+        (b.routes()? == ["n1"]).then_some(())
+    });
+    for _ in 0..20 {
+        assert_eq!(answered_by(b.addr), "n1");
+    }
+    drop(n1);
+}
+
+#[test]
+fn no_member_gives_503_with_one_line() {
+    let cluster = Cluster::new("bal-empty");
+    let b = BalancerProc::spawn(&cluster, &["--set", "balancer.discover=false"]);
+    let a = exchange(b.addr, "GET", "/anything", None, b"").expect("an answer");
+    assert_eq!(a.status, 503);
+    assert_eq!(a.text().lines().count(), 1, "{:?}", a.text());
+    let page = exchange(b.addr, "GET", "/balancer-manager", None, b"").expect("the page");
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("<table"));
+}
+
+#[test]
+fn a_dead_static_member_is_put_in_error_and_skipped() {
+    let cluster = Cluster::new("bal-dead");
+    let n1 = node(&cluster, "n1");
+    let dead = format!("n9=http://127.0.0.1:{}", free_port());
+    let m1 = format!("n1=http://{}", n1.http);
+    let b = BalancerProc::spawn(
+        &cluster,
+        &[
+            "--member",
+            &dead,
+            "--member",
+            &m1,
+            "--set",
+            "balancer.discover=false",
+            "--set",
+            "balancer.sticky=none",
+        ],
+    );
+    for _ in 0..10 {
+        let a = exchange(b.addr, "POST", "/status", None, b"x").expect("an answer");
+        // POST /status is not a node route, but it must reach n1, never fail at n9.
+        assert_ne!(a.status, 502);
+        assert_ne!(a.status, 503);
+    }
+    let status = b.status().expect("status");
+    let n9 = &status["members"][0];
+    assert_eq!(n9["route"], "n9");
+    assert_eq!(n9["state"], "error");
+    assert!(n9["errors"].as_u64().unwrap() >= 1);
+}
