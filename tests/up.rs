@@ -34,6 +34,8 @@ fn start_up(cluster: &Cluster, nodes: &str) -> Up {
             "node.http=127.0.0.1:0",
             "--set",
             "node.replication=127.0.0.1:0",
+            "--set",
+            "balancer.listen=127.0.0.1:0",
         ])
         .args([
             "--set",
@@ -74,6 +76,14 @@ fn start_up(cluster: &Cluster, nodes: &str) -> Up {
 
 /// (name, url, pid) of each node row.
 fn rows(up: &Up) -> Vec<(String, String, i32)> {
+    all_rows(up)
+        .into_iter()
+        .filter(|r| r.0 != "balancer")
+        .collect()
+}
+
+/// (name, url, pid) of every row, the balancer's included.
+fn all_rows(up: &Up) -> Vec<(String, String, i32)> {
     let header = up
         .lines
         .iter()
@@ -131,10 +141,44 @@ fn up_prints_its_table_and_exits_zero_on_sigterm_with_no_child_left() {
 }
 
 #[test]
+fn up_prints_the_balancer_first_and_the_test_page_works_through_it() {
+    let cluster = Cluster::new("upbal");
+    let mut up = start_up(&cluster, "2");
+    let all = all_rows(&up);
+    assert_eq!(
+        all[0].0, "balancer",
+        "the balancer comes first: {:?}",
+        up.lines
+    );
+    let balancer = addr_of(&all[0].1);
+    let mut browser = common::Browser::new();
+    let first = browser.send(balancer, "GET", "/", b"");
+    assert_eq!(first.status, 200);
+    assert!(first.text().contains(r#"<td id="hits">1</td>"#));
+    let second = browser.send(balancer, "GET", "/", b"");
+    assert!(second.text().contains(r#"<td id="hits">2</td>"#));
+    let status = common::get_json(balancer, "/balancer-manager/status").expect("status");
+    assert_eq!(status["members"].as_array().map(Vec::len), Some(2));
+    let page = common::exchange(balancer, "GET", "/balancer-manager", None, b"").expect("page");
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("<table"));
+
+    kill(Pid::from_raw(up.child.id() as i32), Signal::SIGTERM).expect("SIGTERM up");
+    let status = wait_until(Duration::from_secs(20), "up exits", || {
+        up.child.try_wait().ok().flatten()
+    });
+    assert_eq!(status.code(), Some(0));
+    for (name, _, pid) in &all {
+        assert!(!pid_alive(*pid), "{name} (pid {pid}) outlived up");
+    }
+}
+
+#[test]
 fn children_stop_by_themselves_when_up_is_killed() {
     let cluster = Cluster::new("upkill");
     let mut up = start_up(&cluster, "2");
-    let nodes = rows(&up);
+    let nodes = all_rows(&up);
+    assert_eq!(nodes.len(), 3, "two nodes and the balancer");
     up.child.kill().expect("SIGKILL up");
     let _ = up.child.wait();
     wait_until(

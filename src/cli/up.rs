@@ -1,6 +1,6 @@
-//! `deltacast up`: a whole local cluster from one command. Starts N node processes on
-//! loopback, waits until every node sees all the others, prints their URLs, and stops
-//! them all on Ctrl-C/SIGTERM.
+//! `deltacast up`: a whole local cluster from one command. Starts N node processes and a
+//! balancer on loopback, waits until every node sees all the others and the balancer sees
+//! every node, prints their URLs (the balancer first), and stops them all on Ctrl-C/SIGTERM.
 //!
 //! Children never outlive this process: each asks the kernel to kill it when we die
 //! (PR_SET_PDEATHSIG, set by the child for itself, so no unsafe `pre_exec` here), which
@@ -33,6 +33,9 @@ const PER_NODE_KEYS: &[&str] = &[
     "membership.static_members",
     "cluster.name",
 ];
+
+/// The name of the balancer's row in the table.
+const BALANCER: &str = "balancer";
 
 /// How long the nodes get to find each other and take over the cluster's sessions.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -137,17 +140,74 @@ pub async fn run(args: UpArgs) -> Result<ExitCode, CliError> {
         });
     }
 
-    // Wait until every node lists all the others as alive, or give up.
+    // The balancer, last in the list: it fronts the nodes (discovered from the heartbeats,
+    // or given as static members when the nodes do not use multicast).
+    let balancer_listen = pick_port(loopback, base.balancer.listen.port(), 0, &mut taken)?;
+    let discover = base.balancer.discover && !uses_static;
+    let mut cmd = Command::new(&exe);
+    cmd.arg("balancer")
+        .arg("--parent-pid")
+        .arg(std::process::id().to_string());
+    if let Some(file) = &args.common.config {
+        cmd.arg("--config").arg(file);
+    }
+    for o in args
+        .common
+        .set
+        .iter()
+        .filter(|o| !PER_NODE_KEYS.contains(&o.key.as_str()) && o.key != "balancer.listen")
+    {
+        cmd.arg("--set").arg(o.to_string());
+    }
+    cmd.args(["--cluster", &base.cluster.name])
+        .args(["--multicast", &multicast.to_string()])
+        .args(["--listen", &balancer_listen.to_string()]);
+    if !discover {
+        for node in &nodes {
+            cmd.arg("--member")
+                .arg(format!("{}=http://{}", node.name, node.http));
+        }
+        cmd.args(["--set", "balancer.discover=false"]);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true);
+    match cmd.spawn() {
+        Ok(child) => {
+            let pid = child.id().unwrap_or(0);
+            let (kill_tx, kill_rx) = oneshot::channel();
+            tokio::spawn(reap(nodes.len(), child, kill_rx, exit_tx.clone()));
+            nodes.push(Spawned {
+                name: BALANCER.to_string(),
+                pid,
+                http: balancer_listen,
+                replication: balancer_listen,
+                kill: Some(kill_tx),
+                exited: None,
+            });
+        }
+        Err(source) => {
+            stop_all(&mut nodes, &mut exit_rx).await;
+            return Err(CliError::Io {
+                context: "cannot start the balancer".into(),
+                source,
+            });
+        }
+    }
+
+    // Wait until every node lists all the others as alive and the balancer lists every
+    // node, or give up.
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        if all_see_each_other(&nodes).await {
+        if all_see_each_other(&nodes[..n]).await && balancer_sees(&nodes[n], n).await {
             break;
         }
         let failure = tokio::select! {
             name = &mut signals => Some(format!("{name} received while starting")),
             Some((i, status)) = exit_rx.recv() => {
                 nodes[i].exited = Some(status);
-                Some(format!("node {} exited while starting ({status}); see its log above", nodes[i].name))
+                Some(format!("{} exited while starting ({status}); see its log above", describe(&nodes[i])))
             }
             _ = tokio::time::sleep(Duration::from_millis(100)) => {
                 (Instant::now() > deadline).then(|| format!("the nodes did not all see each other within {READY_TIMEOUT:?} (is multicast on {} working? try --set membership.static_members=...)", base.membership.interface))
@@ -159,7 +219,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode, CliError> {
         }
     }
 
-    print_table(&base, multicast, uses_static, &nodes);
+    print_table(&base, multicast, uses_static, &nodes[..n], &nodes[n]);
     loop {
         tokio::select! {
             name = &mut signals => {
@@ -168,15 +228,16 @@ pub async fn run(args: UpArgs) -> Result<ExitCode, CliError> {
             }
             Some((i, status)) = exit_rx.recv() => {
                 nodes[i].exited = Some(status);
-                if nodes.iter().all(|n| n.exited.is_some()) {
+                if nodes[..n].iter().all(|n| n.exited.is_some()) {
+                    stop_all(&mut nodes, &mut exit_rx).await;
                     return Err(CliError::Up("every node has exited".into()));
                 }
-                warn!(node = %nodes[i].name, pid = nodes[i].pid, %status, "node exited; the others carry on");
+                warn!(child = %describe(&nodes[i]), pid = nodes[i].pid, %status, "exited; the others carry on");
             }
         }
     }
     stop_all(&mut nodes, &mut exit_rx).await;
-    println!("deltacast: all nodes stopped");
+    println!("deltacast: all nodes and the balancer stopped");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -249,7 +310,39 @@ async fn all_see_each_other(nodes: &[Spawned]) -> bool {
     true
 }
 
-fn print_table(base: &Config, multicast: SocketAddrV4, uses_static: bool, nodes: &[Spawned]) {
+/// "node NAME" or "the balancer", for messages.
+fn describe(child: &Spawned) -> String {
+    if child.name == BALANCER {
+        "the balancer".to_string()
+    } else {
+        format!("node {}", child.name)
+    }
+}
+
+/// Whether the balancer answers and lists `expected` members.
+async fn balancer_sees(balancer: &Spawned, expected: usize) -> bool {
+    let Ok(uri) = http::with_path(
+        &format!("http://{}", balancer.http),
+        "/balancer-manager/status",
+    ) else {
+        return false;
+    };
+    let Ok(body) = http::get(&uri, Duration::from_secs(1)).await else {
+        return false;
+    };
+    serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|doc| doc["members"].as_array().map(Vec::len))
+        == Some(expected)
+}
+
+fn print_table(
+    base: &Config,
+    multicast: SocketAddrV4,
+    uses_static: bool,
+    nodes: &[Spawned],
+    balancer: &Spawned,
+) {
     let how = if uses_static {
         "static members".to_string()
     } else {
@@ -267,6 +360,13 @@ fn print_table(base: &Config, multicast: SocketAddrV4, uses_static: bool, nodes:
         "STATUS".into(),
         "PID".into(),
     ]];
+    rows.push([
+        BALANCER.to_string(),
+        format!("http://{}/", balancer.http),
+        "-".into(),
+        format!("http://{}/balancer-manager", balancer.http),
+        balancer.pid.to_string(),
+    ]);
     for node in nodes {
         rows.push([
             node.name.clone(),
