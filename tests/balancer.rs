@@ -6,7 +6,8 @@ mod common;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -312,4 +313,85 @@ fn a_dead_static_member_is_put_in_error_and_skipped() {
     assert_eq!(n9["route"], "n9");
     assert_eq!(n9["state"], "error");
     assert!(n9["errors"].as_u64().unwrap() >= 1);
+}
+
+/// Sends raw bytes and reads the answer's status code (None: closed without an answer).
+fn raw_status(addr: SocketAddr, request: &[u8]) -> Option<u16> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let _ = stream.write_all(request);
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&raw);
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn bad_input_gets_400_431_and_413() {
+    let cluster = Cluster::new("bal-bad");
+    let n1 = node(&cluster, "n1");
+    let m1 = format!("n1=http://{}", n1.http);
+    let b = BalancerProc::spawn(
+        &cluster,
+        &["--member", &m1, "--set", "balancer.discover=false"],
+    );
+    assert_eq!(raw_status(b.addr, b"NOT HTTP AT ALL\r\n\r\n"), Some(400));
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    assert_eq!(raw_status(b.addr, huge.as_bytes()), Some(431));
+    // The declared length alone is refused: the body is never sent.
+    let big_body =
+        b"POST /session/attributes/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n";
+    assert_eq!(raw_status(b.addr, big_body), Some(413));
+    // And the balancer still serves.
+    assert_eq!(answered_by(b.addr), "n1");
+}
+
+#[test]
+fn a_slowloris_client_is_closed_and_does_not_hurt_others() {
+    let cluster = Cluster::new("bal-slow");
+    let n1 = node(&cluster, "n1");
+    let m1 = format!("n1=http://{}", n1.http);
+    let b = BalancerProc::spawn(
+        &cluster,
+        &["--member", &m1, "--set", "balancer.discover=false"],
+    );
+    let mut slow = TcpStream::connect(b.addr).expect("connect");
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .expect("part of a head");
+    slow.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let started = Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(15) {
+        // Others are served meanwhile.
+        assert_eq!(answered_by(b.addr), "n1");
+        // One more header line now and then, never the end of the head.
+        let _ = slow.write_all(b"X-Slow: 1\r\n");
+        let mut buf = [0u8; 1024];
+        match slow.read(&mut buf) {
+            Ok(_) => {
+                closed = true;
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "the slow client is still connected after 15 s");
+    assert!(started.elapsed() >= Duration::from_secs(5));
 }

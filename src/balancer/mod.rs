@@ -51,8 +51,10 @@ pub enum BalancerError {
     },
 }
 
-/// How long a client may take to send a request head.
+/// How long a client may take to send a request head (a slowloris client is closed).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest read buffer of a client connection (a head that does not fit is refused).
+const MAX_READ_BUF: usize = 128 * 1024;
 /// Idle pooled connections to members are closed after this long.
 const POOL_IDLE: Duration = Duration::from_secs(30);
 /// How long shutdown waits for requests in flight.
@@ -125,6 +127,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), BalancerError
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_READ_BUF)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
@@ -151,6 +154,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), BalancerError
 }
 
 async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    if proxy::headers_too_large(req.headers()) {
+        return proxy::plain(
+            hyper::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request header fields too large",
+        );
+    }
     let path = req.uri().path();
     if manager::is_manager_path(path) {
         let members: Vec<_> = shared

@@ -34,6 +34,10 @@ pub type HttpClient = Client<HttpConnector, ProxyBody>;
 /// sent again to another member; larger ones stream and are never retried.
 pub const REPLAY_LIMIT: u64 = 64 * 1024;
 
+/// The largest request body forwarded: a larger declared length is answered 413, a
+/// chunked body that grows past it is cut off.
+pub const MAX_BODY: u64 = 64 * 1024 * 1024;
+
 /// The `Via` token this proxy adds.
 const VIA: &str = "1.1 deltacast";
 
@@ -136,6 +140,23 @@ fn append_list(headers: &HeaderMap, name: &str, item: &str) -> HeaderValue {
         .collect();
     parts.push(item.to_string());
     HeaderValue::from_str(&parts.join(", ")).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The largest request header fields, in bytes (names, values and separators): more is 431.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Whether the header fields are over [`MAX_HEADER_BYTES`].
+pub fn headers_too_large(headers: &HeaderMap) -> bool {
+    let size: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    size > MAX_HEADER_BYTES
+}
+
+/// Whether a declared body length is over [`MAX_BODY`].
+pub fn body_too_large(declared: Option<u64>) -> bool {
+    declared.is_some_and(|len| len > MAX_BODY)
 }
 
 /// Whether a method may be sent twice (RFC 9110 §9.2.2; the ones we retry).
@@ -289,6 +310,12 @@ impl Payload {
         if body.is_end_stream() {
             return Ok(Payload::Kept(Bytes::new()));
         }
+        if body_too_large(hint.exact()) {
+            return Err(plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload too large: the body exceeds the balancer's limit",
+            ));
+        }
         match hint.exact() {
             Some(len) if len <= REPLAY_LIMIT => {
                 let limit = usize::try_from(REPLAY_LIMIT).unwrap_or(usize::MAX);
@@ -310,11 +337,10 @@ impl Payload {
 
     /// The body for one attempt, or None when a streamed body was already sent.
     fn take(&mut self) -> Option<ProxyBody> {
+        let limit = usize::try_from(MAX_BODY).unwrap_or(usize::MAX);
         match self {
             Payload::Kept(bytes) => Some(full(bytes.clone())),
-            Payload::Stream(body) => body
-                .take()
-                .map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()),
+            Payload::Stream(body) => body.take().map(|b| Limited::new(b, limit).boxed()),
         }
     }
 }
@@ -498,6 +524,21 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.0.0.7");
         assert_eq!(h["via"], "1.1 deltacast");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn header_fields_over_the_limit_are_too_large() {
+        let small = headers(&[("host", "x"), ("cookie", "a=b")]);
+        assert!(!headers_too_large(&small));
+        let big = "a".repeat(MAX_HEADER_BYTES);
+        assert!(headers_too_large(&headers(&[("x-big", &big)])));
+    }
+
+    #[test]
+    fn a_declared_body_over_the_limit_is_too_large() {
+        assert!(!body_too_large(None));
+        assert!(!body_too_large(Some(MAX_BODY)));
+        assert!(body_too_large(Some(MAX_BODY + 1)));
     }
 
     #[test]
