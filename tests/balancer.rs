@@ -395,3 +395,149 @@ fn a_slowloris_client_is_closed_and_does_not_hurt_others() {
     assert!(closed, "the slow client is still connected after 15 s");
     assert!(started.elapsed() >= Duration::from_secs(5));
 }
+
+/// A member that answers every request with its head and body as it received them, plus
+/// hop-by-hop headers the balancer must not pass back. Runs until the test process ends.
+fn echo_member() -> SocketAddr {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                while let Some((head, body)) = read_request(&mut stream) {
+                    let mut answer = head.into_bytes();
+                    answer.extend_from_slice(b"\r\n\r\n");
+                    answer.extend_from_slice(&body);
+                    let top = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-End: 1\r\n\r\n",
+                        answer.len()
+                    );
+                    if stream.write_all(top.as_bytes()).is_err()
+                        || stream.write_all(&answer).is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Reads one HTTP/1.1 request (Content-Length or chunked body); None at the end.
+fn read_request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        raw.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&raw[..raw.len() - 4]).into_owned();
+    let lower = head.to_ascii_lowercase();
+    let mut body = Vec::new();
+    if let Some(len) = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        body.resize(len, 0);
+        stream.read_exact(&mut body).ok()?;
+    } else if lower.contains("transfer-encoding: chunked") {
+        loop {
+            let mut line = Vec::new();
+            while !line.ends_with(b"\r\n") {
+                stream.read_exact(&mut byte).ok()?;
+                line.push(byte[0]);
+            }
+            let size = usize::from_str_radix(String::from_utf8_lossy(&line).trim(), 16).ok()?;
+            let mut chunk = vec![0u8; size + 2];
+            stream.read_exact(&mut chunk).ok()?;
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+    Some((head, body))
+}
+
+/// Sends `request` on a new connection and returns the whole answer (head, body).
+fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (String, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream.write_all(request).expect("send");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head");
+    (
+        String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase(),
+        raw[split + 4..].to_vec(),
+    )
+}
+
+#[test]
+fn headers_are_rewritten_and_bodies_stream_both_ways() {
+    let cluster = Cluster::new("bal-echo");
+    let echo = echo_member();
+    let member = format!("e1=http://{echo}");
+    let b = BalancerProc::spawn(
+        &cluster,
+        &["--member", &member, "--set", "balancer.discover=false"],
+    );
+    // A small body with a length, and hop-by-hop headers to remove.
+    let (head, body) = raw_exchange(
+        b.addr,
+        b"POST /echo?x=1 HTTP/1.1\r\nHost: example.test\r\nConnection: close, X-Secret\r\nX-Secret: s\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\nX-Forwarded-For: 192.0.2.1\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        !head.contains("x-hop"),
+        "hop-by-hop answer header passed: {head}"
+    );
+    assert!(!head.contains("keep-alive: timeout"), "{head}");
+    assert!(head.contains("x-end: 1"));
+    let split = body.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let seen = String::from_utf8_lossy(&body[..split]).to_ascii_lowercase();
+    assert_eq!(&body[split + 4..], b"hello");
+    assert!(seen.starts_with("post /echo?x=1 http/1.1"), "{seen}");
+    for want in [
+        "host: example.test",
+        "x-forwarded-for: 192.0.2.1, 127.0.0.1",
+        "x-forwarded-proto: http",
+        "x-forwarded-host: example.test",
+        "via: 1.1 deltacast",
+    ] {
+        assert!(seen.contains(want), "{want} missing in {seen}");
+    }
+    for gone in ["x-secret", "te:", "proxy-connection"] {
+        assert!(!seen.contains(gone), "{gone} forwarded: {seen}");
+    }
+    // A large chunked body streams through (no retry buffer), intact.
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let mut request =
+        b"PUT /big HTTP/1.1\r\nHost: h\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+    for chunk in payload.chunks(70_000) {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let (head, body) = raw_exchange(b.addr, &request);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let split = body.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    assert_eq!(&body[split + 4..], &payload[..]);
+    let status = b.status().expect("status");
+    let m = &status["members"][0];
+    assert!(m["bytes_in"].as_u64().unwrap() >= 300_005);
+    assert!(m["bytes_out"].as_u64().unwrap() >= 300_005);
+    assert_eq!(m["busy"], 0);
+}
