@@ -541,3 +541,66 @@ fn headers_are_rewritten_and_bodies_stream_both_ways() {
     assert!(m["bytes_out"].as_u64().unwrap() >= 300_005);
     assert_eq!(m["busy"], 0);
 }
+
+/// A member that switches every request to an "echo" protocol and echoes bytes back.
+fn upgrading_member() -> SocketAddr {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let Some((head, _)) = read_request(&mut stream) else {
+                    return;
+                };
+                if !head.to_ascii_lowercase().contains("upgrade: echo") {
+                    let _ =
+                        stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+                    return;
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+                );
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn an_upgraded_connection_passes_through() {
+    let cluster = Cluster::new("bal-upgrade");
+    let member = format!("u1=http://{}", upgrading_member());
+    let b = BalancerProc::spawn(
+        &cluster,
+        &["--member", &member, "--set", "balancer.discover=false"],
+    );
+    let mut stream = TcpStream::connect(b.addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /chat HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .expect("send");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).expect("read the head"), 1, "closed");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    for message in [&b"ping"[..], b"second message"] {
+        stream.write_all(message).expect("send on the tunnel");
+        let mut got = vec![0u8; message.len()];
+        stream.read_exact(&mut got).expect("echo");
+        assert_eq!(got, message);
+    }
+}

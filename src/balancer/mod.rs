@@ -62,6 +62,7 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// What every connection task reads.
 struct Shared {
+    shutdown: Shutdown,
     registry: Arc<Registry>,
     client: HttpClient,
     config: Config,
@@ -100,6 +101,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), BalancerError
         "balancer started"
     );
     let shared = Arc::new(Shared {
+        shutdown: shutdown.clone(),
         registry,
         client,
         config: config.clone(),
@@ -129,7 +131,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), BalancerError
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_buf_size(MAX_READ_BUF)
                 .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
                 result = conn.as_mut() => {
@@ -177,6 +180,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Re
         &shared.config.sessions.cookie,
         req,
         peer.ip(),
+        &shared.shutdown,
     )
     .await
 }

@@ -18,12 +18,14 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
 use tracing::debug;
 
 use super::registry::{Member, Registry};
 use super::select::Stickiness;
 use crate::config::Sticky;
 use crate::session::id;
+use crate::shutdown::Shutdown;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of both directions.
@@ -128,6 +130,24 @@ pub fn forward_request_headers(headers: &mut HeaderMap, peer: IpAddr) {
     }
     let via = append_list(headers, "via", VIA);
     headers.insert(header::VIA, via);
+}
+
+/// The protocol a request asks to switch to (`Connection: upgrade` and `Upgrade: P`).
+pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Puts back `Connection: upgrade` and `Upgrade: protocol` after the hop-by-hop strip.
+fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
 }
 
 /// The values of `name` joined by ", ", then `item`.
@@ -354,7 +374,11 @@ pub async fn forward(
     cookie_name: &str,
     req: Request<Incoming>,
     peer: IpAddr,
+    shutdown: &Shutdown,
 ) -> Response<ProxyBody> {
+    let mut req = req;
+    let upgrade = upgrade_protocol(req.headers());
+    let mut client_side = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let path_and_query = parts
         .uri
@@ -367,6 +391,9 @@ pub async fn forward(
         return plain(StatusCode::SERVICE_UNAVAILABLE, "no member is available");
     }
     forward_request_headers(&mut parts.headers, peer);
+    if let Some(protocol) = upgrade {
+        set_upgrade(&mut parts.headers, protocol);
+    }
     let mut payload = match Payload::from(body).await {
         Ok(p) => p,
         Err(r) => return r,
@@ -396,6 +423,11 @@ pub async fn forward(
         match client.request(out).await {
             Ok(response) => {
                 attempt.succeeded();
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client_side) = client_side.take() {
+                        return tunnel(response, client_side, busy, shutdown);
+                    }
+                }
                 let (mut head, body) = response.into_parts();
                 strip_hop_by_hop(&mut head.headers);
                 let body = Counted {
@@ -421,6 +453,40 @@ pub async fn forward(
     } else {
         plain(StatusCode::SERVICE_UNAVAILABLE, "no member is available")
     }
+}
+
+/// Answers 101 to the client and, once both sides have switched, copies bytes both ways
+/// until either closes (or shutdown).
+fn tunnel(
+    mut response: Response<Incoming>,
+    client_side: hyper::upgrade::OnUpgrade,
+    busy: Busy,
+    shutdown: &Shutdown,
+) -> Response<ProxyBody> {
+    let member_side = hyper::upgrade::on(&mut response);
+    let (mut head, _) = response.into_parts();
+    let protocol = head.headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut head.headers);
+    if let Some(protocol) = protocol {
+        set_upgrade(&mut head.headers, protocol);
+    }
+    let stop = shutdown.token().clone();
+    shutdown.spawn(async move {
+        let _busy = busy;
+        let (Ok(client), Ok(member)) = tokio::join!(client_side, member_side) else {
+            debug!("an upgrade did not complete");
+            return;
+        };
+        let mut client = TokioIo::new(client);
+        let mut member = TokioIo::new(member);
+        tokio::select! {
+            copied = tokio::io::copy_bidirectional(&mut client, &mut member) => {
+                debug!(?copied, "upgraded connection closed");
+            }
+            _ = stop.cancelled() => {}
+        }
+    });
+    Response::from_parts(head, full(Bytes::new()))
 }
 
 #[cfg(test)]
@@ -539,6 +605,23 @@ mod tests {
         assert!(!body_too_large(None));
         assert!(!body_too_large(Some(MAX_BODY)));
         assert!(body_too_large(Some(MAX_BODY + 1)));
+    }
+
+    #[test]
+    fn an_upgrade_needs_both_the_connection_token_and_the_header() {
+        let ws = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert_eq!(upgrade_protocol(&ws).unwrap(), "websocket");
+        assert_eq!(
+            upgrade_protocol(&headers(&[("upgrade", "websocket")])),
+            None
+        );
+        assert_eq!(
+            upgrade_protocol(&headers(&[("connection", "upgrade")])),
+            None
+        );
     }
 
     #[test]
