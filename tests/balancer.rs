@@ -604,3 +604,49 @@ fn an_upgraded_connection_passes_through() {
         assert_eq!(got, message);
     }
 }
+
+#[test]
+fn a_member_disabled_from_the_page_gets_no_traffic() {
+    let cluster = Cluster::new("bal-admin");
+    let n1 = node(&cluster, "n1");
+    let n2 = node(&cluster, "n2");
+    let m1 = format!("n1=http://{}", n1.http);
+    let m2 = format!("n2=http://{}", n2.http);
+    let b = BalancerProc::spawn(
+        &cluster,
+        &[
+            "--member",
+            &m1,
+            "--member",
+            &m2,
+            "--set",
+            "balancer.discover=false",
+            "--set",
+            "balancer.sticky=none",
+        ],
+    );
+    let form = "route=n1&action=disable";
+    let post = |origin: &str| {
+        raw_exchange(
+            b.addr,
+            format!(
+                "POST /balancer-manager/member HTTP/1.1\r\nHost: {}\r\n{origin}Connection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+                b.addr,
+                form.len()
+            )
+            .as_bytes(),
+        )
+        .0
+    };
+    assert!(post("Origin: http://evil.example\r\n").starts_with("http/1.1 403"));
+    assert!(post("").starts_with("http/1.1 403"));
+    assert_eq!(b.status().unwrap()["members"][0]["state"], "ok");
+    let ok = post(&format!("Origin: http://{}\r\n", b.addr));
+    assert!(ok.starts_with("http/1.1 303"), "{ok}");
+    assert_eq!(b.status().unwrap()["members"][0]["state"], "disabled");
+    for _ in 0..20 {
+        assert_eq!(answered_by(b.addr), "n2");
+    }
+    let page = exchange(b.addr, "GET", "/balancer-manager", None, b"").expect("page");
+    assert!(page.text().contains("disabled"));
+}

@@ -1,12 +1,67 @@
 //! The reserved `/balancer-manager` paths: the members as JSON (SPEC) and as an HTML page.
 
 use bytes::Bytes;
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Response, StatusCode};
 use serde::Serialize;
 
+use super::member::Admin;
 use super::proxy::{ProxyBody, full, plain};
 use super::registry::MemberStatus;
+
+/// The path a member's admin state is posted to (`route=R&action=drain|disable|enable`).
+pub const MEMBER_PATH: &str = "/balancer-manager/member";
+
+/// A form's `route` and admin action; None when it is not one.
+pub fn parse_action(form: &str) -> Option<(String, Admin)> {
+    let mut route = None;
+    let mut admin = None;
+    for pair in form.split('&') {
+        let (k, v) = pair.split_once('=')?;
+        let v = percent_encoding::percent_decode_str(&v.replace('+', " "))
+            .decode_utf8()
+            .ok()?
+            .into_owned();
+        match k {
+            "route" => route = Some(v),
+            "action" => {
+                admin = Some(match v.as_str() {
+                    "drain" => Admin::Draining,
+                    "disable" => Admin::Disabled,
+                    "enable" => Admin::Active,
+                    _ => return None,
+                })
+            }
+            _ => {}
+        }
+    }
+    Some((route?, admin?))
+}
+
+/// Whether a POST comes from a page of this origin: its `Origin` (or, without one, its
+/// `Referer`) must be `http://<Host>`; a request with neither is refused.
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let own = format!("http://{host}");
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        return origin.to_str().is_ok_and(|o| o == own);
+    }
+    headers
+        .get(header::REFERER)
+        .and_then(|r| r.to_str().ok())
+        .is_some_and(|r| r == own || r.starts_with(&format!("{own}/")))
+}
+
+/// 303 back to the page.
+pub fn back_to_page() -> Response<ProxyBody> {
+    let mut r = Response::new(full(Bytes::new()));
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    r.headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_static(PREFIX));
+    r
+}
 
 /// The reserved prefix: never proxied.
 pub const PREFIX: &str = "/balancer-manager";
@@ -31,9 +86,15 @@ pub fn status_json(members: &[MemberStatus]) -> String {
 pub fn page_html(members: &[MemberStatus]) -> String {
     let mut rows = String::new();
     for m in members {
+        let route = escape(&m.route);
+        let buttons: String = ["drain", "disable", "enable"]
+            .iter()
+            .map(|a| format!("<button name=\"action\" value=\"{a}\">{a}</button>"))
+            .collect();
         rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"state-{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
-            escape(&m.route),
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"state-{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+<td><form method=\"post\" action=\"{MEMBER_PATH}\"><input type=\"hidden\" name=\"route\" value=\"{route}\">{buttons}</form></td></tr>\n",
+            route,
             escape(&m.url),
             m.loadfactor,
             m.state,
@@ -46,7 +107,7 @@ pub fn page_html(members: &[MemberStatus]) -> String {
         ));
     }
     if members.is_empty() {
-        rows.push_str("<tr><td colspan=\"9\">no members</td></tr>\n");
+        rows.push_str("<tr><td colspan=\"10\">no members</td></tr>\n");
     }
     format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\">\
@@ -54,7 +115,7 @@ pub fn page_html(members: &[MemberStatus]) -> String {
 <style>body{{font-family:sans-serif}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}\
 .state-ok{{color:green}}.state-error{{color:red}}</style></head>\n<body><h1>deltacast balancer</h1>\n\
 <table id=\"members\"><tr><th>Route</th><th>URL</th><th>Load factor</th><th>State</th><th>Elected</th>\
-<th>Busy</th><th>Bytes in</th><th>Bytes out</th><th>Errors</th></tr>\n{rows}</table></body></html>\n"
+<th>Busy</th><th>Bytes in</th><th>Bytes out</th><th>Errors</th><th>Set</th></tr>\n{rows}</table></body></html>\n"
     )
 }
 
@@ -109,6 +170,42 @@ mod tests {
             serde_json::json!({"members":[{"route":"n1","url":"http://127.0.0.1:8081",
                 "loadfactor":2,"state":"ok","elected":3,"busy":0,"bytes_in":10,"bytes_out":20,"errors":1}]})
         );
+    }
+
+    #[test]
+    fn admin_forms_are_parsed() {
+        assert_eq!(
+            parse_action("route=n1&action=drain"),
+            Some(("n1".into(), Admin::Draining))
+        );
+        assert_eq!(
+            parse_action("action=enable&route=n%32"),
+            Some(("n2".into(), Admin::Active))
+        );
+        assert_eq!(parse_action("route=n1&action=explode"), None);
+        assert_eq!(parse_action("route=n1"), None);
+    }
+
+    #[test]
+    fn only_same_origin_posts_are_accepted() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
+        assert!(!same_origin(&h), "no origin, no referer");
+        h.insert(
+            header::REFERER,
+            HeaderValue::from_static("http://127.0.0.1:8080/balancer-manager"),
+        );
+        assert!(same_origin(&h));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://evil.example"),
+        );
+        assert!(!same_origin(&h), "the origin wins over the referer");
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:8080"),
+        );
+        assert!(same_origin(&h));
     }
 
     #[test]

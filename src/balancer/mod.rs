@@ -164,6 +164,9 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Re
         );
     }
     let path = req.uri().path();
+    if req.method() == hyper::Method::POST && path == manager::MEMBER_PATH {
+        return set_member(shared, req).await;
+    }
     if manager::is_manager_path(path) {
         let members: Vec<_> = shared
             .registry
@@ -183,6 +186,33 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Re
         &shared.shutdown,
     )
     .await
+}
+
+/// `POST /balancer-manager/member`: drain, disable or enable a member (same origin only).
+async fn set_member(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
+    use http_body_util::{BodyExt, Limited};
+    use hyper::StatusCode;
+    if !manager::same_origin(req.headers()) {
+        return proxy::plain(
+            StatusCode::FORBIDDEN,
+            "forbidden: not posted from this page",
+        );
+    }
+    let Ok(form) = Limited::new(req.into_body(), 4096).collect().await else {
+        return proxy::plain(StatusCode::PAYLOAD_TOO_LARGE, "payload too large");
+    };
+    let form = String::from_utf8_lossy(&form.to_bytes()).into_owned();
+    let Some((route, admin)) = manager::parse_action(&form) else {
+        return proxy::plain(
+            StatusCode::BAD_REQUEST,
+            "bad request: expected route=ROUTE&action=drain|disable|enable",
+        );
+    };
+    if !shared.registry.set_admin(&route, admin) {
+        return proxy::plain(StatusCode::NOT_FOUND, "no member with that route");
+    }
+    info!(%route, ?admin, "member state set from the manager page");
+    manager::back_to_page()
 }
 
 /// Joins the multicast group as an observer and keeps the registry's discovered members

@@ -9,7 +9,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use super::member::Health;
+use super::member::{Admin, Health};
 use super::select::{Candidate, Selector, Stickiness};
 use crate::config::{BalancerMember, LbMethod};
 
@@ -114,6 +114,17 @@ impl Registry {
 
     pub fn members(&self) -> Vec<Arc<Member>> {
         self.members.lock().clone()
+    }
+
+    /// Sets a member's admin state (drain, disable, enable); false when no such route.
+    pub fn set_admin(&self, route: &str, admin: Admin) -> bool {
+        match self.members().iter().find(|m| m.route == route) {
+            Some(m) => {
+                m.health.lock().set_admin(admin);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The members to try for a request, best first; empty when none is usable.
