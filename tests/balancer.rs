@@ -650,3 +650,36 @@ fn a_member_disabled_from_the_page_gets_no_traffic() {
     let page = exchange(b.addr, "GET", "/balancer-manager", None, b"").expect("page");
     assert!(page.text().contains("disabled"));
 }
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed() {
+    let cluster = Cluster::new("bal-idle");
+    let n1 = node(&cluster, "n1");
+    let m1 = format!("n1=http://{}", n1.http);
+    let b = BalancerProc::spawn(
+        &cluster,
+        &["--member", &m1, "--set", "balancer.discover=false"],
+    );
+    let mut stream = TcpStream::connect(b.addr).expect("connect");
+    stream
+        .write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut buf = [0u8; 65536];
+    assert!(stream.read(&mut buf).expect("an answer") > 0);
+    let idle = Instant::now();
+    // Nothing more is sent: the balancer closes the connection after its timeout.
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => continue,
+        }
+    }
+    let waited = idle.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_secs(15),
+        "closed after {waited:?}"
+    );
+}
