@@ -261,6 +261,13 @@ fn new_members_are_used_quickly_and_dropped_ones_no_more() {
         (answered_by(b.addr) == "n2").then_some(())
     });
     assert!(started.elapsed() < Duration::from_secs(3));
+    // The balancer only listens: the nodes never list it as a member.
+    wait_until(STARTUP, "n1 sees n2", || {
+        (n1.members("")? == ["n2"]).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(n1.members("").unwrap(), ["n2"]);
+    assert_eq!(n2.members("").unwrap(), ["n1"]);
     drop(n2);
     wait_until(Duration::from_secs(5), "n2 is dropped", || {
         (b.routes()? == ["n1"]).then_some(())
