@@ -182,26 +182,21 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
 
 async fn run_node(args: NodeArgs) -> Result<ExitCode, CliError> {
     let config = args.load_config()?;
-    let shutdown = Shutdown::new();
-    let on_signal = shutdown.clone();
-    let signals = shutdown::signal_listener().map_err(|source| CliError::Io {
-        context: "cannot install signal handlers".into(),
-        source,
-    })?;
-    tokio::spawn(async move {
-        let name = signals.await;
-        info!(signal = name, "stopping");
-        on_signal.trigger();
-    });
-    if let Some(parent) = args.parent_pid {
-        tie_to_parent(parent)?;
-    }
+    let shutdown = serve_until_signal(args.parent_pid)?;
     node::run(config, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 async fn run_balancer(args: BalancerArgs) -> Result<ExitCode, CliError> {
     let config = args.load_config()?;
+    let shutdown = serve_until_signal(args.parent_pid)?;
+    balancer::run(config, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The shutdown of a long-running process: triggered by SIGTERM or SIGINT; and when
+/// started by `up`, tied to that parent's life.
+fn serve_until_signal(parent_pid: Option<i32>) -> Result<Shutdown, CliError> {
     let shutdown = Shutdown::new();
     let on_signal = shutdown.clone();
     let signals = shutdown::signal_listener().map_err(|source| CliError::Io {
@@ -213,11 +208,10 @@ async fn run_balancer(args: BalancerArgs) -> Result<ExitCode, CliError> {
         info!(signal = name, "stopping");
         on_signal.trigger();
     });
-    if let Some(parent) = args.parent_pid {
+    if let Some(parent) = parent_pid {
         tie_to_parent(parent)?;
     }
-    balancer::run(config, shutdown).await?;
-    Ok(ExitCode::SUCCESS)
+    Ok(shutdown)
 }
 
 /// Makes the kernel kill this process when its parent dies (PR_SET_PDEATHSIG), even if it

@@ -8,6 +8,7 @@
 //! stop forwards SIGTERM: every node announces its leave and exits 0.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
+use std::path::Path;
 use std::process::{ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use tracing::{info, warn};
 
 use super::http;
 use super::status::table;
-use super::{CliError, UpArgs};
+use super::{CliError, ConfigArgs, UpArgs};
 use crate::config::Config;
 use crate::node::status::StatusDoc;
 use crate::shutdown;
@@ -83,23 +84,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode, CliError> {
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(usize, ExitStatus)>();
     let mut nodes: Vec<Spawned> = Vec::with_capacity(n);
     for (index, (name, http, replication)) in plan.into_iter().enumerate() {
-        let mut cmd = Command::new(&exe);
-        cmd.arg("node")
-            .arg("--parent-pid")
-            .arg(std::process::id().to_string());
-        if let Some(file) = &args.common.config {
-            cmd.arg("--config").arg(file);
-        }
-        // `--set` applies after flags, so keys that differ per node are not passed on:
-        // each node gets its own value from the flags below.
-        for o in args
-            .common
-            .set
-            .iter()
-            .filter(|o| !PER_NODE_KEYS.contains(&o.key.as_str()))
-        {
-            cmd.arg("--set").arg(o.to_string());
-        }
+        let mut cmd = child_command(&exe, "node", &args.common, |_| false);
         cmd.args(["--cluster", &base.cluster.name])
             .args(["--multicast", &multicast.to_string()])
             .args(["--name", &name])
@@ -144,21 +129,9 @@ pub async fn run(args: UpArgs) -> Result<ExitCode, CliError> {
     // or given as static members when the nodes do not use multicast).
     let balancer_listen = pick_port(loopback, base.balancer.listen.port(), 0, &mut taken)?;
     let discover = base.balancer.discover && !uses_static;
-    let mut cmd = Command::new(&exe);
-    cmd.arg("balancer")
-        .arg("--parent-pid")
-        .arg(std::process::id().to_string());
-    if let Some(file) = &args.common.config {
-        cmd.arg("--config").arg(file);
-    }
-    for o in args
-        .common
-        .set
-        .iter()
-        .filter(|o| !PER_NODE_KEYS.contains(&o.key.as_str()) && o.key != "balancer.listen")
-    {
-        cmd.arg("--set").arg(o.to_string());
-    }
+    let mut cmd = child_command(&exe, "balancer", &args.common, |key| {
+        key == "balancer.listen"
+    });
     cmd.args(["--cluster", &base.cluster.name])
         .args(["--multicast", &multicast.to_string()])
         .args(["--listen", &balancer_listen.to_string()]);
@@ -414,6 +387,32 @@ fn pick_port(
             return Ok(addr);
         }
     }
+}
+
+/// `deltacast <sub>` as a child of `up`: tied to this process, with the user's config file
+/// and `--set`s. `--set` applies after flags, so the keys `up` sets per child itself
+/// (PER_NODE_KEYS, and those `also_skip` names) are not passed on.
+fn child_command(
+    exe: &Path,
+    sub: &str,
+    common: &ConfigArgs,
+    also_skip: impl Fn(&str) -> bool,
+) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.arg(sub)
+        .arg("--parent-pid")
+        .arg(std::process::id().to_string());
+    if let Some(file) = &common.config {
+        cmd.arg("--config").arg(file);
+    }
+    for o in common
+        .set
+        .iter()
+        .filter(|o| !PER_NODE_KEYS.contains(&o.key.as_str()) && !also_skip(&o.key))
+    {
+        cmd.arg("--set").arg(o.to_string());
+    }
+    cmd
 }
 
 fn free_udp_port() -> Result<u16, CliError> {
