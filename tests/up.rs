@@ -162,6 +162,11 @@ fn up_prints_the_balancer_first_and_the_test_page_works_through_it() {
     let page = common::exchange(balancer, "GET", "/balancer-manager", None, b"").expect("page");
     assert_eq!(page.status, 200);
     assert!(page.text().contains("<table"));
+    // `deltacast status` on the balancer shows the balancer's members, not a node's view.
+    let (code, stdout, stderr) = common::run_cli(&["status", &all[0].1]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.starts_with("balancer with 2 member(s)"), "{stdout}");
+    assert!(stdout.contains("n1") && stdout.contains("n2"), "{stdout}");
 
     kill(Pid::from_raw(up.child.id() as i32), Signal::SIGTERM).expect("SIGTERM up");
     let status = wait_until(Duration::from_secs(20), "up exits", || {

@@ -1,4 +1,5 @@
-//! `deltacast status URL`: the membership table of one node, for people (or raw JSON).
+//! `deltacast status URL`: the membership table of a node, or the members table of a
+//! balancer, for people (or raw JSON).
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -9,6 +10,20 @@ use super::{CliError, StatusArgs};
 use crate::node::status::StatusDoc;
 
 pub async fn run(args: StatusArgs) -> Result<ExitCode, CliError> {
+    // A balancer proxies /status to a node: ask for its own document first.
+    let manager = http::with_path(&args.url, "/balancer-manager/status")?;
+    if let Ok(body) = http::get(&manager, Duration::from_secs(5)).await {
+        if let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&body) {
+            if let Some(members) = doc["members"].as_array() {
+                if args.json {
+                    println!("{}", String::from_utf8_lossy(&body));
+                } else {
+                    print!("{}", render_balancer(members));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
     let uri = http::with_path(&args.url, "/status")?;
     let body = http::get(&uri, Duration::from_secs(5)).await?;
     if args.json {
@@ -21,6 +36,31 @@ pub async fn run(args: StatusArgs) -> Result<ExitCode, CliError> {
     })?;
     print!("{}", render(&doc));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The balancer's members (`/balancer-manager/status`) as a table.
+pub fn render_balancer(members: &[serde_json::Value]) -> String {
+    let columns = [
+        "route",
+        "url",
+        "loadfactor",
+        "state",
+        "elected",
+        "busy",
+        "bytes_in",
+        "bytes_out",
+        "errors",
+    ];
+    let mut rows = vec![columns.map(|c| c.to_uppercase())];
+    for m in members {
+        rows.push(columns.map(|c| match &m[c] {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }));
+    }
+    let mut out = format!("balancer with {} member(s)\n", members.len());
+    out.push_str(&table(&rows));
+    out
 }
 
 /// The human table: the node first (marked `*`), then its members.
@@ -112,6 +152,23 @@ mod tests {
     use super::*;
     use crate::metrics::MembershipCounters;
     use crate::node::status::{MemberStatus, NodeStatus, ReplicationStatus, SessionsStatus};
+
+    #[test]
+    fn a_balancer_table_lists_its_members() {
+        let doc: serde_json::Value = serde_json::from_str(
+            r#"{"members":[{"route":"n1","url":"http://127.0.0.1:8081","loadfactor":1,"state":"ok","elected":7,"busy":0,"bytes_in":1,"bytes_out":2,"errors":0}]}"#,
+        )
+        .unwrap();
+        let text = render_balancer(doc["members"].as_array().unwrap());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "balancer with 1 member(s)");
+        assert!(lines[1].starts_with("ROUTE") && lines[1].contains("ELECTED"));
+        assert!(
+            lines[2].starts_with("n1")
+                && lines[2].contains("http://127.0.0.1:8081")
+                && lines[2].contains(" 7 ")
+        );
+    }
 
     #[test]
     fn the_table_lists_the_node_then_its_members() {
