@@ -1267,15 +1267,7 @@ fn state_transfer(rt: &Runtime, opts: &Opts, summary: &mut Vec<Headline>) {
 
 /// A /proc/meminfo field in kB.
 fn meminfo_kb(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    common::proc_field("/proc/meminfo", field)
 }
 
 // ---- 4. memory per session ---------------------------------------------------------------------

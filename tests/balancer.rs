@@ -98,6 +98,22 @@ fn answered_by(addr: SocketAddr) -> String {
 }
 
 /// The hits counter of the test page.
+/// Three converged nodes n1..n3 and a balancer that discovered all of them.
+fn three_nodes_behind_a_balancer(name: &str) -> (Cluster, Vec<NodeProc>, BalancerProc) {
+    let cluster = Cluster::new(name);
+    let nodes = vec![
+        node(&cluster, "n1"),
+        node(&cluster, "n2"),
+        node(&cluster, "n3"),
+    ];
+    common::wait_converged(&nodes.iter().collect::<Vec<_>>(), STARTUP);
+    let b = BalancerProc::spawn(&cluster, common::DEFAULTS);
+    wait_until(STARTUP, "the balancer discovers 3 members", || {
+        (b.routes()? == ["n1", "n2", "n3"]).then_some(())
+    });
+    (cluster, nodes, b)
+}
+
 fn hits(page: &str) -> u64 {
     let at = page.find("id=\"hits\">").expect("hits cell") + "id=\"hits\">".len();
     page[at..]
@@ -146,17 +162,7 @@ fn requests_are_spread_by_the_weights() {
 
 #[test]
 fn a_session_sticks_to_its_route() {
-    let cluster = Cluster::new("bal-sticky");
-    let nodes = [
-        node(&cluster, "n1"),
-        node(&cluster, "n2"),
-        node(&cluster, "n3"),
-    ];
-    common::wait_converged(&nodes.iter().collect::<Vec<_>>(), STARTUP);
-    let b = BalancerProc::spawn(&cluster, common::DEFAULTS);
-    wait_until(STARTUP, "the balancer discovers 3 members", || {
-        (b.routes()? == ["n1", "n2", "n3"]).then_some(())
-    });
+    let (_cluster, _nodes, b) = three_nodes_behind_a_balancer("bal-sticky");
     let mut browser = Browser::new();
     let first = browser.send(b.addr, "GET", "/", b"");
     assert_eq!(first.status, 200);
@@ -176,17 +182,7 @@ fn a_session_sticks_to_its_route() {
 
 #[test]
 fn killing_the_sticky_member_under_load_fails_no_request() {
-    let cluster = Cluster::new("bal-failover");
-    let mut nodes = vec![
-        node(&cluster, "n1"),
-        node(&cluster, "n2"),
-        node(&cluster, "n3"),
-    ];
-    common::wait_converged(&nodes.iter().collect::<Vec<_>>(), STARTUP);
-    let b = BalancerProc::spawn(&cluster, common::DEFAULTS);
-    wait_until(STARTUP, "the balancer discovers 3 members", || {
-        (b.routes()? == ["n1", "n2", "n3"]).then_some(())
-    });
+    let (_cluster, mut nodes, b) = three_nodes_behind_a_balancer("bal-failover");
     // Four clients, each with its session and an attribute.
     let mut browsers = Vec::new();
     for i in 0..4 {

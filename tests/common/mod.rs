@@ -432,7 +432,12 @@ pub fn cpu_ns(pid: u32) -> u64 {
 
 /// A `/proc/PID/status` field in kB (`VmRSS:`, `VmHWM:`), or a count (`Threads:`).
 pub fn proc_status(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    proc_field(&format!("/proc/{pid}/status"), field)
+}
+
+/// The number after `field` in a `/proc` file of `Name:  value` lines, 0 if absent.
+pub fn proc_field(path: &str, field: &str) -> u64 {
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|s| {
             s.lines()
