@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{BIN, Browser, Cluster, NodeProc, exchange, free_port, get_json, wait_until};
@@ -199,9 +199,11 @@ fn killing_the_sticky_member_under_load_fails_no_request() {
     }
     let victim = route_of(browsers[0].cookie.as_deref().unwrap());
     let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::new();
     for (i, mut browser) in browsers.into_iter().enumerate() {
         let stop = stop.clone();
+        let answered = answered.clone();
         let addr = b.addr;
         clients.push(std::thread::spawn(move || {
             let mut last = 1;
@@ -217,6 +219,7 @@ fn killing_the_sticky_member_under_load_fails_no_request() {
                 assert!(now > last, "client {i}: hits went from {last} to {now}");
                 last = now;
                 sent += 1;
+                answered.fetch_add(1, Ordering::Relaxed);
             }
             let who = browser.send(addr, "GET", "/session/attributes/who", b"");
             assert_eq!(who.status, 200);
@@ -224,12 +227,26 @@ fn killing_the_sticky_member_under_load_fails_no_request() {
             (browser.cookie.unwrap(), sent)
         }));
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // Under load before the kill, and for a good while after it.
+    let at_least = |n: u64| {
+        let answered = answered.clone();
+        move || (answered.load(Ordering::Relaxed) >= n).then_some(())
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "the clients are under way",
+        at_least(40),
+    );
     let at = nodes.iter().position(|n| n.name == victim).unwrap();
     let mut dead = nodes.remove(at);
     dead.signal(Signal::SIGKILL);
     dead.wait_exit(Duration::from_secs(5));
-    std::thread::sleep(Duration::from_millis(2000));
+    let after_kill = answered.load(Ordering::Relaxed);
+    wait_until(
+        Duration::from_secs(30),
+        "1000 more answers after the kill",
+        at_least(after_kill + 1000),
+    );
     stop.store(true, Ordering::Relaxed);
     let results: Vec<(String, u32)> = clients
         .into_iter()
