@@ -139,7 +139,7 @@ impl SessionState {
         changed
     }
 
-    fn merge_attribute(&mut self, change: &AttributeChange) -> bool {
+    pub fn merge_attribute(&mut self, change: &AttributeChange) -> bool {
         match self.attributes.iter_mut().find(|a| *a.name == *change.name) {
             Some(a) if change.version > a.version => {
                 a.value = change.value.clone();

@@ -214,9 +214,7 @@ impl SessionMut<'_> {
             value,
             version: self.inner.next_version(),
         };
-        let mut one = Delta::new(self.id, self.state.created_ms, self.state.last_access_ms);
-        one.attributes.push(change.clone());
-        self.state.merge(&one);
+        self.state.merge_attribute(&change);
         self.delta.record(change);
         self.changed = true;
     }
