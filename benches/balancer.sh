@@ -366,17 +366,18 @@ check_both_backends() {
 
 # ---------------------------------------------------------------- measuring
 
-# CPU ticks (user + system) used so far by PID and its child processes (nginx workers).
+# CPU ticks used so far by PID and its child processes (nginx's workers): "user system".
 cpu_ticks() {
-    local pid=$1 total=0 p stat
-    # The children (nginx's workers) from /proc, as pgrep -P would list them.
+    local pid=$1 user=0 system=0 p line fields
+    # The children from /proc, as pgrep -P would list them.
     for p in "$pid" $(cat /proc/"$pid"/task/*/children 2>/dev/null || true); do
-        stat=$(cat "/proc/$p/stat" 2>/dev/null) || continue
-        stat=${stat##*) }
-        # Fields after "(comm) ": state is 1st, utime the 12th, stime the 13th.
-        total=$((total + $(awk '{print $12 + $13}' <<<"$stat")))
+        line=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+        # Fields after "(comm) ": state is the 1st, utime the 12th, stime the 13th.
+        read -r -a fields <<<"${line##*) }"
+        user=$((user + fields[11]))
+        system=$((system + fields[12]))
     done
-    echo "$total"
+    echo "$user $system"
 }
 
 # Runs wrk against PORT in MODE for DURATION; its output goes to FILE. wrk runs in the
@@ -426,24 +427,29 @@ parse_wrk() {
 # One measured run of TARGET in MODE; appends a line to $RESULTS.
 measure() {
     local round=$1 mode=$2 target=$3 port=${PORT[$3]} pid=${CPU_PID[$3]}
-    local file=$TMP/wrk-$target-$mode-$round.txt before after figures
+    local file=$TMP/wrk-$target-$mode-$round.txt figures
     local rps p50 p99 requests sockerr non2xx
-    before=$(cpu_ticks "$pid")
+    local user0 sys0 user1 sys1
+    read -r user0 sys0 <<<"$(cpu_ticks "$pid")"
     run_wrk "$port" "$mode" "$DURATION" "$file"
-    after=$(cpu_ticks "$pid")
+    read -r user1 sys1 <<<"$(cpu_ticks "$pid")"
     figures=$(parse_wrk "$file")
     read -r rps p50 p99 requests sockerr non2xx <<<"$figures"
-    local cpu_us_per_req
-    cpu_us_per_req=$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$requests" \
-        'BEGIN { printf "%.1f", (n > 0) ? t / hz * 1e6 / n : 0 }')
+    # CPU µs per request: total, user, system.
+    local cpu
+    cpu=$(awk -v u=$((user1 - user0)) -v s=$((sys1 - sys0)) -v hz="$HZ" -v n="$requests" 'BEGIN {
+        f = (n > 0) ? 1e6 / hz / n : 0
+        printf "%.1f\t%.1f\t%.1f", (u + s) * f, u * f, s * f }')
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$mode" "$target" \
-        "$rps" "$p50" "$p99" "$requests" "$sockerr" "$non2xx" "$cpu_us_per_req" >>"$RESULTS"
-    log "round $round $mode $target: $rps req/s, p50 ${p50} µs, p99 ${p99} µs, errors $sockerr, non-2xx/3xx $non2xx, cpu $cpu_us_per_req µs/req"
+        "$rps" "$p50" "$p99" "$requests" "$sockerr" "$non2xx" "$cpu" >>"$RESULTS"
+    log "round $round $mode $target: $rps req/s, p50 ${p50} µs, p99 ${p99} µs, socket errors $sockerr, non-2xx/3xx $non2xx, CPU µs/req (total, user, sys) ${cpu//$'\t'/ }"
 }
 
 # ---------------------------------------------------------------- the report
 
-# The median of column COL (4 rps, 5 p50, 6 p99, 10 cpu) for MODE and TARGET.
+# Columns of $RESULTS: 1 round, 2 mode, 3 target, 4 req/s, 5 p50 µs, 6 p99 µs, 7 requests,
+# 8 socket errors, 9 non-2xx/3xx, 10 CPU µs/req, 11 of which user, 12 of which system.
+# The median of column COL for MODE and TARGET.
 median() {
     awk -F'\t' -v m="$1" -v t="$2" -v c="$3" '$2 == m && $3 == t {print $c}' "$RESULTS" |
         sort -g | awk '{ v[NR] = $1 } END {
@@ -473,21 +479,21 @@ report() {
     echo "- wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $ROUNDS rounds interleaved across targets after a $WARMUP warm-up each; figures are medians of the rounds"
     echo "- backends: 2 nginx (1 worker each) answering 200 \"ok\\n\"; proxies: $PROXY_WORKERS worker threads/processes each; all on the same $(nproc) cores"
     echo
-    echo "| mode | target | req/s | req/s min–max | p50 µs | p99 µs | CPU µs/req | socket errors | non-2xx/3xx |"
+    echo "| mode | target | req/s | req/s min–max | p50 µs | p99 µs | CPU µs/req (user+sys) | socket errors | non-2xx/3xx |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
     for mode in "${MODES[@]}"; do
         for target in "${TARGETS[@]}"; do
             rps=$(median "$mode" "$target" 4)
             p50=$(median "$mode" "$target" 5)
             p99=$(median "$mode" "$target" 6)
-            cpu=$(median "$mode" "$target" 10)
+            cpu="$(median "$mode" "$target" 10) ($(median "$mode" "$target" 11)+$(median "$mode" "$target" 12))"
             printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$mode" "$target" \
                 "$(fmt0 "$rps")" "$(range "$mode" "$target" 4)" "$(fmt0 "$p50")" "$(fmt0 "$p99")" \
                 "$cpu" "$(total "$mode" "$target" 8)" "$(total "$mode" "$target" 9)"
         done
     done
     echo
-    echo "CPU µs/req: CPU time of the proxy's processes (for direct: the backend's) per request."
+    echo "CPU µs/req: CPU time of the proxy's processes (for direct: the backend's) per request, user + system (medians each)."
     echo
     echo "| mode | req/s deltacast/nginx | req/s deltacast/haproxy | req/s deltacast/direct | p99 deltacast/nginx | p99 deltacast/haproxy | CPU/req deltacast/nginx | CPU/req deltacast/haproxy |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|"
