@@ -193,6 +193,9 @@ pub struct BalancerConfig {
     pub lbmethod: LbMethod,
     pub sticky: Sticky,
     pub discover: bool,
+    /// Client connections open at once at most; at the limit, new ones wait in the
+    /// listen backlog until one closes.
+    pub max_connections: u64,
     pub member: Vec<BalancerMember>,
 }
 
@@ -203,6 +206,7 @@ impl Default for BalancerConfig {
             lbmethod: LbMethod::ByRequests,
             sticky: Sticky::Route,
             discover: true,
+            max_connections: 10_000,
             member: Vec::new(),
         }
     }
@@ -639,6 +643,12 @@ impl Config {
                 ),
             ));
         }
+        if !(1..=1_000_000).contains(&b.max_connections) {
+            return Err(invalid(
+                "balancer.max_connections",
+                format!("must be between 1 and 1000000, got {}", b.max_connections),
+            ));
+        }
         let mut routes = BTreeSet::new();
         for (i, member) in b.member.iter().enumerate() {
             if check_member_url(&member.url).is_err() {
@@ -876,6 +886,7 @@ fn hint(normalized: &str) -> Option<&'static str> {
             "expected one of \"route\", \"none\", \"source_ip\", \"header:NAME\" (NAME an HTTP header name token)"
         }
         "balancer.discover" => "expected true or false",
+        "balancer.max_connections" => "expected a whole number from 1 to 1000000",
         "balancer.member" => "expected an array of [[balancer.member]] tables with url and route",
         "balancer.member[]" => "expected a table with url, route and optional loadfactor",
         "balancer.member[].url" => "expected a string like \"http://127.0.0.1:8081\"",
@@ -1195,6 +1206,7 @@ listen = "127.0.0.1:8080"     # SocketAddr
 lbmethod = "byrequests"       # enum LbMethod { ByRequests, ByTraffic, ByBusyness } as "byrequests" | "bytraffic" | "bybusyness"
 sticky = "route"              # enum Sticky { Route, None, SourceIp, Header(String) } from "route" | "none" | "source_ip" | "header:NAME" (NAME a valid HTTP header name token); serialize back to the same strings
 discover = true
+max_connections = 10000       # u64, 1..=1000000
 # [[balancer.member]]         # Vec<BalancerMember { url: String, route: String, loadfactor: u32 }>
 # url = "http://127.0.0.1:8081"  # must be http://host:port with optional trailing '/'
 # route = "n1"                   # same rules as node.name
@@ -1272,6 +1284,7 @@ discover = true
         assert_eq!(c.balancer.lbmethod, LbMethod::ByRequests);
         assert_eq!(c.balancer.sticky, Sticky::Route);
         assert!(c.balancer.discover);
+        assert_eq!(c.balancer.max_connections, 10_000);
         assert!(c.balancer.member.is_empty());
     }
 
@@ -1508,6 +1521,29 @@ discover = true
         config.balancer.sticky = Sticky::Header("a:b".into());
         let err = config.validate().unwrap_err();
         assert!(err.to_string().contains("balancer.sticky"), "{err}");
+    }
+
+    #[test]
+    fn the_connection_limit_must_be_from_1_to_a_million() {
+        for bad in ["0", "1000001"] {
+            let text = invalid_key(
+                load(&format!("[balancer]\nmax_connections = {bad}\n")),
+                "balancer.max_connections",
+            );
+            assert!(text.contains("between 1 and 1000000"), "{text}");
+        }
+        let text = invalid_key(
+            load_with("", &["balancer.max_connections=many"]),
+            "balancer.max_connections",
+        );
+        assert!(text.contains("\"many\""), "{text}");
+        invalid_key(
+            load("[balancer]\nmax_connections = -1\n"),
+            "balancer.max_connections",
+        );
+        let config = load_with("", &["balancer.max_connections=2"]).unwrap();
+        assert_eq!(config.balancer.max_connections, 2);
+        assert!(config.is_set("balancer.max_connections"));
     }
 
     #[test]

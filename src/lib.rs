@@ -15,7 +15,8 @@
 //! - [`replication`]: links per peer, the replication port, state transfer, anti-entropy.
 //! - [`session`]: the session store library (ids, cookies, versioned deltas, merge).
 //! - [`node`]: the composition root of `deltacast node` and its HTTP endpoints.
-//! - [`balancer`]: the built-in balancer: member choice, health, proxy, discovery, manager.
+//! - [`balancer`]: the built-in balancer: member choice, health, proxy, discovery, manager,
+//!   client connections and their limits.
 //! - [`cli`]: the command line (`node`, `balancer`, `up`, `status`).
 //!
 //! Dependencies point inward: `membership` and `wire` know nothing of tokio or sockets,

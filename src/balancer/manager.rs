@@ -72,18 +72,32 @@ pub fn is_manager_path(path: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
+/// The client connections: open now, the limit (`balancer.max_connections`), and how many
+/// times a new connection found the limit reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Connections {
+    pub open: usize,
+    pub max: usize,
+    pub limit_reached: u64,
+}
+
 #[derive(Serialize)]
 struct StatusDoc<'a> {
     members: &'a [MemberStatus],
+    connections: &'a Connections,
 }
 
-/// The SPEC's `{"members":[...]}` document.
-pub fn status_json(members: &[MemberStatus]) -> String {
-    serde_json::to_string(&StatusDoc { members }).unwrap_or_else(|_| "{}".to_string())
+/// The SPEC's `{"members":[...]}` document, plus `"connections"`.
+pub fn status_json(members: &[MemberStatus], connections: &Connections) -> String {
+    serde_json::to_string(&StatusDoc {
+        members,
+        connections,
+    })
+    .unwrap_or_else(|_| "{}".to_string())
 }
 
 /// The members table, refreshing itself every 2 s.
-pub fn page_html(members: &[MemberStatus]) -> String {
+pub fn page_html(members: &[MemberStatus], connections: &Connections) -> String {
     let mut rows = String::new();
     for m in members {
         let route = escape(&m.route);
@@ -115,7 +129,9 @@ pub fn page_html(members: &[MemberStatus]) -> String {
 <style>body{{font-family:sans-serif}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}\
 .state-ok{{color:green}}.state-error{{color:red}}</style></head>\n<body><h1>deltacast balancer</h1>\n\
 <table id=\"members\"><tr><th>Route</th><th>URL</th><th>Load factor</th><th>State</th><th>Elected</th>\
-<th>Busy</th><th>Bytes in</th><th>Bytes out</th><th>Errors</th><th>Set</th></tr>\n{rows}</table></body></html>\n"
+<th>Busy</th><th>Bytes in</th><th>Bytes out</th><th>Errors</th><th>Set</th></tr>\n{rows}</table>\n\
+<p id=\"connections\">Client connections: {} open of {} at most; the limit was reached {} times.</p></body></html>\n",
+        connections.open, connections.max, connections.limit_reached
     )
 }
 
@@ -127,13 +143,18 @@ fn escape(text: &str) -> String {
 }
 
 /// Answers a request under [`PREFIX`].
-pub fn answer(method: &Method, path: &str, members: &[MemberStatus]) -> Response<ProxyBody> {
+pub fn answer(
+    method: &Method,
+    path: &str,
+    members: &[MemberStatus],
+    connections: &Connections,
+) -> Response<ProxyBody> {
     if method != Method::GET && method != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     }
     let (body, kind) = match path.trim_end_matches('/') {
-        "/balancer-manager/status" => (status_json(members), "application/json"),
-        "/balancer-manager" => (page_html(members), "text/html; charset=utf-8"),
+        "/balancer-manager/status" => (status_json(members, connections), "application/json"),
+        "/balancer-manager" => (page_html(members, connections), "text/html; charset=utf-8"),
         _ => return plain(StatusCode::NOT_FOUND, "not found"),
     };
     let mut r = Response::new(full(Bytes::from(body)));
@@ -163,12 +184,19 @@ mod tests {
     }
 
     #[test]
-    fn the_status_json_is_the_specs() {
-        let v: serde_json::Value = serde_json::from_str(&status_json(&[member()])).unwrap();
+    fn the_status_json_is_the_specs_plus_the_connections() {
+        let connections = Connections {
+            open: 2,
+            max: 10,
+            limit_reached: 1,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&status_json(&[member()], &connections)).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"members":[{"route":"n1","url":"http://127.0.0.1:8081",
-                "loadfactor":2,"state":"ok","elected":3,"busy":0,"bytes_in":10,"bytes_out":20,"errors":1}]})
+                "loadfactor":2,"state":"ok","elected":3,"busy":0,"bytes_in":10,"bytes_out":20,"errors":1}],
+                "connections":{"open":2,"max":10,"limit_reached":1}})
         );
     }
 
@@ -220,7 +248,13 @@ mod tests {
     fn the_page_lists_members_escaped_and_refreshes() {
         let mut m = member();
         m.route = "<b>".into();
-        let html = page_html(&[m]);
+        let connections = Connections {
+            open: 3,
+            max: 10,
+            limit_reached: 0,
+        };
+        let html = page_html(&[m], &connections);
+        assert!(html.contains("3 open of 10"));
         assert!(html.contains("http-equiv=\"refresh\""));
         assert!(html.contains("&lt;b&gt;"));
         assert!(html.contains("http://127.0.0.1:8081"));

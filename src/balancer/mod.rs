@@ -1,21 +1,23 @@
 //! The built-in HTTP balancer, in the style of Apache mod_proxy_balancer: the pure choice of
 //! a member ([`select`]), a member's health with hysteresis ([`member`]), the members and
-//! their figures ([`registry`]), the proxy ([`proxy`]) and the manager paths ([`manager`]).
+//! their figures ([`registry`]), the proxy ([`proxy`]), the manager paths ([`manager`]) and
+//! the client connections with their limits ([`conn`]).
 //! Members are static (`[[balancer.member]]`) and/or discovered from the heartbeats, which
 //! the balancer listens to as an observer (it never sends one).
 
+pub mod conn;
 pub mod manager;
 pub mod member;
 pub mod proxy;
 pub mod registry;
 pub mod select;
 
+use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::client::legacy::Client;
@@ -32,8 +34,10 @@ use crate::heartbeat::{self, HeartbeatConfig, MembershipView, Peers};
 use crate::membership::{MemberInfo, NodeId};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
+use crate::throttle::LogThrottle;
 use crate::transport::Datagrams;
 
+use conn::{ClientIo, ConnectionLimit, Exchange};
 use proxy::{HttpClient, ProxyBody};
 use registry::Registry;
 
@@ -51,10 +55,6 @@ pub enum BalancerError {
     },
 }
 
-/// How long a client may take to send a request head (a slowloris client is closed).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// The largest read buffer of a client connection (a head that does not fit is refused).
-const MAX_READ_BUF: usize = 128 * 1024;
 /// Idle pooled connections to members are closed after this long.
 const POOL_IDLE: Duration = Duration::from_secs(30);
 /// How long shutdown waits for requests in flight.
@@ -66,6 +66,7 @@ struct Shared {
     registry: Arc<Registry>,
     client: HttpClient,
     config: Config,
+    limit: ConnectionLimit,
 }
 
 /// Runs the balancer until `shutdown` is triggered.
@@ -98,6 +99,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), BalancerError
         sticky = %b.sticky,
         discover = b.discover,
         members = b.member.len(),
+        max_connections = b.max_connections,
         "balancer started"
     );
     let shared = Arc::new(Shared {
@@ -105,14 +107,39 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), BalancerError
         registry,
         client,
         config: config.clone(),
+        limit: ConnectionLimit::new(usize::try_from(b.max_connections).unwrap_or(usize::MAX)),
     });
+    let mut accept_errors = LogThrottle::new(conn::LIMIT_LOG_INTERVAL);
     loop {
+        // A slot first, then accept: at the limit, new clients wait in the listen backlog.
+        let slot = match shared.limit.try_slot() {
+            Some(slot) => slot,
+            None => {
+                if let Some(times) = shared.limit.log_due(Instant::now()) {
+                    warn!(
+                        max_connections = shared.limit.max(),
+                        times,
+                        "connection limit reached; new connections wait in the listen backlog"
+                    );
+                }
+                tokio::select! {
+                    _ = shutdown.triggered() => break,
+                    slot = shared.limit.slot() => match slot {
+                        Some(slot) => slot,
+                        None => break,
+                    },
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.triggered() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    warn!(error = %e, "accept failed");
+                    // EMFILE and friends: wait a little instead of spinning, log once in a while.
+                    if accept_errors.allow(&(), Instant::now()) {
+                        warn!(error = %e, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
@@ -122,16 +149,16 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), BalancerError
         let shared = shared.clone();
         let token = shutdown.token().clone();
         shutdown.spawn(async move {
+            let exchange = Exchange::new();
+            let io = ClientIo::new(stream, exchange.clone(), Some(slot));
             let service = service_fn(move |req| {
+                exchange.request();
                 let shared = shared.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&shared, req, peer).await) }
+                let exchange = exchange.clone();
+                async move { Ok::<_, Infallible>(exchange.response(handle(&shared, req, peer).await)) }
             });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_buf_size(MAX_READ_BUF)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service)
+            let conn = conn::http1()
+                .serve_connection(TokioIo::new(io), service)
                 .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
@@ -163,6 +190,9 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Re
             "request header fields too large",
         );
     }
+    if let Some(problem) = proxy::host_problem(req.version(), req.headers()) {
+        return proxy::plain(hyper::StatusCode::BAD_REQUEST, problem);
+    }
     let path = req.uri().path();
     if req.method() == hyper::Method::POST && path == manager::MEMBER_PATH {
         return set_member(shared, req).await;
@@ -174,7 +204,12 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Re
             .iter()
             .map(|m| m.status())
             .collect();
-        return manager::answer(req.method(), path, &members);
+        let connections = manager::Connections {
+            open: shared.limit.open(),
+            max: shared.limit.max(),
+            limit_reached: shared.limit.reached(),
+        };
+        return manager::answer(req.method(), path, &members, &connections);
     }
     proxy::forward(
         &shared.registry,

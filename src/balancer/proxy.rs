@@ -6,16 +6,16 @@ use std::convert::Infallible;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
@@ -174,6 +174,18 @@ pub fn headers_too_large(headers: &HeaderMap) -> bool {
     size > MAX_HEADER_BYTES
 }
 
+/// What is wrong with a request's `Host` header fields, if anything: HTTP/1.1 requires
+/// exactly one, and no request may carry two (RFC 9112 §3.2: answered 400).
+pub fn host_problem(version: Version, headers: &HeaderMap) -> Option<&'static str> {
+    match headers.get_all(header::HOST).iter().count() {
+        0 if version == Version::HTTP_11 => {
+            Some("bad request: an HTTP/1.1 request needs a Host header")
+        }
+        0 | 1 => None,
+        _ => Some("bad request: more than one Host header"),
+    }
+}
+
 /// Whether a declared body length is over [`MAX_BODY`].
 pub fn body_too_large(declared: Option<u64>) -> bool {
     declared.is_some_and(|len| len > MAX_BODY)
@@ -317,10 +329,81 @@ impl Drop for Attempt {
     }
 }
 
+/// Whether the client's own side of a streamed request body failed on its way to a
+/// member: then the member is not to blame, and the client gets the answer.
+#[derive(Clone, Debug, Default)]
+pub struct ClientBodyFailure(Arc<AtomicU8>);
+
+const BODY_BROKEN: u8 = 1;
+const BODY_TOO_LARGE: u8 = 2;
+
+impl ClientBodyFailure {
+    /// The answer for the client, if its body failed.
+    pub fn answer(&self) -> Option<Response<ProxyBody>> {
+        match self.0.load(Ordering::Acquire) {
+            BODY_TOO_LARGE => Some(plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload too large: the body exceeds the balancer's limit",
+            )),
+            BODY_BROKEN => Some(plain(
+                StatusCode::BAD_REQUEST,
+                "bad request: the body could not be read",
+            )),
+            _ => None,
+        }
+    }
+
+    fn note(&self, error: &BoxError) {
+        let what = if error.downcast_ref::<LengthLimitError>().is_some() {
+            BODY_TOO_LARGE
+        } else {
+            BODY_BROKEN
+        };
+        self.0.store(what, Ordering::Release);
+    }
+}
+
+/// A request body streamed from the client that notes in [`ClientBodyFailure`] when it
+/// fails (malformed chunks, the client gone, over [`MAX_BODY`]).
+pub struct Watched<B> {
+    inner: B,
+    failure: ClientBodyFailure,
+}
+
+impl<B> Watched<B> {
+    pub fn new(inner: B, failure: ClientBodyFailure) -> Watched<B> {
+        Watched { inner, failure }
+    }
+}
+
+impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for Watched<B> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(e))) = &polled {
+            self.failure.note(e);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The request body: kept for a retry, or streamed once.
 enum Payload {
     Kept(Bytes),
-    Stream(Option<Incoming>),
+    Stream(Option<Incoming>, ClientBodyFailure),
 }
 
 impl Payload {
@@ -347,7 +430,7 @@ impl Payload {
                     )),
                 }
             }
-            _ => Ok(Payload::Stream(Some(body))),
+            _ => Ok(Payload::Stream(Some(body), ClientBodyFailure::default())),
         }
     }
 
@@ -360,7 +443,17 @@ impl Payload {
         let limit = usize::try_from(MAX_BODY).unwrap_or(usize::MAX);
         match self {
             Payload::Kept(bytes) => Some(full(bytes.clone())),
-            Payload::Stream(body) => body.take().map(|b| Limited::new(b, limit).boxed()),
+            Payload::Stream(body, failure) => body
+                .take()
+                .map(|b| Watched::new(Limited::new(b, limit), failure.clone()).boxed()),
+        }
+    }
+
+    /// The answer for the client when its streamed body failed.
+    fn client_failed(&self) -> Option<Response<ProxyBody>> {
+        match self {
+            Payload::Kept(_) => None,
+            Payload::Stream(_, failure) => failure.answer(),
         }
     }
 }
@@ -439,6 +532,13 @@ pub async fn forward(
                 return Response::from_parts(head, body.boxed());
             }
             Err(e) => {
+                if let Some(answer) = payload.client_failed() {
+                    // The client's body broke, not the member: no verdict on the member
+                    // (as when a client goes away), and the client learns why.
+                    drop(attempt);
+                    debug!(member = %member.route, error = %e, "the client's request body failed");
+                    return answer;
+                }
                 attempt.failed();
                 let never_sent = e.is_connect();
                 debug!(member = %member.route, error = %e, never_sent, "member failed");
@@ -601,6 +701,19 @@ mod tests {
     }
 
     #[test]
+    fn a_request_needs_one_host_and_http_1_0_may_have_none() {
+        let one = headers(&[("host", "x")]);
+        let none = HeaderMap::new();
+        let two = headers(&[("host", "x"), ("host", "y")]);
+        assert_eq!(host_problem(Version::HTTP_11, &one), None);
+        assert_eq!(host_problem(Version::HTTP_10, &one), None);
+        assert_eq!(host_problem(Version::HTTP_10, &none), None);
+        assert!(host_problem(Version::HTTP_11, &none).is_some());
+        assert!(host_problem(Version::HTTP_11, &two).is_some());
+        assert!(host_problem(Version::HTTP_10, &two).is_some());
+    }
+
+    #[test]
     fn a_declared_body_over_the_limit_is_too_large() {
         assert!(!body_too_large(None));
         assert!(!body_too_large(Some(MAX_BODY)));
@@ -621,6 +734,41 @@ mod tests {
         assert_eq!(
             upgrade_protocol(&headers(&[("connection", "upgrade")])),
             None
+        );
+    }
+
+    fn frames(chunks: Vec<Result<&'static [u8], BoxError>>) -> ProxyBody {
+        let stream = futures_util::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| c.map(|bytes| Frame::data(Bytes::from_static(bytes)))),
+        );
+        http_body_util::StreamBody::new(stream).boxed()
+    }
+
+    #[tokio::test]
+    async fn a_client_body_that_breaks_or_grows_too_large_is_the_clients_fault() {
+        let failure = ClientBodyFailure::default();
+        let whole = Watched::new(frames(vec![Ok(b"abc"), Ok(b"def")]), failure.clone());
+        assert_eq!(whole.collect().await.unwrap().to_bytes(), "abcdef");
+        assert!(failure.answer().is_none());
+
+        let broken = Watched::new(
+            frames(vec![Ok(b"abc"), Err("invalid chunk size".into())]),
+            failure.clone(),
+        );
+        assert!(broken.collect().await.is_err());
+        assert_eq!(failure.answer().unwrap().status(), StatusCode::BAD_REQUEST);
+
+        let failure = ClientBodyFailure::default();
+        let big = Watched::new(
+            Limited::new(frames(vec![Ok(b"abc"), Ok(b"def")]), 4).boxed(),
+            failure.clone(),
+        );
+        assert!(big.collect().await.is_err());
+        assert_eq!(
+            failure.answer().unwrap().status(),
+            StatusCode::PAYLOAD_TOO_LARGE
         );
     }
 
