@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -120,7 +120,7 @@ async fn connection(
 ) {
     let mut wait = cfg.first_frame_timeout;
     loop {
-        let frame = match tokio::time::timeout(wait, stream.next()).await {
+        let mut frame = match tokio::time::timeout(wait, stream.next()).await {
             Err(_) => {
                 debug!(%peer, "replication connection idle, closing");
                 return;
@@ -136,33 +136,105 @@ async fn connection(
                 return;
             }
         };
-        metrics
-            .replication
-            .bytes_received
-            .add(frame.len() as u64 + 4);
-        let (sender, body) = match wire::decode_frame(&frame, &cfg.cluster) {
-            Ok(decoded) => decoded,
-            Err(e) => {
-                reject(peer, metrics, throttle, &e.to_string(), e.kind());
+        // Every frame that has already arrived is handled before anything is written back:
+        // acknowledgements are cumulative, so a burst of batches costs one ack and one write.
+        let mut ack = None;
+        loop {
+            let handled = on_frame(&mut stream, peer, cfg, metrics, throttle, &frame, &mut ack);
+            if handled.await.is_err() {
                 return;
             }
-        };
-        if let FrameBody::StateRequest(request) = body {
-            debug!(%sender, "state transfer requested");
-            if send_state(&mut stream, cfg, metrics, request)
-                .await
-                .is_err()
-            {
-                return;
-            }
-            continue;
+            frame = match stream.next().now_or_never() {
+                None => break,
+                Some(Some(Ok(next))) => next,
+                Some(Some(Err(e))) => {
+                    reject(peer, metrics, throttle, &e.to_string(), "bad stream");
+                    return;
+                }
+                Some(None) => {
+                    // The peer closed after its last frames: their ack still goes out.
+                    let _ = flush_with_ack(&mut stream, cfg, metrics, ack).await;
+                    return;
+                }
+            };
         }
-        for answer in answer(cfg, metrics, sender, body) {
-            if send(&mut stream, cfg, metrics, &answer).await.is_err() {
-                return;
-            }
+        if flush_with_ack(&mut stream, cfg, metrics, ack)
+            .await
+            .is_err()
+        {
+            return;
         }
     }
+}
+
+/// The connection is to be closed (bad frame, write failure).
+struct Closed;
+
+/// Handles one frame: answers are queued on `stream` (not flushed), an acknowledgement is
+/// left in `ack` to be sent after the burst.
+async fn on_frame(
+    stream: &mut FramedStream,
+    peer: SocketAddr,
+    cfg: &InboundConfig,
+    metrics: &Metrics,
+    throttle: &Mutex<LogThrottle<IpAddr>>,
+    frame: &[u8],
+    ack: &mut Option<u64>,
+) -> Result<(), Closed> {
+    metrics
+        .replication
+        .bytes_received
+        .add(frame.len() as u64 + 4);
+    let (sender, body) = match wire::decode_frame(frame, &cfg.cluster) {
+        Ok(decoded) => decoded,
+        Err(e) => {
+            reject(peer, metrics, throttle, &e.to_string(), e.kind());
+            return Err(Closed);
+        }
+    };
+    if let FrameBody::StateRequest(request) = body {
+        debug!(%sender, "state transfer requested");
+        flush_with_ack(stream, cfg, metrics, ack.take())
+            .await
+            .map_err(|_| Closed)?;
+        return send_state(stream, cfg, metrics, request)
+            .await
+            .map_err(|_| Closed);
+    }
+    for answer in answer(cfg, metrics, sender, body) {
+        match answer {
+            FrameBody::Ack(seq) => *ack = Some(ack.map_or(seq, |a: u64| a.max(seq))),
+            other => feed(stream, cfg, metrics, &other)
+                .await
+                .map_err(|_| Closed)?,
+        }
+    }
+    Ok(())
+}
+
+/// Queues the pending acknowledgement, if any, and writes out everything queued.
+async fn flush_with_ack(
+    stream: &mut FramedStream,
+    cfg: &InboundConfig,
+    metrics: &Metrics,
+    ack: Option<u64>,
+) -> std::io::Result<()> {
+    if let Some(seq) = ack {
+        feed(stream, cfg, metrics, &FrameBody::Ack(seq)).await?;
+    }
+    SinkExt::<bytes::Bytes>::flush(stream).await
+}
+
+/// Queues one frame without flushing (the codec flushes by itself past its buffer limit).
+async fn feed(
+    stream: &mut FramedStream,
+    cfg: &InboundConfig,
+    metrics: &Metrics,
+    body: &FrameBody,
+) -> std::io::Result<()> {
+    let bytes = wire::encode_frame(&cfg.cluster, cfg.me, body);
+    metrics.replication.bytes_sent.add(bytes.len() as u64 + 4);
+    stream.feed(bytes).await
 }
 
 async fn send(
