@@ -33,6 +33,15 @@ impl Shutdown {
         self.token.cancelled().await
     }
 
+    /// A shutdown of its own, triggered with this one (or alone), whose tasks are drained
+    /// apart: for a part that runs on a runtime of its own and must finish its tasks there.
+    pub fn child(&self) -> Shutdown {
+        Shutdown {
+            token: self.token.child_token(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
     /// Spawn a task owned by this shutdown.
     pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
     where

@@ -11,35 +11,30 @@ pub mod member;
 pub mod proxy;
 pub mod registry;
 pub mod select;
+pub mod worker;
 
-use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use thiserror::Error;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::info;
 
 use crate::config::{Config, ConfigError};
 use crate::heartbeat::{self, HeartbeatConfig, MembershipView, Peers};
 use crate::membership::{MemberInfo, NodeId};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::throttle::LogThrottle;
 use crate::transport::Datagrams;
 
-use conn::{ClientIo, ConnectionLimit, Exchange};
-use proxy::{HttpClient, ProxyBody};
+use conn::ConnectionLimit;
+use proxy::ProxyBody;
 use registry::Registry;
+use worker::{Worker, Workers};
 
 pub use select::{Candidate, Selector, Stickiness};
 
@@ -47,6 +42,11 @@ pub use select::{Candidate, Selector, Stickiness};
 pub enum BalancerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("cannot start balancer worker {index}: {source}")]
+    Worker {
+        index: usize,
+        source: std::io::Error,
+    },
     #[error("cannot bind the {what} address {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -55,16 +55,12 @@ pub enum BalancerError {
     },
 }
 
-/// Idle pooled connections to members are closed after this long.
-const POOL_IDLE: Duration = Duration::from_secs(30);
 /// How long shutdown waits for requests in flight.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
-/// What every connection task reads.
-struct Shared {
-    shutdown: Shutdown,
+/// What every worker reads.
+pub struct Shared {
     registry: Arc<Registry>,
-    client: HttpClient,
     config: Config,
     limit: ConnectionLimit,
 }
@@ -73,26 +69,31 @@ struct Shared {
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), BalancerError> {
     config.validate()?;
     let b = &config.balancer;
-    let listener = TcpListener::bind(b.listen)
-        .await
-        .map_err(|source| BalancerError::Bind {
-            what: "balancer",
-            addr: b.listen.to_string(),
-            source,
-        })?;
+    let listener = bind(b.listen).map_err(|source| BalancerError::Bind {
+        what: "balancer",
+        addr: b.listen.to_string(),
+        source,
+    })?;
     let listen = listener.local_addr().unwrap_or(b.listen);
     let registry = Arc::new(Registry::new(b.lbmethod, &b.member));
     let stop = CancellationToken::new();
     if b.discover {
         start_discovery(&config, registry.clone(), &shutdown, stop.clone())?;
     }
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(2)));
-    let client: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE)
-        .pool_timer(TokioTimer::new())
-        .build(connector);
+    let shared = Arc::new(Shared {
+        registry,
+        config: config.clone(),
+        limit: ConnectionLimit::new(usize::try_from(b.max_connections).unwrap_or(usize::MAX)),
+    });
+    let count = worker::count();
+    let workers = match Workers::start(count, &listener, &shared, &shutdown) {
+        Ok(workers) => workers,
+        Err(e) => {
+            stop.cancel();
+            return Err(e);
+        }
+    };
+    drop(listener);
     info!(
         listen = %listen,
         lbmethod = %b.lbmethod,
@@ -100,90 +101,36 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), BalancerError
         discover = b.discover,
         members = b.member.len(),
         max_connections = b.max_connections,
+        workers = count,
         "balancer started"
     );
-    let shared = Arc::new(Shared {
-        shutdown: shutdown.clone(),
-        registry,
-        client,
-        config: config.clone(),
-        limit: ConnectionLimit::new(usize::try_from(b.max_connections).unwrap_or(usize::MAX)),
-    });
-    let mut accept_errors = LogThrottle::new(conn::LIMIT_LOG_INTERVAL);
-    loop {
-        // A slot first, then accept: at the limit, new clients wait in the listen backlog.
-        let slot = match shared.limit.try_slot() {
-            Some(slot) => slot,
-            None => {
-                if let Some(times) = shared.limit.log_due(Instant::now()) {
-                    warn!(
-                        max_connections = shared.limit.max(),
-                        times,
-                        "connection limit reached; new connections wait in the listen backlog"
-                    );
-                }
-                tokio::select! {
-                    _ = shutdown.triggered() => break,
-                    slot = shared.limit.slot() => match slot {
-                        Some(slot) => slot,
-                        None => break,
-                    },
-                }
-            }
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.triggered() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: wait a little instead of spinning, log once in a while.
-                    if accept_errors.allow(&(), Instant::now()) {
-                        warn!(error = %e, "accept failed");
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let token = shutdown.token().clone();
-        shutdown.spawn(async move {
-            let exchange = Exchange::new();
-            let io = ClientIo::new(stream, exchange.clone(), Some(slot));
-            let service = service_fn(move |req| {
-                exchange.request();
-                let shared = shared.clone();
-                let exchange = exchange.clone();
-                async move { Ok::<_, Infallible>(exchange.response(handle(&shared, req, peer).await)) }
-            });
-            let conn = conn::http1()
-                .serve_connection(TokioIo::new(io), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        debug!(%peer, error = %e, "client connection ended");
-                    }
-                }
-                _ = token.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(DRAIN_GRACE, conn).await;
-                }
-            }
-        });
-    }
+    shutdown.triggered().await;
     info!("balancer shutting down");
+    workers.join().await;
     stop.cancel();
-    if !shutdown.drain(DRAIN_GRACE).await {
-        warn!("some connections did not finish within {DRAIN_GRACE:?}; closing them");
-    }
+    shutdown.drain(DRAIN_GRACE).await;
     info!("balancer stopped");
     Ok(())
 }
 
-async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+/// The listening socket the workers share (each registers its own handle of it): bound
+/// with SO_REUSEADDR, as tokio's `TcpListener::bind` does, so a restart is not refused
+/// while old connections linger in TIME_WAIT.
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// The listen backlog (tokio's default).
+const LISTEN_BACKLOG: i32 = 1024;
+
+async fn handle(worker: &Worker, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    let shared = &worker.shared;
     if proxy::headers_too_large(req.headers()) {
         return proxy::plain(
             hyper::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -213,12 +160,12 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Re
     }
     proxy::forward(
         &shared.registry,
-        &shared.client,
+        &worker.client,
         &shared.config.balancer.sticky,
         &shared.config.sessions.cookie,
         req,
         peer.ip(),
-        &shared.shutdown,
+        &worker.shutdown,
     )
     .await
 }

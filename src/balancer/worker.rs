@@ -1,0 +1,213 @@
+//! The balancer's workers, in nginx's model: one thread per core, each with a
+//! single-threaded tokio runtime of its own, its own handle on the listening socket, its
+//! own connections to the members. A client connection is accepted, served and proxied on
+//! one thread from start to end: no request is handed from one thread to another and no
+//! worker wakes another. What the workers share (the members with their health and
+//! figures, the connection limit) sits behind atomics and short locks in [`Shared`].
+
+use std::convert::Infallible;
+use std::num::NonZero;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::runtime::Runtime;
+use tracing::{debug, warn};
+
+use super::conn::{self, ClientIo, Exchange};
+use super::proxy::HttpClient;
+use super::{BalancerError, DRAIN_GRACE, Shared, handle};
+use crate::shutdown::Shutdown;
+use crate::throttle::LogThrottle;
+
+/// Idle pooled connections to members are closed after this long.
+const POOL_IDLE: Duration = Duration::from_secs(30);
+
+/// One worker per core the process may use.
+pub fn count() -> usize {
+    std::thread::available_parallelism().map_or(1, NonZero::get)
+}
+
+/// What the connections of one worker read.
+pub struct Worker {
+    pub shared: Arc<Shared>,
+    /// This worker's pool of connections to the members.
+    pub client: HttpClient,
+    /// Triggered with the balancer's; owns this worker's tasks.
+    pub shutdown: Shutdown,
+}
+
+/// The running workers.
+pub struct Workers {
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts `count` workers, each accepting on its own handle of `listener` until
+    /// `shutdown` is triggered. If one cannot start, those already started are stopped.
+    pub fn start(
+        count: usize,
+        listener: &std::net::TcpListener,
+        shared: &Arc<Shared>,
+        shutdown: &Shutdown,
+    ) -> Result<Workers, BalancerError> {
+        let workers = shutdown.child();
+        let mut threads = Vec::with_capacity(count);
+        for index in 0..count {
+            match start_one(index, listener, shared, &workers) {
+                Ok(thread) => threads.push(thread),
+                Err(e) => {
+                    workers.trigger();
+                    for thread in threads {
+                        let _ = thread.join();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Workers { threads })
+    }
+
+    /// Waits until every worker has stopped accepting and drained its connections.
+    pub async fn join(self) {
+        let threads = self.threads;
+        let joined = tokio::task::spawn_blocking(move || {
+            threads
+                .into_iter()
+                .map(|t| t.join())
+                .filter(Result::is_err)
+                .count()
+        })
+        .await;
+        match joined {
+            Ok(0) => {}
+            Ok(panicked) => warn!(panicked, "balancer workers ended in a panic"),
+            Err(e) => warn!(error = %e, "could not wait for the balancer workers"),
+        }
+    }
+}
+
+fn start_one(
+    index: usize,
+    listener: &std::net::TcpListener,
+    shared: &Arc<Shared>,
+    workers: &Shutdown,
+) -> Result<JoinHandle<()>, BalancerError> {
+    let failed = |source| BalancerError::Worker { index, source };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(failed)?;
+    let listener = {
+        let _in_runtime = runtime.enter();
+        TcpListener::from_std(listener.try_clone().map_err(failed)?).map_err(failed)?
+    };
+    let shared = shared.clone();
+    let shutdown = workers.child();
+    std::thread::Builder::new()
+        .name(format!("balancer-{index}"))
+        .spawn(move || run(runtime, listener, shared, shutdown))
+        .map_err(failed)
+}
+
+/// One worker's thread: serves until shutdown, then drains its connections.
+fn run(runtime: Runtime, listener: TcpListener, shared: Arc<Shared>, shutdown: Shutdown) {
+    runtime.block_on(async move {
+        let worker = Arc::new(Worker {
+            shared,
+            client: http_client(),
+            shutdown: shutdown.clone(),
+        });
+        accept_loop(&listener, &worker).await;
+        drop(listener);
+        if !shutdown.drain(DRAIN_GRACE).await {
+            warn!("some connections did not finish within {DRAIN_GRACE:?}; closing them");
+        }
+    });
+}
+
+fn http_client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
+
+/// Accepts client connections until shutdown, each once a slot under the limit is free.
+async fn accept_loop(listener: &TcpListener, worker: &Arc<Worker>) {
+    let shutdown = &worker.shutdown;
+    let limit = &worker.shared.limit;
+    let mut accept_errors = LogThrottle::new(conn::LIMIT_LOG_INTERVAL);
+    loop {
+        // A slot first, then accept: at the limit, new clients wait in the listen backlog.
+        let slot = match limit.try_slot() {
+            Some(slot) => slot,
+            None => {
+                if let Some(times) = limit.log_due(Instant::now()) {
+                    warn!(
+                        max_connections = limit.max(),
+                        times,
+                        "connection limit reached; new connections wait in the listen backlog"
+                    );
+                }
+                tokio::select! {
+                    _ = shutdown.triggered() => break,
+                    slot = limit.slot() => match slot {
+                        Some(slot) => slot,
+                        None => break,
+                    },
+                }
+            }
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.triggered() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: wait a little instead of spinning, log once in a while.
+                    if accept_errors.allow(&(), Instant::now()) {
+                        warn!(error = %e, "accept failed");
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let worker = worker.clone();
+        let token = shutdown.token().clone();
+        shutdown.spawn(async move {
+            let exchange = Exchange::new();
+            let io = ClientIo::new(stream, exchange.clone(), Some(slot));
+            let service = service_fn(move |req| {
+                exchange.request();
+                let worker = worker.clone();
+                let exchange = exchange.clone();
+                async move { Ok::<_, Infallible>(exchange.response(handle(&worker, req, peer).await)) }
+            });
+            let conn = conn::http1()
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        debug!(%peer, error = %e, "client connection ended");
+                    }
+                }
+                _ = token.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(DRAIN_GRACE, conn).await;
+                }
+            }
+        });
+    }
+}
