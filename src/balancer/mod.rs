@@ -32,7 +32,7 @@ use crate::shutdown::Shutdown;
 use crate::transport::Datagrams;
 
 use conn::ConnectionLimit;
-use proxy::ProxyBody;
+use proxy::{Peer, ProxyBody};
 use registry::Registry;
 use worker::{Worker, Workers};
 
@@ -129,7 +129,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 /// The listen backlog (tokio's default).
 const LISTEN_BACKLOG: i32 = 1024;
 
-async fn handle(worker: &Worker, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+async fn handle(worker: &Worker, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
     let shared = &worker.shared;
     if proxy::headers_too_large(req.headers()) {
         return proxy::plain(
@@ -164,7 +164,7 @@ async fn handle(worker: &Worker, req: Request<Incoming>, peer: SocketAddr) -> Re
         &shared.config.balancer.sticky,
         &shared.config.sessions.cookie,
         req,
-        peer.ip(),
+        peer,
         &worker.shutdown,
     )
     .await

@@ -44,15 +44,41 @@ pub const MAX_BODY: u64 = 64 * 1024 * 1024;
 const VIA: &str = "1.1 deltacast";
 
 /// Headers that concern one connection only (RFC 9110 §7.6.1), never forwarded.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The client at the other end of one connection, with what its requests get as
+/// `X-Forwarded-For` when they carry none (made once per connection, not per request).
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub ip: IpAddr,
+    forwarded_for: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(ip: IpAddr) -> Peer {
+        let forwarded_for =
+            HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""));
+        Peer { ip, forwarded_for }
+    }
+
+    /// The address as text.
+    pub fn text(&self) -> &[u8] {
+        self.forwarded_for.as_bytes()
+    }
+}
 
 /// The stickiness of one request, owned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,11 +104,11 @@ pub fn sticky_key(
     cookie_name: &str,
     headers: &HeaderMap,
     path_and_query: &str,
-    peer: IpAddr,
+    peer: &Peer,
 ) -> StickyKey {
     match sticky {
         Sticky::None => StickyKey::None,
-        Sticky::SourceIp => StickyKey::Key(peer.to_string().into_bytes()),
+        Sticky::SourceIp => StickyKey::Key(peer.text().to_vec()),
         Sticky::Header(name) => match headers.get(name.as_str()) {
             Some(v) => StickyKey::Key(v.as_bytes().to_vec()),
             None => StickyKey::None,
@@ -100,15 +126,28 @@ pub fn sticky_key(
     }
 }
 
-/// Removes the hop-by-hop headers, including those the `Connection` header names.
+/// Removes the hop-by-hop headers, including those the `Connection` header names. Most
+/// messages have none but `Connection` with a usual token, so the common case is one pass
+/// over the names and no allocation.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
+    // The fields the Connection header names (beyond the fixed ones), when present.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for token in headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
+        .map(str::trim)
+    {
+        if !token.is_empty() && headers.contains_key(token) {
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
     for name in named {
         headers.remove(name);
     }
@@ -120,15 +159,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Rewrites a request's headers for a member: hop-by-hop ones removed, `X-Forwarded-For`
 /// appended, `X-Forwarded-Proto`, `X-Forwarded-Host` (the original Host) and `Via` added;
 /// Host is kept.
-pub fn forward_request_headers(headers: &mut HeaderMap, peer: IpAddr) {
+pub fn forward_request_headers(headers: &mut HeaderMap, peer: &Peer) {
     strip_hop_by_hop(headers);
-    let forwarded_for = append_list(headers, "x-forwarded-for", &peer.to_string());
-    headers.insert("x-forwarded-for", forwarded_for);
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    let forwarded_for = match headers.get(X_FORWARDED_FOR) {
+        None => peer.forwarded_for.clone(),
+        Some(_) => append_list(headers, &X_FORWARDED_FOR, &peer.forwarded_for),
+    };
+    headers.insert(X_FORWARDED_FOR, forwarded_for);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     if let Some(host) = headers.get(header::HOST).cloned() {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(X_FORWARDED_HOST, host);
     }
-    let via = append_list(headers, "via", VIA);
+    let via = HeaderValue::from_static(VIA);
+    let via = match headers.get(header::VIA) {
+        None => via,
+        Some(_) => append_list(headers, &header::VIA, &via),
+    };
     headers.insert(header::VIA, via);
 }
 
@@ -151,15 +197,16 @@ fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
 }
 
 /// The values of `name` joined by ", ", then `item`.
-fn append_list(headers: &HeaderMap, name: &str, item: &str) -> HeaderValue {
-    let mut parts: Vec<String> = headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::to_string)
-        .collect();
-    parts.push(item.to_string());
-    HeaderValue::from_str(&parts.join(", ")).unwrap_or_else(|_| HeaderValue::from_static(""))
+fn append_list(headers: &HeaderMap, name: &HeaderName, item: &HeaderValue) -> HeaderValue {
+    let mut list = Vec::new();
+    for value in headers.get_all(name).iter().chain([item]) {
+        if !list.is_empty() {
+            list.extend_from_slice(b", ");
+        }
+        list.extend_from_slice(value.as_bytes());
+    }
+    HeaderValue::from_maybe_shared(Bytes::from(list))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// The largest request header fields, in bytes (names, values and separators): more is 431.
@@ -466,7 +513,7 @@ pub async fn forward(
     sticky: &Sticky,
     cookie_name: &str,
     req: Request<Incoming>,
-    peer: IpAddr,
+    peer: &Peer,
     shutdown: &Shutdown,
 ) -> Response<ProxyBody> {
     let mut req = req;
@@ -594,7 +641,9 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
-    const PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7));
+    fn peer() -> Peer {
+        Peer::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)))
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -613,19 +662,19 @@ mod tests {
             "cookie",
             "a=b; JSESSIONID=0123456789abcdef0123456789abcdef.n2",
         )]);
-        let k = sticky_key(&Sticky::Route, "JSESSIONID", &h, "/", PEER);
+        let k = sticky_key(&Sticky::Route, "JSESSIONID", &h, "/", &peer());
         assert_eq!(k, StickyKey::Route("n2".into()));
-        let k = sticky_key(&Sticky::Route, "OTHER", &h, "/", PEER);
+        let k = sticky_key(&Sticky::Route, "OTHER", &h, "/", &peer());
         assert_eq!(k, StickyKey::None);
         let k = sticky_key(
             &Sticky::Route,
             "JSESSIONID",
             &HeaderMap::new(),
             "/x;jsessionid=0123456789abcdef0123456789abcdef.n3?q=1",
-            PEER,
+            &peer(),
         );
         assert_eq!(k, StickyKey::Route("n3".into()));
-        let k = sticky_key(&Sticky::None, "JSESSIONID", &h, "/", PEER);
+        let k = sticky_key(&Sticky::None, "JSESSIONID", &h, "/", &peer());
         assert_eq!(k, StickyKey::None);
     }
 
@@ -633,15 +682,15 @@ mod tests {
     fn source_ip_and_header_stickiness_give_hash_keys() {
         let h = headers(&[("x-user", "alice")]);
         assert_eq!(
-            sticky_key(&Sticky::SourceIp, "J", &h, "/", PEER),
+            sticky_key(&Sticky::SourceIp, "J", &h, "/", &peer()),
             StickyKey::Key(b"10.0.0.7".to_vec())
         );
         assert_eq!(
-            sticky_key(&Sticky::Header("X-User".into()), "J", &h, "/", PEER),
+            sticky_key(&Sticky::Header("X-User".into()), "J", &h, "/", &peer()),
             StickyKey::Key(b"alice".to_vec())
         );
         assert_eq!(
-            sticky_key(&Sticky::Header("X-Other".into()), "J", &h, "/", PEER),
+            sticky_key(&Sticky::Header("X-Other".into()), "J", &h, "/", &peer()),
             StickyKey::None
         );
     }
@@ -662,7 +711,7 @@ mod tests {
             ("via", "1.0 other"),
             ("cookie", "a=b"),
         ]);
-        forward_request_headers(&mut h, PEER);
+        forward_request_headers(&mut h, &peer());
         for gone in [
             "connection",
             "keep-alive",
@@ -684,9 +733,25 @@ mod tests {
     }
 
     #[test]
+    fn only_hop_by_hop_headers_are_stripped_from_an_answer() {
+        let mut h = headers(&[
+            ("content-length", "3"),
+            ("connection", "keep-alive, close, X-Absent"),
+            ("keep-alive", "timeout=5"),
+            ("x-end", "1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, headers(&[("content-length", "3"), ("x-end", "1")]));
+        let plain = headers(&[("content-length", "3"), ("server", "s")]);
+        let mut same = plain.clone();
+        strip_hop_by_hop(&mut same);
+        assert_eq!(same, plain);
+    }
+
+    #[test]
     fn a_first_hop_gets_fresh_forwarded_headers() {
         let mut h = headers(&[("host", "h:1")]);
-        forward_request_headers(&mut h, PEER);
+        forward_request_headers(&mut h, &peer());
         assert_eq!(h["x-forwarded-for"], "10.0.0.7");
         assert_eq!(h["via"], "1.1 deltacast");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);

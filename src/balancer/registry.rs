@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use super::member::{Admin, Health};
-use super::select::{Candidate, Selector, Stickiness};
+use super::select::{Candidate, Selector, Stickiness, fallbacks};
 use crate::config::{BalancerMember, LbMethod};
 
 /// One member: where it is, its weight, its figures and its health.
@@ -51,10 +51,10 @@ impl Member {
         }
     }
 
-    fn candidate(&self, now: Instant) -> Candidate {
+    fn candidate(&self, now: Instant) -> Candidate<'_> {
         let health = self.health.lock();
         Candidate {
-            route: self.route.clone(),
+            route: &self.route,
             loadfactor: self.loadfactor,
             usable: health.usable(now),
             sticky_usable: health.sticky_usable(now),
@@ -96,9 +96,14 @@ pub struct MemberStatus {
 /// All members and the selector that chooses among them.
 #[derive(Debug)]
 pub struct Registry {
-    members: Mutex<Vec<Arc<Member>>>,
+    /// Replaced whole when the members change, so a request takes a snapshot with one
+    /// reference count.
+    members: Mutex<Members>,
     selector: Mutex<Selector>,
 }
+
+/// The members at one moment.
+pub type Members = Arc<[Arc<Member>]>;
 
 impl Registry {
     pub fn new(method: LbMethod, fixed: &[BalancerMember]) -> Registry {
@@ -112,7 +117,7 @@ impl Registry {
         }
     }
 
-    pub fn members(&self) -> Vec<Arc<Member>> {
+    pub fn members(&self) -> Members {
         self.members.lock().clone()
     }
 
@@ -127,12 +132,19 @@ impl Registry {
         }
     }
 
-    /// The members to try for a request, best first; empty when none is usable.
-    pub fn order(&self, sticky: &Stickiness<'_>, now: Instant) -> Vec<Arc<Member>> {
+    /// The members to try for a request, best first.
+    pub fn order(&self, sticky: &Stickiness<'_>, now: Instant) -> Order {
         let members = self.members();
         let candidates: Vec<Candidate> = members.iter().map(|m| m.candidate(now)).collect();
-        let order = self.selector.lock().order(&candidates, sticky);
-        order.into_iter().map(|i| members[i].clone()).collect()
+        let first = self.selector.lock().pick(&candidates, sticky);
+        drop(candidates);
+        Order {
+            members,
+            now,
+            first,
+            rest: None,
+            started: false,
+        }
     }
 
     /// Replaces the discovered members by `found` (route, url): a member still there keeps
@@ -155,7 +167,44 @@ impl Registry {
                 next.push(Arc::new(Member::new(route, url, 1, false)));
             }
         }
-        *members = next;
+        *members = next.into();
+    }
+}
+
+/// The members one request tries, best first: the pick, then, only when it failed, the
+/// other usable members (see [`fallbacks`]), which are worked out only then.
+pub struct Order {
+    members: Members,
+    now: Instant,
+    first: Option<usize>,
+    /// None until the pick was handed out and failed.
+    rest: Option<std::vec::IntoIter<usize>>,
+    started: bool,
+}
+
+impl Order {
+    /// No member is usable.
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+}
+
+impl Iterator for Order {
+    type Item = Arc<Member>;
+
+    fn next(&mut self) -> Option<Arc<Member>> {
+        if !self.started {
+            self.started = true;
+            if let Some(first) = self.first {
+                return Some(self.members[first].clone());
+            }
+        }
+        let rest = self.rest.get_or_insert_with(|| {
+            let candidates: Vec<Candidate> =
+                self.members.iter().map(|m| m.candidate(self.now)).collect();
+            fallbacks(&candidates, self.first).into_iter()
+        });
+        rest.next().map(|at| self.members[at].clone())
     }
 }
 
@@ -207,14 +256,12 @@ mod tests {
         let now = Instant::now();
         let order: Vec<String> = r
             .order(&Stickiness::Route("b"), now)
-            .iter()
             .map(|m| m.route.clone())
             .collect();
         assert_eq!(order, ["b", "a"]);
         r.members()[1].health.lock().on_failure(now);
         let order: Vec<String> = r
             .order(&Stickiness::Route("b"), now)
-            .iter()
             .map(|m| m.route.clone())
             .collect();
         assert_eq!(order, ["a"]);

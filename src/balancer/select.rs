@@ -9,9 +9,9 @@ use crate::config::LbMethod;
 
 /// What the selector needs to know about one member for one pick.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Candidate {
+pub struct Candidate<'a> {
     /// The member's route (its node name: the suffix of its session ids).
-    pub route: String,
+    pub route: &'a str,
     /// Weight, 1..=100 as in mod_proxy_balancer.
     pub loadfactor: u32,
     /// It may take new requests (not in error, draining or disabled).
@@ -81,16 +81,8 @@ impl Selector {
     /// The members in the order a request should try them: the pick first, then the other
     /// usable members by the same method (for a retry after a failure).
     pub fn order(&mut self, members: &[Candidate], sticky: &Stickiness<'_>) -> Vec<usize> {
-        let mut order = Vec::with_capacity(members.len());
-        if let Some(first) = self.pick(members, sticky) {
-            order.push(first);
-        }
-        let mut rest: Vec<usize> = (0..members.len())
-            .filter(|i| members[*i].usable && !order.contains(i))
-            .collect();
-        rest.sort_by_key(|i| (members[*i].busy, std::cmp::Reverse(members[*i].loadfactor)));
-        order.extend(rest);
-        order
+        let first = self.pick(members, sticky);
+        first.into_iter().chain(fallbacks(members, first)).collect()
     }
 
     fn by_method(&mut self, members: &[Candidate]) -> Option<usize> {
@@ -133,7 +125,7 @@ impl Selector {
                 continue;
             }
             let weight = i64::from(m.loadfactor.max(1));
-            let status = self.status_mut(&m.route);
+            let status = self.status_mut(m.route);
             *status += weight;
             total += weight;
             let status = *status;
@@ -142,7 +134,7 @@ impl Selector {
             }
         }
         let (chosen, _) = best?;
-        *self.status_mut(&members[chosen].route) -= total;
+        *self.status_mut(members[chosen].route) -= total;
         Some(chosen)
     }
 
@@ -156,6 +148,16 @@ impl Selector {
         };
         &mut self.lbstatus[at].1
     }
+}
+
+/// The members to try after `first` failed: every other usable one, the least busy
+/// first, then the heaviest weight.
+pub fn fallbacks(members: &[Candidate], first: Option<usize>) -> Vec<usize> {
+    let mut rest: Vec<usize> = (0..members.len())
+        .filter(|i| members[*i].usable && Some(*i) != first)
+        .collect();
+    rest.sort_by_key(|i| (members[*i].busy, std::cmp::Reverse(members[*i].loadfactor)));
+    rest
 }
 
 /// Highest-random-weight hashing: each key goes to the usable member with the highest
@@ -179,9 +181,9 @@ fn rendezvous(members: &[Candidate], key: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
 
-    fn member(route: &str, loadfactor: u32) -> Candidate {
+    fn member(route: &str, loadfactor: u32) -> Candidate<'_> {
         Candidate {
-            route: route.into(),
+            route,
             loadfactor,
             usable: true,
             sticky_usable: true,

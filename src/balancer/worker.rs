@@ -20,7 +20,7 @@ use tokio::runtime::Runtime;
 use tracing::{debug, warn};
 
 use super::conn::{self, ClientIo, Exchange};
-use super::proxy::HttpClient;
+use super::proxy::{HttpClient, Peer};
 use super::{BalancerError, DRAIN_GRACE, Shared, handle};
 use crate::shutdown::Shutdown;
 use crate::throttle::LogThrottle;
@@ -187,11 +187,15 @@ async fn accept_loop(listener: &TcpListener, worker: &Arc<Worker>) {
         shutdown.spawn(async move {
             let exchange = Exchange::new();
             let io = ClientIo::new(stream, exchange.clone(), Some(slot));
+            let client = Arc::new(Peer::new(peer.ip()));
             let service = service_fn(move |req| {
                 exchange.request();
                 let worker = worker.clone();
                 let exchange = exchange.clone();
-                async move { Ok::<_, Infallible>(exchange.response(handle(&worker, req, peer).await)) }
+                let client = client.clone();
+                async move {
+                    Ok::<_, Infallible>(exchange.response(handle(&worker, req, &client).await))
+                }
             });
             let conn = conn::http1()
                 .serve_connection(TokioIo::new(io), service)
