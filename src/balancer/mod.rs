@@ -8,6 +8,7 @@
 pub mod conn;
 pub mod manager;
 pub mod member;
+pub mod pool;
 pub mod proxy;
 pub mod registry;
 pub mod select;
@@ -160,7 +161,7 @@ async fn handle(worker: &Worker, req: Request<Incoming>, peer: &Peer) -> Respons
     }
     proxy::forward(
         &shared.registry,
-        &worker.client,
+        &worker.pool,
         &shared.config.balancer.sticky,
         &shared.config.sessions.cookie,
         req,

@@ -1,26 +1,27 @@
-//! The proxy: forwards a request to the members in the order the registry gives, through
-//! hyper-util's pooled client, and retries on the next member only when that is safe.
+//! The proxy: forwards a request to the members in the order the registry gives, on the
+//! worker's pooled connections ([`Pool`]), and retries on the next member only when that
+//! is safe.
 //! The request → stickiness and header rewriting parts are pure functions.
 
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
+use super::pool::{MemberConn, Pool, SendError};
 use super::registry::{Member, Registry};
 use super::select::Stickiness;
 use crate::config::Sticky;
@@ -29,8 +30,7 @@ use crate::shutdown::Shutdown;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of both directions.
-pub type ProxyBody = BoxBody<Bytes, BoxError>;
-pub type HttpClient = Client<HttpConnector, ProxyBody>;
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Request bodies up to this size (with a known length) are kept so the request can be
 /// sent again to another member; larger ones stream and are never retried.
@@ -266,58 +266,7 @@ pub fn plain(status: StatusCode, line: &str) -> Response<ProxyBody> {
 pub fn full(bytes: Bytes) -> ProxyBody {
     Full::new(bytes)
         .map_err(|e: Infallible| -> BoxError { match e {} })
-        .boxed()
-}
-
-/// A body that counts its data bytes into `counter` as they pass, and holds `on_drop`
-/// (the member's busy mark) until it is dropped.
-struct Counted {
-    inner: ProxyBody,
-    counter: Arc<Member>,
-    direction: Direction,
-    _busy: Option<Busy>,
-}
-
-#[derive(Copy, Clone)]
-enum Direction {
-    In,
-    Out,
-}
-
-impl Counted {
-    fn counter(&self) -> &AtomicU64 {
-        match self.direction {
-            Direction::In => &self.counter.bytes_in,
-            Direction::Out => &self.counter.bytes_out,
-        }
-    }
-}
-
-impl Body for Counted {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.counter()
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
+        .boxed_unsync()
 }
 
 /// A request in flight on a member: `busy` while it lives.
@@ -447,10 +396,13 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for Watched<B> {
     }
 }
 
+/// The client's body streamed to a member.
+type Streamed = Watched<Limited<Incoming>>;
+
 /// The request body: kept for a retry, or streamed once.
 enum Payload {
     Kept(Bytes),
-    Stream(Option<Incoming>, ClientBodyFailure),
+    Stream(Option<Streamed>, ClientBodyFailure),
 }
 
 impl Payload {
@@ -477,22 +429,44 @@ impl Payload {
                     )),
                 }
             }
-            _ => Ok(Payload::Stream(Some(body), ClientBodyFailure::default())),
+            _ => {
+                let failure = ClientBodyFailure::default();
+                let limit = usize::try_from(MAX_BODY).unwrap_or(usize::MAX);
+                let body = Watched::new(Limited::new(body, limit), failure.clone());
+                Ok(Payload::Stream(Some(body), failure))
+            }
         }
     }
 
-    fn replayable(&self) -> bool {
+    /// Kept whole, so it can be sent again after it was sent.
+    fn kept(&self) -> bool {
         matches!(self, Payload::Kept(_))
     }
 
-    /// The body for one attempt, or None when a streamed body was already sent.
-    fn take(&mut self) -> Option<ProxyBody> {
-        let limit = usize::try_from(MAX_BODY).unwrap_or(usize::MAX);
+    /// A body is there for one more attempt.
+    fn available(&self) -> bool {
         match self {
-            Payload::Kept(bytes) => Some(full(bytes.clone())),
-            Payload::Stream(body, failure) => body
-                .take()
-                .map(|b| Watched::new(Limited::new(b, limit), failure.clone()).boxed()),
+            Payload::Kept(_) => true,
+            Payload::Stream(body, _) => body.is_some(),
+        }
+    }
+
+    /// The body for one attempt on `member`, or None when a streamed body was already sent.
+    fn take(&mut self, member: &Arc<Member>) -> Option<OutBody> {
+        let kind = match self {
+            Payload::Kept(bytes) => OutKind::Kept(Some(bytes.clone())),
+            Payload::Stream(body, _) => OutKind::Stream(body.take()?),
+        };
+        Some(OutBody {
+            kind,
+            member: member.clone(),
+        })
+    }
+
+    /// A body that never left (its request was not sent) comes back for the next attempt.
+    fn give_back(&mut self, body: OutBody) {
+        if let (Payload::Stream(slot @ None, _), OutKind::Stream(stream)) = (self, body.kind) {
+            *slot = Some(stream);
         }
     }
 
@@ -505,11 +479,248 @@ impl Payload {
     }
 }
 
+/// The body of a request to a member; its data bytes count into the member's `bytes_in`.
+pub struct OutBody {
+    kind: OutKind,
+    member: Arc<Member>,
+}
+
+impl OutBody {
+    /// No body, for `member`.
+    #[cfg(test)]
+    pub fn empty(member: &Arc<Member>) -> OutBody {
+        OutBody {
+            kind: OutKind::Kept(None),
+            member: member.clone(),
+        }
+    }
+}
+
+enum OutKind {
+    /// Sent in one frame (None once sent).
+    Kept(Option<Bytes>),
+    Stream(Streamed),
+}
+
+impl Body for OutBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = match &mut self.kind {
+            OutKind::Kept(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            OutKind::Stream(stream) => Pin::new(stream).poll_frame(cx),
+        };
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.member
+                    .bytes_in
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            OutKind::Kept(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
+            OutKind::Stream(stream) => stream.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            OutKind::Kept(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            OutKind::Stream(stream) => stream.size_hint(),
+        }
+    }
+}
+
+/// A member's answer on its way to the client: it drives the member connection while it
+/// is read (no other task does), counts its bytes into the member's `bytes_out`, keeps the
+/// member busy while it lives, and gives the connection back to the pool once read whole.
+struct MemberBody {
+    inner: Incoming,
+    /// None once given back (or given up).
+    conn: Option<MemberConn>,
+    pool: Arc<Pool>,
+    member: Arc<Member>,
+    _busy: Busy,
+}
+
+impl MemberBody {
+    /// Back to the pool if the connection is idle: its request was written whole and its
+    /// answer read whole. Otherwise it is closed.
+    fn release(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if conn.is_idle() {
+                self.pool.release(&self.member, conn);
+            }
+        }
+    }
+}
+
+impl Body for MemberBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_pending() {
+            if let Some(conn) = &mut this.conn {
+                // Reads more of the answer into `inner`.
+                conn.drive(cx);
+                polled = Pin::new(&mut this.inner).poll_frame(cx);
+            }
+        }
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.member
+                        .bytes_out
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(conn) = &mut this.conn {
+                    // Lets the connection settle into idle before it is judged.
+                    conn.drive(cx);
+                }
+                this.release();
+            }
+            Poll::Ready(Some(Err(_))) => this.conn = None,
+            Poll::Pending => {}
+        }
+        polled.map(|frame| frame.map(|f| f.map_err(|e| -> BoxError { Box::new(e) })))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for MemberBody {
+    fn drop(&mut self) {
+        // An answer without a body (HEAD, 204, 304, length 0) is never read: it is whole.
+        if self.inner.is_end_stream() {
+            self.release();
+        }
+    }
+}
+
+/// The origin form (`/path?query`) of a request target, as a member is sent it.
+fn origin_form(uri: &Uri) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return uri.clone();
+    }
+    let path = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::from(path)
+}
+
+/// Why an attempt on one member got no answer; the request comes back when it never left.
+struct Failure {
+    error: BoxError,
+    unsent: Option<Request<OutBody>>,
+}
+
+/// Sends a request to `member` on a pooled connection (or a new one) and waits for the
+/// head of its answer. When the member closed the idle connection just as it was taken,
+/// the request goes again on a new connection: that is no failure of the member.
+async fn exchange(
+    pool: &Pool,
+    member: &Member,
+    request: Request<OutBody>,
+) -> Result<(Response<Incoming>, MemberConn), Failure> {
+    let mut conn = match pool.checkout(member).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            return Err(Failure {
+                error: e.into(),
+                unsent: Some(request),
+            });
+        }
+    };
+    let request = match conn.send(request).await {
+        Ok(response) => return Ok((response, conn)),
+        Err(SendError::NotSent(e, request)) if conn.reused => {
+            debug!(member = %member.route, error = %e, "an idle connection was closed by the member; using a new one");
+            *request
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut conn = match MemberConn::open(&member.authority).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            return Err(Failure {
+                error: e.into(),
+                unsent: Some(request),
+            });
+        }
+    };
+    match conn.send(request).await {
+        Ok(response) => Ok((response, conn)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl From<SendError> for Failure {
+    fn from(e: SendError) -> Failure {
+        match e {
+            SendError::NotSent(error, request) => Failure {
+                error: error.into(),
+                unsent: Some(*request),
+            },
+            SendError::Failed(error) => Failure {
+                error: error.into(),
+                unsent: None,
+            },
+        }
+    }
+}
+
+/// The request to one member. One without a Host header (HTTP/1.0 allows that) gets the
+/// member's, as HTTP/1.1 requires one.
+fn member_request(
+    parts: &hyper::http::request::Parts,
+    mut headers: HeaderMap,
+    body: OutBody,
+    member: &Member,
+) -> Request<OutBody> {
+    if !headers.contains_key(header::HOST) {
+        if let Ok(host) = HeaderValue::from_str(&member.authority) {
+            headers.insert(header::HOST, host);
+        }
+    }
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = headers;
+    request
+}
+
 /// Forwards one request; answers 503 when no member is usable and 502 when every tried
 /// member failed.
+#[allow(clippy::too_many_arguments)]
 pub async fn forward(
     registry: &Registry,
-    client: &HttpClient,
+    pool: &Arc<Pool>,
     sticky: &Sticky,
     cookie_name: &str,
     req: Request<Incoming>,
@@ -520,12 +731,8 @@ pub async fn forward(
     let upgrade = upgrade_protocol(req.headers());
     let mut client_side = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    let key = sticky_key(sticky, cookie_name, &parts.headers, &path_and_query, peer);
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let key = sticky_key(sticky, cookie_name, &parts.headers, path_and_query, peer);
     let order = registry.order(&key.as_stickiness(), Instant::now());
     if order.is_empty() {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "no member is available");
@@ -534,62 +741,67 @@ pub async fn forward(
     if let Some(protocol) = upgrade {
         set_upgrade(&mut parts.headers, protocol);
     }
+    parts.uri = origin_form(&parts.uri);
     let mut payload = match Payload::from(body).await {
         Ok(p) => p,
         Err(r) => return r,
     };
+    // The headers, kept for another attempt when one may follow a sent request.
+    let keep_headers = payload.kept() && idempotent(&parts.method) && order.has_alternatives();
+    let mut headers = Some(std::mem::take(&mut parts.headers));
     let mut tried_any = false;
     for member in order {
-        let Some(body) = payload.take() else { break };
-        let Ok(uri) = Uri::try_from(format!("http://{}{}", member.authority, path_and_query))
-        else {
-            return plain(StatusCode::BAD_REQUEST, "bad request: invalid target");
+        let Some(body) = payload.take(&member) else {
+            break;
         };
-        let mut out = Request::new(
-            Counted {
-                inner: body,
-                counter: member.clone(),
-                direction: Direction::In,
-                _busy: None,
-            }
-            .boxed(),
-        );
-        *out.method_mut() = parts.method.clone();
-        *out.uri_mut() = uri;
-        *out.headers_mut() = parts.headers.clone();
+        let attempt_headers = if keep_headers {
+            headers.clone()
+        } else {
+            headers.take()
+        };
+        let Some(attempt_headers) = attempt_headers else {
+            break;
+        };
         let busy = Busy::new(&member);
         let attempt = Attempt::start(&member);
         tried_any = true;
-        match client.request(out).await {
-            Ok(response) => {
+        let request = member_request(&parts, attempt_headers, body, &member);
+        match exchange(pool, &member, request).await {
+            Ok((response, conn)) => {
                 attempt.succeeded();
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_side) = client_side.take() {
-                        return tunnel(response, client_side, busy, shutdown);
+                        return tunnel(response, conn, client_side, busy, shutdown);
                     }
                 }
                 let (mut head, body) = response.into_parts();
                 strip_hop_by_hop(&mut head.headers);
-                let body = Counted {
-                    inner: body.map_err(|e| -> BoxError { Box::new(e) }).boxed(),
-                    counter: member.clone(),
-                    direction: Direction::Out,
-                    _busy: Some(busy),
+                let body = MemberBody {
+                    inner: body,
+                    conn: Some(conn),
+                    pool: pool.clone(),
+                    member,
+                    _busy: busy,
                 };
-                return Response::from_parts(head, body.boxed());
+                return Response::from_parts(head, body.boxed_unsync());
             }
-            Err(e) => {
+            Err(failure) => {
                 if let Some(answer) = payload.client_failed() {
                     // The client's body broke, not the member: no verdict on the member
                     // (as when a client goes away), and the client learns why.
                     drop(attempt);
-                    debug!(member = %member.route, error = %e, "the client's request body failed");
+                    debug!(member = %member.route, error = %failure.error, "the client's request body failed");
                     return answer;
                 }
                 attempt.failed();
-                let never_sent = e.is_connect();
-                debug!(member = %member.route, error = %e, never_sent, "member failed");
-                if !may_retry(&parts.method, payload.replayable(), never_sent) {
+                let never_sent = failure.unsent.is_some();
+                debug!(member = %member.route, error = %failure.error, never_sent, "member failed");
+                if let Some(request) = failure.unsent {
+                    let (sent, body) = request.into_parts();
+                    headers.get_or_insert(sent.headers);
+                    payload.give_back(body);
+                }
+                if !may_retry(&parts.method, payload.available(), never_sent) {
                     return plain(StatusCode::BAD_GATEWAY, "the member failed to answer");
                 }
             }
@@ -603,9 +815,11 @@ pub async fn forward(
 }
 
 /// Answers 101 to the client and, once both sides have switched, copies bytes both ways
-/// until either closes (or shutdown).
+/// until either closes (or shutdown). The member connection gets a task of its own, to
+/// run until it hands its socket over.
 fn tunnel(
     mut response: Response<Incoming>,
+    conn: MemberConn,
     client_side: hyper::upgrade::OnUpgrade,
     busy: Busy,
     shutdown: &Shutdown,
@@ -617,9 +831,16 @@ fn tunnel(
     if let Some(protocol) = protocol {
         set_upgrade(&mut head.headers, protocol);
     }
+    let driver = conn.into_driver();
     let stop = shutdown.token().clone();
     shutdown.spawn(async move {
         let _busy = busy;
+        let member_side = async move {
+            if let Some(driver) = driver {
+                let _ = driver.await;
+            }
+            member_side.await
+        };
         let (Ok(client), Ok(member)) = tokio::join!(client_side, member_side) else {
             debug!("an upgrade did not complete");
             return;
@@ -808,7 +1029,7 @@ mod tests {
                 .into_iter()
                 .map(|c| c.map(|bytes| Frame::data(Bytes::from_static(bytes)))),
         );
-        http_body_util::StreamBody::new(stream).boxed()
+        http_body_util::StreamBody::new(stream).boxed_unsync()
     }
 
     #[tokio::test]
@@ -827,7 +1048,7 @@ mod tests {
 
         let failure = ClientBodyFailure::default();
         let big = Watched::new(
-            Limited::new(frames(vec![Ok(b"abc"), Ok(b"def")]), 4).boxed(),
+            Limited::new(frames(vec![Ok(b"abc"), Ok(b"def")]), 4).boxed_unsync(),
             failure.clone(),
         );
         assert!(big.collect().await.is_err());

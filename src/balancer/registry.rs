@@ -16,6 +16,8 @@ use crate::config::{BalancerMember, LbMethod};
 /// One member: where it is, its weight, its figures and its health.
 #[derive(Debug)]
 pub struct Member {
+    /// Unique in the process: a member that comes back (or moves) is a new one.
+    pub id: u64,
     pub route: String,
     /// `http://host:port`, without a trailing slash.
     pub url: String,
@@ -36,7 +38,9 @@ impl Member {
     pub fn new(route: &str, url: &str, loadfactor: u32, fixed: bool) -> Member {
         let url = url.trim_end_matches('/').to_string();
         let authority = url.strip_prefix("http://").unwrap_or(&url).to_string();
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Member {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             route: route.to_string(),
             url,
             authority,
@@ -186,6 +190,11 @@ impl Order {
     /// No member is usable.
     pub fn is_empty(&self) -> bool {
         self.first.is_none()
+    }
+
+    /// Whether a member other than the pick might be tried.
+    pub fn has_alternatives(&self) -> bool {
+        self.members.len() > 1
     }
 }
 

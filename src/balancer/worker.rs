@@ -12,21 +12,20 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tracing::{debug, warn};
 
 use super::conn::{self, ClientIo, Exchange};
-use super::proxy::{HttpClient, Peer};
+use super::pool::Pool;
+use super::proxy::Peer;
 use super::{BalancerError, DRAIN_GRACE, Shared, handle};
 use crate::shutdown::Shutdown;
 use crate::throttle::LogThrottle;
 
-/// Idle pooled connections to members are closed after this long.
-const POOL_IDLE: Duration = Duration::from_secs(30);
+/// How often a worker closes the connections to members that were idle too long.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// One worker per core the process may use.
 pub fn count() -> usize {
@@ -36,8 +35,8 @@ pub fn count() -> usize {
 /// What the connections of one worker read.
 pub struct Worker {
     pub shared: Arc<Shared>,
-    /// This worker's pool of connections to the members.
-    pub client: HttpClient,
+    /// This worker's idle connections to the members.
+    pub pool: Arc<Pool>,
     /// Triggered with the balancer's; owns this worker's tasks.
     pub shutdown: Shutdown,
 }
@@ -120,10 +119,12 @@ fn run(runtime: Runtime, listener: TcpListener, shared: Arc<Shared>, shutdown: S
     runtime.block_on(async move {
         let worker = Arc::new(Worker {
             shared,
-            client: http_client(),
+            pool: Arc::new(Pool::default()),
             shutdown: shutdown.clone(),
         });
+        let sweeper = tokio::spawn(sweep(worker.clone()));
         accept_loop(&listener, &worker).await;
+        sweeper.abort();
         drop(listener);
         if !shutdown.drain(DRAIN_GRACE).await {
             warn!("some connections did not finish within {DRAIN_GRACE:?}; closing them");
@@ -131,14 +132,15 @@ fn run(runtime: Runtime, listener: TcpListener, shared: Arc<Shared>, shutdown: S
     });
 }
 
-fn http_client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(2)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE)
-        .pool_timer(TokioTimer::new())
-        .build(connector)
+/// Closes, now and then, the pooled connections idle for too long or to members gone.
+async fn sweep(worker: Arc<Worker>) {
+    let mut interval = tokio::time::interval(SWEEP_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let members = worker.shared.registry.members();
+        worker.pool.sweep(&members, Instant::now());
+    }
 }
 
 /// Accepts client connections until shutdown, each once a slot under the limit is free.

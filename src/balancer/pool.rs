@@ -1,0 +1,352 @@
+//! Connections to the members: HTTP/1.1 over TCP, opened when needed, kept alive in each
+//! worker's [`Pool`] for the next request to the same member, and driven by the task of
+//! the client connection that uses them, not by a task of their own. A proxied request
+//! thus goes from the client's socket to the member's and back within one task, with no
+//! hand-off between tasks.
+
+use std::collections::HashMap;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use super::proxy::OutBody;
+use super::registry::Member;
+
+/// How long a connection to a member may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Idle connections to a member are closed after this long unused.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most idle connections a worker keeps per member; more are closed after use.
+const MAX_IDLE_PER_MEMBER: usize = 128;
+
+/// The future that drives one connection: it reads the answers and writes the requests
+/// and their bodies, and ends when the connection closes or is upgraded.
+type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+
+/// One HTTP/1.1 connection to a member.
+pub struct MemberConn {
+    send: SendRequest<OutBody>,
+    /// None once the connection has ended.
+    driver: Option<Driver>,
+    /// It served a request before this one: a failure to send on it may only mean the
+    /// member closed it while it was idle.
+    pub reused: bool,
+}
+
+/// Why a request got no answer on a connection.
+pub enum SendError {
+    /// It was not written: it comes back whole, to be sent elsewhere.
+    NotSent(hyper::Error, Box<Request<OutBody>>),
+    /// It was written, in full or in part, and may have reached the member.
+    Failed(hyper::Error),
+}
+
+/// Why no connection could be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect to {authority}: {source}")]
+    Connect {
+        authority: String,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to {authority}: no answer within {CONNECT_TIMEOUT:?}")]
+    Timeout { authority: String },
+    #[error("HTTP/1.1 handshake with {authority} failed: {source}")]
+    Handshake {
+        authority: String,
+        source: hyper::Error,
+    },
+}
+
+impl MemberConn {
+    /// Opens a connection to `authority` (`host:port`).
+    pub async fn open(authority: &str) -> Result<MemberConn, ConnectError> {
+        let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority));
+        let stream = match connect.await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => {
+                return Err(ConnectError::Connect {
+                    authority: authority.to_string(),
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(ConnectError::Timeout {
+                    authority: authority.to_string(),
+                });
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (send, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| ConnectError::Handshake {
+                authority: authority.to_string(),
+                source,
+            })?;
+        Ok(MemberConn {
+            send,
+            driver: Some(Box::pin(conn.with_upgrades())),
+            reused: false,
+        })
+    }
+
+    /// Moves the connection forward (reads, writes); false once it has ended.
+    pub fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(driver) = &mut self.driver {
+            if let Poll::Ready(result) = driver.as_mut().poll(cx) {
+                if let Err(e) = result {
+                    debug!(error = %e, "member connection ended");
+                }
+                self.driver = None;
+            }
+        }
+        self.driver.is_some()
+    }
+
+    /// Whether it is open and waits for a request: the last request was written whole and
+    /// its answer read whole.
+    pub fn is_idle(&self) -> bool {
+        self.driver.is_some() && self.send.is_ready()
+    }
+
+    /// Whether it can take a request now: still open and idle. Polls the connection, so
+    /// an idle one the member has closed is found closed.
+    fn poll_usable(&mut self, cx: &mut Context<'_>) -> bool {
+        self.drive(cx) && matches!(self.send.poll_ready(cx), Poll::Ready(Ok(())))
+    }
+
+    /// Sends a request and waits for the head of the answer, driving the connection
+    /// meanwhile.
+    pub async fn send(
+        &mut self,
+        request: Request<OutBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let mut answer = std::pin::pin!(self.send.try_send_request(request));
+        let result = poll_fn(|cx| {
+            self.drive(cx);
+            answer.as_mut().poll(cx)
+        })
+        .await;
+        result.map_err(|mut e| match e.take_message() {
+            Some(request) => SendError::NotSent(e.into_error(), Box::new(request)),
+            None => SendError::Failed(e.into_error()),
+        })
+    }
+
+    /// Gives the connection up to a task of its own: for an upgraded connection, whose
+    /// driver must run to the end to hand the socket over.
+    pub fn into_driver(self) -> Option<Driver> {
+        self.driver
+    }
+}
+
+/// One worker's idle connections, by member. Only that worker uses it; the lock is never
+/// contended.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<HashMap<u64, Vec<Idle>>>,
+}
+
+struct Idle {
+    conn: MemberConn,
+    since: Instant,
+}
+
+impl Pool {
+    /// A usable idle connection to `member`, the most recently used first, or a new one.
+    pub async fn checkout(&self, member: &Member) -> Result<MemberConn, ConnectError> {
+        if let Some(conn) = poll_fn(|cx| Poll::Ready(self.take_usable(member, cx))).await {
+            return Ok(conn);
+        }
+        MemberConn::open(&member.authority).await
+    }
+
+    fn take_usable(&self, member: &Member, cx: &mut Context<'_>) -> Option<MemberConn> {
+        let mut idle = self.idle.lock();
+        let list = idle.get_mut(&member.id)?;
+        let now = Instant::now();
+        while let Some(mut entry) = list.pop() {
+            if now.duration_since(entry.since) < IDLE_TIMEOUT && entry.conn.poll_usable(cx) {
+                entry.conn.reused = true;
+                return Some(entry.conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection whose answer was read in full, for the next request to `member`.
+    pub fn release(&self, member: &Member, conn: MemberConn) {
+        if conn.driver.is_none() {
+            return;
+        }
+        let mut idle = self.idle.lock();
+        let list = idle.entry(member.id).or_default();
+        if list.len() < MAX_IDLE_PER_MEMBER {
+            list.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes the connections idle for too long and those of members no longer listed.
+    pub fn sweep(&self, members: &[std::sync::Arc<Member>], now: Instant) {
+        let mut idle = self.idle.lock();
+        idle.retain(|id, list| {
+            list.retain(|entry| now.duration_since(entry.since) < IDLE_TIMEOUT);
+            !list.is_empty() && members.iter().any(|m| m.id == *id)
+        });
+    }
+
+    /// Idle connections kept now (for tests).
+    #[cfg(test)]
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().values().map(Vec::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::super::proxy::OutBody;
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::body::Body;
+    use hyper::service::service_fn;
+
+    /// A member answering "hello" to every request, keeping connections alive or not;
+    /// counts the connections it accepted.
+    async fn member(keep_alive: bool) -> (Arc<Member>, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .keep_alive(keep_alive)
+                        .serve_connection(
+                            TokioIo::new(stream),
+                            service_fn(|_req| async {
+                                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("hello"))))
+                            }),
+                        ),
+                );
+            }
+        });
+        let member = Member::new("m", &format!("http://{addr}"), 1, true);
+        (Arc::new(member), accepted)
+    }
+
+    /// Sends a GET and reads the answer whole, driving the connection.
+    async fn get(conn: &mut MemberConn, member: &Arc<Member>) -> Bytes {
+        let body = OutBody::empty(member);
+        let mut request = Request::new(body);
+        request
+            .headers_mut()
+            .insert(hyper::header::HOST, "m".parse().unwrap());
+        let Ok(response) = conn.send(request).await else {
+            panic!("no answer");
+        };
+        let mut body = response.into_body();
+        let mut read = Vec::new();
+        while let Some(frame) = poll_fn(|cx| {
+            let polled = Pin::new(&mut body).poll_frame(cx);
+            if polled.is_pending() {
+                conn.drive(cx);
+            }
+            polled
+        })
+        .await
+        {
+            if let Ok(data) = frame.unwrap().into_data() {
+                read.extend_from_slice(&data);
+            }
+        }
+        // Lets the connection settle into idle.
+        poll_fn(|cx| {
+            conn.drive(cx);
+            Poll::Ready(())
+        })
+        .await;
+        Bytes::from(read)
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_once_its_answer_was_read_whole() {
+        let (member, accepted) = member(true).await;
+        let pool = Pool::default();
+        let mut conn = pool.checkout(&member).await.unwrap();
+        assert!(!conn.reused);
+        assert_eq!(get(&mut conn, &member).await, "hello");
+        assert!(conn.is_idle());
+        pool.release(&member, conn);
+        assert_eq!(pool.idle_count(), 1);
+        let mut again = pool.checkout(&member).await.unwrap();
+        assert!(again.reused);
+        assert_eq!(get(&mut again, &member).await, "hello");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_member_closed_is_not_handed_out_again() {
+        let (member, accepted) = member(false).await;
+        let pool = Pool::default();
+        let mut conn = pool.checkout(&member).await.unwrap();
+        assert_eq!(get(&mut conn, &member).await, "hello");
+        // Kept even if it looks idle: the close may not have arrived yet.
+        pool.release(&member, conn);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut fresh = pool.checkout(&member).await.unwrap();
+        assert!(!fresh.reused);
+        assert_eq!(get(&mut fresh, &member).await, "hello");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn the_sweep_closes_connections_idle_too_long_and_those_of_members_gone() {
+        let (member, _) = member(true).await;
+        let pool = Pool::default();
+        let mut conn = pool.checkout(&member).await.unwrap();
+        get(&mut conn, &member).await;
+        pool.release(&member, conn);
+        let now = Instant::now();
+        pool.sweep(std::slice::from_ref(&member), now);
+        assert_eq!(pool.idle_count(), 1);
+        pool.sweep(&[], now);
+        assert_eq!(pool.idle_count(), 0);
+
+        let mut conn = pool.checkout(&member).await.unwrap();
+        get(&mut conn, &member).await;
+        pool.release(&member, conn);
+        pool.sweep(std::slice::from_ref(&member), Instant::now() + IDLE_TIMEOUT);
+        assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_member_that_refuses_connections_gives_a_connect_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let member = Member::new("gone", &format!("http://{addr}"), 1, true);
+        let e = Pool::default().checkout(&member).await.err().unwrap();
+        assert!(matches!(e, ConnectError::Connect { .. }), "{e}");
+    }
+}
