@@ -73,7 +73,7 @@ pub fn is_manager_path(path: &str) -> bool {
 }
 
 /// The client connections: open now, the limit (`balancer.max_connections`), and how many
-/// times a new connection found the limit reached.
+/// times every slot got taken.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Connections {
     pub open: usize,

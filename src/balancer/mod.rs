@@ -70,12 +70,16 @@ pub struct Shared {
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), BalancerError> {
     config.validate()?;
     let b = &config.balancer;
-    let listener = bind(b.listen).map_err(|source| BalancerError::Bind {
+    let count = worker::count();
+    let listeners = bind_group(b.listen, count).map_err(|source| BalancerError::Bind {
         what: "balancer",
         addr: b.listen.to_string(),
         source,
     })?;
-    let listen = listener.local_addr().unwrap_or(b.listen);
+    let listen = listeners
+        .first()
+        .and_then(|l| l.local_addr().ok())
+        .unwrap_or(b.listen);
     let registry = Arc::new(Registry::new(b.lbmethod, &b.member));
     let stop = CancellationToken::new();
     if b.discover {
@@ -86,15 +90,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), BalancerError
         config: config.clone(),
         limit: ConnectionLimit::new(usize::try_from(b.max_connections).unwrap_or(usize::MAX)),
     });
-    let count = worker::count();
-    let workers = match Workers::start(count, &listener, &shared, &shutdown) {
+    let workers = match Workers::start(listeners, &shared, &shutdown) {
         Ok(workers) => workers,
         Err(e) => {
             stop.cancel();
             return Err(e);
         }
     };
-    drop(listener);
     info!(
         listen = %listen,
         lbmethod = %b.lbmethod,
@@ -114,20 +116,38 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), BalancerError
     Ok(())
 }
 
-/// The listening socket the workers share (each registers its own handle of it): bound
-/// with SO_REUSEADDR, as tokio's `TcpListener::bind` does, so a restart is not refused
-/// while old connections linger in TIME_WAIT.
-fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// The listening sockets, one per worker, in one SO_REUSEPORT group: the kernel spreads
+/// new connections over them (nginx's `reuseport`), so no worker is woken for a
+/// connection another one takes. Each is bound with SO_REUSEADDR, as tokio's
+/// `TcpListener::bind` does, so a restart is not refused while old connections linger in
+/// TIME_WAIT.
+fn bind_group(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    if addr.port() != 0 {
+        // A socket outside the group is refused while anything listens there, also a
+        // group of another process, which SO_REUSEPORT alone would silently join.
+        drop(bind(addr, false)?);
+    }
+    let first = bind(addr, true)?;
+    let addr = first.local_addr()?;
+    let mut group = vec![first];
+    for _ in 1..count {
+        group.push(bind(addr, true)?);
+    }
+    Ok(group)
+}
+
+fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(reuse_port)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
 }
 
-/// The listen backlog (tokio's default).
+/// The listen backlog of each worker (tokio's default).
 const LISTEN_BACKLOG: i32 = 1024;
 
 async fn handle(worker: &Worker, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {

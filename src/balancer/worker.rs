@@ -1,6 +1,6 @@
 //! The balancer's workers, in nginx's model: one thread per core, each with a
-//! single-threaded tokio runtime of its own, its own handle on the listening socket, its
-//! own connections to the members. A client connection is accepted, served and proxied on
+//! single-threaded tokio runtime of its own, its own listening socket (of one SO_REUSEPORT
+//! group), its own connections to the members. A client connection is accepted, served and proxied on
 //! one thread from start to end: no request is handed from one thread to another and no
 //! worker wakes another. What the workers share (the members with their health and
 //! figures, the connection limit) sits behind atomics and short locks in [`Shared`].
@@ -47,17 +47,16 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts `count` workers, each accepting on its own handle of `listener` until
-    /// `shutdown` is triggered. If one cannot start, those already started are stopped.
+    /// Starts a worker per listener, each accepting on its own until `shutdown` is
+    /// triggered. If one cannot start, those already started are stopped.
     pub fn start(
-        count: usize,
-        listener: &std::net::TcpListener,
+        listeners: Vec<std::net::TcpListener>,
         shared: &Arc<Shared>,
         shutdown: &Shutdown,
     ) -> Result<Workers, BalancerError> {
         let workers = shutdown.child();
-        let mut threads = Vec::with_capacity(count);
-        for index in 0..count {
+        let mut threads = Vec::with_capacity(listeners.len());
+        for (index, listener) in listeners.into_iter().enumerate() {
             match start_one(index, listener, shared, &workers) {
                 Ok(thread) => threads.push(thread),
                 Err(e) => {
@@ -93,7 +92,7 @@ impl Workers {
 
 fn start_one(
     index: usize,
-    listener: &std::net::TcpListener,
+    listener: std::net::TcpListener,
     shared: &Arc<Shared>,
     workers: &Shutdown,
 ) -> Result<JoinHandle<()>, BalancerError> {
@@ -104,7 +103,7 @@ fn start_one(
         .map_err(failed)?;
     let listener = {
         let _in_runtime = runtime.enter();
-        TcpListener::from_std(listener.try_clone().map_err(failed)?).map_err(failed)?
+        TcpListener::from_std(listener).map_err(failed)?
     };
     let shared = shared.clone();
     let shutdown = workers.child();
@@ -143,32 +142,14 @@ async fn sweep(worker: Arc<Worker>) {
     }
 }
 
-/// Accepts client connections until shutdown, each once a slot under the limit is free.
+/// Accepts client connections until shutdown, each served once it has a slot under the
+/// limit. At the limit this worker waits for a slot with the connection it accepted; the
+/// next ones wait in its listen backlog.
 async fn accept_loop(listener: &TcpListener, worker: &Arc<Worker>) {
     let shutdown = &worker.shutdown;
     let limit = &worker.shared.limit;
     let mut accept_errors = LogThrottle::new(conn::LIMIT_LOG_INTERVAL);
     loop {
-        // A slot first, then accept: at the limit, new clients wait in the listen backlog.
-        let slot = match limit.try_slot() {
-            Some(slot) => slot,
-            None => {
-                if let Some(times) = limit.log_due(Instant::now()) {
-                    warn!(
-                        max_connections = limit.max(),
-                        times,
-                        "connection limit reached; new connections wait in the listen backlog"
-                    );
-                }
-                tokio::select! {
-                    _ = shutdown.triggered() => break,
-                    slot = limit.slot() => match slot {
-                        Some(slot) => slot,
-                        None => break,
-                    },
-                }
-            }
-        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.triggered() => break,
             accepted = listener.accept() => match accepted {
@@ -183,6 +164,24 @@ async fn accept_loop(listener: &TcpListener, worker: &Arc<Worker>) {
                 }
             },
         };
+        let slot = match limit.try_slot() {
+            Some(slot) => slot,
+            None => tokio::select! {
+                _ = shutdown.triggered() => break,
+                slot = limit.slot() => match slot {
+                    Some(slot) => slot,
+                    None => break,
+                },
+            },
+        };
+        if limit.full() {
+            if let Some(times) = limit.log_due(Instant::now()) {
+                warn!(
+                    max_connections = limit.max(),
+                    times, "connection limit reached; new connections wait in the listen backlog"
+                );
+            }
+        }
         let _ = stream.set_nodelay(true);
         let worker = worker.clone();
         let token = shutdown.token().clone();
