@@ -12,7 +12,6 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -29,8 +28,42 @@ use crate::session::id;
 use crate::shutdown::Shutdown;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body type of both directions.
-pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+/// The body of an answer to a client: one of ours, whole, or a member's, streamed.
+pub enum ProxyBody {
+    Whole(Full<Bytes>),
+    Member(MemberBody),
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Whole(whole) => Pin::new(whole)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(|e: Infallible| match e {}))),
+            ProxyBody::Member(member) => Pin::new(member).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Whole(whole) => whole.is_end_stream(),
+            ProxyBody::Member(member) => member.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Whole(whole) => whole.size_hint(),
+            ProxyBody::Member(member) => member.size_hint(),
+        }
+    }
+}
 
 /// Request bodies up to this size (with a known length) are kept so the request can be
 /// sent again to another member; larger ones stream and are never retried.
@@ -264,9 +297,7 @@ pub fn plain(status: StatusCode, line: &str) -> Response<ProxyBody> {
 }
 
 pub fn full(bytes: Bytes) -> ProxyBody {
-    Full::new(bytes)
-        .map_err(|e: Infallible| -> BoxError { match e {} })
-        .boxed_unsync()
+    ProxyBody::Whole(Full::new(bytes))
 }
 
 /// A request in flight on a member: `busy` while it lives.
@@ -544,7 +575,7 @@ impl Body for OutBody {
 /// A member's answer on its way to the client: it drives the member connection while it
 /// is read (no other task does), counts its bytes into the member's `bytes_out`, keeps the
 /// member busy while it lives, and gives the connection back to the pool once read whole.
-struct MemberBody {
+pub struct MemberBody {
     inner: Incoming,
     /// None once given back (or given up).
     conn: Option<MemberConn>,
@@ -783,7 +814,7 @@ pub async fn forward(
                     member,
                     _busy: busy,
                 };
-                return Response::from_parts(head, body.boxed_unsync());
+                return Response::from_parts(head, ProxyBody::Member(body));
             }
             Err(failure) => {
                 if let Some(answer) = payload.client_failed() {
@@ -1023,7 +1054,9 @@ mod tests {
         );
     }
 
-    fn frames(chunks: Vec<Result<&'static [u8], BoxError>>) -> ProxyBody {
+    fn frames(
+        chunks: Vec<Result<&'static [u8], BoxError>>,
+    ) -> http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError> {
         let stream = futures_util::stream::iter(
             chunks
                 .into_iter()

@@ -41,6 +41,13 @@ pub struct Worker {
     pub shutdown: Shutdown,
 }
 
+/// What the requests of one client connection read.
+struct Client {
+    worker: Arc<Worker>,
+    exchange: Arc<Exchange>,
+    peer: Peer,
+}
+
 /// The running workers.
 pub struct Workers {
     threads: Vec<JoinHandle<()>>,
@@ -188,14 +195,17 @@ async fn accept_loop(listener: &TcpListener, worker: &Arc<Worker>) {
         shutdown.spawn(async move {
             let exchange = Exchange::new();
             let io = ClientIo::new(stream, exchange.clone(), Some(slot));
-            let client = Arc::new(Peer::new(peer.ip()));
+            let client = Arc::new(Client {
+                worker,
+                exchange,
+                peer: Peer::new(peer.ip()),
+            });
             let service = service_fn(move |req| {
-                exchange.request();
-                let worker = worker.clone();
-                let exchange = exchange.clone();
+                client.exchange.request();
                 let client = client.clone();
                 async move {
-                    Ok::<_, Infallible>(exchange.response(handle(&worker, req, &client).await))
+                    let response = handle(&client.worker, req, &client.peer).await;
+                    Ok::<_, Infallible>(client.exchange.response(response))
                 }
             });
             let conn = conn::http1()
