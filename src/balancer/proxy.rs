@@ -102,8 +102,28 @@ pub struct Peer {
 
 impl Peer {
     pub fn new(ip: IpAddr) -> Peer {
-        let forwarded_for =
-            HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""));
+        let text = match ip {
+            // Without the formatting machinery: this runs for every new connection.
+            IpAddr::V4(v4) => {
+                let mut text = Vec::with_capacity(15);
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push(b'.');
+                    }
+                    if octet >= 100 {
+                        text.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        text.push(b'0' + octet / 10 % 10);
+                    }
+                    text.push(b'0' + octet % 10);
+                }
+                text
+            }
+            IpAddr::V6(_) => ip.to_string().into_bytes(),
+        };
+        let forwarded_for = HeaderValue::from_maybe_shared(Bytes::from(text))
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
         Peer { ip, forwarded_for }
     }
 
@@ -163,10 +183,17 @@ pub fn sticky_key(
 /// messages have none but `Connection` with a usual token, so the common case is one pass
 /// over the names and no allocation.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    // Which of the fixed ones are there, as bits of their index in HOP_BY_HOP.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(at) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << at;
+        }
+    }
+    if present == 0 {
         return;
     }
-    // The fields the Connection header names (beyond the fixed ones), when present.
+    // The fields the Connection header names beyond the fixed ones, when present.
     let mut named: Vec<HeaderName> = Vec::new();
     for token in headers
         .get_all(header::CONNECTION)
@@ -175,7 +202,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .map(str::trim)
     {
-        if !token.is_empty() && headers.contains_key(token) {
+        let fixed = HOP_BY_HOP
+            .iter()
+            .any(|h| token.eq_ignore_ascii_case(h.as_str()));
+        if !token.is_empty() && !fixed && headers.contains_key(token) {
             if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
                 named.push(name);
             }
@@ -184,8 +214,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for (at, name) in HOP_BY_HOP.into_iter().enumerate() {
+        if present & (1 << at) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -998,6 +1030,21 @@ mod tests {
         let mut same = plain.clone();
         strip_hop_by_hop(&mut same);
         assert_eq!(same, plain);
+    }
+
+    #[test]
+    fn a_peer_address_is_written_as_usual() {
+        for ip in [
+            "10.0.0.7",
+            "0.0.0.0",
+            "255.255.255.255",
+            "192.168.100.9",
+            "::1",
+            "fe80::1",
+        ] {
+            let peer = Peer::new(ip.parse().unwrap());
+            assert_eq!(peer.text(), ip.as_bytes());
+        }
     }
 
     #[test]
