@@ -91,6 +91,12 @@ impl Health {
         self.admin != Admin::Disabled && self.healthy_or_due(now)
     }
 
+    /// Healthy and active: it takes any request, whatever the time. What a request reads
+    /// without the lock (see the registry's `Member`).
+    pub fn in_rotation(&self) -> bool {
+        self.admin == Admin::Active && self.failures == 0
+    }
+
     fn healthy_or_due(&self, now: Instant) -> bool {
         self.failures == 0 || (!self.trial && self.retry_at.is_some_and(|at| now >= at))
     }
@@ -140,6 +146,18 @@ mod tests {
         let h = Health::new();
         assert_eq!(h.state(), MemberState::Ok);
         assert!(h.usable(Instant::now()));
+        assert!(h.in_rotation());
+    }
+
+    #[test]
+    fn only_a_healthy_active_member_is_in_rotation() {
+        let mut h = Health::new();
+        h.on_failure(Instant::now());
+        assert!(!h.in_rotation());
+        h.on_success();
+        assert!(h.in_rotation());
+        h.set_admin(Admin::Draining);
+        assert!(!h.in_rotation());
     }
 
     #[test]

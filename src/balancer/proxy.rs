@@ -20,6 +20,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
+use super::member::Health;
 use super::pool::{MemberConn, Pool, SendError};
 use super::registry::{Member, Registry};
 use super::select::Stickiness;
@@ -349,7 +350,8 @@ impl Drop for Busy {
 }
 
 /// One attempt's health bookkeeping: a trial abandoned without an outcome (the client
-/// went away) counts as a failure, so the member is not stuck waiting for it.
+/// went away) counts as a failure, so the member is not stuck waiting for it. A member in
+/// rotation has no trial to start or end: its health is then left alone (and unlocked).
 struct Attempt {
     member: Arc<Member>,
     settled: bool,
@@ -357,7 +359,9 @@ struct Attempt {
 
 impl Attempt {
     fn start(member: &Arc<Member>) -> Attempt {
-        member.health.lock().on_send();
+        if !member.in_rotation() {
+            member.update_health(Health::on_send);
+        }
         member.elected.fetch_add(1, Ordering::Relaxed);
         Attempt {
             member: member.clone(),
@@ -367,23 +371,26 @@ impl Attempt {
 
     fn succeeded(mut self) {
         self.settled = true;
-        self.member.health.lock().on_success();
+        if !self.member.in_rotation() {
+            self.member.update_health(Health::on_success);
+        }
     }
 
     fn failed(mut self) {
         self.settled = true;
         self.member.errors.fetch_add(1, Ordering::Relaxed);
-        self.member.health.lock().on_failure(Instant::now());
+        self.member.update_health(|h| h.on_failure(Instant::now()));
     }
 }
 
 impl Drop for Attempt {
     fn drop(&mut self) {
         if !self.settled {
-            let mut health = self.member.health.lock();
-            if health.failures() > 0 {
-                health.on_failure(Instant::now());
-            }
+            self.member.update_health(|h| {
+                if h.failures() > 0 {
+                    h.on_failure(Instant::now());
+                }
+            });
         }
     }
 }

@@ -3,7 +3,7 @@
 //! members to try for a request, through the pure [`Selector`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use parking_lot::Mutex;
@@ -31,7 +31,10 @@ pub struct Member {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub errors: AtomicU64,
-    pub health: Mutex<Health>,
+    health: Mutex<Health>,
+    /// Mirrors [`Health::in_rotation`], set under the lock: a request reads this alone
+    /// while the member is healthy, and takes the lock only when it is not.
+    in_rotation: AtomicBool,
 }
 
 impl Member {
@@ -52,16 +55,36 @@ impl Member {
             bytes_out: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             health: Mutex::new(Health::new()),
+            in_rotation: AtomicBool::new(true),
         }
     }
 
+    /// Changes the member's health.
+    pub fn update_health<R>(&self, change: impl FnOnce(&mut Health) -> R) -> R {
+        let mut health = self.health.lock();
+        let result = change(&mut health);
+        self.in_rotation
+            .store(health.in_rotation(), Ordering::Release);
+        result
+    }
+
+    /// Healthy and active (see [`Health::in_rotation`]), read without the lock.
+    pub fn in_rotation(&self) -> bool {
+        self.in_rotation.load(Ordering::Acquire)
+    }
+
     fn candidate(&self, now: Instant) -> Candidate<'_> {
-        let health = self.health.lock();
+        let (usable, sticky_usable) = if self.in_rotation() {
+            (true, true)
+        } else {
+            let health = self.health.lock();
+            (health.usable(now), health.sticky_usable(now))
+        };
         Candidate {
             route: &self.route,
             loadfactor: self.loadfactor,
-            usable: health.usable(now),
-            sticky_usable: health.sticky_usable(now),
+            usable,
+            sticky_usable,
             busy: self.busy.load(Ordering::Relaxed),
             traffic: self.bytes_in.load(Ordering::Relaxed) + self.bytes_out.load(Ordering::Relaxed),
         }
@@ -129,7 +152,7 @@ impl Registry {
     pub fn set_admin(&self, route: &str, admin: Admin) -> bool {
         match self.members().iter().find(|m| m.route == route) {
             Some(m) => {
-                m.health.lock().set_admin(admin);
+                m.update_health(|h| h.set_admin(admin));
                 true
             }
             None => false,
@@ -268,13 +291,13 @@ mod tests {
             .map(|m| m.route.clone())
             .collect();
         assert_eq!(order, ["b", "a"]);
-        r.members()[1].health.lock().on_failure(now);
+        r.members()[1].update_health(|h| h.on_failure(now));
         let order: Vec<String> = r
             .order(&Stickiness::Route("b"), now)
             .map(|m| m.route.clone())
             .collect();
         assert_eq!(order, ["a"]);
-        r.members()[0].health.lock().on_failure(now);
+        r.members()[0].update_health(|h| h.on_failure(now));
         assert!(r.order(&Stickiness::None, now).is_empty());
         assert_eq!(r.members()[0].status().state, "error");
     }
