@@ -22,11 +22,12 @@
 # bottleneck and the figures compare proxies rather than backends. deltacast nodes as
 # backends would spend more CPU per request than the proxies and hide their differences.
 #
-# Fairness: deltacast's runtime has 2 worker threads (src/main.rs), so nginx runs
-# worker_processes 2 and HAProxy nbthread 2. Every proxy adds X-Forwarded-For and keeps
-# the Host header, none logs requests. Everything (wrk, backends, proxy) shares the same
-# cores; the machine is shared, so the rounds are interleaved (direct, deltacast, nginx,
-# haproxy, direct, ...) for drift to hit every target alike, and medians are reported.
+# Fairness: deltacast's balancer runs one worker thread per core (src/balancer/worker.rs),
+# so nginx runs as many worker_processes and HAProxy as many threads (nbthread). Every
+# proxy adds X-Forwarded-For and keeps the Host header, none logs requests. Everything
+# (wrk, backends, proxy) shares the same cores; the machine is shared, so the rounds are
+# interleaved (direct, deltacast, nginx, haproxy, direct, ...) for drift to hit every
+# target alike, and medians are reported.
 # The CPU column is the CPU time the proxy (or, for direct, the backend) used per request,
 # from /proc, which is less noisy than requests/s on shared cores.
 #
@@ -52,8 +53,9 @@ OUT=${OUT:-}
 
 TARGETS=(direct deltacast nginx haproxy)
 MODES=(keep-alive close)
-# Worker threads/processes of each proxy: deltacast's tokio runtime has 2 (src/main.rs).
-PROXY_WORKERS=2
+# Worker threads/processes of each proxy: deltacast's balancer has one per core
+# (src/balancer/worker.rs).
+PROXY_WORKERS=$(nproc)
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PATH=$PATH:/usr/sbin:/sbin

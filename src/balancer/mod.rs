@@ -1,7 +1,8 @@
 //! The built-in HTTP balancer, in the style of Apache mod_proxy_balancer: the pure choice of
 //! a member ([`select`]), a member's health with hysteresis ([`member`]), the members and
-//! their figures ([`registry`]), the proxy ([`proxy`]), the manager paths ([`manager`]) and
-//! the client connections with their limits ([`conn`]).
+//! their figures ([`registry`]), the proxy ([`proxy`]) and its connections to the members
+//! ([`pool`]), the manager paths ([`manager`]), the client connections with their limits
+//! ([`conn`]), and the workers that serve them, one thread per core ([`worker`]).
 //! Members are static (`[[balancer.member]]`) and/or discovered from the heartbeats, which
 //! the balancer listens to as an observer (it never sends one).
 
