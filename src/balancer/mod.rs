@@ -121,7 +121,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), BalancerError
 /// new connections over them (nginx's `reuseport`), so no worker is woken for a
 /// connection another one takes. Each is bound with SO_REUSEADDR, as tokio's
 /// `TcpListener::bind` does, so a restart is not refused while old connections linger in
-/// TIME_WAIT.
+/// TIME_WAIT, and has TCP_NODELAY, which Linux passes on to the connections it accepts
+/// (a worker checks that on its first one).
 fn bind_group(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
     if addr.port() != 0 {
         // A socket outside the group is refused while anything listens there, also a
@@ -142,6 +143,7 @@ fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpList
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(reuse_port)?;
+    socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;

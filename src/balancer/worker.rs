@@ -156,6 +156,10 @@ async fn accept_loop(listener: &TcpListener, worker: &Arc<Worker>) {
     let shutdown = &worker.shutdown;
     let limit = &worker.shared.limit;
     let mut accept_errors = LogThrottle::new(conn::LIMIT_LOG_INTERVAL);
+    // Whether accepted connections come without the listener's TCP_NODELAY (known after
+    // the first one), so each needs it set: one system call per connection saved where
+    // they inherit it.
+    let mut set_nodelay = None;
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.triggered() => break,
@@ -189,7 +193,10 @@ async fn accept_loop(listener: &TcpListener, worker: &Arc<Worker>) {
                 );
             }
         }
-        let _ = stream.set_nodelay(true);
+        let needed = *set_nodelay.get_or_insert_with(|| !stream.nodelay().unwrap_or(false));
+        if needed {
+            let _ = stream.set_nodelay(true);
+        }
         let worker = worker.clone();
         let token = shutdown.token().clone();
         shutdown.spawn(async move {
