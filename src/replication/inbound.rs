@@ -219,10 +219,10 @@ async fn flush_with_ack(
     metrics: &Metrics,
     ack: Option<u64>,
 ) -> std::io::Result<()> {
-    if let Some(seq) = ack {
-        feed(stream, cfg, metrics, &FrameBody::Ack(seq)).await?;
+    match ack {
+        Some(seq) => send(stream, cfg, metrics, &FrameBody::Ack(seq)).await,
+        None => SinkExt::<bytes::Bytes>::flush(stream).await,
     }
-    SinkExt::<bytes::Bytes>::flush(stream).await
 }
 
 /// Queues one frame without flushing (the codec flushes by itself past its buffer limit).
@@ -237,15 +237,15 @@ async fn feed(
     stream.feed(bytes).await
 }
 
+/// Sends one frame at once.
 async fn send(
     stream: &mut FramedStream,
     cfg: &InboundConfig,
     metrics: &Metrics,
     body: &FrameBody,
 ) -> std::io::Result<()> {
-    let bytes = wire::encode_frame(&cfg.cluster, cfg.me, body);
-    metrics.replication.bytes_sent.add(bytes.len() as u64 + 4);
-    stream.send(bytes).await
+    feed(stream, cfg, metrics, body).await?;
+    SinkExt::<bytes::Bytes>::flush(stream).await
 }
 
 /// The whole store, shard by shard in batches, streamed so that only one shard is copied
