@@ -374,6 +374,7 @@ fn reject(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::SessionId;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
@@ -411,6 +412,65 @@ mod tests {
             Ok((NodeId::from_u64(1), FrameBody::Pong(42)))
         );
         assert_eq!(metrics.replication.pings_answered.get(), 1);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_delta_frames_is_applied_and_acknowledged_up_to_its_last_frame() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let store = SessionStore::new(NodeId::from_u64(1), Default::default(), 60);
+        let cfg = InboundConfig::new(
+            "c".into(),
+            NodeId::from_u64(1),
+            store.clone(),
+            Arc::new(AtomicBool::new(true)),
+        );
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(
+            listener,
+            cfg,
+            Arc::new(Metrics::default()),
+            stop.clone(),
+        ));
+        // Three frames in one write: they arrive together and are answered together.
+        let ids: Vec<SessionId> = (0..3).map(|_| SessionId::random()).collect();
+        let mut bytes = Vec::new();
+        for (seq, id) in (1..).zip(&ids) {
+            let now = crate::node::now_ms();
+            let body = FrameBody::Deltas {
+                seq,
+                deltas: vec![Delta::new(*id, now, now)],
+            };
+            let frame = wire::encode_frame("c", NodeId::from_u64(2), &body);
+            bytes.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(&frame);
+        }
+        let mut raw = TcpStream::connect(addr).await.expect("connect");
+        raw.write_all(&bytes).await.expect("write");
+        let mut stream = transport::framed(raw);
+        // Acks are cumulative: however the frames were split by the network, the answers are
+        // increasing and the last one covers the third frame.
+        let mut acked = 0;
+        while acked < 3 {
+            let frame = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .expect("an ack within 10 s: the last frame must be acknowledged")
+                .expect("an answer")
+                .expect("ok");
+            match wire::decode_frame(&frame, "c") {
+                Ok((_, FrameBody::Ack(seq))) => {
+                    assert!(seq > acked, "acks increase: {seq} after {acked}");
+                    acked = seq;
+                }
+                other => panic!("expected an ack, got {other:?}"),
+            }
+        }
+        assert_eq!(acked, 3);
+        assert!(
+            ids.iter().all(|id| store.contains(*id)),
+            "every delta applied before its ack"
+        );
         stop.cancel();
     }
 
