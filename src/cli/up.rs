@@ -83,8 +83,12 @@ pub async fn run(args: UpArgs) -> Result<ExitCode, CliError> {
     })?;
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(usize, ExitStatus)>();
     let mut nodes: Vec<Spawned> = Vec::with_capacity(n);
+    let node_threads = node_worker_threads(n);
     for (index, (name, http, replication)) in plan.into_iter().enumerate() {
         let mut cmd = child_command(&exe, "node", &args.common, |_| false);
+        if let Some(threads) = node_threads {
+            cmd.env(WORKER_THREADS_ENV, threads.to_string());
+        }
         cmd.args(["--cluster", &base.cluster.name])
             .args(["--multicast", &multicast.to_string()])
             .args(["--name", &name])
@@ -392,6 +396,20 @@ fn pick_port(
 /// `deltacast <sub>` as a child of `up`: tied to this process, with the user's config file
 /// and `--set`s. `--set` applies after flags, so the keys `up` sets per child itself
 /// (PER_NODE_KEYS, and those `also_skip` names) are not passed on.
+/// tokio reads the worker count of a runtime from this variable.
+const WORKER_THREADS_ENV: &str = "TOKIO_WORKER_THREADS";
+
+/// Worker threads per node when `n` nodes share this host: its cores divided among them (at
+/// least one each), so that a local cluster does not run cores × nodes threads that then
+/// wake each other across the few cores there are. None when the user chose a count.
+fn node_worker_threads(n: usize) -> Option<usize> {
+    if std::env::var_os(WORKER_THREADS_ENV).is_some() {
+        return None;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    Some((cores / n.max(1)).max(1))
+}
+
 fn child_command(
     exe: &Path,
     sub: &str,
