@@ -1477,7 +1477,7 @@ fn bytes_per_delta(rt: &Runtime, opts: &Opts, summary: &mut Vec<Headline>) {
             "load",
             "sender bytes/delta",
             "receiver (acks) bytes/delta",
-            "deltas per frame",
+            "deltas per ack",
         ],
     );
     let mut sync_bytes = f64::NAN;
@@ -1528,7 +1528,7 @@ fn bytes_per_delta(rt: &Runtime, opts: &Opts, summary: &mut Vec<Headline>) {
     }
     t.note("sender bytes: replication.bytes_sent of n1 (every frame it sent on its links, 4-byte length prefixes included: the delta frames, plus the access-time batches (one small frame per 250 ms) and any anti-entropy digest) / its deltas_sent");
     t.note("receiver bytes: replication.bytes_sent of n2 over the same deltas: its acknowledgements (one per frame) and digest answers");
-    t.note("deltas per frame: estimated from the acks (one Ack frame per Deltas frame, its size taken from the sync run)");
+    t.note("deltas per ack: deltas over Ack frames (an ack covers every frame that arrived before it was sent, so frames are at least as many; the Ack size is taken from the sync run)");
     t.note("every frame carries the cluster name (here ~25 bytes) and the sender id");
     t.print();
     headline(
