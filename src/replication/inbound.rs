@@ -139,10 +139,16 @@ async fn connection(
         // Every frame that has already arrived is handled before anything is written back:
         // acknowledgements are cumulative, so a burst of batches costs one ack and one write.
         let mut ack = None;
+        let mut handled_frames = 0;
         loop {
             let handled = on_frame(&mut stream, peer, cfg, metrics, throttle, &frame, &mut ack);
             if handled.await.is_err() {
                 return;
+            }
+            handled_frames += 1;
+            // A peer that never stops sending still gets its acks at least this often.
+            if handled_frames == MAX_FRAMES_PER_ACK {
+                break;
             }
             frame = match stream.next().now_or_never() {
                 None => break,
@@ -166,6 +172,9 @@ async fn connection(
         }
     }
 }
+
+/// Most frames handled before their acknowledgement goes out.
+const MAX_FRAMES_PER_ACK: usize = 32;
 
 /// The connection is to be closed (bad frame, write failure).
 struct Closed;
