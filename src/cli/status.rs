@@ -18,7 +18,7 @@ pub async fn run(args: StatusArgs) -> Result<ExitCode, CliError> {
                 if args.json {
                     println!("{}", String::from_utf8_lossy(&body));
                 } else {
-                    print!("{}", render_balancer(members));
+                    print!("{}", render_balancer(members, &doc["connections"]));
                 }
                 return Ok(ExitCode::SUCCESS);
             }
@@ -38,8 +38,9 @@ pub async fn run(args: StatusArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The balancer's members (`/balancer-manager/status`) as a table.
-pub fn render_balancer(members: &[serde_json::Value]) -> String {
+/// The balancer's members (`/balancer-manager/status`) as a table, under a line with its
+/// client connections when the document has them.
+pub fn render_balancer(members: &[serde_json::Value], connections: &serde_json::Value) -> String {
     let columns = [
         "route",
         "url",
@@ -58,7 +59,14 @@ pub fn render_balancer(members: &[serde_json::Value]) -> String {
             other => other.to_string(),
         }));
     }
-    let mut out = format!("balancer with {} member(s)\n", members.len());
+    let mut out = format!("balancer with {} member(s)", members.len());
+    if let (Some(open), Some(max)) = (connections["open"].as_u64(), connections["max"].as_u64()) {
+        let _ = write!(out, "; {open} of at most {max} client connection(s) open");
+        if let Some(reached) = connections["limit_reached"].as_u64().filter(|n| *n > 0) {
+            let _ = write!(out, " (limit reached {reached} time(s))");
+        }
+    }
+    out.push('\n');
     out.push_str(&table(&rows));
     out
 }
@@ -156,12 +164,18 @@ mod tests {
     #[test]
     fn a_balancer_table_lists_its_members() {
         let doc: serde_json::Value = serde_json::from_str(
-            r#"{"members":[{"route":"n1","url":"http://127.0.0.1:8081","loadfactor":1,"state":"ok","elected":7,"busy":0,"bytes_in":1,"bytes_out":2,"errors":0}]}"#,
+            r#"{"members":[{"route":"n1","url":"http://127.0.0.1:8081","loadfactor":1,"state":"ok","elected":7,"busy":0,"bytes_in":1,"bytes_out":2,"errors":0}],
+                "connections":{"open":3,"max":10000,"limit_reached":0}}"#,
         )
         .unwrap();
-        let text = render_balancer(doc["members"].as_array().unwrap());
+        let text = render_balancer(doc["members"].as_array().unwrap(), &doc["connections"]);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "balancer with 1 member(s)");
+        assert_eq!(
+            lines[0],
+            "balancer with 1 member(s); 3 of at most 10000 client connection(s) open"
+        );
+        let without = render_balancer(&[], &serde_json::Value::Null);
+        assert_eq!(without.lines().next(), Some("balancer with 0 member(s)"));
         assert!(lines[1].starts_with("ROUTE") && lines[1].contains("ELECTED"));
         assert!(
             lines[2].starts_with("n1")
