@@ -4,18 +4,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
-use std::fs::File;
+use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Browser, Cluster, NodeProc, exchange, free_port, get_json, wait_until};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use common::{BalancerProc, Browser, Cluster, NodeProc, exchange, free_port, wait_until};
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
 const FAST: &[&str] = &[
@@ -26,40 +23,14 @@ const FAST: &[&str] = &[
 ];
 const STARTUP: Duration = Duration::from_secs(20);
 
-/// A `deltacast balancer` child process, killed (SIGKILL, by its PID) when dropped.
-struct BalancerProc {
-    child: Child,
-    addr: SocketAddr,
+/// A balancer of `cluster` with the fast membership timings and `extra`.
+fn balancer<S: AsRef<OsStr>>(cluster: &Cluster, extra: &[S]) -> BalancerProc {
+    let mut args: Vec<OsString> = FAST.iter().map(OsString::from).collect();
+    args.extend(extra.iter().map(|a| a.as_ref().to_os_string()));
+    BalancerProc::spawn(cluster, &args)
 }
 
 impl BalancerProc {
-    fn spawn<S: AsRef<OsStr>>(cluster: &Cluster, extra: &[S]) -> BalancerProc {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-        let log = common::log_path(&cluster.name, "balancer");
-        let stderr = File::create(&log).expect("log file");
-        let child = Command::new(BIN)
-            .arg("balancer")
-            .args(["--cluster", &cluster.name])
-            .args(["--multicast", &cluster.multicast])
-            .args(["--listen", &addr.to_string()])
-            .args(FAST)
-            .args(extra)
-            .env("RUST_LOG", "deltacast=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn deltacast balancer");
-        let b = BalancerProc { child, addr };
-        wait_until(STARTUP, "the balancer answers", || b.status());
-        b
-    }
-
-    /// `/balancer-manager/status`.
-    fn status(&self) -> Option<Value> {
-        get_json(self.addr, "/balancer-manager/status")
-    }
-
     /// The routes of the members the balancer lists, sorted.
     fn routes(&self) -> Option<Vec<String>> {
         let mut routes: Vec<String> = self.status()?["members"]
@@ -69,15 +40,6 @@ impl BalancerProc {
             .collect();
         routes.sort();
         Some(routes)
-    }
-}
-
-impl Drop for BalancerProc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -107,7 +69,7 @@ fn three_nodes_behind_a_balancer(name: &str) -> (Cluster, Vec<NodeProc>, Balance
         node(&cluster, "n3"),
     ];
     common::wait_converged(&nodes.iter().collect::<Vec<_>>(), STARTUP);
-    let b = BalancerProc::spawn(&cluster, common::DEFAULTS);
+    let b = balancer(&cluster, common::DEFAULTS);
     wait_until(STARTUP, "the balancer discovers 3 members", || {
         (b.routes()? == ["n1", "n2", "n3"]).then_some(())
     });
@@ -141,7 +103,7 @@ fn requests_are_spread_by_the_weights() {
         n1.http, n2.http
     );
     std::fs::write(&file, toml).expect("write the config");
-    let b = BalancerProc::spawn(&cluster, &[OsStr::new("--config"), file.as_os_str()]);
+    let b = balancer(&cluster, &[OsStr::new("--config"), file.as_os_str()]);
     let mut counts: HashMap<String, u32> = HashMap::new();
     for _ in 0..1500 {
         *counts.entry(answered_by(b.addr)).or_default() += 1;
@@ -264,7 +226,7 @@ fn killing_the_sticky_member_under_load_fails_no_request() {
 fn new_members_are_used_quickly_and_dropped_ones_no_more() {
     let cluster = Cluster::new("bal-discover");
     let n1 = node(&cluster, "n1");
-    let b = BalancerProc::spawn(&cluster, &["--set", "balancer.sticky=none"]);
+    let b = balancer(&cluster, &["--set", "balancer.sticky=none"]);
     wait_until(STARTUP, "the balancer discovers n1", || {
         (b.routes()? == ["n1"]).then_some(())
     });
@@ -294,7 +256,7 @@ fn new_members_are_used_quickly_and_dropped_ones_no_more() {
 #[test]
 fn no_member_gives_503_with_one_line() {
     let cluster = Cluster::new("bal-empty");
-    let b = BalancerProc::spawn(&cluster, &["--set", "balancer.discover=false"]);
+    let b = balancer(&cluster, &["--set", "balancer.discover=false"]);
     let a = exchange(b.addr, "GET", "/anything", None, b"").expect("an answer");
     assert_eq!(a.status, 503);
     assert_eq!(a.text().lines().count(), 1, "{:?}", a.text());
@@ -309,7 +271,7 @@ fn a_dead_static_member_is_put_in_error_and_skipped() {
     let n1 = node(&cluster, "n1");
     let dead = format!("n9=http://127.0.0.1:{}", free_port());
     let m1 = format!("n1=http://{}", n1.http);
-    let b = BalancerProc::spawn(
+    let b = balancer(
         &cluster,
         &[
             "--member",
@@ -386,7 +348,7 @@ fn malformed_and_oversized_requests_get_one_line_answers_and_others_are_still_se
     let cluster = Cluster::new("bal-bad");
     let n1 = node(&cluster, "n1");
     let m1 = format!("n1=http://{}", n1.http);
-    let b = BalancerProc::spawn(
+    let b = balancer(
         &cluster,
         &["--member", &m1, "--set", "balancer.discover=false"],
     );
@@ -498,7 +460,7 @@ impl KeepAlive {
 #[test]
 fn at_the_connection_limit_a_new_client_waits_until_a_connection_closes() {
     let cluster = Cluster::new("bal-limit");
-    let b = BalancerProc::spawn(
+    let b = balancer(
         &cluster,
         &[
             "--set",
@@ -553,7 +515,7 @@ fn a_slowloris_client_is_closed_and_does_not_hurt_others() {
     let cluster = Cluster::new("bal-slow");
     let n1 = node(&cluster, "n1");
     let m1 = format!("n1=http://{}", n1.http);
-    let b = BalancerProc::spawn(
+    let b = balancer(
         &cluster,
         &["--member", &m1, "--set", "balancer.discover=false"],
     );
@@ -679,7 +641,7 @@ fn headers_are_rewritten_and_bodies_stream_both_ways() {
     let cluster = Cluster::new("bal-echo");
     let echo = echo_member();
     let member = format!("e1=http://{echo}");
-    let b = BalancerProc::spawn(
+    let b = balancer(
         &cluster,
         &["--member", &member, "--set", "balancer.discover=false"],
     );
@@ -768,7 +730,7 @@ fn upgrading_member() -> SocketAddr {
 fn an_upgraded_connection_passes_through() {
     let cluster = Cluster::new("bal-upgrade");
     let member = format!("u1=http://{}", upgrading_member());
-    let b = BalancerProc::spawn(
+    let b = balancer(
         &cluster,
         &["--member", &member, "--set", "balancer.discover=false"],
     );
@@ -803,7 +765,7 @@ fn a_member_disabled_from_the_page_gets_no_traffic() {
     let n2 = node(&cluster, "n2");
     let m1 = format!("n1=http://{}", n1.http);
     let m2 = format!("n2=http://{}", n2.http);
-    let b = BalancerProc::spawn(
+    let b = balancer(
         &cluster,
         &[
             "--member",
@@ -847,7 +809,7 @@ fn an_idle_keep_alive_connection_is_closed() {
     let cluster = Cluster::new("bal-idle");
     let n1 = node(&cluster, "n1");
     let m1 = format!("n1=http://{}", n1.http);
-    let b = BalancerProc::spawn(
+    let b = balancer(
         &cluster,
         &["--member", &m1, "--set", "balancer.discover=false"],
     );

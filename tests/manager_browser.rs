@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Cluster, DEFAULTS, NodeProc, exchange, free_port, get_json, wait_until};
+use common::{BalancerProc, Cluster, DEFAULTS, NodeProc, exchange, get_json, wait_until};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
@@ -46,35 +46,17 @@ static DIRS: AtomicUsize = AtomicUsize::new(0);
 // ---------------------------------------------------------------------------------------
 // The cluster: two real nodes behind a balancer with a static member list.
 
-/// A `deltacast balancer` child process, killed (SIGKILL, by its PID) when dropped.
-struct BalancerProc {
-    child: Child,
-    addr: SocketAddr,
+/// A balancer of `cluster` with `members` as its static members (no discovery).
+fn static_balancer(cluster: &Cluster, members: &[&NodeProc]) -> BalancerProc {
+    let mut args = vec!["--set".to_string(), "balancer.discover=false".to_string()];
+    for n in members {
+        args.push("--member".into());
+        args.push(format!("{}=http://{}", n.name, n.http));
+    }
+    BalancerProc::spawn(cluster, &args)
 }
 
 impl BalancerProc {
-    fn spawn(cluster: &Cluster, members: &[&NodeProc]) -> BalancerProc {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-        let stderr = File::create(common::log_path(&cluster.name, "balancer")).expect("log file");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("balancer")
-            .args(["--cluster", &cluster.name])
-            .args(["--multicast", &cluster.multicast])
-            .args(["--listen", &addr.to_string()])
-            .args(["--set", "balancer.discover=false"]);
-        for n in members {
-            cmd.args(["--member", &format!("{}=http://{}", n.name, n.http)]);
-        }
-        let child = cmd
-            .env("RUST_LOG", "deltacast=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn deltacast balancer");
-        BalancerProc { child, addr }
-    }
-
     /// Route -> state from `/balancer-manager/status`.
     fn states(&self) -> Option<BTreeMap<String, String>> {
         let status = get_json(self.addr, "/balancer-manager/status")?;
@@ -114,15 +96,6 @@ impl BalancerProc {
     }
 }
 
-impl Drop for BalancerProc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// Two converged nodes n1, n2 and a balancer that lists both as `ok`.
 fn two_nodes_behind_a_balancer(test: &str) -> (Cluster, Vec<NodeProc>, BalancerProc) {
     let cluster = Cluster::new(test);
@@ -131,7 +104,7 @@ fn two_nodes_behind_a_balancer(test: &str) -> (Cluster, Vec<NodeProc>, BalancerP
         wait_until(STARTUP, "the node answers", || n.status());
     }
     common::wait_converged(&nodes.iter().collect::<Vec<_>>(), STARTUP);
-    let b = BalancerProc::spawn(&cluster, &nodes.iter().collect::<Vec<_>>());
+    let b = static_balancer(&cluster, &nodes.iter().collect::<Vec<_>>());
     wait_until(STARTUP, "the balancer lists n1 and n2 as ok", || {
         let states = b.states()?;
         (states.len() == 2 && states.get("n1")? == "ok" && states.get("n2")? == "ok").then_some(())

@@ -196,6 +196,53 @@ impl Drop for NodeProc {
 }
 
 /// The names of the members a `/status` document lists in `state` ("" for any), sorted.
+/// A `deltacast balancer` child process (its log next to the cluster's), killed (SIGKILL, by
+/// its PID) when dropped.
+pub struct BalancerProc {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl BalancerProc {
+    /// Starts a balancer of `cluster` on a free port with `args`, and waits until its
+    /// manager answers.
+    pub fn spawn<S: AsRef<OsStr>>(cluster: &Cluster, args: &[S]) -> BalancerProc {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let stderr = File::create(log_path(&cluster.name, "balancer")).expect("log file");
+        let child = Command::new(BIN)
+            .arg("balancer")
+            .args(["--cluster", &cluster.name])
+            .args(["--multicast", &cluster.multicast])
+            .args(["--listen", &addr.to_string()])
+            .args(args)
+            .env("RUST_LOG", "deltacast=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn deltacast balancer");
+        let b = BalancerProc { child, addr };
+        wait_until(Duration::from_secs(20), "the balancer answers", || {
+            b.status()
+        });
+        b
+    }
+
+    /// `/balancer-manager/status`.
+    pub fn status(&self) -> Option<Value> {
+        get_json(self.addr, "/balancer-manager/status")
+    }
+}
+
+impl Drop for BalancerProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
 pub fn member_names(status: &Value, state: &str) -> Option<Vec<String>> {
     let mut names: Vec<String> = status["members"]
         .as_array()?
