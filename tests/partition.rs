@@ -150,6 +150,22 @@ struct Testbed {
 }
 
 impl Testbed {
+    /// Three hosts n1..n3, each running its node, all seeing each other; None as [`new`].
+    ///
+    /// [`new`]: Testbed::new
+    fn three_connected(test: &str) -> Option<Testbed> {
+        let mut bed = Testbed::new(test, &["n1", "n2", "n3"])?;
+        for i in 0..3 {
+            bed.start(i);
+        }
+        bed.wait_connected(
+            &[0, 1, 2],
+            Duration::from_secs(20),
+            "the three hosts see each other",
+        );
+        Some(bed)
+    }
+
     /// The namespaces, the bridge and one host per name, or None (after saying why) when
     /// this machine cannot make them.
     fn new(test: &str, names: &[&str]) -> Option<Testbed> {
@@ -413,18 +429,10 @@ fn put(bed: &Testbed, i: usize, browser: &mut Browser, attribute: &str, value: &
 
 #[test]
 fn both_sides_of_a_healed_partition_end_up_holding_the_union_of_their_writes() {
-    let Some(mut bed) = Testbed::new("partition", &["n1", "n2", "n3"]) else {
+    let Some(bed) = Testbed::three_connected("partition") else {
         return;
     };
-    for i in 0..3 {
-        bed.start(i);
-    }
     let all = [0, 1, 2];
-    bed.wait_connected(
-        &all,
-        Duration::from_secs(20),
-        "the three hosts see each other",
-    );
 
     // Before the partition, everyone gets these by sync replication.
     let mut expects = Vec::new();
@@ -536,18 +544,10 @@ fn both_sides_of_a_healed_partition_end_up_holding_the_union_of_their_writes() {
 
 #[test]
 fn a_killed_host_node_is_dropped_at_once_and_its_restart_gets_every_session_by_state_transfer() {
-    let Some(mut bed) = Testbed::new("hostkill", &["n1", "n2", "n3"]) else {
+    let Some(mut bed) = Testbed::three_connected("hostkill") else {
         return;
     };
-    for i in 0..3 {
-        bed.start(i);
-    }
     let all = [0, 1, 2];
-    bed.wait_connected(
-        &all,
-        Duration::from_secs(20),
-        "the three hosts see each other",
-    );
     let mut expects = Vec::new();
     for k in 0..30 {
         let value = format!("w{k}");
