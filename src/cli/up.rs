@@ -393,9 +393,6 @@ fn pick_port(
     }
 }
 
-/// `deltacast <sub>` as a child of `up`: tied to this process, with the user's config file
-/// and `--set`s. `--set` applies after flags, so the keys `up` sets per child itself
-/// (PER_NODE_KEYS, and those `also_skip` names) are not passed on.
 /// tokio reads the worker count of a runtime from this variable.
 const WORKER_THREADS_ENV: &str = "TOKIO_WORKER_THREADS";
 
@@ -410,6 +407,9 @@ fn node_worker_threads(n: usize) -> Option<usize> {
     Some((cores / n.max(1)).max(1))
 }
 
+/// `deltacast <sub>` as a child of `up`: tied to this process, with the user's config file
+/// and `--set`s. `--set` applies after flags, so the keys `up` sets per child itself
+/// (PER_NODE_KEYS, and those `also_skip` names) are not passed on.
 fn child_command(
     exe: &Path,
     sub: &str,
