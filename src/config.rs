@@ -196,6 +196,10 @@ pub struct BalancerConfig {
     /// Client connections open at once at most; at the limit, new ones wait in the
     /// listen backlog until one closes.
     pub max_connections: u64,
+    /// Seconds a member may keep a proxied request waiting: for the head of its answer,
+    /// for each next chunk of its answer's body, and for each next chunk of the client's
+    /// body on its way to it (HAProxy's `timeout server`, mod_proxy's `timeout`).
+    pub timeout_s: u64,
     pub member: Vec<BalancerMember>,
 }
 
@@ -207,6 +211,7 @@ impl Default for BalancerConfig {
             sticky: Sticky::Route,
             discover: true,
             max_connections: 10_000,
+            timeout_s: 60,
             member: Vec::new(),
         }
     }
@@ -649,6 +654,12 @@ impl Config {
                 format!("must be between 1 and 1000000, got {}", b.max_connections),
             ));
         }
+        if !(1..=3600).contains(&b.timeout_s) {
+            return Err(invalid(
+                "balancer.timeout_s",
+                format!("must be between 1 and 3600 seconds, got {}", b.timeout_s),
+            ));
+        }
         let mut routes = BTreeSet::new();
         for (i, member) in b.member.iter().enumerate() {
             if check_member_url(&member.url).is_err() {
@@ -887,6 +898,7 @@ fn hint(normalized: &str) -> Option<&'static str> {
         }
         "balancer.discover" => "expected true or false",
         "balancer.max_connections" => "expected a whole number from 1 to 1000000",
+        "balancer.timeout_s" => "expected a whole number of seconds from 1 to 3600",
         "balancer.member" => "expected an array of [[balancer.member]] tables with url and route",
         "balancer.member[]" => "expected a table with url, route and optional loadfactor",
         "balancer.member[].url" => "expected a string like \"http://127.0.0.1:8081\"",
@@ -1207,6 +1219,7 @@ lbmethod = "byrequests"       # enum LbMethod { ByRequests, ByTraffic, ByBusynes
 sticky = "route"              # enum Sticky { Route, None, SourceIp, Header(String) } from "route" | "none" | "source_ip" | "header:NAME" (NAME a valid HTTP header name token); serialize back to the same strings
 discover = true
 max_connections = 10000       # u64, 1..=1000000
+timeout_s = 60                # u64, 1..=3600
 # [[balancer.member]]         # Vec<BalancerMember { url: String, route: String, loadfactor: u32 }>
 # url = "http://127.0.0.1:8081"  # must be http://host:port with optional trailing '/'
 # route = "n1"                   # same rules as node.name
@@ -1285,6 +1298,7 @@ max_connections = 10000       # u64, 1..=1000000
         assert_eq!(c.balancer.sticky, Sticky::Route);
         assert!(c.balancer.discover);
         assert_eq!(c.balancer.max_connections, 10_000);
+        assert_eq!(c.balancer.timeout_s, 60);
         assert!(c.balancer.member.is_empty());
     }
 
@@ -1544,6 +1558,30 @@ max_connections = 10000       # u64, 1..=1000000
         let config = load_with("", &["balancer.max_connections=2"]).unwrap();
         assert_eq!(config.balancer.max_connections, 2);
         assert!(config.is_set("balancer.max_connections"));
+    }
+
+    #[test]
+    fn the_member_timeout_must_be_from_1_to_3600_seconds() {
+        for bad in ["0", "3601"] {
+            let text = invalid_key(
+                load(&format!("[balancer]\ntimeout_s = {bad}\n")),
+                "balancer.timeout_s",
+            );
+            assert!(text.contains("between 1 and 3600 seconds"), "{text}");
+        }
+        let text = invalid_key(
+            load_with("", &["balancer.timeout_s=soon"]),
+            "balancer.timeout_s",
+        );
+        assert!(text.contains("\"soon\""), "{text}");
+        assert!(text.contains("seconds from 1 to 3600"), "{text}");
+        invalid_key(load("[balancer]\ntimeout_s = -1\n"), "balancer.timeout_s");
+        invalid_key(load("[balancer]\ntimeout_s = 1.5\n"), "balancer.timeout_s");
+        for good in [1, 3600] {
+            let config = load_with("", &[&format!("balancer.timeout_s={good}")]).unwrap();
+            assert_eq!(config.balancer.timeout_s, good);
+            assert!(config.is_set("balancer.timeout_s"));
+        }
     }
 
     #[test]
