@@ -836,3 +836,356 @@ fn an_idle_keep_alive_connection_is_closed() {
         "closed after {waited:?}"
     );
 }
+
+/// What a [`RawMember`] does with a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Behaviour {
+    /// Reads everything, never answers.
+    Silent,
+    /// Answers the first request with `Content-Length: 100` and 10 bytes of it, then
+    /// nothing more.
+    CutOff,
+    /// Answers every request (a head without a body) `200 ok`.
+    Healthy,
+}
+
+/// A member played by the test on a raw socket, one thread per connection. It counts the
+/// connections it accepted and those the balancer closed, and keeps every byte it
+/// received. Dropping it stops it and joins all its threads.
+struct RawMember {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicU64>,
+    closed: Arc<AtomicU64>,
+    received: Arc<std::sync::Mutex<Vec<u8>>>,
+    acceptor: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RawMember {
+    fn start(behaviour: Behaviour) -> RawMember {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let closed = Arc::new(AtomicU64::new(0));
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let acceptor = {
+            let (stop, accepted, closed, received) = (
+                stop.clone(),
+                accepted.clone(),
+                closed.clone(),
+                received.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut threads = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            accepted.fetch_add(1, Ordering::Relaxed);
+                            let (stop, closed, received) =
+                                (stop.clone(), closed.clone(), received.clone());
+                            threads.push(std::thread::spawn(move || {
+                                serve_raw(stream, behaviour, &stop, &received);
+                                // Ended by the balancer, not by the test stopping it.
+                                if !stop.load(Ordering::Relaxed) {
+                                    closed.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+                for thread in threads {
+                    let _ = thread.join();
+                }
+            })
+        };
+        RawMember {
+            addr,
+            stop,
+            accepted,
+            closed,
+            received,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    /// `route=http://addr`, for `--member`.
+    fn member_arg(&self, route: &str) -> String {
+        format!("{route}=http://{}", self.addr)
+    }
+
+    fn received(&self) -> String {
+        let bytes = self.received.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Waits (bounded) until the balancer closed `n` of its connections.
+    fn wait_closed(&self, n: u64) {
+        wait_until(
+            Duration::from_secs(10),
+            "the balancer closes the member's connections",
+            || (self.closed.load(Ordering::Relaxed) >= n).then_some(()),
+        );
+    }
+}
+
+impl Drop for RawMember {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+/// One connection of a [`RawMember`], until the balancer closes it or the test stops.
+fn serve_raw(
+    mut stream: TcpStream,
+    behaviour: Behaviour,
+    stop: &AtomicBool,
+    received: &std::sync::Mutex<Vec<u8>>,
+) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut pending = Vec::new();
+    let mut answered = false;
+    let mut buf = [0u8; 16 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(_) => return,
+        };
+        received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(&buf[..n]);
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            pending.drain(..end + 4);
+            let answer: &[u8] = match behaviour {
+                Behaviour::Silent => b"",
+                Behaviour::CutOff if !answered => {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789"
+                }
+                Behaviour::CutOff => b"",
+                Behaviour::Healthy => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n",
+            };
+            answered = true;
+            if stream.write_all(answer).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A session cookie whose route sends a request to the member `route`.
+fn routed_to(route: &str) -> String {
+    format!("JSESSIONID=0123456789ABCDEF0123456789ABCDEF.{route}")
+}
+
+/// Sends `request` on a new connection, then reads until the balancer closes it (the
+/// client keeps its side open): what it read and how long the balancer took to close.
+fn read_until_closed(addr: SocketAddr, request: &[u8]) -> (Vec<u8>, Duration) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream.write_all(request).expect("send");
+    let started = Instant::now();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!(
+                    "still open after 10 s; read {:?}",
+                    String::from_utf8_lossy(&raw)
+                )
+            }
+            // Reset: closed too.
+            Err(_) => break,
+        }
+    }
+    (raw, started.elapsed())
+}
+
+/// The member timeout fired: not before 1 s (`timeout_s = 1`), and well within 5 s.
+fn assert_timed_out_after_1_s(took: Duration) {
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "took {took:?}"
+    );
+}
+
+/// The member of a `/balancer-manager/status` with this route.
+fn member_status(b: &BalancerProc, route: &str) -> Value {
+    let status = b.status().expect("status");
+    status["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["route"] == route)
+        .cloned()
+        .unwrap_or_else(|| panic!("no member {route} in {status}"))
+}
+
+#[test]
+fn a_member_that_never_answers_gets_504_and_a_healthy_one_still_serves() {
+    let cluster = Cluster::new("bal-timeout");
+    let silent = RawMember::start(Behaviour::Silent);
+    let healthy = RawMember::start(Behaviour::Healthy);
+    let b = balancer(
+        &cluster,
+        &[
+            "--member",
+            &silent.member_arg("s1"),
+            "--member",
+            &healthy.member_arg("h1"),
+            "--set",
+            "balancer.discover=false",
+            "--set",
+            "balancer.timeout_s=1",
+        ],
+    );
+    let started = Instant::now();
+    let a = exchange(b.addr, "GET", "/slow", Some(&routed_to("s1")), b"").expect("an answer");
+    assert_timed_out_after_1_s(started.elapsed());
+    assert_eq!(a.status, 504, "{}", a.text());
+    assert_eq!(a.text(), "member did not answer within 1 s\n");
+    silent.wait_closed(1);
+
+    // While a request waits for the silent member, the healthy one serves others.
+    let addr = b.addr;
+    let waiting = std::thread::spawn(move || {
+        exchange(addr, "GET", "/slow", Some(&routed_to("s1")), b"").map(|a| a.status)
+    });
+    wait_until(
+        Duration::from_secs(5),
+        "the second request reaches the silent member",
+        || (silent.accepted.load(Ordering::Relaxed) >= 2).then_some(()),
+    );
+    for _ in 0..5 {
+        let a = exchange(b.addr, "GET", "/fast", Some(&routed_to("h1")), b"").expect("answer");
+        assert_eq!((a.status, a.text().as_str()), (200, "ok\n"));
+    }
+    assert_eq!(waiting.join().expect("the waiting client"), Some(504));
+    silent.wait_closed(2);
+
+    // Not sent again elsewhere, and the slow member is counted but not put in error.
+    assert!(
+        !healthy.received().contains("/slow"),
+        "{}",
+        healthy.received()
+    );
+    let s1 = member_status(&b, "s1");
+    assert_eq!(s1["state"], "ok", "{s1}");
+    assert_eq!(s1["errors"], 2, "{s1}");
+    assert_eq!(s1["busy"], 0, "{s1}");
+    let h1 = member_status(&b, "h1");
+    assert_eq!(
+        (h1["state"].clone(), h1["errors"].clone()),
+        ("ok".into(), 0.into())
+    );
+}
+
+#[test]
+fn an_answer_that_stops_mid_body_is_cut_off() {
+    let cluster = Cluster::new("bal-cutoff");
+    let cut = RawMember::start(Behaviour::CutOff);
+    let b = balancer(
+        &cluster,
+        &[
+            "--member",
+            &cut.member_arg("c1"),
+            "--set",
+            "balancer.discover=false",
+            "--set",
+            "balancer.timeout_s=1",
+        ],
+    );
+    let (raw, took) = read_until_closed(b.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    let (head, body) = text.split_once("\r\n\r\n").expect("the member's head");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-length: 100"), "{head}");
+    assert_eq!(body, "0123456789", "a short body, then the end");
+    assert_timed_out_after_1_s(took);
+    cut.wait_closed(1);
+    let c1 = member_status(&b, "c1");
+    assert_eq!(c1["state"], "ok", "{c1}");
+    assert_eq!(c1["errors"], 1, "{c1}");
+}
+
+#[test]
+fn a_client_that_stops_sending_its_body_gets_408_and_frees_the_member_connection() {
+    let cluster = Cluster::new("bal-slowbody");
+    let silent = RawMember::start(Behaviour::Silent);
+    let b = balancer(
+        &cluster,
+        &[
+            "--member",
+            &silent.member_arg("s1"),
+            "--set",
+            "balancer.discover=false",
+            "--set",
+            "balancer.timeout_s=1",
+        ],
+    );
+    let assert_408 = |raw: &[u8]| {
+        let text = String::from_utf8_lossy(raw);
+        let (head, body) = text.split_once("\r\n\r\n").expect("an answer");
+        assert!(head.starts_with("HTTP/1.1 408 "), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: text/plain"),
+            "{head}"
+        );
+        assert_eq!(
+            body,
+            "request timeout: no more of the body came within 1 s\n"
+        );
+    };
+    // A small body is read whole before a member is asked: the member never sees it.
+    let (raw, took) = read_until_closed(
+        b.addr,
+        b"PUT /small HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789",
+    );
+    assert_timed_out_after_1_s(took);
+    assert_408(&raw);
+    assert_eq!(silent.accepted.load(Ordering::Relaxed), 0);
+
+    // A large one streams to the member as it comes: the member connection is dropped.
+    let (raw, took) = read_until_closed(
+        b.addr,
+        b"PUT /large HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n0123456789",
+    );
+    assert_timed_out_after_1_s(took);
+    assert_408(&raw);
+    silent.wait_closed(1);
+    let seen = silent.received();
+    assert!(seen.starts_with("PUT /large HTTP/1.1\r\n"), "{seen}");
+    assert!(seen.ends_with("\r\n\r\n0123456789"), "{seen}");
+    // The client's fault, not the member's.
+    let s1 = member_status(&b, "s1");
+    assert_eq!(s1["state"], "ok", "{s1}");
+    assert_eq!(s1["errors"], 0, "{s1}");
+    assert_eq!(s1["busy"], 0, "{s1}");
+}

@@ -1,8 +1,9 @@
 //! The built-in HTTP balancer, in the style of Apache mod_proxy_balancer: the pure choice of
 //! a member ([`select`]), a member's health with hysteresis ([`member`]), the members and
 //! their figures ([`registry`]), the proxy ([`proxy`]) and its connections to the members
-//! ([`pool`]), the manager paths ([`manager`]), the client connections with their limits
-//! ([`conn`]), and the workers that serve them, one thread per core ([`worker`]).
+//! ([`pool`]), the bound on how long a member may keep a request waiting ([`timeout`]),
+//! the manager paths ([`manager`]), the client connections with their limits ([`conn`]),
+//! and the workers that serve them, one thread per core ([`worker`]).
 //! Members are static (`[[balancer.member]]`) and/or discovered from the heartbeats, which
 //! the balancer listens to as an observer (it never sends one).
 
@@ -13,6 +14,7 @@ pub mod pool;
 pub mod proxy;
 pub mod registry;
 pub mod select;
+pub mod timeout;
 pub mod worker;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -36,6 +38,7 @@ use crate::transport::Datagrams;
 use conn::ConnectionLimit;
 use proxy::{Peer, ProxyBody};
 use registry::Registry;
+use timeout::MemberTimeout;
 use worker::{Worker, Workers};
 
 pub use select::{Candidate, Selector, Stickiness};
@@ -65,6 +68,7 @@ pub struct Shared {
     registry: Arc<Registry>,
     config: Config,
     limit: ConnectionLimit,
+    timeout: Arc<MemberTimeout>,
 }
 
 /// Runs the balancer until `shutdown` is triggered.
@@ -90,6 +94,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), BalancerError
         registry,
         config: config.clone(),
         limit: ConnectionLimit::new(usize::try_from(b.max_connections).unwrap_or(usize::MAX)),
+        timeout: Arc::new(MemberTimeout::new(Duration::from_secs(b.timeout_s))),
     });
     let workers = match Workers::start(listeners, &shared, &shutdown) {
         Ok(workers) => workers,
@@ -105,6 +110,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), BalancerError
         discover = b.discover,
         members = b.member.len(),
         max_connections = b.max_connections,
+        timeout_s = b.timeout_s,
         workers = count,
         "balancer started"
     );

@@ -2,11 +2,13 @@
 //! worker's [`Pool`] for the next request to the same member, and driven by the task of
 //! the client connection that uses them, not by a task of their own. A proxied request
 //! thus goes from the client's socket to the member's and back within one task, with no
-//! hand-off between tasks.
+//! hand-off between tasks. A request waits for the head of its answer at most the member
+//! timeout ([`MemberTimeout`]).
 
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
-use std::pin::Pin;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -18,8 +20,9 @@ use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::proxy::OutBody;
+use super::proxy::{OutBody, Upload};
 use super::registry::Member;
+use super::timeout::MemberTimeout;
 
 /// How long a connection to a member may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -50,6 +53,8 @@ pub enum SendError {
     NotSent(hyper::Error, Box<Request<OutBody>>),
     /// It was written, in full or in part, and may have reached the member.
     Failed(hyper::Error),
+    /// It was sent, and no answer came within the member timeout (given here).
+    TimedOut(Duration),
 }
 
 /// Why no connection could be opened.
@@ -88,12 +93,20 @@ impl MemberConn {
             }
         };
         let _ = stream.set_nodelay(true);
-        let (send, conn) = http1::handshake(TokioIo::new(stream))
+        MemberConn::handshake(TokioIo::new(stream))
             .await
             .map_err(|source| ConnectError::Handshake {
                 authority: authority.to_string(),
                 source,
-            })?;
+            })
+    }
+
+    /// HTTP/1.1 over an open connection.
+    pub async fn handshake<T>(io: T) -> hyper::Result<MemberConn>
+    where
+        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let (send, conn) = http1::handshake(io).await?;
         Ok(MemberConn {
             send,
             driver: Some(Box::pin(conn.with_upgrades())),
@@ -127,21 +140,53 @@ impl MemberConn {
     }
 
     /// Sends a request and waits for the head of the answer, driving the connection
-    /// meanwhile.
+    /// meanwhile, at most `timeout` once the request was sent. A request body streamed
+    /// from the client is still being sent while it moves, and while it waits for the
+    /// client (whose own wait is bounded, see [`Upload`]): the time counts from its last
+    /// move, not from the start. One timer, reset only when it runs out during an upload.
     pub async fn send(
         &mut self,
         request: Request<OutBody>,
+        timeout: Duration,
     ) -> Result<Response<Incoming>, SendError> {
-        let mut answer = std::pin::pin!(self.send.try_send_request(request));
+        let upload = request.body().upload().cloned();
+        let mut seen = upload.as_ref().map(Upload::moves);
+        let mut last_move = None;
+        let mut answer = pin!(self.send.try_send_request(request));
+        let mut deadline = pin!(tokio::time::sleep(timeout));
         let result = poll_fn(|cx| {
             self.drive(cx);
-            answer.as_mut().poll(cx)
+            if let Poll::Ready(result) = answer.as_mut().poll(cx) {
+                return Poll::Ready(Some(result));
+            }
+            if let Some(upload) = &upload {
+                // The upload moves only while the connection is driven, just above.
+                let moves = upload.moves();
+                if seen != Some(moves) {
+                    seen = Some(moves);
+                    last_move = Some(tokio::time::Instant::now());
+                }
+            }
+            while deadline.as_mut().poll(cx).is_ready() {
+                let now = tokio::time::Instant::now();
+                let next = match (&upload, last_move) {
+                    (Some(upload), _) if upload.waits_for_client() => now + timeout,
+                    (_, Some(moved)) if moved + timeout > now => moved + timeout,
+                    _ => return Poll::Ready(None),
+                };
+                deadline.as_mut().reset(next);
+            }
+            Poll::Pending
         })
         .await;
-        result.map_err(|mut e| match e.take_message() {
-            Some(request) => SendError::NotSent(e.into_error(), Box::new(request)),
-            None => SendError::Failed(e.into_error()),
-        })
+        match result {
+            Some(Ok(response)) => Ok(response),
+            Some(Err(mut e)) => Err(match e.take_message() {
+                Some(request) => SendError::NotSent(e.into_error(), Box::new(request)),
+                None => SendError::Failed(e.into_error()),
+            }),
+            None => Err(SendError::TimedOut(timeout)),
+        }
     }
 
     /// Gives the connection up to a task of its own: for an upgraded connection, whose
@@ -151,11 +196,11 @@ impl MemberConn {
     }
 }
 
-/// One worker's idle connections, by member. Only that worker uses it; the lock is never
-/// contended.
-#[derive(Default)]
+/// One worker's idle connections, by member, and the timeout of the requests on them.
+/// Only that worker uses it; the lock is never contended.
 pub struct Pool {
     idle: Mutex<HashMap<u64, Vec<Idle>>>,
+    timeout: Arc<MemberTimeout>,
 }
 
 struct Idle {
@@ -164,6 +209,18 @@ struct Idle {
 }
 
 impl Pool {
+    pub fn new(timeout: Arc<MemberTimeout>) -> Pool {
+        Pool {
+            idle: Mutex::default(),
+            timeout,
+        }
+    }
+
+    /// How long a member may keep a request on these connections waiting.
+    pub fn timeout(&self) -> &Arc<MemberTimeout> {
+        &self.timeout
+    }
+
     /// A usable idle connection to `member`, the most recently used first, or a new one.
     pub async fn checkout(&self, member: &Member) -> Result<MemberConn, ConnectError> {
         if let Some(conn) = poll_fn(|cx| Poll::Ready(self.take_usable(member, cx))).await {
@@ -229,6 +286,10 @@ mod tests {
     use hyper::body::Body;
     use hyper::service::service_fn;
 
+    fn pool() -> Pool {
+        Pool::new(Arc::new(MemberTimeout::new(Duration::from_secs(60))))
+    }
+
     /// A member answering "hello" to every request, keeping connections alive or not;
     /// counts the connections it accepted.
     async fn member(keep_alive: bool) -> (Arc<Member>, Arc<AtomicUsize>) {
@@ -262,7 +323,7 @@ mod tests {
         request
             .headers_mut()
             .insert(hyper::header::HOST, "m".parse().unwrap());
-        let Ok(response) = conn.send(request).await else {
+        let Ok(response) = conn.send(request, Duration::from_secs(60)).await else {
             panic!("no answer");
         };
         let mut body = response.into_body();
@@ -292,7 +353,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_is_reused_once_its_answer_was_read_whole() {
         let (member, accepted) = member(true).await;
-        let pool = Pool::default();
+        let pool = pool();
         let mut conn = pool.checkout(&member).await.unwrap();
         assert!(!conn.reused);
         assert_eq!(get(&mut conn, &member).await, "hello");
@@ -308,7 +369,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_member_closed_is_not_handed_out_again() {
         let (member, accepted) = member(false).await;
-        let pool = Pool::default();
+        let pool = pool();
         let mut conn = pool.checkout(&member).await.unwrap();
         assert_eq!(get(&mut conn, &member).await, "hello");
         // Kept even if it looks idle: the close may not have arrived yet.
@@ -323,7 +384,7 @@ mod tests {
     #[tokio::test]
     async fn the_sweep_closes_connections_idle_too_long_and_those_of_members_gone() {
         let (member, _) = member(true).await;
-        let pool = Pool::default();
+        let pool = pool();
         let mut conn = pool.checkout(&member).await.unwrap();
         get(&mut conn, &member).await;
         pool.release(&member, conn);
@@ -346,7 +407,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let member = Member::new("gone", &format!("http://{addr}"), 1, true);
-        let e = Pool::default().checkout(&member).await.err().unwrap();
+        let e = pool().checkout(&member).await.err().unwrap();
         assert!(matches!(e, ConnectError::Connect { .. }), "{e}");
     }
 }

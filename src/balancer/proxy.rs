@@ -1,15 +1,16 @@
 //! The proxy: forwards a request to the members in the order the registry gives, on the
 //! worker's pooled connections ([`Pool`]), and retries on the next member only when that
-//! is safe.
+//! is safe. Every wait on a member, and on a client's body, is bounded by the member
+//! timeout ([`super::timeout`]).
 //! The request → stickiness and header rewriting parts are pure functions.
 
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::task::{Context, Poll};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -24,6 +25,7 @@ use super::member::Health;
 use super::pool::{MemberConn, Pool, SendError};
 use super::registry::{Member, Registry};
 use super::select::Stickiness;
+use super::timeout::{ChunkTimer, MemberTimeout, Stall, Stalled};
 use crate::config::Sticky;
 use crate::session::id;
 use crate::shutdown::Shutdown;
@@ -329,6 +331,25 @@ pub fn plain(status: StatusCode, line: &str) -> Response<ProxyBody> {
     r
 }
 
+/// The answer when the member sent no answer head in time (504).
+pub fn member_timed_out(after: Duration) -> Response<ProxyBody> {
+    plain(
+        StatusCode::GATEWAY_TIMEOUT,
+        &format!("member did not answer within {} s", after.as_secs()),
+    )
+}
+
+/// The answer when the client sent no more of its body in time (408).
+pub fn client_timed_out(after: Duration) -> Response<ProxyBody> {
+    plain(
+        StatusCode::REQUEST_TIMEOUT,
+        &format!(
+            "request timeout: no more of the body came within {} s",
+            after.as_secs()
+        ),
+    )
+}
+
 pub fn full(bytes: Bytes) -> ProxyBody {
     ProxyBody::Whole(Full::new(bytes))
 }
@@ -381,6 +402,13 @@ impl Attempt {
         self.member.errors.fetch_add(1, Ordering::Relaxed);
         self.member.update_health(|h| h.on_failure(Instant::now()));
     }
+
+    /// No answer within the member timeout: an error of the member, but slow is not dead,
+    /// so its health is left as for an attempt given up (in error only if it already was:
+    /// then its trial failed).
+    fn timed_out(self) {
+        self.member.errors.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Attempt {
@@ -395,18 +423,31 @@ impl Drop for Attempt {
     }
 }
 
-/// Whether the client's own side of a streamed request body failed on its way to a
-/// member: then the member is not to blame, and the client gets the answer.
+/// How the client's streamed request body is going, shared by the body on its way to a
+/// member and by the proxy: whether it failed on the client's side (then the member is
+/// not to blame, and the client gets the answer), and whether it moves or waits for the
+/// client (then the member is not the one keeping the request waiting, see
+/// [`MemberConn::send`]). Only the task of the request touches it.
 #[derive(Clone, Debug, Default)]
-pub struct ClientBodyFailure(Arc<AtomicU8>);
+pub struct Upload(Arc<UploadState>);
+
+#[derive(Debug, Default)]
+struct UploadState {
+    failure: AtomicU8,
+    /// Chunks taken from the client so far.
+    chunks: AtomicU64,
+    /// It waits for the client's next chunk.
+    waiting: AtomicBool,
+}
 
 const BODY_BROKEN: u8 = 1;
 const BODY_TOO_LARGE: u8 = 2;
+const BODY_TIMED_OUT: u8 = 3;
 
-impl ClientBodyFailure {
-    /// The answer for the client, if its body failed.
-    pub fn answer(&self) -> Option<Response<ProxyBody>> {
-        match self.0.load(Ordering::Acquire) {
+impl Upload {
+    /// The answer for the client, if its body failed (`after`: the member timeout).
+    pub fn answer(&self, after: Duration) -> Option<Response<ProxyBody>> {
+        match self.0.failure.load(Ordering::Acquire) {
             BODY_TOO_LARGE => Some(plain(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload too large: the body exceeds the balancer's limit",
@@ -415,34 +456,78 @@ impl ClientBodyFailure {
                 StatusCode::BAD_REQUEST,
                 "bad request: the body could not be read",
             )),
+            BODY_TIMED_OUT => Some(client_timed_out(after)),
             _ => None,
         }
+    }
+
+    /// How far it got: the chunks taken, and whether it waits for the next. It changes
+    /// whenever the upload moves.
+    pub fn moves(&self) -> (u64, bool) {
+        (
+            self.0.chunks.load(Ordering::Relaxed),
+            self.0.waiting.load(Ordering::Relaxed),
+        )
+    }
+
+    /// It waits for the client now.
+    pub fn waits_for_client(&self) -> bool {
+        self.0.waiting.load(Ordering::Relaxed)
     }
 
     fn note(&self, error: &BoxError) {
         let what = if error.downcast_ref::<LengthLimitError>().is_some() {
             BODY_TOO_LARGE
+        } else if error.downcast_ref::<Stalled>().is_some() {
+            BODY_TIMED_OUT
         } else {
             BODY_BROKEN
         };
-        self.0.store(what, Ordering::Release);
+        self.0.failure.store(what, Ordering::Release);
+        self.0.waiting.store(false, Ordering::Relaxed);
+    }
+
+    fn chunk(&self) {
+        self.0.chunks.fetch_add(1, Ordering::Relaxed);
+        self.0.waiting.store(false, Ordering::Relaxed);
+    }
+
+    fn ended(&self) {
+        self.0.waiting.store(false, Ordering::Relaxed);
+    }
+
+    fn waits(&self) {
+        self.0.waiting.store(true, Ordering::Relaxed);
     }
 }
 
-/// A request body streamed from the client that notes in [`ClientBodyFailure`] when it
-/// fails (malformed chunks, the client gone, over [`MAX_BODY`]).
-pub struct Watched<B> {
+/// The client's request body as the proxy reads it: each wait for its next chunk is
+/// bounded by the member timeout (a client that stops sending must not hold a member
+/// connection, nor a request, forever), and when it streams to a member, its moves and
+/// failures go to its [`Upload`].
+pub struct ClientBody<B> {
     inner: B,
-    failure: ClientBodyFailure,
+    timer: ChunkTimer,
+    timeout: Arc<MemberTimeout>,
+    upload: Option<Upload>,
 }
 
-impl<B> Watched<B> {
-    pub fn new(inner: B, failure: ClientBodyFailure) -> Watched<B> {
-        Watched { inner, failure }
+impl<B> ClientBody<B> {
+    pub fn new(inner: B, timeout: Arc<MemberTimeout>, upload: Option<Upload>) -> ClientBody<B> {
+        ClientBody {
+            inner,
+            timer: ChunkTimer::new(timeout.after()),
+            timeout,
+            upload,
+        }
     }
 }
 
-impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for Watched<B> {
+impl<B> Body for ClientBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -450,11 +535,36 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for Watched<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(e))) = &polled {
-            self.failure.note(e);
+        let this = &mut *self;
+        let polled = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.timer.moved();
+                if let Some(upload) = &this.upload {
+                    upload.chunk();
+                }
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            Poll::Ready(None) => {
+                this.timer.moved();
+                if let Some(upload) = &this.upload {
+                    upload.ended();
+                }
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(Err(e))) => e.into(),
+            Poll::Pending => {
+                if let Some(upload) = &this.upload {
+                    upload.waits();
+                }
+                ready!(this.timer.poll_expired(cx));
+                this.timeout.note(Stall::RequestBody, None);
+                Box::new(Stalled::new(Stall::RequestBody, this.timeout.after()))
+            }
+        };
+        if let Some(upload) = &this.upload {
+            upload.note(&polled);
         }
-        polled
+        Poll::Ready(Some(Err(polled)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -467,17 +577,20 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for Watched<B> {
 }
 
 /// The client's body streamed to a member.
-type Streamed = Watched<Limited<Incoming>>;
+type Streamed = ClientBody<Limited<Incoming>>;
 
 /// The request body: kept for a retry, or streamed once.
 enum Payload {
     Kept(Bytes),
-    Stream(Option<Streamed>, ClientBodyFailure),
+    Stream(Option<Streamed>, Upload),
 }
 
 impl Payload {
     /// Buffers small bodies of known length (and empty ones); streams the rest.
-    async fn from(body: Incoming) -> Result<Payload, Response<ProxyBody>> {
+    async fn from(
+        body: Incoming,
+        timeout: &Arc<MemberTimeout>,
+    ) -> Result<Payload, Response<ProxyBody>> {
         let hint = body.size_hint();
         if body.is_end_stream() {
             return Ok(Payload::Kept(Bytes::new()));
@@ -491,8 +604,10 @@ impl Payload {
         match hint.exact() {
             Some(len) if len <= REPLAY_LIMIT => {
                 let limit = usize::try_from(REPLAY_LIMIT).unwrap_or(usize::MAX);
-                match Limited::new(body, limit).collect().await {
+                let body = ClientBody::new(Limited::new(body, limit), timeout.clone(), None);
+                match body.collect().await {
                     Ok(collected) => Ok(Payload::Kept(collected.to_bytes())),
+                    Err(e) if e.is::<Stalled>() => Err(client_timed_out(timeout.after())),
                     Err(_) => Err(plain(
                         StatusCode::BAD_REQUEST,
                         "bad request: the body could not be read",
@@ -500,10 +615,14 @@ impl Payload {
                 }
             }
             _ => {
-                let failure = ClientBodyFailure::default();
+                let upload = Upload::default();
                 let limit = usize::try_from(MAX_BODY).unwrap_or(usize::MAX);
-                let body = Watched::new(Limited::new(body, limit), failure.clone());
-                Ok(Payload::Stream(Some(body), failure))
+                let body = ClientBody::new(
+                    Limited::new(body, limit),
+                    timeout.clone(),
+                    Some(upload.clone()),
+                );
+                Ok(Payload::Stream(Some(body), upload))
             }
         }
     }
@@ -540,11 +659,12 @@ impl Payload {
         }
     }
 
-    /// The answer for the client when its streamed body failed.
-    fn client_failed(&self) -> Option<Response<ProxyBody>> {
+    /// The answer for the client when its streamed body failed (`after`: the member
+    /// timeout).
+    fn client_failed(&self, after: Duration) -> Option<Response<ProxyBody>> {
         match self {
             Payload::Kept(_) => None,
-            Payload::Stream(_, failure) => failure.answer(),
+            Payload::Stream(_, upload) => upload.answer(after),
         }
     }
 }
@@ -556,6 +676,14 @@ pub struct OutBody {
 }
 
 impl OutBody {
+    /// The client's upload, when the body streams from the client.
+    pub fn upload(&self) -> Option<&Upload> {
+        match &self.kind {
+            OutKind::Kept(_) => None,
+            OutKind::Stream(stream) => stream.upload.as_ref(),
+        }
+    }
+
     /// No body, for `member`.
     #[cfg(test)]
     pub fn empty(member: &Arc<Member>) -> OutBody {
@@ -613,13 +741,15 @@ impl Body for OutBody {
 
 /// A member's answer on its way to the client: it drives the member connection while it
 /// is read (no other task does), counts its bytes into the member's `bytes_out`, keeps the
-/// member busy while it lives, and gives the connection back to the pool once read whole.
+/// member busy while it lives, gives the connection back to the pool once read whole, and
+/// cuts the answer off when the member sends no next chunk within the member timeout.
 pub struct MemberBody {
     inner: Incoming,
     /// None once given back (or given up).
     conn: Option<MemberConn>,
     pool: Arc<Pool>,
     member: Arc<Member>,
+    timer: ChunkTimer,
     _busy: Busy,
 }
 
@@ -654,6 +784,7 @@ impl Body for MemberBody {
         }
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
+                this.timer.moved();
                 if let Some(data) = frame.data_ref() {
                     this.member
                         .bytes_out
@@ -668,7 +799,16 @@ impl Body for MemberBody {
                 this.release();
             }
             Poll::Ready(Some(Err(_))) => this.conn = None,
-            Poll::Pending => {}
+            Poll::Pending => {
+                ready!(this.timer.poll_expired(cx));
+                // Closed, never pooled: the rest of the answer may still come.
+                this.conn = None;
+                this.member.errors.fetch_add(1, Ordering::Relaxed);
+                let timeout = this.pool.timeout();
+                timeout.note(Stall::AnswerBody, Some(&this.member.route));
+                let stalled = Stalled::new(Stall::AnswerBody, timeout.after());
+                return Poll::Ready(Some(Err(Box::new(stalled))));
+            }
         }
         polled.map(|frame| frame.map(|f| f.map_err(|e| -> BoxError { Box::new(e) })))
     }
@@ -707,6 +847,8 @@ fn origin_form(uri: &Uri) -> Uri {
 struct Failure {
     error: BoxError,
     unsent: Option<Request<OutBody>>,
+    /// It was sent and the member did not answer within the member timeout.
+    timed_out: bool,
 }
 
 /// Sends a request to `member` on a pooled connection (or a new one) and waits for the
@@ -717,16 +859,18 @@ async fn exchange(
     member: &Member,
     request: Request<OutBody>,
 ) -> Result<(Response<Incoming>, MemberConn), Failure> {
+    let timeout = pool.timeout().after();
     let mut conn = match pool.checkout(member).await {
         Ok(conn) => conn,
         Err(e) => {
             return Err(Failure {
                 error: e.into(),
                 unsent: Some(request),
+                timed_out: false,
             });
         }
     };
-    let request = match conn.send(request).await {
+    let request = match conn.send(request, timeout).await {
         Ok(response) => return Ok((response, conn)),
         Err(SendError::NotSent(e, request)) if conn.reused => {
             debug!(member = %member.route, error = %e, "an idle connection was closed by the member; using a new one");
@@ -740,10 +884,11 @@ async fn exchange(
             return Err(Failure {
                 error: e.into(),
                 unsent: Some(request),
+                timed_out: false,
             });
         }
     };
-    match conn.send(request).await {
+    match conn.send(request, timeout).await {
         Ok(response) => Ok((response, conn)),
         Err(e) => Err(e.into()),
     }
@@ -755,10 +900,17 @@ impl From<SendError> for Failure {
             SendError::NotSent(error, request) => Failure {
                 error: error.into(),
                 unsent: Some(*request),
+                timed_out: false,
             },
             SendError::Failed(error) => Failure {
                 error: error.into(),
                 unsent: None,
+                timed_out: false,
+            },
+            SendError::TimedOut(after) => Failure {
+                error: Box::new(Stalled::new(Stall::Answer, after)),
+                unsent: None,
+                timed_out: true,
             },
         }
     }
@@ -812,7 +964,8 @@ pub async fn forward(
         set_upgrade(&mut parts.headers, protocol);
     }
     parts.uri = origin_form(&parts.uri);
-    let mut payload = match Payload::from(body).await {
+    let timeout = pool.timeout();
+    let mut payload = match Payload::from(body, timeout).await {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -851,17 +1004,24 @@ pub async fn forward(
                     conn: Some(conn),
                     pool: pool.clone(),
                     member,
+                    timer: ChunkTimer::new(timeout.after()),
                     _busy: busy,
                 };
                 return Response::from_parts(head, ProxyBody::Member(body));
             }
             Err(failure) => {
-                if let Some(answer) = payload.client_failed() {
-                    // The client's body broke, not the member: no verdict on the member
-                    // (as when a client goes away), and the client learns why.
+                if let Some(answer) = payload.client_failed(timeout.after()) {
+                    // The client's body broke or stalled, not the member: no verdict on
+                    // the member (as when a client goes away), and the client learns why.
                     drop(attempt);
                     debug!(member = %member.route, error = %failure.error, "the client's request body failed");
                     return answer;
+                }
+                if failure.timed_out {
+                    // Not sent again: the member may have acted on it.
+                    attempt.timed_out();
+                    timeout.note(Stall::Answer, Some(&member.route));
+                    return member_timed_out(timeout.after());
                 }
                 attempt.failed();
                 let never_sent = failure.unsent.is_some();
@@ -931,6 +1091,9 @@ fn tunnel(
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
+
+    use hyper::service::service_fn;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     fn peer() -> Peer {
         Peer::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)))
@@ -1119,30 +1282,225 @@ mod tests {
         http_body_util::StreamBody::new(stream).boxed_unsync()
     }
 
+    const T: Duration = Duration::from_secs(10);
+
+    fn timeout() -> Arc<MemberTimeout> {
+        Arc::new(MemberTimeout::new(T))
+    }
+
     #[tokio::test]
     async fn a_client_body_that_breaks_or_grows_too_large_is_the_clients_fault() {
-        let failure = ClientBodyFailure::default();
-        let whole = Watched::new(frames(vec![Ok(b"abc"), Ok(b"def")]), failure.clone());
+        let upload = Upload::default();
+        let whole = ClientBody::new(
+            frames(vec![Ok(b"abc"), Ok(b"def")]),
+            timeout(),
+            Some(upload.clone()),
+        );
         assert_eq!(whole.collect().await.unwrap().to_bytes(), "abcdef");
-        assert!(failure.answer().is_none());
+        assert!(upload.answer(T).is_none());
+        assert_eq!(upload.moves(), (2, false));
 
-        let broken = Watched::new(
+        let broken = ClientBody::new(
             frames(vec![Ok(b"abc"), Err("invalid chunk size".into())]),
-            failure.clone(),
+            timeout(),
+            Some(upload.clone()),
         );
         assert!(broken.collect().await.is_err());
-        assert_eq!(failure.answer().unwrap().status(), StatusCode::BAD_REQUEST);
+        assert_eq!(upload.answer(T).unwrap().status(), StatusCode::BAD_REQUEST);
 
-        let failure = ClientBodyFailure::default();
-        let big = Watched::new(
-            Limited::new(frames(vec![Ok(b"abc"), Ok(b"def")]), 4).boxed_unsync(),
-            failure.clone(),
+        let upload = Upload::default();
+        let big = ClientBody::new(
+            Limited::new(frames(vec![Ok(b"abc"), Ok(b"def")]), 4),
+            timeout(),
+            Some(upload.clone()),
         );
         assert!(big.collect().await.is_err());
         assert_eq!(
-            failure.answer().unwrap().status(),
+            upload.answer(T).unwrap().status(),
             StatusCode::PAYLOAD_TOO_LARGE
         );
+    }
+
+    /// A client on an in-memory connection that sent `head`, served by hyper as the
+    /// balancer serves its clients (without an answer, ever): the body of its request, and
+    /// the client's end of the connection, to send the rest.
+    async fn client_request(head: &'static [u8]) -> (Incoming, DuplexStream) {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let tx = std::sync::Mutex::new(Some(tx));
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                if let Some(tx) = tx.lock().unwrap().take() {
+                    let _ = tx.send(req.into_body());
+                }
+                std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>()
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(server), service)
+                .await;
+        });
+        client.write_all(head).await.unwrap();
+        (rx.await.unwrap(), client)
+    }
+
+    /// A connection to a member on an in-memory pipe that reads each request's body whole
+    /// and then never answers.
+    async fn silent_member() -> MemberConn {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let service = service_fn(|req: Request<Incoming>| async move {
+                let _ = req.into_body().collect().await;
+                std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>().await
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(theirs), service)
+                .await;
+        });
+        MemberConn::handshake(TokioIo::new(ours)).await.unwrap()
+    }
+
+    fn member() -> Arc<Member> {
+        Arc::new(Member::new("m", "http://127.0.0.1:1", 1, true))
+    }
+
+    /// A request to `member` whose body streams from `incoming`, and its upload.
+    fn streamed(incoming: Incoming, member: &Arc<Member>) -> (Request<OutBody>, Upload) {
+        let upload = Upload::default();
+        let body = ClientBody::new(
+            Limited::new(incoming, 1 << 20),
+            timeout(),
+            Some(upload.clone()),
+        );
+        let body = OutBody {
+            kind: OutKind::Stream(body),
+            member: member.clone(),
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = Method::POST;
+        request
+            .headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("m"));
+        request.headers_mut().insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        (request, upload)
+    }
+
+    const CHUNKED: &[u8] = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_that_never_answers_times_out_after_the_timeout() {
+        let mut conn = silent_member().await;
+        let mut request = Request::new(OutBody::empty(&member()));
+        request
+            .headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("m"));
+        let start = tokio::time::Instant::now();
+        let result = conn.send(request, T).await;
+        assert!(matches!(result, Err(SendError::TimedOut(t)) if t == T));
+        assert_eq!(start.elapsed(), T);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upload_that_keeps_moving_is_not_cut_and_the_time_counts_from_its_end() {
+        let (incoming, mut client) = client_request(CHUNKED).await;
+        let (request, upload) = streamed(incoming, &member());
+        let mut conn = silent_member().await;
+        let start = tokio::time::Instant::now();
+        // Four chunks, each a little within the timeout of the one before: 32 s in all.
+        let step = T * 8 / 10;
+        let sender = tokio::spawn(async move {
+            for _ in 0..4 {
+                tokio::time::sleep(step).await;
+                client.write_all(b"3\r\nabc\r\n").await.unwrap();
+            }
+            client.write_all(b"0\r\n\r\n").await.unwrap();
+            client
+        });
+        let result = conn.send(request, T).await;
+        assert!(matches!(result, Err(SendError::TimedOut(_))));
+        assert_eq!(start.elapsed(), step * 4 + T);
+        assert!(upload.answer(T).is_none(), "not the client's fault");
+        assert_eq!(upload.moves(), (4, false));
+        drop(sender.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_sending_its_body_gets_408_not_the_member_504() {
+        let (incoming, mut client) = client_request(CHUNKED).await;
+        let (request, upload) = streamed(incoming, &member());
+        let mut conn = silent_member().await;
+        let start = tokio::time::Instant::now();
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            client.write_all(b"3\r\nabc\r\n").await.unwrap();
+            client
+        });
+        let result = conn.send(request, T).await;
+        assert!(matches!(result, Err(SendError::Failed(_))));
+        assert_eq!(start.elapsed(), Duration::from_secs(1) + T);
+        let answer = upload.answer(T).expect("the client's fault");
+        assert_eq!(answer.status(), StatusCode::REQUEST_TIMEOUT);
+        drop(sender.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_small_body_that_stops_coming_gets_408_before_any_member_is_asked() {
+        let (incoming, _client) =
+            client_request(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789")
+                .await;
+        let start = tokio::time::Instant::now();
+        let Err(answer) = Payload::from(incoming, &timeout()).await else {
+            panic!("a body that never came whole was kept");
+        };
+        assert_eq!(answer.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(start.elapsed(), T);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_body_that_stops_coming_is_cut_off_and_counted_against_the_member() {
+        let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+        let member = member();
+        let mut conn = MemberConn::handshake(TokioIo::new(ours)).await.unwrap();
+        let answer = tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let _ = theirs.read(&mut buf).await;
+            theirs
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+                .await
+                .unwrap();
+            // Nothing more, until our end closes.
+            while let Ok(1..) = theirs.read(&mut buf).await {}
+        });
+        let mut request = Request::new(OutBody::empty(&member));
+        request
+            .headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("m"));
+        let response = conn.send(request, T).await.ok().expect("a head");
+        let pool = Arc::new(Pool::new(timeout()));
+        let mut body = MemberBody {
+            inner: response.into_body(),
+            conn: Some(conn),
+            pool,
+            member: member.clone(),
+            timer: ChunkTimer::new(T),
+            _busy: Busy::new(&member),
+        };
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "0123456789");
+        let start = tokio::time::Instant::now();
+        let error = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(start.elapsed(), T);
+        assert!(error.is::<Stalled>(), "{error}");
+        assert!(
+            body.conn.is_none(),
+            "the connection is closed, never pooled"
+        );
+        assert_eq!(member.errors.load(Ordering::Relaxed), 1);
+        drop(body);
+        assert_eq!(member.busy.load(Ordering::Relaxed), 0);
+        answer.await.unwrap();
     }
 
     #[test]

@@ -124,8 +124,8 @@ fn start_one(
 fn run(runtime: Runtime, listener: TcpListener, shared: Arc<Shared>, shutdown: Shutdown) {
     runtime.block_on(async move {
         let worker = Arc::new(Worker {
+            pool: Arc::new(Pool::new(shared.timeout.clone())),
             shared,
-            pool: Arc::new(Pool::default()),
             shutdown: shutdown.clone(),
         });
         let sweeper = tokio::spawn(sweep(worker.clone()));
