@@ -1288,6 +1288,15 @@ mod tests {
         Arc::new(MemberTimeout::new(T))
     }
 
+    /// `wait`'s outcome, or a failed test if it takes 10 timeouts (of paused time): a
+    /// wait that is never ended fails rather than hangs.
+    async fn bounded<F: std::future::Future>(wait: F) -> F::Output {
+        match tokio::time::timeout(T * 10, wait).await {
+            Ok(outcome) => outcome,
+            Err(_) => panic!("still waiting after {:?}", T * 10),
+        }
+    }
+
     #[tokio::test]
     async fn a_client_body_that_breaks_or_grows_too_large_is_the_clients_fault() {
         let upload = Upload::default();
@@ -1397,7 +1406,7 @@ mod tests {
             .headers_mut()
             .insert(header::HOST, HeaderValue::from_static("m"));
         let start = tokio::time::Instant::now();
-        let result = conn.send(request, T).await;
+        let result = bounded(conn.send(request, T)).await;
         assert!(matches!(result, Err(SendError::TimedOut(t)) if t == T));
         assert_eq!(start.elapsed(), T);
     }
@@ -1418,7 +1427,7 @@ mod tests {
             client.write_all(b"0\r\n\r\n").await.unwrap();
             client
         });
-        let result = conn.send(request, T).await;
+        let result = bounded(conn.send(request, T)).await;
         assert!(matches!(result, Err(SendError::TimedOut(_))));
         assert_eq!(start.elapsed(), step * 4 + T);
         assert!(upload.answer(T).is_none(), "not the client's fault");
@@ -1437,7 +1446,7 @@ mod tests {
             client.write_all(b"3\r\nabc\r\n").await.unwrap();
             client
         });
-        let result = conn.send(request, T).await;
+        let result = bounded(conn.send(request, T)).await;
         assert!(matches!(result, Err(SendError::Failed(_))));
         assert_eq!(start.elapsed(), Duration::from_secs(1) + T);
         let answer = upload.answer(T).expect("the client's fault");
@@ -1451,7 +1460,7 @@ mod tests {
             client_request(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789")
                 .await;
         let start = tokio::time::Instant::now();
-        let Err(answer) = Payload::from(incoming, &timeout()).await else {
+        let Err(answer) = bounded(Payload::from(incoming, &timeout())).await else {
             panic!("a body that never came whole was kept");
         };
         assert_eq!(answer.status(), StatusCode::REQUEST_TIMEOUT);
@@ -1490,7 +1499,7 @@ mod tests {
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "0123456789");
         let start = tokio::time::Instant::now();
-        let error = body.frame().await.unwrap().unwrap_err();
+        let error = bounded(body.frame()).await.unwrap().unwrap_err();
         assert_eq!(start.elapsed(), T);
         assert!(error.is::<Stalled>(), "{error}");
         assert!(
