@@ -8,6 +8,7 @@
 //! - [`metrics`]: atomic counters behind `/status` and `/metrics`.
 //! - [`shutdown`]: the cancellation token and task tracker every task is spawned through.
 //! - [`throttle`]: log once per sender per interval, so floods are counted, not logged.
+//! - [`limits`]: the process's open file limit, raised to the hard one at start.
 //! - [`membership`]: the member table, a pure state machine driven with injected time.
 //! - [`wire`]: bytes to checked messages and back (protobuf via prost); no sockets.
 //! - [`transport`]: the only code that opens sockets (UDP datagrams, TCP frame streams).
@@ -29,6 +30,7 @@ pub mod balancer;
 pub mod cli;
 pub mod config;
 pub mod heartbeat;
+pub mod limits;
 pub mod membership;
 pub mod metrics;
 pub mod node;

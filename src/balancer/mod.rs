@@ -26,10 +26,11 @@ use hyper::{Request, Response};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError};
 use crate::heartbeat::{self, HeartbeatConfig, MembershipView, Peers};
+use crate::limits;
 use crate::membership::{MemberInfo, NodeId};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -75,6 +76,15 @@ pub struct Shared {
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), BalancerError> {
     config.validate()?;
     let b = &config.balancer;
+    let open_files = limits::raise_open_files_logged();
+    if open_files.is_some_and(|soft| open_files_short(b.max_connections, soft)) {
+        warn!(
+            max_connections = b.max_connections,
+            needed = open_files_needed(b.max_connections),
+            open_files,
+            "the open file limit is below what balancer.max_connections may need (each client connection needs a member connection too); raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) or lower balancer.max_connections"
+        );
+    }
     let count = worker::count();
     let listeners = bind_group(b.listen, count).map_err(|source| BalancerError::Bind {
         what: "balancer",
@@ -111,6 +121,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), BalancerError
         members = b.member.len(),
         max_connections = b.max_connections,
         timeout_s = b.timeout_s,
+        open_files,
         workers = count,
         "balancer started"
     );
@@ -121,6 +132,19 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), BalancerError
     shutdown.drain(DRAIN_GRACE).await;
     info!("balancer stopped");
     Ok(())
+}
+
+/// Open files the balancer may need with `max_connections` client connections: each has
+/// a connection to a member too, and the process has some of its own (listeners, worker
+/// runtimes, the multicast socket, the log).
+pub fn open_files_needed(max_connections: u64) -> u64 {
+    max_connections.saturating_mul(2).saturating_add(64)
+}
+
+/// Whether an open file limit of `soft` is short of what `max_connections` may need: the
+/// balancer then says so at start.
+pub fn open_files_short(max_connections: u64, soft: u64) -> bool {
+    open_files_needed(max_connections) > soft
 }
 
 /// The listening sockets, one per worker, in one SO_REUSEPORT group: the kernel spreads
@@ -298,4 +322,22 @@ pub fn discovered(view: &MembershipView) -> Vec<(String, String)> {
         .collect();
     found.sort();
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_file_limit_is_short_when_it_cannot_hold_two_files_per_connection() {
+        assert_eq!(open_files_needed(10_000), 20_064);
+        assert!(open_files_short(10_000, 1024), "the usual soft limit");
+        assert!(open_files_short(10_000, 20_063));
+        assert!(!open_files_short(10_000, 20_064));
+        assert!(!open_files_short(10_000, 1_048_576));
+        assert!(!open_files_short(480, 1024));
+        assert!(open_files_short(481, 1024));
+        assert!(!open_files_short(1_000_000, u64::MAX), "RLIM_INFINITY");
+        assert_eq!(open_files_needed(u64::MAX), u64::MAX);
+    }
 }

@@ -117,6 +117,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
             reason: "authenticated and encrypted cluster traffic is not available in this version yet; remove the key to run unencrypted",
         });
     }
+    let open_files = crate::limits::raise_open_files_logged();
     let membership = &config.membership;
     let replication_listener = bind_tcp("replication", config.node.replication).await?;
     let replication_addr = advertised(
@@ -214,6 +215,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
         http = %http_addr,
         replication = %replication_addr,
         heartbeats = heartbeat_mode,
+        open_files,
         "node started"
     );
 
