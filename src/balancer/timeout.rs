@@ -10,11 +10,12 @@
 //!   connection is dropped and the client gets 408 (or is closed, if its answer started).
 //!
 //! Timers are cheap on this path: the head wait has one, and a body gets one only when
-//! it first has to wait for a chunk, reset at each later wait ([`ChunkTimer`]).
+//! it first has to wait for a chunk, pushed on (not made anew) when it runs out during a
+//! later wait ([`ChunkTimer`]).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -132,14 +133,16 @@ impl MemberTimeout {
 }
 
 /// The waits for the chunks of one body, each bounded. The timer is made when the body
-/// first has to wait, and reset (not made anew) when it waits again after a chunk came: a
-/// body whose chunks are always there costs no timer, and a long one costs one.
+/// first has to wait; a later wait only notes when it began, and the timer, when it runs
+/// out before that wait's deadline (it was set for an earlier one), is pushed on to it.
+/// So a body whose chunks are always there costs no timer, and a long one costs one, set
+/// again at most once per timeout, however many chunks it waits for.
 #[derive(Debug)]
 pub struct ChunkTimer {
     after: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
-    /// A wait is under way: the timer runs for it.
-    waiting: bool,
+    /// When the wait under way began.
+    waiting_since: Option<tokio::time::Instant>,
 }
 
 impl ChunkTimer {
@@ -147,30 +150,31 @@ impl ChunkTimer {
         ChunkTimer {
             after,
             sleep: None,
-            waiting: false,
+            waiting_since: None,
         }
     }
 
     /// A chunk came (or the body ended): the next wait starts afresh.
     pub fn moved(&mut self) {
-        self.waiting = false;
+        self.waiting_since = None;
     }
 
     /// The body has nothing now: Ready once this wait has lasted the timeout. Until then
-    /// the task is woken when it runs out.
+    /// the task is woken when the timer runs out.
     pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if !self.waiting {
-            self.waiting = true;
-            let deadline = tokio::time::Instant::now() + self.after;
-            match &mut self.sleep {
-                Some(sleep) => sleep.as_mut().reset(deadline),
-                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
+        let since = *self
+            .waiting_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        let deadline = since + self.after;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        // Deadlines only move on: one set for an earlier wait is never the later.
+        while sleep.deadline() < deadline {
+            ready!(sleep.as_mut().poll(cx));
+            sleep.as_mut().reset(deadline);
         }
-        match &mut self.sleep {
-            Some(sleep) => sleep.as_mut().poll(cx),
-            None => Poll::Pending,
-        }
+        sleep.as_mut().poll(cx)
     }
 }
 
@@ -195,11 +199,23 @@ mod tests {
         timer.moved();
         let first = poll_fn(|cx| Poll::Ready(timer.poll_expired(cx))).await;
         assert!(first.is_pending(), "a new wait after a chunk");
+        // A chunk within the timeout: the timer, set for the wait before, is pushed on.
         tokio::time::advance(Duration::from_millis(1500)).await;
         timer.moved();
         let again = tokio::time::Instant::now();
         poll_fn(|cx| timer.poll_expired(cx)).await;
         assert_eq!(again.elapsed(), Duration::from_secs(2));
+        // Many short waits, each well within the timeout, never expire.
+        for _ in 0..10 {
+            timer.moved();
+            let wait = poll_fn(|cx| Poll::Ready(timer.poll_expired(cx))).await;
+            assert!(wait.is_pending());
+            tokio::time::advance(Duration::from_millis(900)).await;
+        }
+        timer.moved();
+        let last = tokio::time::Instant::now();
+        poll_fn(|cx| timer.poll_expired(cx)).await;
+        assert_eq!(last.elapsed(), Duration::from_secs(2));
     }
 
     #[test]
