@@ -536,7 +536,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let polled = match Pin::new(&mut this.inner).poll_frame(cx) {
+        let error: BoxError = match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.timer.moved();
                 if let Some(upload) = &this.upload {
@@ -562,9 +562,9 @@ where
             }
         };
         if let Some(upload) = &this.upload {
-            upload.note(&polled);
+            upload.note(&error);
         }
-        Poll::Ready(Some(Err(polled)))
+        Poll::Ready(Some(Err(error)))
     }
 
     fn is_end_stream(&self) -> bool {
