@@ -377,10 +377,25 @@ fn node_args(settings: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// Starts `n` nodes of a new cluster and waits until they see each other and are ready.
+/// Worker threads of each node when `n` nodes share this machine: its cores divided among
+/// them, at least one each — what `deltacast up` gives the nodes of a local cluster
+/// (src/cli/up.rs), so that N nodes do not run N × cores threads on the same cores.
+fn worker_threads(n: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    (cores / n.max(1)).max(1)
+}
+
+/// Starts `n` nodes of a new cluster, each as `deltacast up` would (its share of the cores,
+/// `info` logging), and waits until they see each other and are ready.
 fn start_cluster(tag: &str, n: usize, args: &[String]) -> (Cluster, Vec<NodeProc>) {
     let c = Cluster::new(tag);
-    let nodes: Vec<NodeProc> = (1..=n).map(|i| c.node(&format!("n{i}"), args)).collect();
+    let env = [
+        ("TOKIO_WORKER_THREADS", worker_threads(n).to_string()),
+        ("RUST_LOG", "deltacast=info".to_string()),
+    ];
+    let nodes: Vec<NodeProc> = (1..=n)
+        .map(|i| c.node_with_env(&format!("n{i}"), args, &env))
+        .collect();
     let refs: Vec<&NodeProc> = nodes.iter().collect();
     wait_converged(&refs, Duration::from_secs(30));
     for node in &nodes {

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use parking_lot::RwLock;
-use tokio::sync::{mpsc, oneshot, watch};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -25,6 +25,7 @@ use crate::heartbeat::MembershipView;
 use crate::membership::{MemberInfo, MemberState, NodeId};
 use crate::metrics::Metrics;
 use crate::session::{Delta, SessionStore};
+use crate::wire;
 use outbound::Outgoing;
 
 /// How replication behaves.
@@ -80,6 +81,57 @@ impl Context {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// What one sync write waits for: the members that have not acknowledged it yet.
+struct Acks {
+    pending: Mutex<Vec<NodeId>>,
+    /// Notified when `pending` becomes empty.
+    all: Notify,
+}
+
+impl Acks {
+    /// Waits for `members`; with none, it is done at once.
+    fn new(members: Vec<NodeId>) -> Arc<Acks> {
+        let acks = Arc::new(Acks {
+            pending: Mutex::new(members),
+            all: Notify::new(),
+        });
+        if acks.pending.lock().is_empty() {
+            acks.all.notify_one();
+        }
+        acks
+    }
+}
+
+/// One member's part of a sync write's wait, carried with the delta on that member's link
+/// and dropped when the member acknowledged it (or when the delta will not reach it: the
+/// link stopped because the member left, or the queue refused it). The last one to go
+/// wakes the writer.
+pub(crate) struct AckHandle {
+    acks: Arc<Acks>,
+    member: NodeId,
+}
+
+impl AckHandle {
+    fn new(acks: &Arc<Acks>, member: NodeId) -> AckHandle {
+        AckHandle {
+            acks: acks.clone(),
+            member,
+        }
+    }
+}
+
+impl Drop for AckHandle {
+    fn drop(&mut self) {
+        let mut pending = self.acks.pending.lock();
+        let before = pending.len();
+        pending.retain(|m| *m != self.member);
+        if pending.len() < before && pending.is_empty() {
+            drop(pending);
+            self.acks.all.notify_one();
+        }
     }
 }
 
@@ -163,54 +215,65 @@ impl Replicator {
     pub async fn replicate(&self, delta: Delta) {
         let sync = self.cfg.mode == ReplicationMode::Sync;
         let deadline = tokio::time::Instant::now() + self.cfg.ack_timeout;
-        let delta = Arc::new(delta);
-        let targets: Vec<(NodeId, bool, mpsc::Sender<Outgoing>, Arc<AtomicBool>)> = self
-            .links
-            .read()
-            .iter()
-            .map(|(id, l)| (*id, l.alive, l.tx.clone(), l.resync.clone()))
-            .collect();
-        let mut waits = Vec::new();
-        for (id, alive, tx, resync) in targets {
-            let wait = sync && alive;
-            let (ack, acked) = if wait {
-                let (tx, rx) = oneshot::channel();
-                (Some(tx), Some(rx))
-            } else {
-                (None, None)
-            };
-            let item = Outgoing::Delta {
-                delta: delta.clone(),
-                ack,
-            };
-            // A full queue holds the writer back, but never past the ack timeout.
-            let sent = if alive {
-                tokio::time::timeout_at(deadline, tx.send(item))
-                    .await
-                    .is_ok_and(|r| r.is_ok())
-            } else {
-                tx.try_send(item).is_ok()
-            };
-            if !sent {
-                // Dropped for this peer: anti-entropy brings it over later.
-                resync.store(true, Ordering::Relaxed);
-                self.ctx.metrics.replication.errors.inc();
-                if alive {
-                    warn!(member = %id, "replication queue full; member suspected and resynchronised later");
-                    self.ctx.suspect(id);
+        // Encoded once, whatever the number of links.
+        let encoded = wire::encode_delta(&delta);
+        let mut full = Vec::new();
+        let acks = {
+            let links = self.links.read();
+            let acks = sync.then(|| {
+                Acks::new(
+                    links
+                        .iter()
+                        .filter(|(_, l)| l.alive)
+                        .map(|(id, _)| *id)
+                        .collect(),
+                )
+            });
+            for (id, link) in links.iter() {
+                let item = Outgoing::Delta {
+                    delta: encoded.clone(),
+                    ack: acks
+                        .as_ref()
+                        .filter(|_| link.alive)
+                        .map(|acks| AckHandle::new(acks, *id)),
+                };
+                match link.tx.try_send(item) {
+                    Ok(()) => {}
+                    // A full queue holds the writer back (below), but never past the ack
+                    // timeout; a dead member's queue is not waited for.
+                    Err(mpsc::error::TrySendError::Full(item)) if link.alive => {
+                        full.push((*id, link.tx.clone(), link.resync.clone(), item));
+                    }
+                    Err(_) => self.dropped(*id, link.alive, &link.resync),
                 }
-                continue;
             }
-            if let Some(rx) = acked {
-                waits.push((id, rx));
+            acks
+        };
+        for (id, tx, resync, item) in full {
+            let sent = tokio::time::timeout_at(deadline, tx.send(item)).await;
+            if !sent.is_ok_and(|r| r.is_ok()) {
+                self.dropped(id, true, &resync);
             }
         }
-        for (id, rx) in waits {
-            // A dropped sender means the link was stopped: the member left.
-            if tokio::time::timeout_at(deadline, rx).await.is_err() {
+        let Some(acks) = acks else { return };
+        if tokio::time::timeout_at(deadline, acks.all.notified())
+            .await
+            .is_err()
+        {
+            for id in acks.pending.lock().iter() {
                 debug!(member = %id, "no acknowledgement within the ack timeout; suspecting");
-                self.ctx.suspect(id);
+                self.ctx.suspect(*id);
             }
+        }
+    }
+
+    /// A delta could not be queued for `id`: anti-entropy brings it over later.
+    fn dropped(&self, id: NodeId, alive: bool, resync: &AtomicBool) {
+        resync.store(true, Ordering::Relaxed);
+        self.ctx.metrics.replication.errors.inc();
+        if alive {
+            warn!(member = %id, "replication queue full; member suspected and resynchronised later");
+            self.ctx.suspect(id);
         }
     }
 
@@ -308,5 +371,57 @@ impl Replicator {
             // Access times are best effort: the next batch carries newer ones anyway.
             let _ = link.tx.try_send(Outgoing::Access(touched.clone()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    fn ids(n: u64) -> Vec<NodeId> {
+        (1..=n).map(NodeId::from_u64).collect()
+    }
+
+    #[test]
+    fn a_sync_write_is_released_only_when_every_member_acked() {
+        let acks = Acks::new(ids(3));
+        let handles: Vec<AckHandle> = ids(3).iter().map(|m| AckHandle::new(&acks, *m)).collect();
+        let mut wait = Box::pin(acks.all.notified());
+        let mut handles = handles.into_iter();
+        for left in [2, 1] {
+            drop(handles.next());
+            assert!(wait.as_mut().now_or_never().is_none());
+            assert_eq!(acks.pending.lock().len(), left);
+        }
+        drop(handles.next());
+        assert!(wait.as_mut().now_or_never().is_some());
+        assert!(acks.pending.lock().is_empty());
+    }
+
+    #[test]
+    fn the_members_that_did_not_ack_are_the_ones_left_pending() {
+        let acks = Acks::new(ids(3));
+        let first = AckHandle::new(&acks, NodeId::from_u64(1));
+        let _third = AckHandle::new(&acks, NodeId::from_u64(3));
+        // The second member's delta was never queued (its handle went with it).
+        drop(AckHandle::new(&acks, NodeId::from_u64(2)));
+        drop(first);
+        assert_eq!(*acks.pending.lock(), vec![NodeId::from_u64(3)]);
+        assert!(acks.all.notified().now_or_never().is_none());
+    }
+
+    #[test]
+    fn all_acks_arriving_before_the_writer_waits_are_not_missed() {
+        let acks = Acks::new(ids(2));
+        drop(AckHandle::new(&acks, NodeId::from_u64(2)));
+        drop(AckHandle::new(&acks, NodeId::from_u64(1)));
+        assert!(acks.all.notified().now_or_never().is_some());
+    }
+
+    #[test]
+    fn a_write_with_no_member_to_wait_for_is_released_at_once() {
+        let acks = Acks::new(Vec::new());
+        assert!(acks.all.notified().now_or_never().is_some());
     }
 }

@@ -8,23 +8,25 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::Context;
+use super::{AckHandle, Context};
 use crate::membership::MemberInfo;
-use crate::session::{Delta, SessionId};
+use crate::session::SessionId;
 use crate::transport;
 use crate::wire::{self, FrameBody};
 
 /// What a link sends.
 pub(crate) enum Outgoing {
-    /// A delta, and where to report its acknowledgement (sync mode).
+    /// A delta, encoded once for every link (`wire::encode_delta`), and, in sync mode, this
+    /// peer's part of the writer's wait, dropped once the peer acknowledged it.
     Delta {
-        delta: Arc<Delta>,
-        ack: Option<oneshot::Sender<()>>,
+        delta: Bytes,
+        ack: Option<AckHandle>,
     },
     Access(Arc<Vec<(SessionId, u64)>>),
 }
@@ -39,10 +41,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
+/// A frame of deltas in flight: kept until the peer acknowledges it, sent again after a
+/// reconnect. Dropping it releases the writers waiting for it.
 struct Batch {
     seq: u64,
-    deltas: Vec<Delta>,
-    acks: Vec<oneshot::Sender<()>>,
+    deltas: Vec<Bytes>,
+    /// Held only to be dropped with the batch, which releases the waiting writers.
+    _acks: Vec<AckHandle>,
 }
 
 enum Outcome {
@@ -120,16 +125,13 @@ impl Link<'_> {
         stop: &CancellationToken,
     ) -> Outcome {
         // Resend what was not acknowledged, in order.
-        let resend: Vec<FrameBody> = self
+        let resend: Vec<Bytes> = self
             .unacked
             .iter()
-            .map(|b| FrameBody::Deltas {
-                seq: b.seq,
-                deltas: b.deltas.clone(),
-            })
+            .map(|b| self.deltas_frame(b.seq, &b.deltas))
             .collect();
-        for body in resend {
-            if let Err(e) = self.send(&body).await {
+        for frame in resend {
+            if let Err(e) = self.send_bytes(frame).await {
                 return Outcome::Down(e);
             }
         }
@@ -179,6 +181,14 @@ impl Link<'_> {
 
     async fn send(&mut self, body: &FrameBody) -> Result<(), String> {
         let bytes = wire::encode_frame(&self.ctx.cluster, self.ctx.me, body);
+        self.send_bytes(bytes).await
+    }
+
+    fn deltas_frame(&self, seq: u64, deltas: &[Bytes]) -> Bytes {
+        wire::encode_deltas_frame(&self.ctx.cluster, self.ctx.me, seq, deltas)
+    }
+
+    async fn send_bytes(&mut self, bytes: Bytes) -> Result<(), String> {
         self.ctx
             .metrics
             .replication
@@ -205,7 +215,7 @@ impl Link<'_> {
         while let Some(item) = next {
             match item {
                 Outgoing::Delta { delta, ack } => {
-                    deltas.push(Arc::unwrap_or_clone(delta));
+                    deltas.push(delta);
                     acks.extend(ack);
                 }
                 Outgoing::Access(times) => access.extend(times.iter().copied()),
@@ -217,17 +227,9 @@ impl Link<'_> {
             };
         }
         if !deltas.is_empty() {
-            *self.seq += 1;
             let count = deltas.len() as u64;
-            let body = FrameBody::Deltas {
-                seq: *self.seq,
-                deltas,
-            };
-            self.send(&body).await?;
+            self.send_deltas(deltas, acks).await?;
             self.ctx.metrics.replication.deltas_sent.add(count);
-            if let FrameBody::Deltas { seq, deltas } = body {
-                self.unacked.push_back(Batch { seq, deltas, acks });
-            }
         }
         if !access.is_empty() {
             self.send(&FrameBody::Access(access)).await?;
@@ -235,15 +237,30 @@ impl Link<'_> {
         Ok(())
     }
 
+    /// Sends `deltas` as the next frame of the link and keeps them until acknowledged; if the
+    /// link breaks meanwhile, they go again after the reconnect.
+    async fn send_deltas(
+        &mut self,
+        deltas: Vec<Bytes>,
+        acks: Vec<AckHandle>,
+    ) -> Result<(), String> {
+        *self.seq += 1;
+        let seq = *self.seq;
+        let frame = self.deltas_frame(seq, &deltas);
+        self.unacked.push_back(Batch {
+            seq,
+            deltas,
+            _acks: acks,
+        });
+        self.send_bytes(frame).await
+    }
+
     async fn on_answer(&mut self, body: FrameBody) -> Result<(), String> {
         match body {
             FrameBody::Ack(seq) => {
+                // Dropping a batch releases the writers waiting for it.
                 while self.unacked.front().is_some_and(|b| b.seq <= seq) {
-                    if let Some(batch) = self.unacked.pop_front() {
-                        for ack in batch.acks {
-                            let _ = ack.send(());
-                        }
-                    }
+                    self.unacked.pop_front();
                 }
             }
             FrameBody::ShardEntries { shard, entries } => self.reconcile(shard, entries).await?,
@@ -287,19 +304,8 @@ impl Link<'_> {
             debug!(peer = %self.peer.name, shard, push = push.len(), pull = pull.len(), "anti-entropy");
         }
         for deltas in super::inbound::chunk(self.ctx.store.export(&push)) {
-            *self.seq += 1;
-            let body = FrameBody::Deltas {
-                seq: *self.seq,
-                deltas,
-            };
-            self.send(&body).await?;
-            if let FrameBody::Deltas { seq, deltas } = body {
-                self.unacked.push_back(Batch {
-                    seq,
-                    deltas,
-                    acks: Vec::new(),
-                });
-            }
+            let deltas = deltas.iter().map(wire::encode_delta).collect();
+            self.send_deltas(deltas, Vec::new()).await?;
         }
         if !pull.is_empty() {
             self.send(&FrameBody::Pull(pull)).await?;

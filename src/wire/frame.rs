@@ -123,6 +123,28 @@ pub fn encode_frame(cluster: &str, sender: NodeId, body: &FrameBody) -> Bytes {
     .into()
 }
 
+/// One delta encoded on its own (a `SessionDelta` message), for [`encode_deltas_frame`]: a
+/// change sent to many peers is encoded once, not once per link.
+pub fn encode_delta(delta: &Delta) -> Bytes {
+    delta_to_pb(delta).encode_to_vec().into()
+}
+
+/// The frame `encode_frame` makes of `FrameBody::Deltas { seq, deltas }`, byte for byte,
+/// from deltas already encoded by [`encode_delta`].
+pub fn encode_deltas_frame(cluster: &str, sender: NodeId, seq: u64, deltas: &[Bytes]) -> Bytes {
+    pb::DeltasFrame {
+        version: PROTOCOL_VERSION,
+        cluster: cluster.to_string(),
+        sender: sender.as_u64(),
+        deltas: Some(pb::EncodedDeltas {
+            seq,
+            deltas: deltas.to_vec(),
+        }),
+    }
+    .encode_to_vec()
+    .into()
+}
+
 /// The sender and body of a frame of `expected_cluster`, or why it must be dropped.
 pub fn decode_frame(buf: &[u8], expected_cluster: &str) -> Result<(NodeId, FrameBody), WireError> {
     use pb::frame::Body as B;
@@ -273,6 +295,28 @@ fn delta_from_pb(d: pb::SessionDelta) -> Result<Delta, WireError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_deltas_frame_of_deltas_encoded_once_is_the_frame_of_the_deltas() {
+        let mut second = delta();
+        second.id = SessionId::from_bytes([4; 16]);
+        second.attributes.clear();
+        second.invalidated = true;
+        let empty = Delta::new(SessionId::from_bytes([5; 16]), 0, 0);
+        let me = NodeId::from_u64(7);
+        for (seq, deltas) in [
+            (1, vec![delta()]),
+            (0, vec![delta(), second.clone()]),
+            (u64::MAX, vec![empty, second, delta()]),
+            (3, vec![]),
+        ] {
+            let encoded: Vec<Bytes> = deltas.iter().map(encode_delta).collect();
+            let body = FrameBody::Deltas { seq, deltas };
+            let frame = encode_deltas_frame("c", me, seq, &encoded);
+            assert_eq!(frame, encode_frame("c", me, &body));
+            assert_eq!(decode_frame(&frame, "c").unwrap(), (me, body));
+        }
+    }
 
     fn delta() -> Delta {
         let mut d = Delta::new(SessionId::from_bytes([3; 16]), 10, 20);

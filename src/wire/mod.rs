@@ -8,7 +8,9 @@ mod datagram;
 mod frame;
 
 pub use datagram::{MAGIC, MAX_DATAGRAM, decode_datagram, encode_heartbeat};
-pub use frame::{FrameBody, MAX_FRAME, decode_frame, encode_frame};
+pub use frame::{
+    FrameBody, MAX_FRAME, decode_frame, encode_delta, encode_deltas_frame, encode_frame,
+};
 
 use thiserror::Error;
 

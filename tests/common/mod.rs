@@ -93,6 +93,17 @@ impl Cluster {
     pub fn node<S: AsRef<OsStr>>(&self, name: &str, extra: &[S]) -> NodeProc {
         NodeProc::spawn(self, name, extra)
     }
+
+    /// Like `node`, with more environment variables for the process (set after the
+    /// defaults, so they win).
+    pub fn node_with_env<S: AsRef<OsStr>>(
+        &self,
+        name: &str,
+        extra: &[S],
+        env: &[(&str, String)],
+    ) -> NodeProc {
+        NodeProc::spawn_with_env(self, name, free_dual_port(), extra, env)
+    }
 }
 
 /// A `deltacast node` child process, killed (SIGKILL, by its PID) when dropped.
@@ -122,6 +133,17 @@ impl NodeProc {
         replication_port: u16,
         extra: &[S],
     ) -> NodeProc {
+        NodeProc::spawn_with_env(cluster, name, replication_port, extra, &[])
+    }
+
+    /// Like `spawn_at`, with more environment variables (set after the defaults).
+    pub fn spawn_with_env<S: AsRef<OsStr>>(
+        cluster: &Cluster,
+        name: &str,
+        replication_port: u16,
+        extra: &[S],
+        env: &[(&str, String)],
+    ) -> NodeProc {
         let http = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         let replication = SocketAddr::from((Ipv4Addr::LOCALHOST, replication_port));
         let log = log_path(&cluster.name, name);
@@ -135,6 +157,7 @@ impl NodeProc {
             .args(["--replication", &replication.to_string()])
             .args(extra)
             .env("RUST_LOG", "deltacast=debug")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
