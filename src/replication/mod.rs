@@ -215,11 +215,14 @@ impl Replicator {
     pub async fn replicate(&self, delta: Delta) {
         let sync = self.cfg.mode == ReplicationMode::Sync;
         let deadline = tokio::time::Instant::now() + self.cfg.ack_timeout;
-        // Encoded once, whatever the number of links.
-        let encoded = wire::encode_delta(&delta);
         let mut full = Vec::new();
         let acks = {
             let links = self.links.read();
+            if links.is_empty() {
+                return;
+            }
+            // Encoded once, whatever the number of links.
+            let encoded = wire::encode_delta(&delta);
             let acks = sync.then(|| {
                 Acks::new(
                     links
