@@ -77,14 +77,34 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), BalancerError
     config.validate()?;
     let b = &config.balancer;
     let open_files = limits::raise_open_files_logged();
-    if open_files.is_some_and(|soft| open_files_short(b.max_connections, soft)) {
-        warn!(
-            max_connections = b.max_connections,
-            needed = open_files_needed(b.max_connections),
+    let max_connections = match choose_max_connections(
+        b.max_connections,
+        config.is_set("balancer.max_connections"),
+        open_files,
+    ) {
+        MaxConnections::Fits(max) => max,
+        MaxConnections::SetAboveFiles {
+            max,
+            needed,
             open_files,
-            "the open file limit is below what balancer.max_connections may need (each client connection needs a member connection too); raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) or lower balancer.max_connections"
-        );
-    }
+        } => {
+            warn!(
+                max_connections = max,
+                needed,
+                open_files,
+                "the open file limit is below what balancer.max_connections may need (each client connection needs a member connection too); raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) or lower balancer.max_connections"
+            );
+            max
+        }
+        MaxConnections::Lowered { max, open_files } => {
+            info!(
+                max_connections = max,
+                open_files,
+                "balancer.max_connections is not set and the open file limit cannot hold the default; using what it can"
+            );
+            max
+        }
+    };
     let count = worker::count();
     let listeners = bind_group(b.listen, count).map_err(|source| BalancerError::Bind {
         what: "balancer",
@@ -103,7 +123,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), BalancerError
     let shared = Arc::new(Shared {
         registry,
         config: config.clone(),
-        limit: ConnectionLimit::new(usize::try_from(b.max_connections).unwrap_or(usize::MAX)),
+        limit: ConnectionLimit::new(usize::try_from(max_connections).unwrap_or(usize::MAX)),
         timeout: Arc::new(MemberTimeout::new(Duration::from_secs(b.timeout_s))),
     });
     let workers = match Workers::start(listeners, &shared, &shutdown) {
@@ -119,7 +139,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), BalancerError
         sticky = %b.sticky,
         discover = b.discover,
         members = b.member.len(),
-        max_connections = b.max_connections,
+        max_connections,
         timeout_s = b.timeout_s,
         open_files,
         workers = count,
@@ -145,6 +165,47 @@ pub fn open_files_needed(max_connections: u64) -> u64 {
 /// balancer then says so at start.
 pub fn open_files_short(max_connections: u64, soft: u64) -> bool {
     open_files_needed(max_connections) > soft
+}
+
+/// The client connection limit in force, given the configured one (`set`: by the user, not
+/// the default) and the soft open file limit once raised (None when unknown).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaxConnections {
+    /// The configured limit: the open files can hold it, or their limit is unknown.
+    Fits(u64),
+    /// The user's limit, kept although the open files may run out first (said at start).
+    SetAboveFiles {
+        max: u64,
+        needed: u64,
+        open_files: u64,
+    },
+    /// The default does not fit and the user chose none: as many as the open files allow
+    /// (as HAProxy derives its `maxconn` from the file limit when none is set).
+    Lowered { max: u64, open_files: u64 },
+}
+
+pub fn choose_max_connections(
+    configured: u64,
+    set: bool,
+    open_files: Option<u64>,
+) -> MaxConnections {
+    match open_files {
+        Some(soft) if open_files_short(configured, soft) => {
+            if set {
+                MaxConnections::SetAboveFiles {
+                    max: configured,
+                    needed: open_files_needed(configured),
+                    open_files: soft,
+                }
+            } else {
+                MaxConnections::Lowered {
+                    max: (soft.saturating_sub(open_files_needed(0)) / 2).max(1),
+                    open_files: soft,
+                }
+            }
+        }
+        _ => MaxConnections::Fits(configured),
+    }
 }
 
 /// The listening sockets, one per worker, in one SO_REUSEPORT group: the kernel spreads
@@ -339,5 +400,53 @@ mod tests {
         assert!(open_files_short(481, 1024));
         assert!(!open_files_short(1_000_000, u64::MAX), "RLIM_INFINITY");
         assert_eq!(open_files_needed(u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn an_unset_connection_limit_is_lowered_to_what_the_open_files_hold_and_a_set_one_is_kept() {
+        use MaxConnections::*;
+        assert_eq!(choose_max_connections(10_000, false, None), Fits(10_000));
+        assert_eq!(
+            choose_max_connections(10_000, false, Some(1_048_576)),
+            Fits(10_000)
+        );
+        assert_eq!(
+            choose_max_connections(10_000, true, Some(20_064)),
+            Fits(10_000)
+        );
+        let lowered = choose_max_connections(10_000, false, Some(20_000));
+        assert_eq!(
+            lowered,
+            Lowered {
+                max: 9_968,
+                open_files: 20_000
+            }
+        );
+        if let Lowered { max, open_files } = lowered {
+            assert!(!open_files_short(max, open_files));
+            assert!(open_files_short(max + 1, open_files));
+        }
+        assert_eq!(
+            choose_max_connections(10_000, false, Some(1024)),
+            Lowered {
+                max: 480,
+                open_files: 1024
+            }
+        );
+        assert_eq!(
+            choose_max_connections(10_000, false, Some(10)),
+            Lowered {
+                max: 1,
+                open_files: 10
+            }
+        );
+        assert_eq!(
+            choose_max_connections(10_000, true, Some(1024)),
+            SetAboveFiles {
+                max: 10_000,
+                needed: 20_064,
+                open_files: 1024
+            }
+        );
     }
 }
