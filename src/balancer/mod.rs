@@ -7,6 +7,7 @@
 //! Members are static (`[[balancer.member]]`) and/or discovered from the heartbeats, which
 //! the balancer listens to as an observer (it never sends one).
 
+pub mod chunked;
 pub mod conn;
 pub mod manager;
 pub mod member;
