@@ -9,6 +9,7 @@
 
 pub mod chunked;
 pub mod conn;
+pub mod fast;
 pub mod manager;
 pub mod member;
 pub mod pool;

@@ -74,25 +74,31 @@ pub enum ConnectError {
     },
 }
 
+/// A TCP connection to `authority` (`host:port`), with TCP_NODELAY.
+pub async fn connect(authority: &str) -> Result<TcpStream, ConnectError> {
+    let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority));
+    let stream = match connect.await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(source)) => {
+            return Err(ConnectError::Connect {
+                authority: authority.to_string(),
+                source,
+            });
+        }
+        Err(_) => {
+            return Err(ConnectError::Timeout {
+                authority: authority.to_string(),
+            });
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
 impl MemberConn {
     /// Opens a connection to `authority` (`host:port`).
     pub async fn open(authority: &str) -> Result<MemberConn, ConnectError> {
-        let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority));
-        let stream = match connect.await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(source)) => {
-                return Err(ConnectError::Connect {
-                    authority: authority.to_string(),
-                    source,
-                });
-            }
-            Err(_) => {
-                return Err(ConnectError::Timeout {
-                    authority: authority.to_string(),
-                });
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = connect(authority).await?;
         MemberConn::handshake(TokioIo::new(stream))
             .await
             .map_err(|source| ConnectError::Handshake {
@@ -200,11 +206,13 @@ impl MemberConn {
 /// Only that worker uses it; the lock is never contended.
 pub struct Pool {
     idle: Mutex<HashMap<u64, Vec<Idle>>>,
+    /// Idle connections of the fast path (`fast.rs`), which speaks HTTP/1.1 on them itself.
+    raw: Mutex<HashMap<u64, Vec<Idle<TcpStream>>>>,
     timeout: Arc<MemberTimeout>,
 }
 
-struct Idle {
-    conn: MemberConn,
+struct Idle<C = MemberConn> {
+    conn: C,
     since: Instant,
 }
 
@@ -212,6 +220,7 @@ impl Pool {
     pub fn new(timeout: Arc<MemberTimeout>) -> Pool {
         Pool {
             idle: Mutex::default(),
+            raw: Mutex::default(),
             timeout,
         }
     }
@@ -257,13 +266,50 @@ impl Pool {
         }
     }
 
+    /// An idle connection of the fast path to `member`, the most recently used first (and
+    /// whether it is one: the member may have closed it meanwhile), or a new one.
+    pub async fn checkout_raw(&self, member: &Member) -> Result<(TcpStream, bool), ConnectError> {
+        let reused = {
+            let mut raw = self.raw.lock();
+            let now = Instant::now();
+            let list = raw.get_mut(&member.id);
+            list.and_then(|list| {
+                std::iter::from_fn(|| list.pop())
+                    .find(|entry| now.duration_since(entry.since) < IDLE_TIMEOUT)
+            })
+        };
+        match reused {
+            Some(entry) => Ok((entry.conn, true)),
+            None => Ok((connect(&member.authority).await?, false)),
+        }
+    }
+
+    /// Keeps a fast-path connection whose answer was read in full and nothing more.
+    pub fn release_raw(&self, member: &Member, stream: TcpStream) {
+        let mut raw = self.raw.lock();
+        let list = raw.entry(member.id).or_default();
+        if list.len() < MAX_IDLE_PER_MEMBER {
+            list.push(Idle {
+                conn: stream,
+                since: Instant::now(),
+            });
+        }
+    }
+
     /// Closes the connections idle for too long and those of members no longer listed.
     pub fn sweep(&self, members: &[std::sync::Arc<Member>], now: Instant) {
-        let mut idle = self.idle.lock();
-        idle.retain(|id, list| {
-            list.retain(|entry| now.duration_since(entry.since) < IDLE_TIMEOUT);
-            !list.is_empty() && members.iter().any(|m| m.id == *id)
-        });
+        fn keep<C>(
+            map: &mut HashMap<u64, Vec<Idle<C>>>,
+            members: &[std::sync::Arc<Member>],
+            now: Instant,
+        ) {
+            map.retain(|id, list| {
+                list.retain(|entry| now.duration_since(entry.since) < IDLE_TIMEOUT);
+                !list.is_empty() && members.iter().any(|m| m.id == *id)
+            });
+        }
+        keep(&mut self.idle.lock(), members, now);
+        keep(&mut self.raw.lock(), members, now);
     }
 
     /// Idle connections kept now (for tests).

@@ -77,7 +77,7 @@ pub const REPLAY_LIMIT: u64 = 64 * 1024;
 pub const MAX_BODY: u64 = 64 * 1024 * 1024;
 
 /// The `Via` token this proxy adds.
-const VIA: &str = "1.1 deltacast";
+pub(super) const VIA: &str = "1.1 deltacast";
 
 /// Headers that concern one connection only (RFC 9110 §7.6.1), never forwarded.
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -355,10 +355,10 @@ pub fn full(bytes: Bytes) -> ProxyBody {
 }
 
 /// A request in flight on a member: `busy` while it lives.
-struct Busy(Arc<Member>);
+pub(super) struct Busy(Arc<Member>);
 
 impl Busy {
-    fn new(member: &Arc<Member>) -> Busy {
+    pub(super) fn new(member: &Arc<Member>) -> Busy {
         member.busy.fetch_add(1, Ordering::Relaxed);
         Busy(member.clone())
     }
@@ -373,13 +373,13 @@ impl Drop for Busy {
 /// One attempt's health bookkeeping: a trial abandoned without an outcome (the client
 /// went away) counts as a failure, so the member is not stuck waiting for it. A member in
 /// rotation has no trial to start or end: its health is then left alone (and unlocked).
-struct Attempt {
+pub(super) struct Attempt {
     member: Arc<Member>,
     settled: bool,
 }
 
 impl Attempt {
-    fn start(member: &Arc<Member>) -> Attempt {
+    pub(super) fn start(member: &Arc<Member>) -> Attempt {
         if !member.in_rotation() {
             member.update_health(Health::on_send);
         }
@@ -390,14 +390,14 @@ impl Attempt {
         }
     }
 
-    fn succeeded(mut self) {
+    pub(super) fn succeeded(mut self) {
         self.settled = true;
         if !self.member.in_rotation() {
             self.member.update_health(Health::on_success);
         }
     }
 
-    fn failed(mut self) {
+    pub(super) fn failed(mut self) {
         self.settled = true;
         self.member.errors.fetch_add(1, Ordering::Relaxed);
         self.member.update_health(|h| h.on_failure(Instant::now()));
@@ -406,7 +406,7 @@ impl Attempt {
     /// No answer within the member timeout: an error of the member, but slow is not dead,
     /// so its health is left as for an attempt given up (in error only if it already was:
     /// then its trial failed).
-    fn timed_out(self) {
+    pub(super) fn timed_out(self) {
         self.member.errors.fetch_add(1, Ordering::Relaxed);
     }
 }

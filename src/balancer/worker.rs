@@ -13,11 +13,15 @@ use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
 use tokio::runtime::Runtime;
 use tracing::{debug, warn};
 
 use super::conn::{self, ClientIo, Exchange};
+use super::fast::{self, Rewind};
 use super::pool::Pool;
 use super::proxy::Peer;
 use super::{BalancerError, DRAIN_GRACE, Shared, handle};
@@ -200,36 +204,57 @@ async fn accept_loop(listener: &TcpListener, worker: &Arc<Worker>) {
         let worker = worker.clone();
         let token = shutdown.token().clone();
         shutdown.spawn(async move {
-            let exchange = Exchange::new();
-            let io = ClientIo::new(stream, exchange.clone(), Some(slot));
-            let client = Arc::new(Client {
-                worker,
-                exchange,
-                peer: Peer::new(peer.ip()),
-            });
-            let service = service_fn(move |req| {
-                client.exchange.request();
-                let client = client.clone();
-                async move {
-                    let response = handle(&client.worker, req, &client.peer).await;
-                    Ok::<_, Infallible>(client.exchange.response(response))
-                }
-            });
-            let conn = conn::http1()
-                .serve_connection(TokioIo::new(io), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        debug!(%peer, error = %e, "client connection ended");
-                    }
-                }
-                _ = token.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(DRAIN_GRACE, conn).await;
-                }
-            }
+            let peer = Peer::new(peer.ip());
+            let mut stream = stream;
+            // The common requests are forwarded by the fast path; the first one it does not
+            // take hands the connection, with what was read of it, to hyper.
+            let read = match fast::serve(&worker, &mut stream, &peer, &token).await {
+                fast::Outcome::Done => return,
+                fast::Outcome::HandOff(read) => read,
+            };
+            serve_hyper(worker, Rewind::new(read, stream), peer, slot, token).await;
         });
+    }
+}
+
+/// Serves the rest of a client connection with hyper: every request, with the full rules.
+async fn serve_hyper<S>(
+    worker: Arc<Worker>,
+    stream: S,
+    peer: Peer,
+    slot: OwnedSemaphorePermit,
+    token: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let exchange = Exchange::new();
+    let io = ClientIo::new(stream, exchange.clone(), Some(slot));
+    let client = Arc::new(Client {
+        worker,
+        exchange,
+        peer,
+    });
+    let service = service_fn(move |req| {
+        client.exchange.request();
+        let client = client.clone();
+        async move {
+            let response = handle(&client.worker, req, &client.peer).await;
+            Ok::<_, Infallible>(client.exchange.response(response))
+        }
+    });
+    let conn = conn::http1()
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                debug!(error = %e, "client connection ended");
+            }
+        }
+        _ = token.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(DRAIN_GRACE, conn).await;
+        }
     }
 }

@@ -1,0 +1,663 @@
+//! The balancer's fast path, in the manner of nginx and HAProxy: the common request — an
+//! HTTP/1.1 GET, HEAD, OPTIONS or DELETE without a body, upgrade or `Expect` — is forwarded
+//! by this file's own code. The head is parsed in place (httparse) and written to the
+//! member rewritten as `proxy.rs` rewrites it (hop-by-hop fields out, `X-Forwarded-*` and
+//! `Via` in, Host kept); the member's answer head is parsed and passed on the same way, and
+//! its body copied as it comes (a chunked one as is, its end found by `chunked.rs`), on a
+//! keep-alive connection of the worker's own. No header map, no allocation per request.
+//!
+//! Everything else — a request with a body, an upgrade, a manager page, HTTP/1.0, anything
+//! that does not parse or is over a limit — hands the connection to hyper (`proxy.rs`),
+//! with the bytes already read, for the rest of its life: there the full rules apply and
+//! every error gets its one-line answer.
+//!
+//! The rules are those of `proxy.rs`: stickiness and the member order from the registry;
+//! a member that fails before answering is put in error and the request goes to the next
+//! (these methods are idempotent); a pooled connection the member closed meanwhile is
+//! replaced without blaming the member; no answer head within the member timeout is 504
+//! (not resent); an answer body that stops is cut off; 503 when no member is usable, 502
+//! when every tried member failed. A client that sends no head within
+//! [`HEADER_READ_TIMEOUT`] (also when idle between requests) is closed.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use httparse::Status;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::chunked::ChunkedEnd;
+use super::conn::HEADER_READ_TIMEOUT;
+use super::manager;
+use super::proxy::{Attempt, Busy, MAX_HEADER_BYTES, Peer, StickyKey, VIA};
+use super::registry::Member;
+use super::timeout::Stall;
+use super::worker::Worker;
+use crate::config::Sticky;
+use crate::session::id;
+
+/// Most header fields of a head handled here (hyper's limit too: beyond, its 431).
+const MAX_HEADERS: usize = 100;
+/// A request head not complete within this many bytes goes to hyper, which has the limits.
+const MAX_FAST_HEAD: usize = 16 * 1024;
+/// Largest answer head accepted from a member.
+const MAX_ANSWER_HEAD: usize = 64 * 1024;
+/// Fields named by `Connection` removed at most; a request naming more goes to hyper.
+const MAX_NAMED: usize = 8;
+/// Fields never forwarded (RFC 9110 §7.6.1), besides those `Connection` names. A request
+/// with `Transfer-Encoding` or `Upgrade` never takes the fast path; an answer keeps its
+/// `Transfer-Encoding`, as its body is passed on as it is.
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+/// Fields of the request this file writes itself.
+const REWRITTEN: [&str; 4] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "via"];
+
+/// How a connection left the fast path.
+pub enum Outcome {
+    /// It is done (closed, or the client went away).
+    Done,
+    /// The rest is hyper's; these bytes were read already.
+    HandOff(Bytes),
+}
+
+/// A request the fast path forwards, once its head is parsed.
+struct Request {
+    head_len: usize,
+    /// `HEAD`: the answer has no body whatever its fields say.
+    head: bool,
+    /// The client said `Connection: close`.
+    close: bool,
+    key: StickyKey,
+}
+
+enum Prepared {
+    Partial,
+    Ready(Request),
+    HandOff,
+}
+
+/// Serves the requests of one client connection until it closes, or until one needs hyper.
+pub async fn serve(
+    worker: &Worker,
+    client: &mut TcpStream,
+    peer: &Peer,
+    token: &CancellationToken,
+) -> Outcome {
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut out = Vec::with_capacity(1024);
+    let mut answer = BytesMut::with_capacity(4096);
+    let sticky = &worker.shared.config.balancer.sticky;
+    let cookie = worker.shared.config.sessions.cookie.as_str();
+    loop {
+        // The next request head, within the header-read timeout.
+        let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
+        let request = loop {
+            if !buf.is_empty() {
+                match prepare(&buf, peer, sticky, cookie, &mut out) {
+                    Prepared::Ready(request) => break request,
+                    Prepared::HandOff => return Outcome::HandOff(buf.freeze()),
+                    Prepared::Partial if buf.len() >= MAX_FAST_HEAD => {
+                        return Outcome::HandOff(buf.freeze());
+                    }
+                    Prepared::Partial => {}
+                }
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(4096);
+            }
+            let read = tokio::select! {
+                read = tokio::time::timeout_at(deadline, client.read_buf(&mut buf)) => read,
+                _ = token.cancelled(), if buf.is_empty() => return Outcome::Done,
+            };
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Outcome::Done,
+                Ok(Ok(_)) => {}
+            }
+        };
+        buf.advance(request.head_len);
+        let keep = forward(worker, client, &request, &out, &mut answer).await;
+        if !keep || token.is_cancelled() {
+            let _ = client.shutdown().await;
+            return Outcome::Done;
+        }
+    }
+}
+
+/// Parses the request head at the start of `buf` and, when the fast path takes it, writes
+/// the head for the member into `out`.
+fn prepare(
+    buf: &[u8],
+    peer: &Peer,
+    sticky: &Sticky,
+    cookie: &str,
+    out: &mut Vec<u8>,
+) -> Prepared {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(Status::Complete(n)) => n,
+        Ok(Status::Partial) => return Prepared::Partial,
+        Err(_) => return Prepared::HandOff,
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Prepared::HandOff;
+    };
+    if !matches!(method, "GET" | "HEAD" | "OPTIONS" | "DELETE") || !target.starts_with('/') {
+        return Prepared::HandOff;
+    }
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    if manager::is_manager_path(path) {
+        return Prepared::HandOff;
+    }
+    let mut size = 0;
+    let mut hosts = 0;
+    let mut host: &[u8] = b"";
+    let mut close = false;
+    let mut named: [&str; MAX_NAMED] = [""; MAX_NAMED];
+    let mut named_count = 0;
+    for h in req.headers.iter() {
+        size += h.name.len() + h.value.len() + 4;
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+            host = h.value;
+        } else if name.eq_ignore_ascii_case("content-length") {
+            if h.value != b"0" {
+                return Prepared::HandOff;
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("upgrade")
+            || name.eq_ignore_ascii_case("expect")
+        {
+            return Prepared::HandOff;
+        } else if name.eq_ignore_ascii_case("connection") {
+            let Ok(value) = std::str::from_utf8(h.value) else {
+                return Prepared::HandOff;
+            };
+            for token in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                if token.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case("upgrade") {
+                    return Prepared::HandOff;
+                } else if !token.eq_ignore_ascii_case("keep-alive") {
+                    if named_count == MAX_NAMED {
+                        return Prepared::HandOff;
+                    }
+                    named[named_count] = token;
+                    named_count += 1;
+                }
+            }
+        }
+    }
+    if hosts != 1 || size > MAX_HEADER_BYTES {
+        return Prepared::HandOff;
+    }
+    let named = &named[..named_count];
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in req.headers.iter() {
+        let name = h.name;
+        let dropped = HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
+            || REWRITTEN.iter().any(|n| name.eq_ignore_ascii_case(n))
+            || named.iter().any(|n| name.eq_ignore_ascii_case(n));
+        if !dropped {
+            write_field(out, name.as_bytes(), h.value);
+        }
+    }
+    // The lists the client sent, with this hop at the end.
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("x-forwarded-for") {
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b", ");
+        }
+    }
+    out.extend_from_slice(peer.text());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    write_field(out, b"x-forwarded-host", host);
+    out.extend_from_slice(b"via: ");
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("via") {
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b", ");
+        }
+    }
+    out.extend_from_slice(VIA.as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+    let key = sticky_key(sticky, cookie, req.headers, target, peer);
+    Prepared::Ready(Request {
+        head_len,
+        head: method == "HEAD",
+        close,
+        key,
+    })
+}
+
+fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `proxy::sticky_key` over parsed fields.
+fn sticky_key(
+    sticky: &Sticky,
+    cookie: &str,
+    headers: &[httparse::Header<'_>],
+    target: &str,
+    peer: &Peer,
+) -> StickyKey {
+    match sticky {
+        Sticky::None => StickyKey::None,
+        Sticky::SourceIp => StickyKey::Key(peer.text().to_vec()),
+        Sticky::Header(name) => headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map_or(StickyKey::None, |h| StickyKey::Key(h.value.to_vec())),
+        Sticky::Route => {
+            let cookies = headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+                .filter_map(|h| std::str::from_utf8(h.value).ok());
+            id::find_in_cookie_headers(cookies, cookie)
+                .and_then(|c| c.route)
+                .or_else(|| id::find_in_path(target).and_then(|c| c.route))
+                .map_or(StickyKey::None, StickyKey::Route)
+        }
+    }
+}
+
+/// How the body of an answer ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// An answer head from a member, and the head for the client written from it.
+struct Answer {
+    head_len: usize,
+    framing: Framing,
+    /// The member connection may carry another request after this answer.
+    member_keeps: bool,
+}
+
+/// Why no answer head came from a member.
+enum NoAnswer {
+    /// A pooled connection was closed before anything came back: try a new one.
+    Stale,
+    /// The member failed: try the next one.
+    Failed(String),
+    /// Nothing within the member timeout: 504.
+    TimedOut,
+}
+
+/// Forwards one request; whether the client connection may carry another.
+async fn forward(
+    worker: &Worker,
+    client: &mut TcpStream,
+    request: &Request,
+    out: &[u8],
+    answer: &mut BytesMut,
+) -> bool {
+    let shared = &worker.shared;
+    let order = shared
+        .registry
+        .order(&request.key.as_stickiness(), Instant::now());
+    if order.is_empty() {
+        return plain(client, 503, "no member is available", request.close).await;
+    }
+    let timeout = worker.pool.timeout();
+    let mut client_head = Vec::with_capacity(512);
+    for member in order {
+        let busy = Busy::new(&member);
+        let attempt = Attempt::start(&member);
+        let exchanged = loop {
+            let (mut conn, reused) = match worker.pool.checkout_raw(&member).await {
+                Ok(c) => c,
+                Err(e) => break Err(NoAnswer::Failed(e.to_string())),
+            };
+            let sent = conn.write_all(out).await;
+            let got = match sent {
+                Ok(()) => {
+                    let deadline = tokio::time::Instant::now() + timeout.after();
+                    read_answer(&mut conn, answer, request, deadline, &mut client_head).await
+                }
+                Err(_) => Err(NoAnswer::Stale),
+            };
+            match got {
+                Ok(head) => break Ok((conn, head)),
+                // The member closed the pooled connection while it was idle.
+                Err(NoAnswer::Stale) if reused => continue,
+                Err(NoAnswer::Stale) => {
+                    break Err(NoAnswer::Failed("the connection closed".into()));
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        match exchanged {
+            Ok((conn, head)) => {
+                attempt.succeeded();
+                return pass_answer(worker, client, &member, conn, answer, head, &client_head, request)
+                    .await
+                    && !request.close;
+            }
+            Err(NoAnswer::TimedOut) => {
+                attempt.timed_out();
+                timeout.note(Stall::Answer, Some(&member.route));
+                let line = format!("member did not answer within {} s", timeout.after().as_secs());
+                return plain(client, 504, &line, request.close).await;
+            }
+            Err(NoAnswer::Failed(why)) => {
+                attempt.failed();
+                debug!(member = %member.route, error = %why, "member failed");
+            }
+            Err(NoAnswer::Stale) => unreachable!("a stale connection is replaced or a failure"),
+        }
+        drop(busy);
+    }
+    plain(client, 502, "no member could answer", request.close).await
+}
+
+/// Reads a member's answer head into `answer` (1xx heads are passed on to the client as
+/// they come) and writes the head for the client into `client_head`.
+async fn read_answer(
+    conn: &mut TcpStream,
+    answer: &mut BytesMut,
+    request: &Request,
+    deadline: tokio::time::Instant,
+    client_head: &mut Vec<u8>,
+) -> Result<Answer, NoAnswer> {
+    answer.clear();
+    let mut got_any = false;
+    loop {
+        if !answer.is_empty() {
+            match parse_answer(answer, request, client_head) {
+                Ok(Some(head)) => return Ok(head),
+                Ok(None) if answer.len() > MAX_ANSWER_HEAD => {
+                    return Err(NoAnswer::Failed("answer head too large".into()));
+                }
+                Ok(None) => {}
+                Err(why) => return Err(NoAnswer::Failed(why.into())),
+            }
+        }
+        if answer.capacity() - answer.len() < 1024 {
+            answer.reserve(4096);
+        }
+        match tokio::time::timeout_at(deadline, conn.read_buf(answer)).await {
+            Err(_) => return Err(NoAnswer::TimedOut),
+            Ok(Ok(0)) | Ok(Err(_)) if !got_any => return Err(NoAnswer::Stale),
+            Ok(Ok(0)) => return Err(NoAnswer::Failed("the answer ended early".into())),
+            Ok(Err(e)) => return Err(NoAnswer::Failed(e.to_string())),
+            Ok(Ok(_)) => got_any = true,
+        }
+    }
+}
+
+/// The answer head at the start of `answer`, if complete, with the client's head written.
+fn parse_answer(
+    answer: &[u8],
+    request: &Request,
+    client_head: &mut Vec<u8>,
+) -> Result<Option<Answer>, &'static str> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut headers);
+    let head_len = match res.parse(answer) {
+        Ok(Status::Complete(n)) => n,
+        Ok(Status::Partial) => return Ok(None),
+        Err(_) => return Err("malformed answer head"),
+    };
+    let (Some(version), Some(code)) = (res.version, res.code) else {
+        return Err("malformed answer head");
+    };
+    if (100..200).contains(&code) {
+        // No interim answer is expected: no Expect or Upgrade was forwarded.
+        return Err("unexpected interim answer");
+    }
+    let mut close = version == 0;
+    let mut length: Option<u64> = None;
+    let mut chunked = None;
+    let mut named: [&str; MAX_NAMED] = [""; MAX_NAMED];
+    let mut named_count = 0;
+    for h in res.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or("bad content-length")?;
+            if length.is_some_and(|l| l != n) {
+                return Err("conflicting content-length");
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            let last = h.value.rsplit(|b| *b == b',').next().unwrap_or(b"");
+            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case("connection") {
+            let value = std::str::from_utf8(h.value).map_err(|_| "bad connection field")?;
+            for token in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                if token.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case("keep-alive") && version == 0 {
+                    close = false;
+                } else if named_count < MAX_NAMED {
+                    named[named_count] = token;
+                    named_count += 1;
+                }
+            }
+        }
+    }
+    let framing = if request.head || code == 204 || code == 304 {
+        Framing::None
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) => Framing::UntilClose,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => Framing::UntilClose,
+        }
+    };
+    let named = &named[..named_count];
+    let client_closes = request.close || framing == Framing::UntilClose;
+    client_head.clear();
+    client_head.extend_from_slice(b"HTTP/1.1 ");
+    client_head.extend_from_slice(code.to_string().as_bytes());
+    client_head.push(b' ');
+    client_head.extend_from_slice(res.reason.unwrap_or("").as_bytes());
+    client_head.extend_from_slice(b"\r\n");
+    for h in res.headers.iter() {
+        let name = h.name;
+        let dropped = HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
+            || named.iter().any(|n| name.eq_ignore_ascii_case(n));
+        if !dropped {
+            write_field(client_head, name.as_bytes(), h.value);
+        }
+    }
+    if client_closes {
+        client_head.extend_from_slice(b"connection: close\r\n");
+    }
+    client_head.extend_from_slice(b"\r\n");
+    Ok(Some(Answer {
+        head_len,
+        framing,
+        member_keeps: !close && framing != Framing::UntilClose,
+    }))
+}
+
+/// Passes a member's answer (its head read into `answer`, the client's written into
+/// `client_head`) on to the client, and the member connection back to the pool when it
+/// may carry another request. Whether the answer went through whole.
+#[allow(clippy::too_many_arguments)]
+async fn pass_answer(
+    worker: &Worker,
+    client: &mut TcpStream,
+    member: &Member,
+    mut conn: TcpStream,
+    answer: &mut BytesMut,
+    head: Answer,
+    client_head: &[u8],
+    request: &Request,
+) -> bool {
+    let timeout = worker.pool.timeout();
+    answer.advance(head.head_len);
+    let mut out = Vec::with_capacity(client_head.len() + answer.len());
+    out.extend_from_slice(client_head);
+    let mut chunks = ChunkedEnd::default();
+    // The body bytes still to come (for a length), and whether the body is whole.
+    let (mut left, mut whole) = match head.framing {
+        Framing::None => (0, true),
+        Framing::Length(n) => (n, n == 0),
+        Framing::Chunked | Framing::UntilClose => (0, false),
+    };
+    let mut extra = false;
+    let mut pending: &[u8] = answer;
+    loop {
+        // What of `pending` belongs to the body.
+        let take = match head.framing {
+            Framing::None => 0,
+            Framing::Length(_) => {
+                let take = usize::try_from(left).unwrap_or(usize::MAX).min(pending.len());
+                left -= take as u64;
+                whole = left == 0;
+                take
+            }
+            Framing::Chunked => match chunks.feed(pending) {
+                Ok(take) => {
+                    whole = chunks.done();
+                    take
+                }
+                Err(e) => {
+                    debug!(member = %member.route, error = %e, "answer cut off");
+                    // The head (and what was good) went out; the connection is closed.
+                    let _ = client.write_all(&out).await;
+                    return false;
+                }
+            },
+            Framing::UntilClose => pending.len(),
+        };
+        extra |= take < pending.len();
+        out.extend_from_slice(&pending[..take]);
+        member.bytes_out.fetch_add(take as u64, Ordering::Relaxed);
+        if client.write_all(&out).await.is_err() {
+            return false;
+        }
+        out.clear();
+        if whole {
+            break;
+        }
+        answer.clear();
+        match tokio::time::timeout(timeout.after(), conn.read_buf(answer)).await {
+            Ok(Ok(0)) if head.framing == Framing::UntilClose => {
+                let _ = client.shutdown().await;
+                return false;
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                debug!(member = %member.route, "the member's answer ended early; cut off");
+                return false;
+            }
+            Err(_) => {
+                member.errors.fetch_add(1, Ordering::Relaxed);
+                timeout.note(Stall::AnswerBody, Some(&member.route));
+                return false;
+            }
+            Ok(Ok(_)) => pending = answer,
+        }
+    }
+    if head.member_keeps && !extra {
+        worker.pool.release_raw(member, conn);
+    }
+    !(request.close || head.framing == Framing::UntilClose)
+}
+
+/// A one-line text answer of ours; whether the connection stays open after it.
+async fn plain(client: &mut TcpStream, status: u16, line: &str, close: bool) -> bool {
+    let reason = match status {
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    };
+    let body_len = line.len() + 1;
+    let connection = if close { "connection: close\r\n" } else { "" };
+    let text = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {body_len}\r\n{connection}\r\n{line}\n"
+    );
+    client.write_all(text.as_bytes()).await.is_ok() && !close
+}
+
+/// A socket that first gives back bytes already read from it: how hyper takes over a
+/// connection the fast path started.
+pub struct Rewind<S> {
+    read: Bytes,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    pub fn new(read: Bytes, inner: S) -> Rewind<S> {
+        Rewind { read, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read[..n]);
+            self.read.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
