@@ -98,6 +98,7 @@ pub async fn serve(
     let mut buf = BytesMut::with_capacity(4096);
     let mut out = Vec::with_capacity(1024);
     let mut answer = BytesMut::with_capacity(4096);
+    let mut client_head = Vec::with_capacity(1024);
     let sticky = &worker.shared.config.balancer.sticky;
     let cookie = worker.shared.config.sessions.cookie.as_str();
     loop {
@@ -127,7 +128,7 @@ pub async fn serve(
             }
         };
         buf.advance(request.head_len);
-        let keep = forward(worker, client, &request, &out, &mut answer).await;
+        let keep = forward(worker, client, &request, &out, &mut answer, &mut client_head).await;
         if !keep || token.is_cancelled() {
             let _ = client.shutdown().await;
             return Outcome::Done;
@@ -317,6 +318,7 @@ async fn forward(
     request: &Request,
     out: &[u8],
     answer: &mut BytesMut,
+    client_head: &mut Vec<u8>,
 ) -> bool {
     let shared = &worker.shared;
     let order = shared
@@ -326,7 +328,6 @@ async fn forward(
         return plain(client, 503, "no member is available", request.close).await;
     }
     let timeout = worker.pool.timeout();
-    let mut client_head = Vec::with_capacity(512);
     for member in order {
         let busy = Busy::new(&member);
         let attempt = Attempt::start(&member);
@@ -339,7 +340,7 @@ async fn forward(
             let got = match sent {
                 Ok(()) => {
                     let deadline = tokio::time::Instant::now() + timeout.after();
-                    read_answer(&mut conn, answer, request, deadline, &mut client_head).await
+                    read_answer(&mut conn, answer, request, deadline, client_head).await
                 }
                 Err(_) => Err(NoAnswer::Stale),
             };
@@ -356,9 +357,9 @@ async fn forward(
         match exchanged {
             Ok((conn, head)) => {
                 attempt.succeeded();
-                return pass_answer(worker, client, &member, conn, answer, head, &client_head, request)
-                    .await
-                    && !request.close;
+                let whole =
+                    pass_answer(worker, client, &member, conn, answer, head, client_head).await;
+                return whole && !request.close;
             }
             Err(NoAnswer::TimedOut) => {
                 attempt.timed_out();
@@ -366,11 +367,14 @@ async fn forward(
                 let line = format!("member did not answer within {} s", timeout.after().as_secs());
                 return plain(client, 504, &line, request.close).await;
             }
-            Err(NoAnswer::Failed(why)) => {
+            Err(failed) => {
                 attempt.failed();
+                let why = match &failed {
+                    NoAnswer::Failed(why) => why.as_str(),
+                    _ => "the connection closed",
+                };
                 debug!(member = %member.route, error = %why, "member failed");
             }
-            Err(NoAnswer::Stale) => unreachable!("a stale connection is replaced or a failure"),
         }
         drop(busy);
     }
@@ -391,7 +395,11 @@ async fn read_answer(
     loop {
         if !answer.is_empty() {
             match parse_answer(answer, request, client_head) {
-                Ok(Some(head)) => return Ok(head),
+                Ok(Some(Parsed::Final(head))) => return Ok(head),
+                Ok(Some(Parsed::Interim(len))) => {
+                    answer.advance(len);
+                    continue;
+                }
                 Ok(None) if answer.len() > MAX_ANSWER_HEAD => {
                     return Err(NoAnswer::Failed("answer head too large".into()));
                 }
@@ -417,7 +425,7 @@ fn parse_answer(
     answer: &[u8],
     request: &Request,
     client_head: &mut Vec<u8>,
-) -> Result<Option<Answer>, &'static str> {
+) -> Result<Option<Parsed>, &'static str> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut headers);
     let head_len = match res.parse(answer) {
@@ -428,9 +436,15 @@ fn parse_answer(
     let (Some(version), Some(code)) = (res.version, res.code) else {
         return Err("malformed answer head");
     };
+    if code == 101 {
+        return Err("switching protocols without an upgrade asked");
+    }
     if (100..200).contains(&code) {
-        // No interim answer is expected: no Expect or Upgrade was forwarded.
-        return Err("unexpected interim answer");
+        // An interim answer (103 Early Hints, say): optional for the client, not passed on.
+        return Ok(Some(Parsed::Interim(head_len)));
+    }
+    if !(200..1000).contains(&code) {
+        return Err("bad status code");
     }
     let mut close = version == 0;
     let mut length: Option<u64> = None;
@@ -479,7 +493,11 @@ fn parse_answer(
     let client_closes = request.close || framing == Framing::UntilClose;
     client_head.clear();
     client_head.extend_from_slice(b"HTTP/1.1 ");
-    client_head.extend_from_slice(code.to_string().as_bytes());
+    client_head.extend_from_slice(&[
+        b'0' + (code / 100 % 10) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+    ]);
     client_head.push(b' ');
     client_head.extend_from_slice(res.reason.unwrap_or("").as_bytes());
     client_head.extend_from_slice(b"\r\n");
@@ -495,17 +513,23 @@ fn parse_answer(
         client_head.extend_from_slice(b"connection: close\r\n");
     }
     client_head.extend_from_slice(b"\r\n");
-    Ok(Some(Answer {
+    Ok(Some(Parsed::Final(Answer {
         head_len,
         framing,
         member_keeps: !close && framing != Framing::UntilClose,
-    }))
+    })))
+}
+
+/// A complete answer head.
+enum Parsed {
+    /// An interim (1xx) head of this many bytes, skipped.
+    Interim(usize),
+    Final(Answer),
 }
 
 /// Passes a member's answer (its head read into `answer`, the client's written into
 /// `client_head`) on to the client, and the member connection back to the pool when it
 /// may carry another request. Whether the answer went through whole.
-#[allow(clippy::too_many_arguments)]
 async fn pass_answer(
     worker: &Worker,
     client: &mut TcpStream,
@@ -513,13 +537,10 @@ async fn pass_answer(
     mut conn: TcpStream,
     answer: &mut BytesMut,
     head: Answer,
-    client_head: &[u8],
-    request: &Request,
+    out: &mut Vec<u8>,
 ) -> bool {
     let timeout = worker.pool.timeout();
     answer.advance(head.head_len);
-    let mut out = Vec::with_capacity(client_head.len() + answer.len());
-    out.extend_from_slice(client_head);
     let mut chunks = ChunkedEnd::default();
     // The body bytes still to come (for a length), and whether the body is whole.
     let (mut left, mut whole) = match head.framing {
@@ -528,9 +549,9 @@ async fn pass_answer(
         Framing::Chunked | Framing::UntilClose => (0, false),
     };
     let mut extra = false;
-    let mut pending: &[u8] = answer;
     loop {
-        // What of `pending` belongs to the body.
+        // What of the bytes read belongs to the body (`out` holds the head at first).
+        let pending: &[u8] = answer;
         let take = match head.framing {
             Framing::None => 0,
             Framing::Length(_) => {
@@ -546,8 +567,8 @@ async fn pass_answer(
                 }
                 Err(e) => {
                     debug!(member = %member.route, error = %e, "answer cut off");
-                    // The head (and what was good) went out; the connection is closed.
-                    let _ = client.write_all(&out).await;
+                    // What came before goes out; the connection is closed.
+                    let _ = client.write_all(out).await;
                     return false;
                 }
             },
@@ -556,7 +577,7 @@ async fn pass_answer(
         extra |= take < pending.len();
         out.extend_from_slice(&pending[..take]);
         member.bytes_out.fetch_add(take as u64, Ordering::Relaxed);
-        if client.write_all(&out).await.is_err() {
+        if client.write_all(out).await.is_err() {
             return false;
         }
         out.clear();
@@ -564,11 +585,11 @@ async fn pass_answer(
             break;
         }
         answer.clear();
+        if answer.capacity() < 4096 {
+            answer.reserve(4096);
+        }
         match tokio::time::timeout(timeout.after(), conn.read_buf(answer)).await {
-            Ok(Ok(0)) if head.framing == Framing::UntilClose => {
-                let _ = client.shutdown().await;
-                return false;
-            }
+            Ok(Ok(0)) if head.framing == Framing::UntilClose => return false,
             Ok(Ok(0)) | Ok(Err(_)) => {
                 debug!(member = %member.route, "the member's answer ended early; cut off");
                 return false;
@@ -578,13 +599,13 @@ async fn pass_answer(
                 timeout.note(Stall::AnswerBody, Some(&member.route));
                 return false;
             }
-            Ok(Ok(_)) => pending = answer,
+            Ok(Ok(_)) => {}
         }
     }
     if head.member_keeps && !extra {
         worker.pool.release_raw(member, conn);
     }
-    !(request.close || head.framing == Framing::UntilClose)
+    head.framing != Framing::UntilClose
 }
 
 /// A one-line text answer of ours; whether the connection stays open after it.
