@@ -10,7 +10,9 @@ const MAX_TRAILERS: usize = 16 * 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// In the chunk size, `digits` hex digits read so far.
-    Size { digits: u8 },
+    Size {
+        digits: u8,
+    },
     /// After the size: extensions up to the CR.
     Extension,
     /// The LF of the size line.
@@ -197,7 +199,10 @@ mod tests {
             (b"0\r\n\r\n", Some(5)),
             (b"3\r\nabc\r\n0\r\n\r\nNEXT", Some(13)),
             (b"A;name=value\r\n0123456789\r\n0\r\n\r\n", Some(31)),
-            (b"1\r\nx\r\n0\r\nExpires: never\r\nX: y\r\n\r\nGET", Some(33)),
+            (
+                b"1\r\nx\r\n0\r\nExpires: never\r\nX: y\r\n\r\nGET",
+                Some(33),
+            ),
             (b"3\r\nabcd\r\n0\r\n\r\n", None),
             (b"g\r\n", None),
             (b"\r\n", None),

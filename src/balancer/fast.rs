@@ -62,7 +62,12 @@ const HOP_BY_HOP: [&str; 6] = [
     "upgrade",
 ];
 /// Fields of the request this file writes itself.
-const REWRITTEN: [&str; 4] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "via"];
+const REWRITTEN: [&str; 4] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "via",
+];
 
 /// How a connection left the fast path.
 pub enum Outcome {
@@ -128,7 +133,15 @@ pub async fn serve(
             }
         };
         buf.advance(request.head_len);
-        let keep = forward(worker, client, &request, &out, &mut answer, &mut client_head).await;
+        let keep = forward(
+            worker,
+            client,
+            &request,
+            &out,
+            &mut answer,
+            &mut client_head,
+        )
+        .await;
         if !keep || token.is_cancelled() {
             let _ = client.shutdown().await;
             return Outcome::Done;
@@ -138,13 +151,7 @@ pub async fn serve(
 
 /// Parses the request head at the start of `buf` and, when the fast path takes it, writes
 /// the head for the member into `out`.
-fn prepare(
-    buf: &[u8],
-    peer: &Peer,
-    sticky: &Sticky,
-    cookie: &str,
-    out: &mut Vec<u8>,
-) -> Prepared {
+fn prepare(buf: &[u8], peer: &Peer, sticky: &Sticky, cookie: &str, out: &mut Vec<u8>) -> Prepared {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -364,7 +371,10 @@ async fn forward(
             Err(NoAnswer::TimedOut) => {
                 attempt.timed_out();
                 timeout.note(Stall::Answer, Some(&member.route));
-                let line = format!("member did not answer within {} s", timeout.after().as_secs());
+                let line = format!(
+                    "member did not answer within {} s",
+                    timeout.after().as_secs()
+                );
                 return plain(client, 504, &line, request.close).await;
             }
             Err(failed) => {
@@ -555,7 +565,9 @@ async fn pass_answer(
         let take = match head.framing {
             Framing::None => 0,
             Framing::Length(_) => {
-                let take = usize::try_from(left).unwrap_or(usize::MAX).min(pending.len());
+                let take = usize::try_from(left)
+                    .unwrap_or(usize::MAX)
+                    .min(pending.len());
                 left -= take as u64;
                 whole = left == 0;
                 take
@@ -680,5 +692,214 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn peer() -> Peer {
+        Peer::new(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)))
+    }
+
+    fn prepared(head: &str, sticky: &Sticky) -> (Prepared, String) {
+        let mut out = Vec::new();
+        let p = prepare(head.as_bytes(), &peer(), sticky, "JSESSIONID", &mut out);
+        (p, String::from_utf8(out).unwrap())
+    }
+
+    fn ready(head: &str) -> (Request, String) {
+        match prepared(head, &Sticky::Route) {
+            (Prepared::Ready(r), out) => (r, out),
+            _ => panic!("not taken by the fast path: {head:?}"),
+        }
+    }
+
+    #[test]
+    fn a_request_head_is_rewritten_for_the_member_as_the_hyper_path_does() {
+        let head = "GET /a?b=1 HTTP/1.1\r\nHost: shop.example\r\nConnection: keep-alive, X-Secret\r\n\
+                    X-Secret: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Connection: x\r\n\
+                    X-Forwarded-For: 192.0.2.9\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\n\
+                    Via: 1.0 edge\r\nAccept: */*\r\n\r\nNEXT";
+        let (request, out) = ready(head);
+        assert_eq!(request.head_len, head.len() - 4);
+        assert!(!request.close && !request.head);
+        assert_eq!(
+            out,
+            "GET /a?b=1 HTTP/1.1\r\nHost: shop.example\r\nAccept: */*\r\n\
+             x-forwarded-for: 192.0.2.9, 10.1.2.3\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: shop.example\r\nvia: 1.0 edge, 1.1 deltacast\r\n\r\n"
+        );
+        let (request, out) = ready("HEAD / HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n");
+        assert!(request.close && request.head);
+        assert_eq!(
+            out,
+            "HEAD / HTTP/1.1\r\nhost: h\r\nx-forwarded-for: 10.1.2.3\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: h\r\nvia: 1.1 deltacast\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn requests_with_a_body_an_upgrade_or_anything_unusual_go_to_hyper() {
+        let hyper = [
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc",
+            "GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc",
+            "GET / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n",
+            "GET / HTTP/1.0\r\nHost: h\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
+            "GET /balancer-manager HTTP/1.1\r\nHost: h\r\n\r\n",
+            "GET /balancer-manager/status?x HTTP/1.1\r\nHost: h\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nConnection: a, b, c, d, e, f, g, h, i\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost h\r\n\r\n",
+            "\x16\x03\x01 not http at all\r\n\r\n",
+        ];
+        for head in hyper {
+            assert!(
+                matches!(prepared(head, &Sticky::Route).0, Prepared::HandOff),
+                "{head:?}"
+            );
+        }
+        let mut big = "GET / HTTP/1.1\r\nHost: h\r\n".to_string();
+        for i in 0..40 {
+            big.push_str(&format!("X-{i}: {}\r\n", "v".repeat(900)));
+        }
+        big.push_str("\r\n");
+        assert!(matches!(
+            prepared(&big, &Sticky::Route).0,
+            Prepared::HandOff
+        ));
+        assert!(matches!(
+            prepared("GET / HTTP/1.1\r\nHost: h\r\n", &Sticky::Route).0,
+            Prepared::Partial
+        ));
+        // Bodiless requests with an empty body declared, and DELETE, are taken.
+        ready("GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n");
+        ready("DELETE /x HTTP/1.1\r\nHost: h\r\n\r\n");
+    }
+
+    #[test]
+    fn the_sticky_key_comes_from_the_cookie_the_path_a_header_or_the_address() {
+        let cookie = "GET / HTTP/1.1\r\nHost: h\r\nCookie: a=b; JSESSIONID=4DD0340CE6294FF2BBE802CD4CD039EC.n2\r\n\r\n";
+        assert_eq!(ready(cookie).0.key, StickyKey::Route("n2".into()));
+        let path =
+            "GET /x;jsessionid=4DD0340CE6294FF2BBE802CD4CD039EC.n3?q HTTP/1.1\r\nHost: h\r\n\r\n";
+        assert_eq!(ready(path).0.key, StickyKey::Route("n3".into()));
+        assert_eq!(
+            ready("GET / HTTP/1.1\r\nHost: h\r\n\r\n").0.key,
+            StickyKey::None
+        );
+        let header = Sticky::Header("x-user".into());
+        let Prepared::Ready(r) = prepared(
+            "GET / HTTP/1.1\r\nHost: h\r\nX-User: alice\r\n\r\n",
+            &header,
+        )
+        .0
+        else {
+            panic!("not taken");
+        };
+        assert_eq!(r.key, StickyKey::Key(b"alice".to_vec()));
+        let Prepared::Ready(r) = prepared("GET / HTTP/1.1\r\nHost: h\r\n\r\n", &Sticky::SourceIp).0
+        else {
+            panic!("not taken");
+        };
+        assert_eq!(r.key, StickyKey::Key(b"10.1.2.3".to_vec()));
+    }
+
+    fn answer_of(
+        head: &str,
+        request_head: bool,
+        close: bool,
+    ) -> Result<(Answer, String), &'static str> {
+        let request = Request {
+            head_len: 0,
+            head: request_head,
+            close,
+            key: StickyKey::None,
+        };
+        let mut client = Vec::new();
+        match parse_answer(head.as_bytes(), &request, &mut client)? {
+            Some(Parsed::Final(a)) => Ok((a, String::from_utf8(client).unwrap())),
+            Some(Parsed::Interim(_)) => Err("interim"),
+            None => Err("partial"),
+        }
+    }
+
+    #[test]
+    fn an_answer_head_is_passed_on_without_hop_by_hop_fields_and_its_framing_known() {
+        let (a, client) = answer_of(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\
+             Keep-Alive: timeout=5\r\nSet-Cookie: s=1\r\n\r\nhello",
+            false,
+            false,
+        )
+        .unwrap();
+        assert_eq!(a.framing, Framing::Length(5));
+        assert!(a.member_keeps);
+        assert_eq!(
+            client,
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nSet-Cookie: s=1\r\n\r\n"
+        );
+        let (a, client) = answer_of(
+            "HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+            true,
+        )
+        .unwrap();
+        assert_eq!(a.framing, Framing::Chunked);
+        assert_eq!(
+            client,
+            "HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+        let (a, client) = answer_of("HTTP/1.0 200 OK\r\n\r\nbody", false, false).unwrap();
+        assert_eq!(a.framing, Framing::UntilClose);
+        assert!(!a.member_keeps);
+        assert_eq!(client, "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n");
+        let (a, _) =
+            answer_of("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true, false).unwrap();
+        assert_eq!(a.framing, Framing::None, "an answer to HEAD has no body");
+        let (a, _) = answer_of(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            false,
+            false,
+        )
+        .unwrap();
+        assert_eq!(a.framing, Framing::None);
+        let (a, _) = answer_of(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+            false,
+            false,
+        )
+        .unwrap();
+        assert!(!a.member_keeps);
+        let (a, _) = answer_of(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            false,
+            false,
+        )
+        .unwrap();
+        assert_eq!(a.framing, Framing::UntilClose);
+        assert_eq!(
+            answer_of("HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n", false, false).err(),
+            Some("interim")
+        );
+        assert_eq!(
+            answer_of("HTTP/1.1 200 OK\r\nContent-Le", false, false).err(),
+            Some("partial")
+        );
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "SSH-2.0-OpenSSH\r\n\r\n",
+        ] {
+            assert!(answer_of(bad, false, false).is_err(), "{bad:?}");
+        }
     }
 }

@@ -15,9 +15,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::runtime::Runtime;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
-use tokio::runtime::Runtime;
 use tracing::{debug, warn};
 
 use super::conn::{self, ClientIo, Exchange};
