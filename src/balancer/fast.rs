@@ -513,8 +513,10 @@ fn parse_answer(
     client_head.extend_from_slice(b"\r\n");
     for h in res.headers.iter() {
         let name = h.name;
+        // With Transfer-Encoding, a Content-Length is wrong (RFC 9112 §6.3): not passed on.
         let dropped = HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
-            || named.iter().any(|n| name.eq_ignore_ascii_case(n));
+            || named.iter().any(|n| name.eq_ignore_ascii_case(n))
+            || (chunked.is_some() && name.eq_ignore_ascii_case("content-length"));
         if !dropped {
             write_field(client_head, name.as_bytes(), h.value);
         }
@@ -901,5 +903,20 @@ mod tests {
         ] {
             assert!(answer_of(bad, false, false).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_content_length_beside_transfer_encoding_is_not_passed_on() {
+        let (a, client) = answer_of(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+            false,
+        )
+        .unwrap();
+        assert_eq!(a.framing, Framing::Chunked);
+        assert_eq!(
+            client,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
     }
 }
