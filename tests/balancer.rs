@@ -847,7 +847,17 @@ enum Behaviour {
     CutOff,
     /// Answers every request (a head without a body) `200 ok`.
     Healthy,
+    /// Answers every request with a chunked body, `hello world` in two chunks and a trailer.
+    Chunked,
+    /// Answers in HTTP/1.0, the body ending with the connection, and closes it.
+    UntilClose,
+    /// Answers `200 ok` as if it kept the connection, then closes it (a member whose
+    /// keep-alive timeout ran out).
+    ClosesAfterAnswer,
 }
+
+/// The chunked answer of [`Behaviour::Chunked`], as it goes over the wire.
+const CHUNKED_ANSWER: &[u8] = b"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n";
 
 /// A member played by the test on a raw socket, one thread per connection. It counts the
 /// connections it accepted and those the balancer closed, and keeps every byte it
@@ -979,10 +989,26 @@ fn serve_raw(
                     b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789"
                 }
                 Behaviour::CutOff => b"",
-                Behaviour::Healthy => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n",
+                Behaviour::Healthy | Behaviour::ClosesAfterAnswer => {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
+                }
+                Behaviour::Chunked => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Behaviour::UntilClose => {
+                    b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nbye\n"
+                }
             };
             answered = true;
             if stream.write_all(answer).is_err() {
+                return;
+            }
+            if matches!(behaviour, Behaviour::Chunked) && stream.write_all(CHUNKED_ANSWER).is_err()
+            {
+                return;
+            }
+            if matches!(
+                behaviour,
+                Behaviour::UntilClose | Behaviour::ClosesAfterAnswer
+            ) {
                 return;
             }
         }
@@ -1188,4 +1214,168 @@ fn a_client_that_stops_sending_its_body_gets_408_and_frees_the_member_connection
     assert_eq!(s1["state"], "ok", "{s1}");
     assert_eq!(s1["errors"], 0, "{s1}");
     assert_eq!(s1["busy"], 0, "{s1}");
+}
+
+/// Reads from `stream` until `want` answers ending in `end` came, or the deadline.
+fn read_answers(stream: &mut TcpStream, end: &[u8], want: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("read timeout");
+    while got.windows(end.len()).filter(|w| *w == end).count() < want {
+        assert!(
+            Instant::now() < deadline,
+            "{want} answers did not come: {}",
+            String::from_utf8_lossy(&got)
+        );
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn chunked_close_delimited_and_bodiless_answers_pass_whole_and_requests_with_bodies_still_work() {
+    let cluster = Cluster::new("bal-fast");
+    let chunked = RawMember::start(Behaviour::Chunked);
+    let until_close = RawMember::start(Behaviour::UntilClose);
+    let healthy = RawMember::start(Behaviour::Healthy);
+    let b = balancer(
+        &cluster,
+        &[
+            "--member",
+            &chunked.member_arg("c"),
+            "--member",
+            &until_close.member_arg("u"),
+            "--member",
+            &healthy.member_arg("h"),
+            "--set",
+            "balancer.discover=false",
+        ],
+    );
+    let mut client = TcpStream::connect(b.addr).expect("connect");
+    // Two requests in one write (pipelined) for the chunked member: both answers, whole, in
+    // order, on the one connection; the member's connection is kept for the second.
+    let get = |route: &str, method: &str| {
+        format!(
+            "{method} /x HTTP/1.1\r\nHost: t\r\nCookie: {}\r\n\r\n",
+            routed_to(route)
+        )
+    };
+    let two = format!("{}{}", get("c", "GET"), get("c", "GET"));
+    client.write_all(two.as_bytes()).expect("send");
+    let answers = read_answers(&mut client, CHUNKED_ANSWER, 2);
+    assert_eq!(
+        answers.matches("HTTP/1.1 200 OK\r\n").count(),
+        2,
+        "{answers}"
+    );
+    assert_eq!(
+        answers.matches("transfer-encoding: chunked").count()
+            + answers.matches("Transfer-Encoding: chunked").count(),
+        2,
+        "{answers}"
+    );
+    assert!(
+        !answers.to_ascii_lowercase().contains("connection: close"),
+        "{answers}"
+    );
+    assert_eq!(
+        chunked.accepted.load(Ordering::Relaxed),
+        1,
+        "one member connection for both"
+    );
+
+    // HEAD: the answer's head only, though it declares a length.
+    client.write_all(get("h", "HEAD").as_bytes()).expect("send");
+    let head = read_answers(&mut client, b"\r\n\r\n", 1);
+    assert!(
+        head.starts_with("HTTP/1.1 200 OK\r\n") && head.ends_with("\r\n\r\n"),
+        "{head}"
+    );
+
+    // A request with a body on the same connection goes through hyper, and is answered.
+    let post = format!(
+        "POST /form HTTP/1.1\r\nHost: t\r\nCookie: {}\r\nContent-Length: 3\r\n\r\nabc",
+        routed_to("h")
+    );
+    client.write_all(post.as_bytes()).expect("send");
+    let answer = read_answers(&mut client, b"ok\n", 1);
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    wait_until(Duration::from_secs(5), "the member got the body", || {
+        healthy
+            .received()
+            .contains("POST /form HTTP/1.1")
+            .then_some(())
+    });
+    // ...and the connection, hyper's from then on, serves the next ones.
+    client.write_all(get("c", "GET").as_bytes()).expect("send");
+    // (hyper passes the chunks on re-encoded, its own way: the data is what counts.)
+    let again = read_answers(&mut client, b" world\r\n0\r\n", 1);
+    assert!(again.contains("hello"), "{again}");
+
+    // An answer whose body ends with the member's connection: passed whole, then the
+    // client's connection is closed too (its end is the body's end).
+    let mut client = TcpStream::connect(b.addr).expect("connect");
+    client.write_all(get("u", "GET").as_bytes()).expect("send");
+    let mut all = Vec::new();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    client.read_to_end(&mut all).expect("read until closed");
+    let all = String::from_utf8_lossy(&all);
+    assert!(all.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
+    assert!(
+        all.to_ascii_lowercase().contains("connection: close\r\n"),
+        "{all}"
+    );
+    assert!(all.ends_with("\r\n\r\nbye\n"), "{all}");
+
+    // What the members received: the rewritten heads.
+    let received = chunked.received();
+    assert!(
+        received.contains("x-forwarded-for: 127.0.0.1\r\n"),
+        "{received}"
+    );
+    assert!(received.contains("via: 1.1 deltacast\r\n"), "{received}");
+    let status = b.status().expect("status");
+    for m in status["members"].as_array().expect("members") {
+        assert_eq!(m["state"], "ok", "{status}");
+        assert_eq!(m["errors"], 0, "{status}");
+    }
+}
+
+#[test]
+fn a_pooled_connection_the_member_closed_is_replaced_without_an_error() {
+    let cluster = Cluster::new("bal-stale");
+    let closing = RawMember::start(Behaviour::ClosesAfterAnswer);
+    let b = balancer(
+        &cluster,
+        &[
+            "--member",
+            &closing.member_arg("m"),
+            "--set",
+            "balancer.discover=false",
+        ],
+    );
+    let mut client = TcpStream::connect(b.addr).expect("connect");
+    for i in 0..20 {
+        let request = format!("GET /{i} HTTP/1.1\r\nHost: t\r\n\r\n");
+        client.write_all(request.as_bytes()).expect("send");
+        let answer = read_answers(&mut client, b"ok\n", 1);
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK\r\n"),
+            "request {i}: {answer}"
+        );
+    }
+    // Every request found the pooled connection closed and took a new one.
+    assert!(closing.accepted.load(Ordering::Relaxed) >= 20);
+    let status = b.status().expect("status");
+    assert_eq!(status["members"][0]["state"], "ok", "{status}");
+    assert_eq!(status["members"][0]["errors"], 0, "{status}");
 }
