@@ -17,7 +17,8 @@
 //! - [`session`]: the session store library (ids, cookies, versioned deltas, merge).
 //! - [`node`]: the composition root of `deltacast node` and its HTTP endpoints.
 //! - [`balancer`]: the built-in balancer: member choice, health, proxy, discovery, manager,
-//!   client connections and their limits, member connections, one worker thread per core.
+//!   client connections and their limits, member connections, one worker thread per core,
+//!   a fast path for the common requests beside hyper.
 //! - [`cli`]: the command line (`node`, `balancer`, `up`, `status`).
 //!
 //! Dependencies point inward: `membership` and `wire` know nothing of tokio or sockets,

@@ -3,7 +3,9 @@
 //! their figures ([`registry`]), the proxy ([`proxy`]) and its connections to the members
 //! ([`pool`]), the bound on how long a member may keep a request waiting ([`timeout`]),
 //! the manager paths ([`manager`]), the client connections with their limits ([`conn`]),
-//! and the workers that serve them, one thread per core ([`worker`]).
+//! the fast path that forwards the common bodiless requests without hyper ([`fast`], with
+//! [`chunked`] to find where a chunked answer ends), and the workers that serve them, one
+//! thread per core ([`worker`]).
 //! Members are static (`[[balancer.member]]`) and/or discovered from the heartbeats, which
 //! the balancer listens to as an observer (it never sends one).
 
