@@ -35,12 +35,11 @@ use tracing::debug;
 use super::chunked::ChunkedEnd;
 use super::conn::HEADER_READ_TIMEOUT;
 use super::manager;
-use super::proxy::{Attempt, Busy, MAX_HEADER_BYTES, Peer, StickyKey, VIA};
+use super::proxy::{Attempt, Busy, MAX_HEADER_BYTES, Peer, StickyKey, VIA, sticky_key_of_fields};
 use super::registry::Member;
 use super::timeout::Stall;
 use super::worker::Worker;
 use crate::config::Sticky;
-use crate::session::id;
 
 /// Most header fields of a head handled here (hyper's limit too: beyond, its 431).
 const MAX_HEADERS: usize = 100;
@@ -247,7 +246,8 @@ fn prepare(buf: &[u8], peer: &Peer, sticky: &Sticky, cookie: &str, out: &mut Vec
     }
     out.extend_from_slice(VIA.as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
-    let key = sticky_key(sticky, cookie, req.headers, target, peer);
+    let fields = req.headers.iter().map(|h| (h.name, h.value));
+    let key = sticky_key_of_fields(sticky, cookie, fields, target, peer);
     Prepared::Ready(Request {
         head_len,
         head: method == "HEAD",
@@ -261,34 +261,6 @@ fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-/// `proxy::sticky_key` over parsed fields.
-fn sticky_key(
-    sticky: &Sticky,
-    cookie: &str,
-    headers: &[httparse::Header<'_>],
-    target: &str,
-    peer: &Peer,
-) -> StickyKey {
-    match sticky {
-        Sticky::None => StickyKey::None,
-        Sticky::SourceIp => StickyKey::Key(peer.text().to_vec()),
-        Sticky::Header(name) => headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map_or(StickyKey::None, |h| StickyKey::Key(h.value.to_vec())),
-        Sticky::Route => {
-            let cookies = headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
-                .filter_map(|h| std::str::from_utf8(h.value).ok());
-            id::find_in_cookie_headers(cookies, cookie)
-                .and_then(|c| c.route)
-                .or_else(|| id::find_in_path(target).and_then(|c| c.route))
-                .map_or(StickyKey::None, StickyKey::Route)
-        }
-    }
 }
 
 /// How the body of an answer ends.

@@ -162,18 +162,30 @@ pub fn sticky_key(
     path_and_query: &str,
     peer: &Peer,
 ) -> StickyKey {
+    let fields = headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
+    sticky_key_of_fields(sticky, cookie_name, fields, path_and_query, peer)
+}
+
+/// [`sticky_key`] over header fields as (name, value) pairs, however they were parsed.
+pub fn sticky_key_of_fields<'a>(
+    sticky: &Sticky,
+    cookie_name: &str,
+    fields: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    path_and_query: &str,
+    peer: &Peer,
+) -> StickyKey {
     match sticky {
         Sticky::None => StickyKey::None,
         Sticky::SourceIp => StickyKey::Key(peer.text().to_vec()),
-        Sticky::Header(name) => match headers.get(name.as_str()) {
-            Some(v) => StickyKey::Key(v.as_bytes().to_vec()),
-            None => StickyKey::None,
-        },
+        Sticky::Header(name) => fields
+            .into_iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map_or(StickyKey::None, |(_, v)| StickyKey::Key(v.to_vec())),
         Sticky::Route => {
-            let cookies = headers
-                .get_all(header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok());
+            let cookies = fields
+                .into_iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+                .filter_map(|(_, v)| std::str::from_utf8(v).ok());
             id::find_in_cookie_headers(cookies, cookie_name)
                 .and_then(|c| c.route)
                 .or_else(|| id::find_in_path(path_and_query).and_then(|c| c.route))

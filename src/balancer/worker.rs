@@ -214,7 +214,14 @@ async fn accept_loop(listener: &TcpListener, worker: &Arc<Worker>) {
             };
             // Boxed: hyper's connection state is large, and most connections never need it
             // (the task of each connection is as large as its future).
-            Box::pin(serve_hyper(worker, Rewind::new(read, stream), peer, slot, token)).await;
+            Box::pin(serve_hyper(
+                worker,
+                Rewind::new(read, stream),
+                peer,
+                slot,
+                token,
+            ))
+            .await;
         });
     }
 }
