@@ -854,6 +854,9 @@ enum Behaviour {
     /// Answers `200 ok` as if it kept the connection, then closes it (a member whose
     /// keep-alive timeout ran out).
     ClosesAfterAnswer,
+    /// Answers `200 ok`, then, once the answer surely went on, sends a second answer
+    /// nobody asked for (`evil`) on the same connection.
+    LateBytes,
 }
 
 /// The chunked answer of [`Behaviour::Chunked`], as it goes over the wire.
@@ -867,6 +870,8 @@ struct RawMember {
     stop: Arc<AtomicBool>,
     accepted: Arc<AtomicU64>,
     closed: Arc<AtomicU64>,
+    /// Late bytes written ([`Behaviour::LateBytes`]).
+    late: Arc<AtomicU64>,
     received: Arc<std::sync::Mutex<Vec<u8>>>,
     acceptor: Option<std::thread::JoinHandle<()>>,
 }
@@ -879,12 +884,14 @@ impl RawMember {
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicU64::new(0));
         let closed = Arc::new(AtomicU64::new(0));
+        let late = Arc::new(AtomicU64::new(0));
         let received = Arc::new(std::sync::Mutex::new(Vec::new()));
         let acceptor = {
-            let (stop, accepted, closed, received) = (
+            let (stop, accepted, closed, late, received) = (
                 stop.clone(),
                 accepted.clone(),
                 closed.clone(),
+                late.clone(),
                 received.clone(),
             );
             std::thread::spawn(move || {
@@ -893,10 +900,10 @@ impl RawMember {
                     match listener.accept() {
                         Ok((stream, _)) => {
                             accepted.fetch_add(1, Ordering::Relaxed);
-                            let (stop, closed, received) =
-                                (stop.clone(), closed.clone(), received.clone());
+                            let (stop, closed, late, received) =
+                                (stop.clone(), closed.clone(), late.clone(), received.clone());
                             threads.push(std::thread::spawn(move || {
-                                serve_raw(stream, behaviour, &stop, &received);
+                                serve_raw(stream, behaviour, &stop, &late, &received);
                                 // Ended by the balancer, not by the test stopping it.
                                 if !stop.load(Ordering::Relaxed) {
                                     closed.fetch_add(1, Ordering::Relaxed);
@@ -916,6 +923,7 @@ impl RawMember {
             stop,
             accepted,
             closed,
+            late,
             received,
             acceptor: Some(acceptor),
         }
@@ -955,6 +963,7 @@ fn serve_raw(
     mut stream: TcpStream,
     behaviour: Behaviour,
     stop: &AtomicBool,
+    late: &AtomicU64,
     received: &std::sync::Mutex<Vec<u8>>,
 ) {
     let _ = stream.set_nonblocking(false);
@@ -989,7 +998,7 @@ fn serve_raw(
                     b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789"
                 }
                 Behaviour::CutOff => b"",
-                Behaviour::Healthy | Behaviour::ClosesAfterAnswer => {
+                Behaviour::Healthy | Behaviour::ClosesAfterAnswer | Behaviour::LateBytes => {
                     b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
                 }
                 Behaviour::Chunked => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -1010,6 +1019,17 @@ fn serve_raw(
                 Behaviour::UntilClose | Behaviour::ClosesAfterAnswer
             ) {
                 return;
+            }
+            if matches!(behaviour, Behaviour::LateBytes) {
+                // Late enough for the balancer to have pooled the connection.
+                std::thread::sleep(Duration::from_millis(100));
+                if stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nevil\n")
+                    .is_err()
+                {
+                    return;
+                }
+                late.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -1378,4 +1398,32 @@ fn a_pooled_connection_the_member_closed_is_replaced_without_an_error() {
     let status = b.status().expect("status");
     assert_eq!(status["members"][0]["state"], "ok", "{status}");
     assert_eq!(status["members"][0]["errors"], 0, "{status}");
+}
+
+#[test]
+fn bytes_a_member_sends_after_its_answer_never_reach_the_next_client() {
+    let cluster = Cluster::new("bal-late");
+    let member = RawMember::start(Behaviour::LateBytes);
+    let b = balancer(
+        &cluster,
+        &[
+            "--member",
+            &member.member_arg("m"),
+            "--set",
+            "balancer.discover=false",
+        ],
+    );
+    for i in 0..3 {
+        // Each client on its own connection, after the member sent its late bytes on the
+        // pooled connection of the one before.
+        let a = exchange(b.addr, "GET", &format!("/{i}"), None, b"").expect("an answer");
+        assert_eq!((a.status, a.text().as_str()), (200, "ok\n"), "request {i}");
+        wait_until(
+            Duration::from_secs(5),
+            "the member sent its late bytes",
+            || (member.late.load(Ordering::Relaxed) > i).then_some(()),
+        );
+    }
+    // Connections with late bytes are dropped, not used again.
+    assert!(member.accepted.load(Ordering::Relaxed) >= 3);
 }

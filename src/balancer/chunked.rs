@@ -13,7 +13,9 @@ enum State {
     Size {
         digits: u8,
     },
-    /// After the size: extensions up to the CR.
+    /// After the size: blanks before `;` or the CR.
+    SizeBlank,
+    /// In the extensions, up to the CR.
     Extension,
     /// The LF of the size line.
     SizeLf,
@@ -27,6 +29,8 @@ enum State {
     LineStart,
     /// In a trailer field line.
     Trailer,
+    /// The LF of a trailer field line.
+    TrailerLf,
     /// The LF of the final empty line.
     EndLf,
     Done,
@@ -84,27 +88,31 @@ impl ChunkedEnd {
                 State::Size { digits } => {
                     self.size_line()?;
                     if let Some(d) = (b as char).to_digit(16) {
-                        if digits >= 15 {
+                        // Leading zeros do not count towards the limit.
+                        let significant = u8::from(self.size > 0 || d > 0);
+                        if digits + significant > 15 {
                             return Err(ChunkError("chunk size too large"));
                         }
                         self.size = self.size * 16 + u64::from(d);
-                        self.state = State::Size { digits: digits + 1 };
-                    } else if digits == 0 {
+                        self.state = State::Size {
+                            digits: digits + significant,
+                        };
+                    } else if self.line == 1 {
                         return Err(ChunkError("chunk size expected"));
-                    } else if b == b';' || b == b' ' || b == b'\t' {
-                        self.state = State::Extension;
-                    } else if b == b'\r' {
-                        self.state = State::SizeLf;
                     } else {
-                        return Err(ChunkError("bad chunk size"));
+                        self.after_size(b)?;
                     }
+                }
+                State::SizeBlank => {
+                    self.size_line()?;
+                    self.after_size(b)?;
                 }
                 State::Extension => {
                     self.size_line()?;
-                    if b == b'\r' {
-                        self.state = State::SizeLf;
-                    } else if b == b'\n' {
-                        return Err(ChunkError("bare LF in chunk extension"));
+                    match b {
+                        b'\r' => self.state = State::SizeLf,
+                        b'\t' | b' '..=b'~' | 0x80.. => {}
+                        _ => return Err(ChunkError("control byte in chunk extension")),
                     }
                 }
                 State::SizeLf => {
@@ -130,14 +138,20 @@ impl ChunkedEnd {
                     }
                     self.state = State::Size { digits: 0 };
                 }
-                State::LineStart | State::Trailer => {
+                State::LineStart | State::Trailer | State::TrailerLf => {
                     self.line += 1;
                     if self.line > MAX_TRAILERS {
                         return Err(ChunkError("trailers too large"));
                     }
+                    // Lines end with CRLF only: a bare LF might end them for someone else.
                     self.state = match (self.state, b) {
+                        (State::TrailerLf, b'\n') => State::LineStart,
+                        (State::TrailerLf, _) => {
+                            return Err(ChunkError("CR without LF in trailers"));
+                        }
+                        (_, b'\n') => return Err(ChunkError("bare LF in trailers")),
                         (State::LineStart, b'\r') => State::EndLf,
-                        (_, b'\n') => State::LineStart,
+                        (State::Trailer, b'\r') => State::TrailerLf,
                         _ => State::Trailer,
                     };
                 }
@@ -153,6 +167,17 @@ impl ChunkedEnd {
             at += 1;
         }
         Ok(at)
+    }
+
+    /// A byte after the size's digits: blanks, then `;` and extensions, or the CR.
+    fn after_size(&mut self, b: u8) -> Result<(), ChunkError> {
+        self.state = match b {
+            b' ' | b'\t' => State::SizeBlank,
+            b';' => State::Extension,
+            b'\r' => State::SizeLf,
+            _ => return Err(ChunkError("bad chunk size")),
+        };
+        Ok(())
     }
 
     /// Counts one more byte of a size line.
@@ -195,7 +220,7 @@ mod tests {
 
     #[test]
     fn bodies_end_where_their_last_chunk_and_trailers_end() {
-        let cases: [(&[u8], Option<usize>); 8] = [
+        let cases: [(&[u8], Option<usize>); 14] = [
             (b"0\r\n\r\n", Some(5)),
             (b"3\r\nabc\r\n0\r\n\r\nNEXT", Some(13)),
             (b"A;name=value\r\n0123456789\r\n0\r\n\r\n", Some(31)),
@@ -207,6 +232,12 @@ mod tests {
             (b"g\r\n", None),
             (b"\r\n", None),
             (b"3\r\nabc\r\n0\r\n", None),
+            (b"0\r\n\nHTTP/1.1 200 OK\r\n\r\n", None),
+            (b"0\r\nX: y\n\r\n", None),
+            (b"3 zz\r\nabc\r\n0\r\n\r\n", None),
+            (b"3;a=\x01\r\nabc\r\n0\r\n\r\n", None),
+            (b"3 \t;a=b\r\nabc\r\n0\r\n\r\n", Some(19)),
+            (b"0000000000000001\r\nx\r\n0\r\n\r\n", Some(26)),
         ];
         for (body, end) in cases {
             assert_eq!(end_of(body, &[]), end, "{}", String::from_utf8_lossy(body));

@@ -47,8 +47,9 @@ const MAX_HEADERS: usize = 100;
 const MAX_FAST_HEAD: usize = 16 * 1024;
 /// Largest answer head accepted from a member.
 const MAX_ANSWER_HEAD: usize = 64 * 1024;
-/// Fields named by `Connection` removed at most; a request naming more goes to hyper.
-const MAX_NAMED: usize = 8;
+/// Fields named by `Connection` removed at most; a request naming more goes to hyper, an
+/// answer naming more is refused.
+const MAX_NAMED: usize = 16;
 /// Fields never forwarded (RFC 9110 §7.6.1), besides those `Connection` names. A request
 /// with `Transfer-Encoding` or `Upgrade` never takes the fast path; an answer keeps its
 /// `Transfer-Encoding`, as its body is passed on as it is.
@@ -198,7 +199,7 @@ fn prepare(buf: &[u8], peer: &Peer, sticky: &Sticky, cookie: &str, out: &mut Vec
                     close = true;
                 } else if token.eq_ignore_ascii_case("upgrade") {
                     return Prepared::HandOff;
-                } else if !token.eq_ignore_ascii_case("keep-alive") {
+                } else if !token.eq_ignore_ascii_case("keep-alive") && !never_named(token) {
                     if named_count == MAX_NAMED {
                         return Prepared::HandOff;
                     }
@@ -256,6 +257,14 @@ fn prepare(buf: &[u8], peer: &Peer, sticky: &Sticky, cookie: &str, out: &mut Vec
     })
 }
 
+/// Fields a `Connection` header may not take away: the message's framing and Host (RFC
+/// 9110 §7.6.1 lists what it may name: the connection's own fields, never these).
+fn never_named(token: &str) -> bool {
+    ["content-length", "transfer-encoding", "host"]
+        .iter()
+        .any(|n| token.eq_ignore_ascii_case(n))
+}
+
 fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -310,23 +319,27 @@ async fn forward(
     for member in order {
         let busy = Busy::new(&member);
         let attempt = Attempt::start(&member);
+        // A pooled connection found quiet may still have been closed by the member just
+        // then: the request goes once more, on a new connection.
+        let mut stale_retry = true;
         let exchanged = loop {
             let (mut conn, reused) = match worker.pool.checkout_raw(&member).await {
                 Ok(c) => c,
                 Err(e) => break Err(NoAnswer::Failed(e.to_string())),
             };
-            let sent = conn.write_all(out).await;
+            let deadline = tokio::time::Instant::now() + timeout.after();
+            let sent = tokio::time::timeout_at(deadline, conn.write_all(out)).await;
             let got = match sent {
-                Ok(()) => {
-                    let deadline = tokio::time::Instant::now() + timeout.after();
-                    read_answer(&mut conn, answer, request, deadline, client_head).await
-                }
-                Err(_) => Err(NoAnswer::Stale),
+                Ok(Ok(())) => read_answer(&mut conn, answer, request, deadline, client_head).await,
+                Ok(Err(_)) => Err(NoAnswer::Stale),
+                Err(_) => Err(NoAnswer::TimedOut),
             };
             match got {
                 Ok(head) => break Ok((conn, head)),
-                // The member closed the pooled connection while it was idle.
-                Err(NoAnswer::Stale) if reused => continue,
+                Err(NoAnswer::Stale) if reused && stale_retry => {
+                    stale_retry = false;
+                    continue;
+                }
                 Err(NoAnswer::Stale) => {
                     break Err(NoAnswer::Failed("the connection closed".into()));
                 }
@@ -436,9 +449,10 @@ fn parse_answer(
     for h in res.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
+            let digits = h.value.trim_ascii();
+            let n = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
+                .flatten()
                 .ok_or("bad content-length")?;
             if length.is_some_and(|l| l != n) {
                 return Err("conflicting content-length");
@@ -452,9 +466,12 @@ fn parse_answer(
             for token in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
                 if token.eq_ignore_ascii_case("close") {
                     close = true;
-                } else if token.eq_ignore_ascii_case("keep-alive") && version == 0 {
-                    close = false;
-                } else if named_count < MAX_NAMED {
+                } else if token.eq_ignore_ascii_case("keep-alive") {
+                    close &= version != 0;
+                } else if !never_named(token) {
+                    if named_count == MAX_NAMED {
+                        return Err("too many fields named by Connection");
+                    }
                     named[named_count] = token;
                     named_count += 1;
                 }
@@ -730,7 +747,7 @@ mod tests {
             "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
             "GET /balancer-manager HTTP/1.1\r\nHost: h\r\n\r\n",
             "GET /balancer-manager/status?x HTTP/1.1\r\nHost: h\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: h\r\nConnection: a, b, c, d, e, f, g, h, i\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nConnection: a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q\r\n\r\n",
             "GET / HTTP/1.1\r\nHost h\r\n\r\n",
             "\x16\x03\x01 not http at all\r\n\r\n",
         ];
@@ -890,5 +907,46 @@ mod tests {
             client,
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn connection_cannot_take_away_the_framing_or_host() {
+        let (_, out) = ready(
+            "GET / HTTP/1.1\r\nHost: h\r\nConnection: host, content-length, x\r\nContent-Length: 0\r\nX: 1\r\n\r\n",
+        );
+        assert!(out.contains("\r\nHost: h\r\n"), "{out}");
+        assert!(out.contains("\r\nContent-Length: 0\r\n"), "{out}");
+        assert!(!out.contains("\r\nX: 1"), "{out}");
+        let (a, client) = answer_of(
+            "HTTP/1.1 200 OK\r\nConnection: content-length, transfer-encoding\r\nContent-Length: 3\r\n\r\n",
+            false,
+            false,
+        )
+        .unwrap();
+        assert_eq!(a.framing, Framing::Length(3));
+        assert_eq!(client, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n");
+        let many = format!(
+            "HTTP/1.1 200 OK\r\nConnection: {}\r\nContent-Length: 0\r\n\r\n",
+            (0..=MAX_NAMED)
+                .map(|i| format!("x{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        assert!(answer_of(&many, false, false).is_err());
+    }
+
+    #[test]
+    fn a_content_length_is_digits_only() {
+        for bad in ["+3", "3 3", "", "0x3", "-0", "99999999999999999999999"] {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {bad}\r\n\r\n");
+            assert!(answer_of(&head, false, false).is_err(), "{bad:?}");
+        }
+        let (a, _) = answer_of(
+            "HTTP/1.1 200 OK\r\nContent-Length:  007 \r\n\r\n",
+            false,
+            false,
+        )
+        .unwrap();
+        assert_eq!(a.framing, Framing::Length(7));
     }
 }

@@ -74,6 +74,12 @@ pub enum ConnectError {
     },
 }
 
+/// Whether nothing is waiting on an idle connection: no byte and no end.
+fn quiet(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
 /// A TCP connection to `authority` (`host:port`), with TCP_NODELAY.
 pub async fn connect(authority: &str) -> Result<TcpStream, ConnectError> {
     let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority));
@@ -267,15 +273,19 @@ impl Pool {
     }
 
     /// An idle connection of the fast path to `member`, the most recently used first (and
-    /// whether it is one: the member may have closed it meanwhile), or a new one.
+    /// whether it is one), or a new one. An idle connection is kept only if nothing came on
+    /// it since its last answer: a byte there (a late part of an answer, a member's 408
+    /// before it closes) would be taken for the answer to the next request, and an end
+    /// means the member closed it.
     pub async fn checkout_raw(&self, member: &Member) -> Result<(TcpStream, bool), ConnectError> {
         let reused = {
             let mut raw = self.raw.lock();
             let now = Instant::now();
             let list = raw.get_mut(&member.id);
             list.and_then(|list| {
-                std::iter::from_fn(|| list.pop())
-                    .find(|entry| now.duration_since(entry.since) < IDLE_TIMEOUT)
+                std::iter::from_fn(|| list.pop()).find(|entry| {
+                    now.duration_since(entry.since) < IDLE_TIMEOUT && quiet(&entry.conn)
+                })
             })
         };
         match reused {
