@@ -376,8 +376,8 @@ async fn forward(
     plain(client, 502, "no member could answer", request.close).await
 }
 
-/// Reads a member's answer head into `answer` (1xx heads are passed on to the client as
-/// they come) and writes the head for the client into `client_head`.
+/// Reads a member's answer head into `answer` (interim 1xx heads are skipped) and writes
+/// the head for the client into `client_head`.
 async fn read_answer(
     conn: &mut TcpStream,
     answer: &mut BytesMut,
