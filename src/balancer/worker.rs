@@ -236,6 +236,7 @@ async fn serve_hyper<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let ip = peer.ip;
     let exchange = Exchange::new();
     let io = ClientIo::new(stream, exchange.clone(), Some(slot));
     let client = Arc::new(Client {
@@ -258,7 +259,7 @@ async fn serve_hyper<S>(
     tokio::select! {
         result = conn.as_mut() => {
             if let Err(e) = result {
-                debug!(error = %e, "client connection ended");
+                debug!(peer = %ip, error = %e, "client connection ended");
             }
         }
         _ = token.cancelled() => {
