@@ -35,7 +35,10 @@ use tracing::debug;
 use super::chunked::ChunkedEnd;
 use super::conn::HEADER_READ_TIMEOUT;
 use super::manager;
-use super::proxy::{Attempt, Busy, MAX_HEADER_BYTES, Peer, StickyKey, VIA, sticky_key_of_fields};
+use super::proxy::{
+    Attempt, Busy, MAX_HEADER_BYTES, NO_ANSWER, NO_MEMBER, Peer, StickyKey, VIA,
+    member_timeout_line, sticky_key_of_fields,
+};
 use super::registry::Member;
 use super::timeout::Stall;
 use super::worker::Worker;
@@ -227,26 +230,11 @@ fn prepare(buf: &[u8], peer: &Peer, sticky: &Sticky, cookie: &str, out: &mut Vec
             write_field(out, name.as_bytes(), h.value);
         }
     }
-    // The lists the client sent, with this hop at the end.
-    out.extend_from_slice(b"x-forwarded-for: ");
-    for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("x-forwarded-for") {
-            out.extend_from_slice(h.value);
-            out.extend_from_slice(b", ");
-        }
-    }
-    out.extend_from_slice(peer.text());
-    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    write_list(out, "x-forwarded-for", req.headers, peer.text());
+    out.extend_from_slice(b"x-forwarded-proto: http\r\n");
     write_field(out, b"x-forwarded-host", host);
-    out.extend_from_slice(b"via: ");
-    for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("via") {
-            out.extend_from_slice(h.value);
-            out.extend_from_slice(b", ");
-        }
-    }
-    out.extend_from_slice(VIA.as_bytes());
-    out.extend_from_slice(b"\r\n\r\n");
+    write_list(out, "via", req.headers, VIA.as_bytes());
+    out.extend_from_slice(b"\r\n");
     let fields = req.headers.iter().map(|h| (h.name, h.value));
     let key = sticky_key_of_fields(sticky, cookie, fields, target, peer);
     Prepared::Ready(Request {
@@ -263,6 +251,18 @@ fn never_named(token: &str) -> bool {
     ["content-length", "transfer-encoding", "host"]
         .iter()
         .any(|n| token.eq_ignore_ascii_case(n))
+}
+
+/// The field `name` as one list: the values the client sent, then this hop's `last`.
+fn write_list(out: &mut Vec<u8>, name: &str, fields: &[httparse::Header<'_>], last: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    for h in fields.iter().filter(|h| h.name.eq_ignore_ascii_case(name)) {
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(last);
+    out.extend_from_slice(b"\r\n");
 }
 
 fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -313,7 +313,7 @@ async fn forward(
         .registry
         .order(&request.key.as_stickiness(), Instant::now());
     if order.is_empty() {
-        return plain(client, 503, "no member is available", request.close).await;
+        return plain(client, 503, NO_MEMBER, request.close).await;
     }
     let timeout = worker.pool.timeout();
     for member in order {
@@ -356,10 +356,7 @@ async fn forward(
             Err(NoAnswer::TimedOut) => {
                 attempt.timed_out();
                 timeout.note(Stall::Answer, Some(&member.route));
-                let line = format!(
-                    "member did not answer within {} s",
-                    timeout.after().as_secs()
-                );
+                let line = member_timeout_line(timeout.after());
                 return plain(client, 504, &line, request.close).await;
             }
             Err(failed) => {
@@ -373,7 +370,7 @@ async fn forward(
         }
         drop(busy);
     }
-    plain(client, 502, "no member could answer", request.close).await
+    plain(client, 502, NO_ANSWER, request.close).await
 }
 
 /// Reads a member's answer head into `answer` (interim 1xx heads are skipped) and writes

@@ -354,29 +354,33 @@ mod tests {
     }
 
     /// A member answering "hello" to every request, keeping connections alive or not;
-    /// counts the connections it accepted.
-    async fn member(keep_alive: bool) -> (Arc<Member>, Arc<AtomicUsize>) {
+    /// counts the connections it accepted, and those it has closed.
+    async fn member(keep_alive: bool) -> (Arc<Member>, Arc<AtomicUsize>, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (count, ended) = (accepted.clone(), closed.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
+                let ended = ended.clone();
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
                         .keep_alive(keep_alive)
                         .serve_connection(
                             TokioIo::new(stream),
                             service_fn(|_req| async {
                                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("hello"))))
                             }),
-                        ),
-                );
+                        )
+                        .await;
+                    ended.fetch_add(1, Ordering::SeqCst);
+                });
             }
         });
         let member = Member::new("m", &format!("http://{addr}"), 1, true);
-        (Arc::new(member), accepted)
+        (Arc::new(member), accepted, closed)
     }
 
     /// Sends a GET and reads the answer whole, driving the connection.
@@ -415,7 +419,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_is_reused_once_its_answer_was_read_whole() {
-        let (member, accepted) = member(true).await;
+        let (member, accepted, _) = member(true).await;
         let pool = pool();
         let mut conn = pool.checkout(&member).await.unwrap();
         assert!(!conn.reused);
@@ -431,13 +435,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_the_member_closed_is_not_handed_out_again() {
-        let (member, accepted) = member(false).await;
+        let (member, accepted, closed) = member(false).await;
         let pool = pool();
         let mut conn = pool.checkout(&member).await.unwrap();
         assert_eq!(get(&mut conn, &member).await, "hello");
         // Kept even if it looks idle: the close may not have arrived yet.
         pool.release(&member, conn);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Once the member has closed its side, the pool must see it.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while closed.load(Ordering::SeqCst) == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the member closes the connection");
         let mut fresh = pool.checkout(&member).await.unwrap();
         assert!(!fresh.reused);
         assert_eq!(get(&mut fresh, &member).await, "hello");
@@ -446,7 +457,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_sweep_closes_connections_idle_too_long_and_those_of_members_gone() {
-        let (member, _) = member(true).await;
+        let (member, _, _) = member(true).await;
         let pool = pool();
         let mut conn = pool.checkout(&member).await.unwrap();
         get(&mut conn, &member).await;

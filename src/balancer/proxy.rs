@@ -343,12 +343,19 @@ pub fn plain(status: StatusCode, line: &str) -> Response<ProxyBody> {
     r
 }
 
+/// The line of the 503 when no member is usable.
+pub(super) const NO_MEMBER: &str = "no member is available";
+/// The line of the 502 when every member tried failed.
+pub(super) const NO_ANSWER: &str = "no member could answer";
+
+/// The line of the 504 when the member sent no answer head in time.
+pub(super) fn member_timeout_line(after: Duration) -> String {
+    format!("member did not answer within {} s", after.as_secs())
+}
+
 /// The answer when the member sent no answer head in time (504).
 pub fn member_timed_out(after: Duration) -> Response<ProxyBody> {
-    plain(
-        StatusCode::GATEWAY_TIMEOUT,
-        &format!("member did not answer within {} s", after.as_secs()),
-    )
+    plain(StatusCode::GATEWAY_TIMEOUT, &member_timeout_line(after))
 }
 
 /// The answer when the client sent no more of its body in time (408).
@@ -969,7 +976,7 @@ pub async fn forward(
     let key = sticky_key(sticky, cookie_name, &parts.headers, path_and_query, peer);
     let order = registry.order(&key.as_stickiness(), Instant::now());
     if order.is_empty() {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "no member is available");
+        return plain(StatusCode::SERVICE_UNAVAILABLE, NO_MEMBER);
     }
     forward_request_headers(&mut parts.headers, peer);
     if let Some(protocol) = upgrade {
@@ -1050,9 +1057,9 @@ pub async fn forward(
         }
     }
     if tried_any {
-        plain(StatusCode::BAD_GATEWAY, "no member could answer")
+        plain(StatusCode::BAD_GATEWAY, NO_ANSWER)
     } else {
-        plain(StatusCode::SERVICE_UNAVAILABLE, "no member is available")
+        plain(StatusCode::SERVICE_UNAVAILABLE, NO_MEMBER)
     }
 }
 

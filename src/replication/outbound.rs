@@ -45,7 +45,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// reconnect. Dropping it releases the writers waiting for it.
 struct Batch {
     seq: u64,
-    deltas: Vec<Bytes>,
+    /// The frame as it was sent (a resend sends the same bytes).
+    frame: Bytes,
     /// Held only to be dropped with the batch, which releases the waiting writers.
     _acks: Vec<AckHandle>,
 }
@@ -125,11 +126,7 @@ impl Link<'_> {
         stop: &CancellationToken,
     ) -> Outcome {
         // Resend what was not acknowledged, in order.
-        let resend: Vec<Bytes> = self
-            .unacked
-            .iter()
-            .map(|b| self.deltas_frame(b.seq, &b.deltas))
-            .collect();
+        let resend: Vec<Bytes> = self.unacked.iter().map(|b| b.frame.clone()).collect();
         for frame in resend {
             if let Err(e) = self.send_bytes(frame).await {
                 return Outcome::Down(e);
@@ -184,10 +181,6 @@ impl Link<'_> {
         self.send_bytes(bytes).await
     }
 
-    fn deltas_frame(&self, seq: u64, deltas: &[Bytes]) -> Bytes {
-        wire::encode_deltas_frame(&self.ctx.cluster, self.ctx.me, seq, deltas)
-    }
-
     async fn send_bytes(&mut self, bytes: Bytes) -> Result<(), String> {
         self.ctx
             .metrics
@@ -237,8 +230,8 @@ impl Link<'_> {
         Ok(())
     }
 
-    /// Sends `deltas` as the next frame of the link and keeps them until acknowledged; if the
-    /// link breaks meanwhile, they go again after the reconnect.
+    /// Sends `deltas` as the next frame of the link and keeps the frame until acknowledged;
+    /// if the link breaks meanwhile, it goes again after the reconnect.
     async fn send_deltas(
         &mut self,
         deltas: Vec<Bytes>,
@@ -246,10 +239,10 @@ impl Link<'_> {
     ) -> Result<(), String> {
         *self.seq += 1;
         let seq = *self.seq;
-        let frame = self.deltas_frame(seq, &deltas);
+        let frame = wire::encode_deltas_frame(&self.ctx.cluster, self.ctx.me, seq, deltas);
         self.unacked.push_back(Batch {
             seq,
-            deltas,
+            frame: frame.clone(),
             _acks: acks,
         });
         self.send_bytes(frame).await

@@ -131,15 +131,12 @@ pub fn encode_delta(delta: &Delta) -> Bytes {
 
 /// The frame `encode_frame` makes of `FrameBody::Deltas { seq, deltas }`, byte for byte,
 /// from deltas already encoded by [`encode_delta`].
-pub fn encode_deltas_frame(cluster: &str, sender: NodeId, seq: u64, deltas: &[Bytes]) -> Bytes {
+pub fn encode_deltas_frame(cluster: &str, sender: NodeId, seq: u64, deltas: Vec<Bytes>) -> Bytes {
     pb::DeltasFrame {
         version: PROTOCOL_VERSION,
         cluster: cluster.to_string(),
         sender: sender.as_u64(),
-        deltas: Some(pb::EncodedDeltas {
-            seq,
-            deltas: deltas.to_vec(),
-        }),
+        deltas: Some(pb::EncodedDeltas { seq, deltas }),
     }
     .encode_to_vec()
     .into()
@@ -312,7 +309,7 @@ mod tests {
         ] {
             let encoded: Vec<Bytes> = deltas.iter().map(encode_delta).collect();
             let body = FrameBody::Deltas { seq, deltas };
-            let frame = encode_deltas_frame("c", me, seq, &encoded);
+            let frame = encode_deltas_frame("c", me, seq, encoded);
             assert_eq!(frame, encode_frame("c", me, &body));
             assert_eq!(decode_frame(&frame, "c").unwrap(), (me, body));
         }
