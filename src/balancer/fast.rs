@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::chunked::ChunkedEnd;
+use super::client::ClientSocket;
 use super::conn::HEADER_READ_TIMEOUT;
 use super::manager;
 use super::proxy::{
@@ -48,6 +49,10 @@ use crate::config::Sticky;
 const MAX_HEADERS: usize = 100;
 /// A request head not complete within this many bytes goes to hyper, which has the limits.
 const MAX_FAST_HEAD: usize = 16 * 1024;
+/// Buffers larger than this (grown by a large head or body read) are not kept for reuse.
+const KEPT_BUFFER: usize = 64 * 1024;
+/// Spare buffer sets a worker keeps at most.
+const KEPT_BUFFERS: usize = 256;
 /// Largest answer head accepted from a member.
 const MAX_ANSWER_HEAD: usize = 64 * 1024;
 /// Fields named by `Connection` removed at most; a request naming more goes to hyper, an
@@ -96,17 +101,84 @@ enum Prepared {
     HandOff,
 }
 
+/// The buffers the fast path uses for one client connection: the client's bytes, the
+/// head for the member, the member's answer, the head for the client.
+pub struct Buffers {
+    read: BytesMut,
+    out: Vec<u8>,
+    answer: BytesMut,
+    client_head: Vec<u8>,
+}
+
+impl Buffers {
+    fn new() -> Buffers {
+        Buffers {
+            read: BytesMut::with_capacity(4096),
+            out: Vec::with_capacity(1024),
+            answer: BytesMut::with_capacity(4096),
+            client_head: Vec::with_capacity(1024),
+        }
+    }
+
+    /// Empties them for the next connection; false when one grew too large to keep.
+    fn reset(&mut self) -> bool {
+        self.read.clear();
+        self.out.clear();
+        self.answer.clear();
+        self.client_head.clear();
+        self.read.capacity() <= KEPT_BUFFER
+            && self.out.capacity() <= KEPT_BUFFER
+            && self.answer.capacity() <= KEPT_BUFFER
+            && self.client_head.capacity() <= KEPT_BUFFER
+    }
+}
+
+/// A worker's spare [`Buffers`], reused from one connection to the next: four allocations
+/// and four frees less per connection, which count when each request has its own.
+#[derive(Default)]
+pub struct BufferPool(parking_lot::Mutex<Vec<Buffers>>);
+
+impl BufferPool {
+    fn take(&self) -> Buffers {
+        self.0.lock().pop().unwrap_or_else(Buffers::new)
+    }
+
+    fn put(&self, mut buffers: Buffers) {
+        if buffers.reset() {
+            let mut spare = self.0.lock();
+            if spare.len() < KEPT_BUFFERS {
+                spare.push(buffers);
+            }
+        }
+    }
+}
+
 /// Serves the requests of one client connection until it closes, or until one needs hyper.
 pub async fn serve(
     worker: &Worker,
-    client: &mut TcpStream,
+    client: &mut ClientSocket,
     peer: &Peer,
     token: &CancellationToken,
 ) -> Outcome {
-    let mut buf = BytesMut::with_capacity(4096);
-    let mut out = Vec::with_capacity(1024);
-    let mut answer = BytesMut::with_capacity(4096);
-    let mut client_head = Vec::with_capacity(1024);
+    let mut buffers = worker.buffers.take();
+    let outcome = serve_with(worker, client, peer, token, &mut buffers).await;
+    worker.buffers.put(buffers);
+    outcome
+}
+
+async fn serve_with(
+    worker: &Worker,
+    client: &mut ClientSocket,
+    peer: &Peer,
+    token: &CancellationToken,
+    buffers: &mut Buffers,
+) -> Outcome {
+    let Buffers {
+        read: buf,
+        out,
+        answer,
+        client_head,
+    } = buffers;
     let sticky = &worker.shared.config.balancer.sticky;
     let cookie = worker.shared.config.sessions.cookie.as_str();
     loop {
@@ -114,11 +186,11 @@ pub async fn serve(
         let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
         let request = loop {
             if !buf.is_empty() {
-                match prepare(&buf, peer, sticky, cookie, &mut out) {
+                match prepare(buf, peer, sticky, cookie, out) {
                     Prepared::Ready(request) => break request,
-                    Prepared::HandOff => return Outcome::HandOff(buf.freeze()),
+                    Prepared::HandOff => return Outcome::HandOff(Bytes::copy_from_slice(buf)),
                     Prepared::Partial if buf.len() >= MAX_FAST_HEAD => {
-                        return Outcome::HandOff(buf.freeze());
+                        return Outcome::HandOff(Bytes::copy_from_slice(buf));
                     }
                     Prepared::Partial => {}
                 }
@@ -127,7 +199,7 @@ pub async fn serve(
                 buf.reserve(4096);
             }
             let read = tokio::select! {
-                read = tokio::time::timeout_at(deadline, client.read_buf(&mut buf)) => read,
+                read = tokio::time::timeout_at(deadline, client.read_buf(buf)) => read,
                 _ = token.cancelled(), if buf.is_empty() => return Outcome::Done,
             };
             match read {
@@ -136,15 +208,7 @@ pub async fn serve(
             }
         };
         buf.advance(request.head_len);
-        let keep = forward(
-            worker,
-            client,
-            &request,
-            &out,
-            &mut answer,
-            &mut client_head,
-        )
-        .await;
+        let keep = forward(worker, client, &request, out, answer, client_head).await;
         if !keep || token.is_cancelled() {
             let _ = client.shutdown().await;
             return Outcome::Done;
@@ -302,7 +366,7 @@ enum NoAnswer {
 /// Forwards one request; whether the client connection may carry another.
 async fn forward(
     worker: &Worker,
-    client: &mut TcpStream,
+    client: &mut ClientSocket,
     request: &Request,
     out: &[u8],
     answer: &mut BytesMut,
@@ -530,7 +594,7 @@ enum Parsed {
 /// may carry another request. Whether the answer went through whole.
 async fn pass_answer(
     worker: &Worker,
-    client: &mut TcpStream,
+    client: &mut ClientSocket,
     member: &Member,
     mut conn: TcpStream,
     answer: &mut BytesMut,
@@ -609,7 +673,7 @@ async fn pass_answer(
 }
 
 /// A one-line text answer of ours; whether the connection stays open after it.
-async fn plain(client: &mut TcpStream, status: u16, line: &str, close: bool) -> bool {
+async fn plain(client: &mut ClientSocket, status: u16, line: &str, close: bool) -> bool {
     let reason = match status {
         502 => "Bad Gateway",
         503 => "Service Unavailable",

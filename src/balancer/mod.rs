@@ -10,6 +10,7 @@
 //! the balancer listens to as an observer (it never sends one).
 
 pub mod chunked;
+pub mod client;
 pub mod conn;
 pub mod fast;
 pub mod manager;

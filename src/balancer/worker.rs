@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, Interest};
 use tokio::runtime::Runtime;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::client::ClientSocket;
 use super::conn::{self, ClientIo, Exchange};
 use super::fast::{self, Rewind};
 use super::pool::Pool;
@@ -41,6 +41,8 @@ pub struct Worker {
     pub shared: Arc<Shared>,
     /// This worker's idle connections to the members.
     pub pool: Arc<Pool>,
+    /// This worker's spare buffers for the fast path.
+    pub buffers: fast::BufferPool,
     /// Triggered with the balancer's; owns this worker's tasks.
     pub shutdown: Shutdown,
 }
@@ -114,7 +116,7 @@ fn start_one(
         .map_err(failed)?;
     let listener = {
         let _in_runtime = runtime.enter();
-        TcpListener::from_std(listener).map_err(failed)?
+        Listener::new(listener).map_err(failed)?
     };
     let shared = shared.clone();
     let shutdown = workers.child();
@@ -125,10 +127,11 @@ fn start_one(
 }
 
 /// One worker's thread: serves until shutdown, then drains its connections.
-fn run(runtime: Runtime, listener: TcpListener, shared: Arc<Shared>, shutdown: Shutdown) {
+fn run(runtime: Runtime, listener: Listener, shared: Arc<Shared>, shutdown: Shutdown) {
     runtime.block_on(async move {
         let worker = Arc::new(Worker {
             pool: Arc::new(Pool::new(shared.timeout.clone())),
+            buffers: fast::BufferPool::default(),
             shared,
             shutdown: shutdown.clone(),
         });
@@ -153,10 +156,49 @@ async fn sweep(worker: Arc<Worker>) {
     }
 }
 
+/// A worker's listening socket. The connections it accepts are std streams, not yet
+/// registered with the runtime (see [`ClientSocket`]).
+struct Listener {
+    /// The socket; mio accepts with `SOCK_NONBLOCK | SOCK_CLOEXEC` in one system call.
+    socket: mio::net::TcpListener,
+    /// A second descriptor of the same socket, registered with the runtime for its
+    /// readiness. tokio offers readiness and `try_io` on a stream but not on a listener,
+    /// and registering a descriptor of one's own takes unsafe code (`AsyncFd::register`);
+    /// a listening socket is readable when a connection waits, whatever type holds it.
+    ready: tokio::net::TcpStream,
+}
+
+impl Listener {
+    /// Must be called within the runtime.
+    fn new(listener: std::net::TcpListener) -> std::io::Result<Listener> {
+        let duplicate = std::os::fd::OwnedFd::from(listener.try_clone()?);
+        let ready = tokio::net::TcpStream::from_std(std::net::TcpStream::from(duplicate))?;
+        Ok(Listener {
+            socket: mio::net::TcpListener::from_std(listener),
+            ready,
+        })
+    }
+
+    /// The next connection (non-blocking, close-on-exec) and its peer's address.
+    async fn accept(&self) -> std::io::Result<(std::net::TcpStream, std::net::SocketAddr)> {
+        loop {
+            self.ready.readable().await?;
+            match self
+                .ready
+                .try_io(Interest::READABLE, || self.socket.accept())
+            {
+                Ok((stream, peer)) => return Ok((stream.into(), peer)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 /// Accepts client connections until shutdown, each served once it has a slot under the
 /// limit. At the limit this worker waits for a slot with the connection it accepted; the
 /// next ones wait in its listen backlog.
-async fn accept_loop(listener: &TcpListener, worker: &Arc<Worker>) {
+async fn accept_loop(listener: &Listener, worker: &Arc<Worker>) {
     let shutdown = &worker.shutdown;
     let limit = &worker.shared.limit;
     let mut accept_errors = LogThrottle::new(conn::LIMIT_LOG_INTERVAL);
@@ -203,14 +245,23 @@ async fn accept_loop(listener: &TcpListener, worker: &Arc<Worker>) {
         }
         let worker = worker.clone();
         let token = shutdown.token().clone();
-        shutdown.spawn(async move {
+        // Boxed: the task then holds a pointer rather than the whole connection's state,
+        // which tokio would otherwise copy several times over while spawning it.
+        shutdown.spawn(Box::pin(async move {
             let peer = Peer::new(peer.ip());
-            let mut stream = stream;
+            let mut stream = ClientSocket::new(stream);
             // The common requests are forwarded by the fast path; the first one it does not
             // take hands the connection, with what was read of it, to hyper.
             let read = match fast::serve(&worker, &mut stream, &peer, &token).await {
                 fast::Outcome::Done => return,
                 fast::Outcome::HandOff(read) => read,
+            };
+            let stream = match stream.into_polled() {
+                Ok(stream) => stream,
+                Err(e) => {
+                    debug!(peer = %peer.ip, error = %e, "client connection ended");
+                    return;
+                }
             };
             // Boxed: hyper's connection state is large, and most connections never need it
             // (the task of each connection is as large as its future).
@@ -222,7 +273,7 @@ async fn accept_loop(listener: &TcpListener, worker: &Arc<Worker>) {
                 token,
             ))
             .await;
-        });
+        }));
     }
 }
 
