@@ -210,7 +210,14 @@ async fn serve_with(
         buf.advance(request.head_len);
         let keep = forward(worker, client, &request, out, answer, client_head).await;
         if !keep || token.is_cancelled() {
-            let _ = client.shutdown().await;
+            // Closing a socket with unread bytes resets it, which can take the answer
+            // away from the client: when the client sent more than this request, the
+            // sending side is shut first, so that the answer and its end are on their way
+            // before the reset. Otherwise the close alone ends the connection cleanly
+            // (nginx does the same), one system call less per connection.
+            if !buf.is_empty() {
+                let _ = client.shutdown().await;
+            }
             return Outcome::Done;
         }
     }
