@@ -9,11 +9,11 @@
 //! what nginx spends. The first read or write that would block registers the connection
 //! with tokio, for the rest of its life; from then on it is an ordinary [`TcpStream`].
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::Shutdown;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 /// Most bytes read at once while the connection is not registered.
@@ -85,22 +85,42 @@ impl ClientSocket {
     }
 
     /// Writes all of `data`, waiting for room in the socket when it is full.
-    pub async fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
-        if let State::Direct(stream) = &mut self.state {
-            while !data.is_empty() {
-                match stream.write(data) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => data = &data[n..],
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e),
+    pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        self.write(data, 0).await
+    }
+
+    /// Writes all of `data`, the last bytes before the connection is closed, which must
+    /// follow at once: they may wait in the socket for the close (`MSG_MORE`), which then
+    /// sends them and the end of the stream in one segment rather than two.
+    pub async fn write_last(&mut self, data: &[u8]) -> io::Result<()> {
+        self.write(data, libc::MSG_MORE).await
+    }
+
+    async fn write(&mut self, mut data: &[u8], flags: libc::c_int) -> io::Result<()> {
+        let flags = flags | libc::MSG_NOSIGNAL;
+        while !data.is_empty() {
+            let sent = match &self.state {
+                State::Direct(stream) => {
+                    socket2::SockRef::from(stream).send_with_flags(data, flags)
                 }
-            }
-            if data.is_empty() {
-                return Ok(());
+                // Through `try_io`, so that a full socket clears the runtime's readiness.
+                State::Polled(stream) => stream.try_io(Interest::WRITABLE, || {
+                    socket2::SockRef::from(stream).send_with_flags(data, flags)
+                }),
+                State::Closed => return Err(closed()),
+            };
+            match sent {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => data = &data[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Full: wait for room, registering the connection if it is not yet.
+                    self.polled()?.writable().await?;
+                }
+                Err(e) => return Err(e),
             }
         }
-        self.polled()?.write_all(data).await
+        Ok(())
     }
 
     /// Ends the sending side (what was written still goes out).
@@ -222,6 +242,22 @@ mod tests {
         client.read_to_end(&mut got).await.unwrap();
         assert!(got == expected, "the bytes differ");
         assert!(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_last_bytes_go_out_with_the_close() {
+        for registered in [false, true] {
+            let (accepted, mut client) = pair().await;
+            let mut socket = ClientSocket::new(accepted);
+            if registered {
+                socket.polled().unwrap();
+            }
+            socket.write_last(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+            drop(socket);
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"HTTP/1.1 200 OK\r\n\r\n", "registered: {registered}");
+        }
     }
 
     #[tokio::test]

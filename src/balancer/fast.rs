@@ -358,6 +358,8 @@ struct Answer {
     framing: Framing,
     /// The member connection may carry another request after this answer.
     member_keeps: bool,
+    /// The client connection closes after this answer.
+    client_closes: bool,
 }
 
 /// Why no answer head came from a member.
@@ -586,6 +588,7 @@ fn parse_answer(
         head_len,
         framing,
         member_keeps: !close && framing != Framing::UntilClose,
+        client_closes,
     })))
 }
 
@@ -648,7 +651,12 @@ async fn pass_answer(
         extra |= take < pending.len();
         out.extend_from_slice(&pending[..take]);
         member.bytes_out.fetch_add(take as u64, Ordering::Relaxed);
-        if client.write_all(out).await.is_err() {
+        let written = if whole && head.client_closes {
+            client.write_last(out).await
+        } else {
+            client.write_all(out).await
+        };
+        if written.is_err() {
             return false;
         }
         out.clear();
@@ -692,7 +700,11 @@ async fn plain(client: &mut ClientSocket, status: u16, line: &str, close: bool) 
     let text = format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {body_len}\r\n{connection}\r\n{line}\n"
     );
-    client.write_all(text.as_bytes()).await.is_ok() && !close
+    if close {
+        let _ = client.write_last(text.as_bytes()).await;
+        return false;
+    }
+    client.write_all(text.as_bytes()).await.is_ok()
 }
 
 /// A socket that first gives back bytes already read from it: how hyper takes over a
