@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod registry;
 pub mod select;
 pub mod timeout;
+pub mod tunnel;
 pub mod worker;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -26,6 +26,7 @@ use super::pool::{MemberConn, Pool, SendError};
 use super::registry::{Member, Registry};
 use super::select::Stickiness;
 use super::timeout::{ChunkTimer, MemberTimeout, Stall, Stalled};
+use super::tunnel;
 use crate::config::Sticky;
 use crate::session::id;
 use crate::shutdown::Shutdown;
@@ -1013,7 +1014,14 @@ pub async fn forward(
                 attempt.succeeded();
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_side) = client_side.take() {
-                        return tunnel(response, conn, client_side, busy, shutdown);
+                        return tunnel(
+                            response,
+                            conn,
+                            client_side,
+                            busy,
+                            shutdown,
+                            pool.timeout().after(),
+                        );
                     }
                 }
                 let (mut head, body) = response.into_parts();
@@ -1064,14 +1072,15 @@ pub async fn forward(
 }
 
 /// Answers 101 to the client and, once both sides have switched, copies bytes both ways
-/// until either closes (or shutdown). The member connection gets a task of its own, to
-/// run until it hands its socket over.
+/// until either closes, nothing moves for `idle`, or shutdown (see [`tunnel::copy`]). The
+/// member connection gets a task of its own, to run until it hands its socket over.
 fn tunnel(
     mut response: Response<Incoming>,
     conn: MemberConn,
     client_side: hyper::upgrade::OnUpgrade,
     busy: Busy,
     shutdown: &Shutdown,
+    idle: Duration,
 ) -> Response<ProxyBody> {
     let member_side = hyper::upgrade::on(&mut response);
     let (mut head, _) = response.into_parts();
@@ -1094,13 +1103,10 @@ fn tunnel(
             debug!("an upgrade did not complete");
             return;
         };
-        let mut client = TokioIo::new(client);
-        let mut member = TokioIo::new(member);
-        tokio::select! {
-            copied = tokio::io::copy_bidirectional(&mut client, &mut member) => {
-                debug!(?copied, "upgraded connection closed");
-            }
-            _ = stop.cancelled() => {}
+        match tunnel::copy(TokioIo::new(client), TokioIo::new(member), idle, &stop).await {
+            tunnel::Ended::Closed(copied) => debug!(?copied, "upgraded connection closed"),
+            tunnel::Ended::Idle => debug!(?idle, "upgraded connection idle; closed"),
+            tunnel::Ended::Shutdown => {}
         }
     });
     Response::from_parts(head, full(Bytes::new()))
