@@ -1,12 +1,11 @@
 //! A client connection kept out of the runtime's poller for as long as it need not wait.
 //!
-//! When a new connection is accepted under load, its request is most often in the socket
-//! already, and the answer fits in the socket's send buffer: such a connection is served
-//! with plain non-blocking reads and writes and closed without ever being registered with
-//! epoll. That saves, per connection, the two system calls of registering and removing it
-//! (`EPOLL_CTL_ADD`, `EPOLL_CTL_DEL`), the kernel's wake-ups for it, and tokio's
-//! bookkeeping of a registration: most of what a new connection per request costs beyond
-//! what nginx spends. The first read or write that would block registers the connection
+//! A new connection is served with plain non-blocking reads and writes: when its request is
+//! already in the socket as it is accepted (often, under load) and its answer fits in the
+//! socket's send buffer, it is served and closed without ever being registered with epoll.
+//! That saves the two system calls of registering and removing it (`EPOLL_CTL_ADD`,
+//! `EPOLL_CTL_DEL`), the kernel's wake-ups for it, and tokio's allocation and bookkeeping
+//! of a registration. The first read or write that would block registers the connection
 //! with tokio, for the rest of its life; from then on it is an ordinary [`TcpStream`].
 
 use std::io::{self, Read};
