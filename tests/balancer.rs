@@ -1427,3 +1427,110 @@ fn bytes_a_member_sends_after_its_answer_never_reach_the_next_client() {
     // Connections with late bytes are dropped, not used again.
     assert!(member.accepted.load(Ordering::Relaxed) >= 3);
 }
+
+/// A member that reads one request head per connection, waits `delay`, answers `answer`,
+/// and closes if `close`.
+fn slow_member(delay: Duration, answer: &'static [u8], close: bool) -> SocketAddr {
+    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        got.drain(..end + 4);
+                        std::thread::sleep(delay);
+                        if s.write_all(answer).is_err() {
+                            return;
+                        }
+                        if close {
+                            return;
+                        }
+                    }
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `first`, then `later` after a pause, and reads until the end: the bytes and
+/// whether the end was a reset.
+fn two_writes(addr: SocketAddr, first: &[u8], later: &[u8]) -> (String, bool) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(first).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(later).unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (String::from_utf8_lossy(&raw).into_owned(), false),
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return (String::from_utf8_lossy(&raw).into_owned(), true);
+            }
+            Err(e) => panic!("{e}; read {:?}", String::from_utf8_lossy(&raw)),
+        }
+    }
+}
+
+#[test]
+fn a_close_request_followed_by_more_bytes_still_gets_its_answer() {
+    let cluster = Cluster::new("r5-close-more");
+    let member = slow_member(
+        Duration::from_millis(400),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n",
+        false,
+    );
+    let m = format!("m1=http://{member}");
+    let b = balancer(
+        &cluster,
+        &["--member", &m, "--set", "balancer.discover=false"],
+    );
+    for _ in 0..3 {
+        let (got, reset) = two_writes(
+            b.addr,
+            b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
+        eprintln!("reset={reset} got={got:?}");
+        assert!(got.starts_with("HTTP/1.1 200"), "reset={reset} got={got:?}");
+    }
+}
+
+#[test]
+fn a_close_delimited_answer_to_a_pipelining_client_ends_with_a_fin() {
+    let cluster = Cluster::new("r5-until-close");
+    let member = slow_member(
+        Duration::from_millis(400),
+        b"HTTP/1.0 200 OK\r\n\r\nbye\n",
+        true,
+    );
+    let m = format!("m1=http://{member}");
+    let b = balancer(
+        &cluster,
+        &["--member", &m, "--set", "balancer.discover=false"],
+    );
+    for _ in 0..3 {
+        let (got, reset) = two_writes(
+            b.addr,
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
+        eprintln!("reset={reset} got={got:?}");
+        assert!(got.ends_with("bye\n"), "reset={reset} got={got:?}");
+        assert!(
+            !reset,
+            "the close-delimited body ended with a reset: {got:?}"
+        );
+    }
+}

@@ -210,14 +210,12 @@ async fn serve_with(
         buf.advance(request.head_len);
         let keep = forward(worker, client, &request, out, answer, client_head).await;
         if !keep || token.is_cancelled() {
-            // Closing a socket with unread bytes resets it, which can take the answer
-            // away from the client: when the client sent more than this request, the
-            // sending side is shut first, so that the answer and its end are on their way
-            // before the reset. Otherwise the close alone ends the connection cleanly
-            // (nginx does the same), one system call less per connection.
-            if !buf.is_empty() {
-                let _ = client.shutdown().await;
-            }
+            // Closing a socket with unread bytes resets it, and a reset drops what is still
+            // in the socket (with `write_last`, the whole answer) and ends a close-delimited
+            // answer with an error instead of its end. Bytes the client sent after its
+            // request may be in the socket unread even when `buf` is empty, so the sending
+            // side is always shut first: the answer and the FIN go out before any reset.
+            let _ = client.shutdown().await;
             return Outcome::Done;
         }
     }
