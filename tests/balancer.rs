@@ -519,34 +519,56 @@ fn a_slowloris_client_is_closed_and_does_not_hurt_others() {
         &cluster,
         &["--member", &m1, "--set", "balancer.discover=false"],
     );
-    let mut slow = TcpStream::connect(b.addr).expect("connect");
-    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
-        .expect("part of a head");
-    slow.set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
+    let slow_client = |first: &[u8]| {
+        let mut slow = TcpStream::connect(b.addr).expect("connect");
+        slow.write_all(first).expect("part of a head");
+        slow.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        slow
+    };
+    // One sends a header line now and then; the other sends a large part of a head at
+    // once, and only late (8 s in) enough more for it to pass from the fast path to hyper:
+    // the 10 s header-read timeout still counts from the start.
+    let mut small = slow_client(b"GET / HTTP/1.1\r\nHost: x\r\n");
+    let mut large_head = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..15 {
+        large_head.extend_from_slice(format!("X-Pad-{i}: {}\r\n", "p".repeat(1000)).as_bytes());
+    }
+    let mut large = slow_client(&large_head);
+    let mut large_sent_more = false;
     let started = Instant::now();
-    let mut closed = false;
-    while started.elapsed() < Duration::from_secs(15) {
+    let mut closed = [None, None];
+    while started.elapsed() < Duration::from_secs(15) && closed.contains(&None) {
         // Others are served meanwhile.
         assert_eq!(answered_by(b.addr), "n1");
-        // One more header line now and then, never the end of the head.
-        let _ = slow.write_all(b"X-Slow: 1\r\n");
-        let mut buf = [0u8; 1024];
-        match slow.read(&mut buf) {
-            Ok(_) => {
-                closed = true;
-                break;
+        if !large_sent_more && started.elapsed() >= Duration::from_secs(8) {
+            let more = format!("X-Pad-more: {}\r\n", "p".repeat(2000));
+            let _ = large.write_all(more.as_bytes());
+            large_sent_more = true;
+        }
+        for (i, slow) in [&mut small, &mut large].into_iter().enumerate() {
+            if closed[i].is_some() {
+                continue;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
-            Err(_) => {
-                closed = true;
-                break;
+            // One more header line now and then, never the end of the head.
+            let _ = slow.write_all(b"X-Slow: 1\r\n");
+            let mut buf = [0u8; 1024];
+            match slow.read(&mut buf) {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Ok(_) | Err(_) => closed[i] = Some(started.elapsed()),
             }
         }
     }
-    assert!(closed, "the slow client is still connected after 15 s");
-    assert!(started.elapsed() >= Duration::from_secs(5));
+    let [Some(small_closed), Some(large_closed)] = closed else {
+        panic!("a slow client is still connected after 15 s: {closed:?}");
+    };
+    assert!(small_closed >= Duration::from_secs(5), "{small_closed:?}");
+    assert!(
+        large_sent_more && large_closed >= Duration::from_secs(8),
+        "{large_closed:?}"
+    );
 }
 
 /// A member that answers every request with its head and body as it received them, plus

@@ -17,7 +17,7 @@ use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -116,7 +116,11 @@ pub fn error_answer(hyper_answer: &[u8]) -> Option<Vec<u8>> {
 
 /// Where one connection is between requests, as far as its writes are concerned.
 #[derive(Debug)]
-pub struct Exchange(AtomicU8);
+pub struct Exchange {
+    state: AtomicU8,
+    /// Whether hyper has parsed a request head on this connection yet.
+    started: AtomicBool,
+}
 
 /// Between requests: nothing of ours is owed or buffered; a write now is hyper's own
 /// answer to a head it could not parse.
@@ -130,17 +134,21 @@ const PASS: u8 = 3;
 
 impl Exchange {
     pub fn new() -> Arc<Exchange> {
-        Arc::new(Exchange(AtomicU8::new(BETWEEN)))
+        Arc::new(Exchange {
+            state: AtomicU8::new(BETWEEN),
+            started: AtomicBool::new(false),
+        })
     }
 
     fn set(&self, from: u8, to: u8) {
         let _ = self
-            .0
+            .state
             .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// hyper parsed a request head and called the service.
     pub fn request(&self) {
+        self.started.store(true, Ordering::Release);
         self.set(BETWEEN, SERVING);
         self.set(FLUSHING, SERVING);
     }
@@ -149,7 +157,7 @@ impl Exchange {
     /// Protocols` the connection is a tunnel and is never looked at again.
     pub fn response<B>(self: &Arc<Self>, response: Response<B>) -> Response<Tracked<B>> {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            self.0.store(PASS, Ordering::Release);
+            self.state.store(PASS, Ordering::Release);
         }
         response.map(|inner| Tracked {
             inner,
@@ -168,12 +176,17 @@ impl Exchange {
         self.set(FLUSHING, BETWEEN);
     }
 
+    /// Whether hyper has parsed a request head on this connection yet.
+    pub fn started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
     fn between_requests(&self) -> bool {
-        self.0.load(Ordering::Acquire) == BETWEEN
+        self.state.load(Ordering::Acquire) == BETWEEN
     }
 
     fn pass(&self) {
-        self.0.store(PASS, Ordering::Release);
+        self.state.store(PASS, Ordering::Release);
     }
 }
 

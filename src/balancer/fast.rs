@@ -81,8 +81,12 @@ const REWRITTEN: [&str; 4] = [
 pub enum Outcome {
     /// It is done (closed, or the client went away).
     Done,
-    /// The rest is hyper's; these bytes were read already.
-    HandOff(Bytes),
+    /// The rest is hyper's; `read` was read already. `head_by`: the head in `read` is
+    /// not complete, and must be by then (the header-read timeout that started here).
+    HandOff {
+        read: Bytes,
+        head_by: Option<tokio::time::Instant>,
+    },
 }
 
 /// A request the fast path forwards, once its head is parsed.
@@ -188,9 +192,17 @@ async fn serve_with(
             if !buf.is_empty() {
                 match prepare(buf, peer, sticky, cookie, out) {
                     Prepared::Ready(request) => break request,
-                    Prepared::HandOff => return Outcome::HandOff(Bytes::copy_from_slice(buf)),
+                    Prepared::HandOff => {
+                        return Outcome::HandOff {
+                            read: Bytes::copy_from_slice(buf),
+                            head_by: None,
+                        };
+                    }
                     Prepared::Partial if buf.len() >= MAX_FAST_HEAD => {
-                        return Outcome::HandOff(Bytes::copy_from_slice(buf));
+                        return Outcome::HandOff {
+                            read: Bytes::copy_from_slice(buf),
+                            head_by: Some(deadline),
+                        };
                     }
                     Prepared::Partial => {}
                 }

@@ -252,9 +252,9 @@ async fn accept_loop(listener: &Listener, worker: &Arc<Worker>) {
             let mut stream = ClientSocket::new(stream);
             // The common requests are forwarded by the fast path; the first one it does not
             // take hands the connection, with what was read of it, to hyper.
-            let read = match fast::serve(&worker, &mut stream, &peer, &token).await {
+            let (read, head_by) = match fast::serve(&worker, &mut stream, &peer, &token).await {
                 fast::Outcome::Done => return,
-                fast::Outcome::HandOff(read) => read,
+                fast::Outcome::HandOff { read, head_by } => (read, head_by),
             };
             let stream = match stream.into_polled() {
                 Ok(stream) => stream,
@@ -271,6 +271,7 @@ async fn accept_loop(listener: &Listener, worker: &Arc<Worker>) {
                 peer,
                 slot,
                 token,
+                head_by,
             ))
             .await;
         }));
@@ -278,12 +279,15 @@ async fn accept_loop(listener: &Listener, worker: &Arc<Worker>) {
 }
 
 /// Serves the rest of a client connection with hyper: every request, with the full rules.
+/// `head_by`: the first head, begun on the fast path, must be complete by then (hyper's own
+/// header-read timer starts anew, so without this a slow client would get it twice).
 async fn serve_hyper<S>(
     worker: Arc<Worker>,
     stream: S,
     peer: Peer,
     slot: OwnedSemaphorePermit,
     token: CancellationToken,
+    head_by: Option<tokio::time::Instant>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -292,7 +296,7 @@ async fn serve_hyper<S>(
     let io = ClientIo::new(stream, exchange.clone(), Some(slot));
     let client = Arc::new(Client {
         worker,
-        exchange,
+        exchange: exchange.clone(),
         peer,
     });
     let service = service_fn(move |req| {
@@ -307,15 +311,34 @@ async fn serve_hyper<S>(
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                debug!(peer = %ip, error = %e, "client connection ended");
-            }
+    let first_head = async {
+        match head_by {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
         }
-        _ = token.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(DRAIN_GRACE, conn).await;
+    };
+    tokio::pin!(first_head);
+    let mut waiting_first = head_by.is_some();
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    debug!(peer = %ip, error = %e, "client connection ended");
+                }
+                break;
+            }
+            _ = first_head.as_mut(), if waiting_first => {
+                if !exchange.started() {
+                    debug!(peer = %ip, "no request head within the header-read timeout; closed");
+                    break;
+                }
+                waiting_first = false;
+            }
+            _ = token.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(DRAIN_GRACE, conn).await;
+                break;
+            }
         }
     }
 }
