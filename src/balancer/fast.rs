@@ -526,8 +526,10 @@ fn parse_answer(
     let mut chunked = None;
     let mut named: [&str; MAX_NAMED] = [""; MAX_NAMED];
     let mut named_count = 0;
+    let mut dated = false;
     for h in res.headers.iter() {
         let name = h.name;
+        dated |= name.eq_ignore_ascii_case("date");
         if name.eq_ignore_ascii_case("content-length") {
             let digits = h.value.trim_ascii();
             let n = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
@@ -589,6 +591,11 @@ fn parse_answer(
         if !dropped {
             write_field(client_head, name.as_bytes(), h.value);
         }
+    }
+    if !dated {
+        // A proxy forwarding an answer without a date adds one (RFC 9110 §6.6.1).
+        let now = httpdate::fmt_http_date(std::time::SystemTime::now());
+        write_field(client_head, b"date", now.as_bytes());
     }
     if client_closes {
         client_head.extend_from_slice(b"connection: close\r\n");
@@ -906,10 +913,41 @@ mod tests {
         };
         let mut client = Vec::new();
         match parse_answer(head.as_bytes(), &request, &mut client)? {
-            Some(Parsed::Final(a)) => Ok((a, String::from_utf8(client).unwrap())),
+            Some(Parsed::Final(a)) => Ok((a, without_added_date(head, client))),
             Some(Parsed::Interim(_)) => Err("interim"),
             None => Err("partial"),
         }
+    }
+
+    /// The head for the client, less the `date` field added when the member's `head` had
+    /// none (checked to be there, and to be an HTTP date).
+    fn without_added_date(head: &str, client: Vec<u8>) -> String {
+        let client = String::from_utf8(client).unwrap();
+        if head.to_ascii_lowercase().contains("\r\ndate:") {
+            assert_eq!(
+                client.matches("date:").count() + client.matches("Date:").count(),
+                1
+            );
+            return client;
+        }
+        let start = client.find("date: ").expect("a date added");
+        let end = start + client[start..].find("\r\n").unwrap() + 2;
+        let value = &client[start + 6..end - 2];
+        assert!(httpdate::parse_http_date(value).is_ok(), "{value}");
+        format!("{}{}", &client[..start], &client[end..])
+    }
+
+    #[test]
+    fn a_members_date_is_passed_on_and_a_missing_one_added() {
+        let with =
+            "HTTP/1.1 200 OK\r\nDate: Tue, 24 Nov 2026 08:00:00 GMT\r\nContent-Length: 0\r\n\r\n";
+        let (_, client) = answer_of(with, false, false).unwrap();
+        assert_eq!(
+            client,
+            "HTTP/1.1 200 OK\r\nDate: Tue, 24 Nov 2026 08:00:00 GMT\r\nContent-Length: 0\r\n\r\n"
+        );
+        let (_, client) = answer_of("HTTP/1.1 204 No Content\r\n\r\n", false, false).unwrap();
+        assert_eq!(client, "HTTP/1.1 204 No Content\r\n\r\n");
     }
 
     #[test]
