@@ -51,8 +51,8 @@ const MAX_HEADERS: usize = 100;
 const MAX_FAST_HEAD: usize = 16 * 1024;
 /// Buffers larger than this (grown by a large head or body read) are not kept for reuse.
 const KEPT_BUFFER: usize = 64 * 1024;
-/// Spare buffer sets a worker keeps at most.
-const KEPT_BUFFERS: usize = 256;
+/// Spare buffer sets a worker keeps at most (about 10 KiB each, see [`Buffers::reset`]).
+const KEPT_BUFFERS: usize = 64;
 /// Largest answer head accepted from a member.
 const MAX_ANSWER_HEAD: usize = 64 * 1024;
 /// Fields named by `Connection` removed at most; a request naming more goes to hyper, an
@@ -126,9 +126,13 @@ impl Buffers {
 
     /// Empties them for the next connection; false when one grew too large to keep.
     fn reset(&mut self) -> bool {
+        // A `BytesMut` that was advanced reports only the room after that point as its
+        // capacity, so this check may keep one larger than it says; their growth is
+        // bounded anyway, by the head limits (16 KiB of request head before hyper takes
+        // over, `MAX_ANSWER_HEAD` of answer head): a kept set holds under 200 KiB at most.
         self.read.clear();
-        self.out.clear();
         self.answer.clear();
+        self.out.clear();
         self.client_head.clear();
         self.read.capacity() <= KEPT_BUFFER
             && self.out.capacity() <= KEPT_BUFFER
@@ -935,6 +939,19 @@ mod tests {
         let value = &client[start + 6..end - 2];
         assert!(httpdate::parse_http_date(value).is_ok(), "{value}");
         format!("{}{}", &client[..start], &client[end..])
+    }
+
+    #[test]
+    fn buffers_grown_large_are_not_kept() {
+        let mut buffers = Buffers::new();
+        assert!(buffers.reset());
+        buffers.out.reserve(100 * 1024);
+        assert!(!buffers.reset(), "a 100 KiB buffer was kept");
+        let mut buffers = Buffers::new();
+        buffers.read.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        buffers.read.advance(10);
+        assert!(buffers.reset());
+        assert!(buffers.read.is_empty());
     }
 
     #[test]
