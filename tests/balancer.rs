@@ -1505,50 +1505,49 @@ fn two_writes(addr: SocketAddr, first: &[u8], later: &[u8]) -> (String, bool) {
     }
 }
 
-#[test]
-fn a_close_request_followed_by_more_bytes_still_gets_its_answer() {
-    let cluster = Cluster::new("r5-close-more");
-    let member = slow_member(
-        Duration::from_millis(400),
-        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n",
-        false,
-    );
+/// A balancer in front of a `slow_member` answering `answer` (closing after it if
+/// `close`); three times, a client sends `first` and, while the member takes its time, a
+/// second request: what the client got each time, and whether it ended with a reset.
+fn answers_with_more_bytes_unread(
+    name: &str,
+    answer: &'static [u8],
+    close: bool,
+    first: &[u8],
+) -> Vec<(String, bool)> {
+    let cluster = Cluster::new(name);
+    let member = slow_member(Duration::from_millis(400), answer, close);
     let m = format!("m1=http://{member}");
     let b = balancer(
         &cluster,
         &["--member", &m, "--set", "balancer.discover=false"],
     );
-    for _ in 0..3 {
-        let (got, reset) = two_writes(
-            b.addr,
-            b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n",
-        );
-        eprintln!("reset={reset} got={got:?}");
+    (0..3)
+        .map(|_| two_writes(b.addr, first, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n"))
+        .collect()
+}
+
+#[test]
+fn a_close_request_followed_by_more_bytes_still_gets_its_answer() {
+    let answers = answers_with_more_bytes_unread(
+        "r5-close-more",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n",
+        false,
+        b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    for (got, reset) in answers {
         assert!(got.starts_with("HTTP/1.1 200"), "reset={reset} got={got:?}");
     }
 }
 
 #[test]
 fn a_close_delimited_answer_to_a_pipelining_client_ends_with_a_fin() {
-    let cluster = Cluster::new("r5-until-close");
-    let member = slow_member(
-        Duration::from_millis(400),
+    let answers = answers_with_more_bytes_unread(
+        "r5-until-close",
         b"HTTP/1.0 200 OK\r\n\r\nbye\n",
         true,
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n",
     );
-    let m = format!("m1=http://{member}");
-    let b = balancer(
-        &cluster,
-        &["--member", &m, "--set", "balancer.discover=false"],
-    );
-    for _ in 0..3 {
-        let (got, reset) = two_writes(
-            b.addr,
-            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n",
-            b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n",
-        );
-        eprintln!("reset={reset} got={got:?}");
+    for (got, reset) in answers {
         assert!(got.ends_with("bye\n"), "reset={reset} got={got:?}");
         assert!(
             !reset,
