@@ -49,6 +49,8 @@ pub struct ChunkedEnd {
     size: u64,
     /// Bytes of the current size line, or of all trailers.
     line: usize,
+    /// Data bytes of the body so far (its chunks less their framing).
+    data: u64,
 }
 
 impl Default for ChunkedEnd {
@@ -57,6 +59,7 @@ impl Default for ChunkedEnd {
             state: State::Size { digits: 0 },
             size: 0,
             line: 0,
+            data: 0,
         }
     }
 }
@@ -65,6 +68,11 @@ impl ChunkedEnd {
     /// Whether the whole body went by.
     pub fn done(&self) -> bool {
         self.state == State::Done
+    }
+
+    /// The data bytes of the body that went by so far, without the chunk framing.
+    pub fn data(&self) -> u64 {
+        self.data
     }
 
     /// Follows the next bytes of the body; how many of them belong to it (all of them
@@ -79,6 +87,7 @@ impl ChunkedEnd {
                         .unwrap_or(usize::MAX)
                         .min(bytes.len() - at);
                     self.size -= take as u64;
+                    self.data += take as u64;
                     at += take;
                     if self.size == 0 {
                         self.state = State::DataCr;
@@ -242,6 +251,17 @@ mod tests {
         for (body, end) in cases {
             assert_eq!(end_of(body, &[]), end, "{}", String::from_utf8_lossy(body));
         }
+    }
+
+    #[test]
+    fn the_data_bytes_are_counted_without_the_framing() {
+        let mut scan = ChunkedEnd::default();
+        let body = b"3\r\nabc\r\nA;x=y\r\n0123456789\r\n0\r\nT: 1\r\n\r\n";
+        for part in body.chunks(4) {
+            scan.feed(part).unwrap();
+        }
+        assert!(scan.done());
+        assert_eq!(scan.data(), 13);
     }
 
     #[test]

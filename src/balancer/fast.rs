@@ -635,6 +635,8 @@ async fn pass_answer(
     let timeout = worker.pool.timeout();
     answer.advance(head.head_len);
     let mut chunks = ChunkedEnd::default();
+    // The chunked body's data bytes already counted in the member's `bytes_out`.
+    let mut counted = 0;
     // The body bytes still to come (for a length), and whether the body is whole.
     let (mut left, mut whole) = match head.framing {
         Framing::None => (0, true),
@@ -671,7 +673,17 @@ async fn pass_answer(
         };
         extra |= take < pending.len();
         out.extend_from_slice(&pending[..take]);
-        member.bytes_out.fetch_add(take as u64, Ordering::Relaxed);
+        // The body's bytes, as the hyper path counts them: a chunked one without framing.
+        let body_bytes = match head.framing {
+            Framing::Chunked => {
+                let data = chunks.data();
+                let new = data - counted;
+                counted = data;
+                new
+            }
+            _ => take as u64,
+        };
+        member.bytes_out.fetch_add(body_bytes, Ordering::Relaxed);
         let written = if whole && head.client_closes {
             client.write_last(out).await
         } else {
