@@ -49,7 +49,8 @@ impl ClientSocket {
     }
 
     /// Whether the connection has been registered with the runtime (it once had to wait).
-    pub fn is_polled(&self) -> bool {
+    #[cfg(test)]
+    fn is_polled(&self) -> bool {
         matches!(self.state, State::Polled(_))
     }
 

@@ -5,7 +5,6 @@
 //! away without a word would hold its client connection slot for ever.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -33,9 +32,9 @@ where
     M: AsyncRead + AsyncWrite + Unpin,
 {
     let start = Instant::now();
-    let last = Arc::new(AtomicU64::new(0));
-    let mut client = Active::new(client, start, last.clone());
-    let mut member = Active::new(member, start, last.clone());
+    let last = AtomicU64::new(0);
+    let mut client = Active::new(client, start, &last);
+    let mut member = Active::new(member, start, &last);
     let copying = tokio::io::copy_bidirectional(&mut client, &mut member);
     tokio::pin!(copying);
     let check = tokio::time::sleep(idle);
@@ -57,14 +56,14 @@ where
 
 /// One side of a tunnel, noting (in milliseconds since the tunnel started) when bytes
 /// last moved through it.
-struct Active<S> {
+struct Active<'a, S> {
     inner: S,
     start: Instant,
-    last: Arc<AtomicU64>,
+    last: &'a AtomicU64,
 }
 
-impl<S> Active<S> {
-    fn new(inner: S, start: Instant, last: Arc<AtomicU64>) -> Active<S> {
+impl<'a, S> Active<'a, S> {
+    fn new(inner: S, start: Instant, last: &'a AtomicU64) -> Active<'a, S> {
         Active { inner, start, last }
     }
 
@@ -75,7 +74,7 @@ impl<S> Active<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Active<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for Active<'_, S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -90,7 +89,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Active<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Active<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Active<'_, S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
