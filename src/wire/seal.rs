@@ -1,0 +1,617 @@
+//! The seal of cluster traffic under a shared key: with `cluster.key_file` set, every
+//! datagram and every stream frame is encrypted and authenticated (XChaCha20-Poly1305), so
+//! only holders of the key can join, read or change anything.
+//!
+//! - **Key.** The key file's text (trimmed) is only input keying material: HKDF-SHA256 derives
+//!   one key for datagrams and one secret for streams from it, so neither the text nor a key
+//!   in use is ever sent or logged.
+//! - **Datagrams** carry `SEALED_MAGIC`, the sender's node id and a counter in clear,
+//!   authenticated as associated data, then a random 24-byte nonce and the sealed body. The
+//!   receiver keeps a 64-wide replay window per sender: a datagram recorded and sent again,
+//!   or one older than the window, is refused.
+//! - **Streams** begin with a hello each way (magic, version, 32 random bytes). Both ends
+//!   derive the keys of this connection from the two hellos, one per direction, and number
+//!   the frames: the nonce is the frame's number, so a frame replayed, dropped, reordered or
+//!   taken from another connection fails authentication.
+
+use std::collections::HashMap;
+
+use bytes::{Bytes, BytesMut};
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use hkdf::Hkdf;
+use sha2::Sha256;
+use thiserror::Error;
+
+/// Fewest characters a key text may have (`deltacast keygen` prints 43).
+pub const MIN_KEY_CHARS: usize = 16;
+
+/// First bytes of a sealed datagram (a plain one begins with [`super::MAGIC`]).
+pub const SEALED_MAGIC: [u8; 4] = *b"DCsk";
+
+/// First bytes of a stream hello.
+pub const HELLO_MAGIC: [u8; 4] = *b"DCsh";
+
+/// Version of the stream handshake.
+const HELLO_VERSION: u8 = 1;
+
+/// Length of a stream hello: magic, version, random bytes.
+pub const HELLO_LEN: usize = 4 + 1 + 32;
+
+/// Magic, sender, counter: in clear, authenticated.
+const DATAGRAM_HEADER: usize = 4 + 8 + 8;
+const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+
+/// Bytes a sealed datagram has beyond its body.
+pub const DATAGRAM_OVERHEAD: usize = DATAGRAM_HEADER + NONCE_LEN + TAG_LEN;
+
+/// Bytes a sealed frame has beyond its body.
+pub const FRAME_OVERHEAD: usize = TAG_LEN;
+
+/// Senders whose replay windows are kept; past this, the one heard from least recently is
+/// forgotten. Only senders holding the key get a window at all.
+const MAX_SENDERS: usize = 4096;
+
+/// Salt of the first derivation: keys of this protocol are never those of another use of
+/// the same text.
+const KEY_SALT: &[u8] = b"deltacast cluster key v1";
+
+/// Why a key text cannot be used.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum KeyError {
+    #[error(
+        "the key has {chars} characters; at least {MIN_KEY_CHARS} are needed (make one with `deltacast keygen`)"
+    )]
+    TooShort { chars: usize },
+}
+
+/// Why sealed traffic was refused. Each is dropped and counted by the caller.
+#[derive(Debug, Error, PartialEq, Eq, Clone, Copy)]
+pub enum SealError {
+    /// Not sealed (plain traffic while a key is set, or another program's bytes).
+    #[error("not sealed with the cluster key")]
+    NotSealed,
+    /// Sealed, but not with this key, or changed on the way.
+    #[error("failed authentication (another key, or altered on the way)")]
+    Unauthenticated,
+    /// Authentic, but received before or too old for the window.
+    #[error("replayed or too old")]
+    Replayed,
+    /// A stream hello that is not one, or of another version.
+    #[error("bad handshake")]
+    BadHello,
+}
+
+/// The cluster's shared key, as derived keys: cheap to clone, never printed.
+#[derive(Clone)]
+pub struct ClusterKey {
+    datagram: XChaCha20Poly1305,
+    stream: [u8; 32],
+}
+
+impl std::fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterKey(..)")
+    }
+}
+
+impl ClusterKey {
+    /// The key of a key file's text; surrounding white space is not part of it.
+    pub fn from_text(text: &str) -> Result<ClusterKey, KeyError> {
+        let text = text.trim();
+        let chars = text.chars().count();
+        if chars < MIN_KEY_CHARS {
+            return Err(KeyError::TooShort { chars });
+        }
+        let hkdf = Hkdf::<Sha256>::new(Some(KEY_SALT), text.as_bytes());
+        let mut datagram = [0u8; 32];
+        let mut stream = [0u8; 32];
+        expand(&hkdf, b"datagram", &mut datagram);
+        expand(&hkdf, b"stream", &mut stream);
+        Ok(ClusterKey {
+            datagram: XChaCha20Poly1305::new(&datagram.into()),
+            stream,
+        })
+    }
+
+    /// A new random key text: 32 bytes from the operating system's CSPRNG, base64url.
+    pub fn generate_text() -> String {
+        use base64::Engine;
+        let bytes: [u8; 32] = rand::random();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+}
+
+fn expand(hkdf: &Hkdf<Sha256>, info: &[u8], out: &mut [u8; 32]) {
+    // 32 bytes is far below HKDF-SHA256's limit of 8160: this cannot fail.
+    if hkdf.expand(info, out).is_err() {
+        unreachable!("HKDF-SHA256 refused a 32-byte output");
+    }
+}
+
+/// Seals this node's datagrams and opens the cluster's.
+#[derive(Debug)]
+pub struct DatagramSeal {
+    key: ClusterKey,
+    sender: u64,
+    counter: u64,
+    windows: HashMap<u64, Window>,
+    /// Increases with every accepted datagram: the age of a window, for eviction.
+    clock: u64,
+}
+
+impl DatagramSeal {
+    /// `sender`: this node's id, sent in clear (receivers keep a replay window per id).
+    pub fn new(key: ClusterKey, sender: u64) -> DatagramSeal {
+        DatagramSeal {
+            key,
+            sender,
+            counter: 0,
+            windows: HashMap::new(),
+            clock: 0,
+        }
+    }
+
+    /// The sealed datagram of `body`.
+    pub fn seal(&mut self, body: &[u8]) -> Vec<u8> {
+        self.counter += 1;
+        let nonce: [u8; NONCE_LEN] = rand::random();
+        let mut out = Vec::with_capacity(DATAGRAM_OVERHEAD + body.len());
+        out.extend_from_slice(&SEALED_MAGIC);
+        out.extend_from_slice(&self.sender.to_be_bytes());
+        out.extend_from_slice(&self.counter.to_be_bytes());
+        out.extend_from_slice(&nonce);
+        let start = out.len();
+        out.extend_from_slice(body);
+        let (header, rest) = out.split_at_mut(DATAGRAM_HEADER);
+        let tag = self
+            .key
+            .datagram
+            .encrypt_in_place_detached(
+                XNonce::from_slice(&nonce),
+                header,
+                &mut rest[start - DATAGRAM_HEADER..],
+            )
+            .unwrap_or_else(|_| unreachable!("XChaCha20-Poly1305 refused a datagram body"));
+        out.extend_from_slice(&tag);
+        out
+    }
+
+    /// The sender and body of a sealed datagram, once authenticated and not seen before.
+    pub fn open(&mut self, bytes: &[u8]) -> Result<(u64, Vec<u8>), SealError> {
+        if !bytes.starts_with(&SEALED_MAGIC) {
+            return Err(SealError::NotSealed);
+        }
+        if bytes.len() < DATAGRAM_OVERHEAD {
+            return Err(SealError::Unauthenticated);
+        }
+        let (header, rest) = bytes.split_at(DATAGRAM_HEADER);
+        let (nonce, rest) = rest.split_at(NONCE_LEN);
+        let (sealed, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let sender = be_u64(&header[4..12]);
+        let counter = be_u64(&header[12..20]);
+        // A cheap look first: an old or repeated counter is refused without decrypting.
+        if self
+            .windows
+            .get(&sender)
+            .is_some_and(|w| !w.is_new(counter))
+        {
+            return Err(SealError::Replayed);
+        }
+        let mut body = sealed.to_vec();
+        self.key
+            .datagram
+            .decrypt_in_place_detached(
+                XNonce::from_slice(nonce),
+                header,
+                &mut body,
+                Tag::from_slice(tag),
+            )
+            .map_err(|_| SealError::Unauthenticated)?;
+        self.clock += 1;
+        if !self.windows.contains_key(&sender) && self.windows.len() >= MAX_SENDERS {
+            self.forget_oldest();
+        }
+        let window = self.windows.entry(sender).or_default();
+        window.last_used = self.clock;
+        if !window.accept(counter) {
+            return Err(SealError::Replayed);
+        }
+        Ok((sender, body))
+    }
+
+    fn forget_oldest(&mut self) {
+        if let Some(oldest) = self
+            .windows
+            .iter()
+            .min_by_key(|(_, w)| w.last_used)
+            .map(|(id, _)| *id)
+        {
+            self.windows.remove(&oldest);
+        }
+    }
+}
+
+fn be_u64(bytes: &[u8]) -> u64 {
+    let mut raw = [0u8; 8];
+    raw.copy_from_slice(bytes);
+    u64::from_be_bytes(raw)
+}
+
+/// The counters of one sender accepted so far: the highest, and which of the 63 below it.
+#[derive(Debug, Default, Clone, Copy)]
+struct Window {
+    top: u64,
+    /// Bit i: `top - i` was accepted.
+    seen: u64,
+    last_used: u64,
+}
+
+impl Window {
+    const WIDTH: u64 = 64;
+
+    fn is_new(&self, n: u64) -> bool {
+        if n == 0 {
+            return false;
+        }
+        if n > self.top {
+            return true;
+        }
+        let age = self.top - n;
+        age < Self::WIDTH && self.seen & (1 << age) == 0
+    }
+
+    /// Marks `n` accepted; false if it was not new.
+    fn accept(&mut self, n: u64) -> bool {
+        if !self.is_new(n) {
+            return false;
+        }
+        if n > self.top {
+            let shift = n - self.top;
+            self.seen = if shift >= Self::WIDTH {
+                0
+            } else {
+                self.seen << shift
+            };
+            self.seen |= 1;
+            self.top = n;
+        } else {
+            self.seen |= 1 << (self.top - n);
+        }
+        true
+    }
+}
+
+/// One end's hello: the bytes to send, and the random part kept for [`StreamSeal::new`].
+pub fn hello() -> ([u8; HELLO_LEN], [u8; 32]) {
+    let random: [u8; 32] = rand::random();
+    let mut out = [0u8; HELLO_LEN];
+    out[..4].copy_from_slice(&HELLO_MAGIC);
+    out[4] = HELLO_VERSION;
+    out[5..].copy_from_slice(&random);
+    (out, random)
+}
+
+/// The random part of the other end's hello.
+pub fn parse_hello(bytes: &[u8; HELLO_LEN]) -> Result<[u8; 32], SealError> {
+    if bytes[..4] != HELLO_MAGIC || bytes[4] != HELLO_VERSION {
+        return Err(SealError::BadHello);
+    }
+    let mut random = [0u8; 32];
+    random.copy_from_slice(&bytes[5..]);
+    Ok(random)
+}
+
+/// Which end of the connection this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Connected.
+    Client,
+    /// Accepted.
+    Server,
+}
+
+/// The seal of one connection: a key and a frame number each way.
+pub struct StreamSeal {
+    sending: XChaCha20Poly1305,
+    receiving: XChaCha20Poly1305,
+    sent: u64,
+    received: u64,
+}
+
+impl std::fmt::Debug for StreamSeal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamSeal")
+            .field("sent", &self.sent)
+            .field("received", &self.received)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamSeal {
+    /// The seal of a connection whose client said `client` and server `server` in their
+    /// hellos.
+    pub fn new(key: &ClusterKey, role: Role, client: &[u8; 32], server: &[u8; 32]) -> StreamSeal {
+        let mut salt = [0u8; 64];
+        salt[..32].copy_from_slice(client);
+        salt[32..].copy_from_slice(server);
+        let hkdf = Hkdf::<Sha256>::new(Some(&salt), &key.stream);
+        let mut to_server = [0u8; 32];
+        let mut to_client = [0u8; 32];
+        expand(&hkdf, b"client to server", &mut to_server);
+        expand(&hkdf, b"server to client", &mut to_client);
+        let (sending, receiving) = match role {
+            Role::Client => (to_server, to_client),
+            Role::Server => (to_client, to_server),
+        };
+        StreamSeal {
+            sending: XChaCha20Poly1305::new(&sending.into()),
+            receiving: XChaCha20Poly1305::new(&receiving.into()),
+            sent: 0,
+            received: 0,
+        }
+    }
+
+    /// The sealed form of the next frame sent.
+    pub fn seal(&mut self, frame: &[u8]) -> Bytes {
+        let nonce = frame_nonce(self.sent);
+        self.sent += 1;
+        let mut out = BytesMut::with_capacity(frame.len() + TAG_LEN);
+        out.extend_from_slice(frame);
+        let tag = self
+            .sending
+            .encrypt_in_place_detached(&nonce, b"", &mut out)
+            .unwrap_or_else(|_| unreachable!("XChaCha20-Poly1305 refused a frame"));
+        out.extend_from_slice(&tag);
+        out.freeze()
+    }
+
+    /// Opens the next frame received, in place.
+    pub fn open(&mut self, frame: &mut BytesMut) -> Result<(), SealError> {
+        if frame.len() < TAG_LEN {
+            return Err(SealError::Unauthenticated);
+        }
+        let nonce = frame_nonce(self.received);
+        let body_len = frame.len() - TAG_LEN;
+        let tag = *Tag::from_slice(&frame[body_len..]);
+        self.receiving
+            .decrypt_in_place_detached(&nonce, b"", &mut frame[..body_len], &tag)
+            .map_err(|_| SealError::Unauthenticated)?;
+        frame.truncate(body_len);
+        self.received += 1;
+        Ok(())
+    }
+}
+
+fn frame_nonce(n: u64) -> XNonce {
+    let mut nonce = XNonce::default();
+    nonce[..8].copy_from_slice(&n.to_le_bytes());
+    nonce
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(text: &str) -> ClusterKey {
+        ClusterKey::from_text(text).unwrap()
+    }
+
+    const K: &str = "correct horse battery staple";
+
+    #[test]
+    fn a_short_key_is_refused_and_white_space_is_not_part_of_it() {
+        assert_eq!(
+            ClusterKey::from_text("  short\n").unwrap_err(),
+            KeyError::TooShort { chars: 5 }
+        );
+        let mut a = DatagramSeal::new(key(K), 1);
+        let mut b = DatagramSeal::new(key(&format!("\n {K} \n")), 2);
+        assert_eq!(b.open(&a.seal(b"hi")).unwrap(), (1, b"hi".to_vec()));
+    }
+
+    #[test]
+    fn generated_keys_are_long_enough_and_differ() {
+        let (a, b) = (ClusterKey::generate_text(), ClusterKey::generate_text());
+        assert_eq!(a.len(), 43);
+        assert_ne!(a, b);
+        assert!(ClusterKey::from_text(&a).is_ok());
+    }
+
+    #[test]
+    fn the_key_is_never_printed() {
+        assert_eq!(format!("{:?}", key(K)), "ClusterKey(..)");
+        let seal = DatagramSeal::new(key(K), 1);
+        assert!(!format!("{seal:?}").contains("horse"));
+    }
+
+    #[test]
+    fn a_datagram_opens_with_the_same_key_only() {
+        let mut a = DatagramSeal::new(key(K), 7);
+        let sealed = a.seal(b"heartbeat");
+        assert!(
+            !sealed.windows(9).any(|w| w == b"heartbeat"),
+            "body in clear"
+        );
+        assert_eq!(sealed.len(), b"heartbeat".len() + DATAGRAM_OVERHEAD);
+        let mut other = DatagramSeal::new(key("another key of the cluster"), 8);
+        assert_eq!(other.open(&sealed), Err(SealError::Unauthenticated));
+        let mut same = DatagramSeal::new(key(K), 8);
+        assert_eq!(same.open(&sealed), Ok((7, b"heartbeat".to_vec())));
+    }
+
+    #[test]
+    fn any_changed_byte_fails_authentication() {
+        let mut a = DatagramSeal::new(key(K), 7);
+        let sealed = a.seal(b"heartbeat");
+        for i in 4..sealed.len() {
+            let mut changed = sealed.clone();
+            changed[i] ^= 0x01;
+            let mut b = DatagramSeal::new(key(K), 8);
+            assert_eq!(
+                b.open(&changed),
+                Err(SealError::Unauthenticated),
+                "byte {i}"
+            );
+        }
+        let mut b = DatagramSeal::new(key(K), 8);
+        for len in 0..sealed.len() {
+            assert!(b.open(&sealed[..len]).is_err(), "prefix of {len}");
+        }
+        assert_eq!(b.open(b"DCst plain"), Err(SealError::NotSealed));
+    }
+
+    #[test]
+    fn a_replayed_datagram_is_refused_and_late_ones_within_the_window_are_not() {
+        let mut a = DatagramSeal::new(key(K), 7);
+        let sealed: Vec<Vec<u8>> = (0..100).map(|_| a.seal(b"x")).collect();
+        let mut b = DatagramSeal::new(key(K), 8);
+        assert!(b.open(&sealed[50]).is_ok());
+        assert_eq!(b.open(&sealed[50]), Err(SealError::Replayed));
+        // Late but within 64 of the newest: accepted once.
+        assert!(b.open(&sealed[10]).is_ok());
+        assert_eq!(b.open(&sealed[10]), Err(SealError::Replayed));
+        assert!(b.open(&sealed[99]).is_ok());
+        // Now 99 is the newest: 30 is too old to tell, so it is refused.
+        assert_eq!(b.open(&sealed[30]), Err(SealError::Replayed));
+        assert!(b.open(&sealed[40]).is_ok());
+        // Windows are per sender.
+        let mut c = DatagramSeal::new(key(K), 9);
+        assert!(b.open(&c.seal(b"y")).is_ok());
+    }
+
+    #[test]
+    fn a_forged_datagram_does_not_move_the_window() {
+        let mut a = DatagramSeal::new(key(K), 7);
+        let first = a.seal(b"x");
+        let mut forged = a.seal(b"x");
+        // The counter pushed far ahead: authentication fails, and nothing is marked.
+        forged[12..20].copy_from_slice(&u64::MAX.to_be_bytes());
+        let mut b = DatagramSeal::new(key(K), 8);
+        assert_eq!(b.open(&forged), Err(SealError::Unauthenticated));
+        assert!(b.open(&first).is_ok());
+    }
+
+    #[test]
+    fn the_window_handles_jumps_and_its_edges() {
+        let mut w = Window::default();
+        assert!(!w.accept(0));
+        assert!(w.accept(1));
+        assert!(w.accept(64));
+        assert!(!w.accept(1), "64 - 1 = 63 back: still in the window, seen");
+        assert!(w.accept(1000));
+        assert!(!w.accept(936), "exactly 64 back: outside");
+        assert!(w.accept(937));
+        assert!(w.accept(u64::MAX));
+        assert!(!w.accept(u64::MAX));
+    }
+
+    #[test]
+    fn the_least_recent_sender_is_forgotten_past_the_limit() {
+        let mut b = DatagramSeal::new(key(K), 0);
+        let mut first = DatagramSeal::new(key(K), 1);
+        let replay = first.seal(b"x");
+        assert!(b.open(&replay).is_ok());
+        for sender in 2..=MAX_SENDERS as u64 {
+            assert!(
+                b.open(&DatagramSeal::new(key(K), sender).seal(b"x"))
+                    .is_ok()
+            );
+        }
+        assert_eq!(b.windows.len(), MAX_SENDERS);
+        assert_eq!(b.open(&replay), Err(SealError::Replayed));
+        assert!(
+            b.open(&DatagramSeal::new(key(K), 99_999).seal(b"x"))
+                .is_ok()
+        );
+        assert_eq!(b.windows.len(), MAX_SENDERS);
+        assert!(!b.windows.contains_key(&1));
+    }
+
+    fn pair(client_key: &str, server_key: &str) -> (StreamSeal, StreamSeal) {
+        let (client_hello, client_random) = hello();
+        let (server_hello, server_random) = hello();
+        let seen_by_server = parse_hello(&client_hello).unwrap();
+        let seen_by_client = parse_hello(&server_hello).unwrap();
+        (
+            StreamSeal::new(
+                &key(client_key),
+                Role::Client,
+                &client_random,
+                &seen_by_client,
+            ),
+            StreamSeal::new(
+                &key(server_key),
+                Role::Server,
+                &seen_by_server,
+                &server_random,
+            ),
+        )
+    }
+
+    #[test]
+    fn frames_flow_both_ways_in_order() {
+        let (mut client, mut server) = pair(K, K);
+        for i in 0..5u8 {
+            let mut frame = BytesMut::from(&client.seal(&[i; 10])[..]);
+            assert_eq!(frame.len(), 10 + FRAME_OVERHEAD);
+            server.open(&mut frame).unwrap();
+            assert_eq!(&frame[..], &[i; 10]);
+            let mut back = BytesMut::from(&server.seal(b"ack")[..]);
+            client.open(&mut back).unwrap();
+            assert_eq!(&back[..], b"ack");
+        }
+        let mut empty = BytesMut::from(&client.seal(b"")[..]);
+        server.open(&mut empty).unwrap();
+        assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn a_frame_replayed_reordered_or_reflected_fails() {
+        let (mut client, mut server) = pair(K, K);
+        let first = client.seal(b"one");
+        let second = client.seal(b"two");
+        let mut replay = BytesMut::from(&second[..]);
+        assert_eq!(server.open(&mut replay), Err(SealError::Unauthenticated));
+        server.open(&mut BytesMut::from(&first[..])).unwrap();
+        assert_eq!(
+            server.open(&mut BytesMut::from(&first[..])),
+            Err(SealError::Unauthenticated)
+        );
+        // A client's own frame sent back to it.
+        let (mut client, _) = pair(K, K);
+        let mine = client.seal(b"x");
+        assert_eq!(
+            client.open(&mut BytesMut::from(&mine[..])),
+            Err(SealError::Unauthenticated)
+        );
+    }
+
+    #[test]
+    fn a_frame_of_another_connection_or_key_fails() {
+        let (mut client_a, _server_a) = pair(K, K);
+        let (_client_b, mut server_b) = pair(K, K);
+        let frame = client_a.seal(b"x");
+        assert_eq!(
+            server_b.open(&mut BytesMut::from(&frame[..])),
+            Err(SealError::Unauthenticated)
+        );
+        let (mut client, mut server) = pair(K, "another key of the cluster");
+        let frame = client.seal(b"x");
+        assert_eq!(
+            server.open(&mut BytesMut::from(&frame[..])),
+            Err(SealError::Unauthenticated)
+        );
+    }
+
+    #[test]
+    fn a_hello_must_be_one() {
+        let (mut bytes, _) = hello();
+        assert!(parse_hello(&bytes).is_ok());
+        bytes[4] = 2;
+        assert_eq!(parse_hello(&bytes), Err(SealError::BadHello));
+        let plain_frame = [0u8; HELLO_LEN];
+        assert_eq!(parse_hello(&plain_frame), Err(SealError::BadHello));
+    }
+}
