@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::OnceLock;
@@ -16,6 +17,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use toml::{Table, Value};
+
+use crate::wire::seal::ClusterKey;
 
 /// File read by [`Config::load`] when no path is given (skipped when it does not exist).
 pub const DEFAULT_FILE: &str = "./cluster.toml";
@@ -40,6 +43,11 @@ pub enum ConfigError {
     Invalid { key: String, expected: String },
     #[error("`--set {}` must be dotted.key=value", one_line(arg))]
     BadOverride { arg: String },
+    #[error("cannot read the key file of `cluster.key_file` ({}): {}", one_line(&path.display().to_string()), one_line(&source.to_string()))]
+    KeyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn invalid(key: impl Into<String>, expected: impl Into<String>) -> ConfigError {
@@ -102,6 +110,28 @@ pub struct ClusterConfig {
     /// Shared secret file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
+}
+
+impl ClusterConfig {
+    /// The cluster key read from `key_file`, if one is set. A relative path is relative to
+    /// the current directory. Warns when other users may read the file.
+    pub fn key(&self) -> Result<Option<ClusterKey>, ConfigError> {
+        let Some(path) = &self.key_file else {
+            return Ok(None);
+        };
+        let read = |source| ConfigError::KeyFile {
+            path: path.clone(),
+            source,
+        };
+        let text = std::fs::read_to_string(path).map_err(read)?;
+        let key =
+            ClusterKey::from_text(&text).map_err(|e| invalid("cluster.key_file", e.to_string()))?;
+        let mode = std::fs::metadata(path).map_err(read)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the cluster key file can be read by other users; chmod 600 it");
+        }
+        Ok(Some(key))
+    }
 }
 
 impl Default for ClusterConfig {

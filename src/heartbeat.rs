@@ -20,6 +20,7 @@ use crate::membership::{
 use crate::metrics::Metrics;
 use crate::throttle::LogThrottle;
 use crate::transport::{self, Datagrams};
+use crate::wire::seal::{ClusterKey, DatagramSeal, SealError};
 use crate::wire::{self, FrameBody, MAX_DATAGRAM, WireError};
 
 /// The members as last seen by the driver.
@@ -66,6 +67,8 @@ pub struct HeartbeatConfig {
     /// Listen only (the balancer): never send a heartbeat, an answer or a leave, so the
     /// members never list this process.
     pub observer: bool,
+    /// The cluster key: heartbeats and verifications are sealed with it.
+    pub key: Option<ClusterKey>,
 }
 
 impl HeartbeatConfig {
@@ -83,6 +86,7 @@ impl HeartbeatConfig {
             verify_timeout: heartbeat.clamp(Duration::from_millis(250), Duration::from_secs(1)),
             log_interval: drop_after.max(Duration::from_secs(10)),
             observer: false,
+            key: None,
         }
     }
 }
@@ -98,6 +102,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut driver = Driver {
+        seal: cfg
+            .key
+            .clone()
+            .map(|key| DatagramSeal::new(key, cfg.me.id.as_u64())),
         suspicions,
         table: MemberTable::new(cfg.me.id, cfg.timing),
         bad_senders: LogThrottle::new(cfg.log_interval),
@@ -117,6 +125,8 @@ pub async fn run(
 
 struct Driver {
     cfg: HeartbeatConfig,
+    /// Seals sent heartbeats and opens received ones, with a key.
+    seal: Option<DatagramSeal>,
     /// Members other parts suspect (a broken replication link, a missing ack).
     suspicions: mpsc::Receiver<NodeId>,
     table: MemberTable,
@@ -220,7 +230,12 @@ impl Driver {
             announce,
             seq: self.seq,
         };
-        let bytes = wire::encode_heartbeat(&self.cfg.cluster, &hb, self.cfg.timing.heartbeat);
+        let bytes = wire::encode_heartbeat(
+            &self.cfg.cluster,
+            &hb,
+            self.cfg.timing.heartbeat,
+            self.seal.as_mut(),
+        );
         for target in self.targets() {
             match self.datagrams.send_to(&bytes, target).await {
                 Ok(()) => self.metrics.membership.heartbeats_sent.inc(),
@@ -238,7 +253,7 @@ impl Driver {
 
     fn on_datagram(&mut self, bytes: &[u8], from: SocketAddr) -> Vec<Event> {
         let now = Instant::now();
-        match wire::decode_datagram(bytes, &self.cfg.cluster) {
+        match wire::decode_datagram(bytes, &self.cfg.cluster, self.seal.as_mut()) {
             Ok(hb) if hb.info.id == self.cfg.me.id => Vec::new(),
             Ok(hb) => {
                 self.metrics.membership.heartbeats_received.inc();
@@ -257,6 +272,8 @@ impl Driver {
                 match e {
                     WireError::TooLarge { .. } => m.dropped_oversized.inc(),
                     WireError::ForeignCluster(_) => m.dropped_foreign_cluster.inc(),
+                    WireError::Seal(SealError::Replayed) => m.dropped_replayed.inc(),
+                    WireError::Seal(_) => m.dropped_unauthenticated.inc(),
                     _ => m.dropped_malformed.inc(),
                 }
                 if self.bad_senders.allow(&from, now) {
@@ -299,8 +316,11 @@ impl Driver {
                     let cluster = self.cfg.cluster.clone();
                     let me = self.cfg.me.id;
                     let timeout = self.cfg.verify_timeout;
-                    self.verifications
-                        .spawn(async move { (id, verify(addr, &cluster, me, id, timeout).await) });
+                    let key = self.cfg.key.clone();
+                    self.verifications.spawn(async move {
+                        let verdict = verify(addr, &cluster, key.as_ref(), me, id, timeout).await;
+                        (id, verdict)
+                    });
                 }
                 Event::NameConflict {
                     name,
@@ -346,12 +366,13 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 pub async fn verify(
     addr: SocketAddr,
     cluster: &str,
+    key: Option<&ClusterKey>,
     me: NodeId,
     suspect: NodeId,
     timeout: Duration,
 ) -> Verdict {
     let attempt = async {
-        let mut stream = match transport::connect(addr).await {
+        let mut stream = match transport::connect(addr, key).await {
             Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Verdict::Refused,
             Err(_) => return Verdict::NoAnswer,
@@ -411,7 +432,7 @@ mod tests {
     #[tokio::test]
     async fn a_live_member_answers_verification() {
         let (addr, stop) = responder(7).await;
-        let verdict = verify(addr, "c", NodeId::from_u64(1), NodeId::from_u64(7), T).await;
+        let verdict = verify(addr, "c", None, NodeId::from_u64(1), NodeId::from_u64(7), T).await;
         assert_eq!(verdict, Verdict::Answered);
         stop.cancel();
     }
@@ -422,7 +443,7 @@ mod tests {
             let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             l.local_addr().expect("addr")
         };
-        let verdict = verify(addr, "c", NodeId::from_u64(1), NodeId::from_u64(7), T).await;
+        let verdict = verify(addr, "c", None, NodeId::from_u64(1), NodeId::from_u64(7), T).await;
         assert_eq!(verdict, Verdict::Refused);
     }
 
@@ -431,14 +452,14 @@ mod tests {
         // A bound, listening socket nobody accepts from: what a frozen process looks like.
         let frozen = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = frozen.local_addr().expect("addr");
-        let verdict = verify(addr, "c", NodeId::from_u64(1), NodeId::from_u64(7), T).await;
+        let verdict = verify(addr, "c", None, NodeId::from_u64(1), NodeId::from_u64(7), T).await;
         assert_eq!(verdict, Verdict::NoAnswer);
     }
 
     #[tokio::test]
     async fn another_process_on_the_port_means_the_suspect_is_gone() {
         let (addr, stop) = responder(8).await;
-        let verdict = verify(addr, "c", NodeId::from_u64(1), NodeId::from_u64(7), T).await;
+        let verdict = verify(addr, "c", None, NodeId::from_u64(1), NodeId::from_u64(7), T).await;
         assert_eq!(verdict, Verdict::Refused);
         stop.cancel();
     }
@@ -446,7 +467,15 @@ mod tests {
     #[tokio::test]
     async fn a_member_of_another_cluster_on_the_port_is_no_answer() {
         let (addr, stop) = responder(7).await;
-        let verdict = verify(addr, "other", NodeId::from_u64(1), NodeId::from_u64(7), T).await;
+        let verdict = verify(
+            addr,
+            "other",
+            None,
+            NodeId::from_u64(1),
+            NodeId::from_u64(7),
+            T,
+        )
+        .await;
         assert_eq!(verdict, Verdict::NoAnswer);
         stop.cancel();
     }

@@ -35,6 +35,11 @@ pub struct MembershipMetrics {
     pub dropped_oversized: Counter,
     /// Well-formed datagrams of another cluster name.
     pub dropped_foreign_cluster: Counter,
+    /// Datagrams not sealed with this node's cluster key (another key, altered, plain while
+    /// a key is set, or sealed while none is).
+    pub dropped_unauthenticated: Counter,
+    /// Sealed datagrams received before (or too old to tell).
+    pub dropped_replayed: Counter,
     pub verifications: Counter,
     pub joined: Counter,
     pub dropped_members: Counter,
@@ -67,6 +72,8 @@ pub struct MembershipCounters {
     pub dropped_malformed: u64,
     pub dropped_oversized: u64,
     pub dropped_foreign_cluster: u64,
+    pub dropped_unauthenticated: u64,
+    pub dropped_replayed: u64,
     pub heartbeats_sent: u64,
     pub heartbeats_received: u64,
     pub verifications: u64,
@@ -77,6 +84,8 @@ impl MembershipMetrics {
         self.dropped_malformed.get()
             + self.dropped_oversized.get()
             + self.dropped_foreign_cluster.get()
+            + self.dropped_unauthenticated.get()
+            + self.dropped_replayed.get()
     }
 
     pub fn counters(&self) -> MembershipCounters {
@@ -85,6 +94,8 @@ impl MembershipMetrics {
             dropped_malformed: self.dropped_malformed.get(),
             dropped_oversized: self.dropped_oversized.get(),
             dropped_foreign_cluster: self.dropped_foreign_cluster.get(),
+            dropped_unauthenticated: self.dropped_unauthenticated.get(),
+            dropped_replayed: self.dropped_replayed.get(),
             heartbeats_sent: self.heartbeats_sent.get(),
             heartbeats_received: self.heartbeats_received.get(),
             verifications: self.verifications.get(),
@@ -152,6 +163,14 @@ impl Metrics {
                 (
                     "{reason=\"foreign_cluster\"}",
                     m.dropped_foreign_cluster.get().to_string(),
+                ),
+                (
+                    "{reason=\"unauthenticated\"}",
+                    m.dropped_unauthenticated.get().to_string(),
+                ),
+                (
+                    "{reason=\"replayed\"}",
+                    m.dropped_replayed.get().to_string(),
                 ),
             ],
         );

@@ -59,11 +59,17 @@ fn three_hundred_garbage_datagrams_change_nothing_and_are_counted() {
         .expect("dropped");
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let valid = wire::encode_heartbeat(&c.name, &forged("intruder"), Duration::from_millis(500));
+    let valid = wire::encode_heartbeat(
+        &c.name,
+        &forged("intruder"),
+        Duration::from_millis(500),
+        None,
+    );
     let foreign = wire::encode_heartbeat(
         "another-cluster",
         &forged("stranger"),
         Duration::from_millis(500),
+        None,
     );
     let sender = group_sender();
     let group = c.group();
@@ -96,7 +102,7 @@ fn three_hundred_garbage_datagrams_change_nothing_and_are_counted() {
                 let at = rng.random_range(4..d.len());
                 d[at] ^= 0xff;
                 // A flip may leave a decodable message; keep only the ones that fail.
-                if wire::decode_datagram(&d, &c.name).is_ok() {
+                if wire::decode_datagram(&d, &c.name, None).is_ok() {
                     d.truncate(3);
                 }
                 d

@@ -349,6 +349,7 @@ fn start_discovery(
         config.drop_after(),
     );
     hb.observer = true;
+    hb.key = config.cluster.key()?;
     let (view_tx, mut view_rx) = watch::channel(MembershipView::empty());
     let (suspicions_tx, suspicions_rx) = mpsc::channel(1);
     shutdown.spawn(heartbeat::run(

@@ -15,6 +15,7 @@ use crate::balancer::{self, BalancerError};
 use crate::config::{Config, ConfigError, Override};
 use crate::node::{self, NodeError};
 use crate::shutdown::{self, Shutdown};
+use crate::wire::seal::ClusterKey;
 
 pub use http::HttpError;
 
@@ -39,6 +40,9 @@ pub enum Command {
     Balancer(BalancerArgs),
     /// Print the membership/status table of the node at URL.
     Status(StatusArgs),
+    /// Print a new random cluster key, for the file that cluster.key_file names
+    /// (e.g. `deltacast keygen > cluster.key && chmod 600 cluster.key`).
+    Keygen,
 }
 
 /// Flags shared by the commands that read the config file.
@@ -177,6 +181,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Balancer(args) => run_balancer(args).await,
         Command::Up(args) => up::run(args).await,
         Command::Status(args) => status::run(args).await,
+        Command::Keygen => {
+            println!("{}", ClusterKey::generate_text());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -54,6 +54,8 @@ struct Spawned {
 
 pub async fn run(args: UpArgs) -> Result<ExitCode, CliError> {
     let base = Config::load(args.common.config.as_deref(), &args.common.overrides(&[]))?;
+    // A bad key file stops here, with its one line, rather than in every child.
+    base.cluster.key()?;
     let n = usize::from(args.nodes);
     let multicast = if base.is_set("membership.multicast") {
         base.membership.multicast

@@ -29,11 +29,6 @@ use crate::transport::{self, Datagrams};
 pub enum NodeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{key}: {reason}")]
-    Unsupported {
-        key: &'static str,
-        reason: &'static str,
-    },
     #[error(
         "node.replication: {addr} is announced to static members on other hosts, which cannot reach it; use this host's address (or set membership.interface when binding 0.0.0.0)"
     )]
@@ -110,13 +105,7 @@ const RESOLVE_EVERY: Duration = Duration::from_secs(10);
 
 /// Runs a node until `shutdown` is triggered, then leaves the cluster and returns.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
-    if config.cluster.key_file.is_some() {
-        // Refused rather than ignored: a user who sets a key expects encrypted traffic.
-        return Err(NodeError::Unsupported {
-            key: "cluster.key_file",
-            reason: "authenticated and encrypted cluster traffic is not available in this version yet; remove the key to run unencrypted",
-        });
-    }
+    let key = config.cluster.key()?;
     let open_files = crate::limits::raise_open_files_logged();
     let membership = &config.membership;
     let replication_listener = bind_tcp("replication", config.node.replication).await?;
@@ -166,6 +155,15 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
     } else {
         "unicast"
     };
+    let beyond_loopback = !config.node.replication.ip().is_loopback()
+        || (resolver.is_none() && !membership.interface.is_loopback());
+    if key.is_some() {
+        info!("cluster traffic is sealed with the key of cluster.key_file");
+    } else if beyond_loopback {
+        warn!(
+            "cluster traffic leaves this host unauthenticated and in clear: anyone on the network can read sessions and join; set cluster.key_file (see `deltacast keygen`)"
+        );
+    }
 
     let me = MemberInfo {
         id: NodeId::random(),
@@ -179,12 +177,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
     let (view_tx, view_rx) = watch::channel(MembershipView::empty());
     let store = SessionStore::new(me.id, limits(&config), max_inactive);
     let (suspicions_tx, suspicions_rx) = mpsc::channel(256);
-    let replication_cfg = ReplicationConfig::new(
+    let mut replication_cfg = ReplicationConfig::new(
         config.cluster.name.clone(),
         me.id,
         config.sessions.replication,
         Duration::from_millis(config.sessions.ack_timeout_ms),
     );
+    replication_cfg.key = key.clone();
     let replicator = Replicator::new(
         replication_cfg,
         store.clone(),
@@ -232,12 +231,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
             cluster_stop.clone(),
         ));
     }
-    let hb_cfg = HeartbeatConfig::new(
+    let mut hb_cfg = HeartbeatConfig::new(
         config.cluster.name.clone(),
         me.clone(),
         config.heartbeat(),
         config.drop_after(),
     );
+    hb_cfg.key = key.clone();
     // Membership stops on its own token, first: the leave must be announced before the
     // links close, or members would see the links break and drop us as dead instead.
     let membership_stop = CancellationToken::new();
@@ -250,12 +250,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
         suspicions_rx,
         membership_stop.clone(),
     ));
-    let inbound_cfg = InboundConfig::new(
+    let mut inbound_cfg = InboundConfig::new(
         config.cluster.name.clone(),
         me.id,
         shared.store.clone(),
         replicator.ready_flag(),
     );
+    inbound_cfg.key = key.clone();
     shutdown.spawn(replication::serve(
         replication_listener,
         inbound_cfg,
@@ -282,7 +283,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
     shutdown.spawn(async move {
         let outcome = tokio::select! {
             _ = joining_stop(&joining) => return,
-            outcome = transfer::run(&joining.cluster, joining.me.id, &joining.store, view_rx, wait_for_members) => outcome,
+            outcome = transfer::run(&joining.cluster, key.as_ref(), joining.me.id, &joining.store, view_rx, wait_for_members) => outcome,
         };
         if outcome == Transfer::Failed {
             warn!("no member could send its sessions; serving what arrives, anti-entropy fills in");

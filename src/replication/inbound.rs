@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::session::{Delta, SessionStore};
 use crate::throttle::LogThrottle;
 use crate::transport::{self, FramedStream};
+use crate::wire::seal::ClusterKey;
 use crate::wire::{self, FrameBody};
 
 #[derive(Clone, Debug)]
@@ -36,6 +37,8 @@ pub struct InboundConfig {
     /// At most this many inbound connections at once; more are closed at accept.
     pub max_connections: usize,
     pub log_interval: Duration,
+    /// The cluster key: connections begin with its handshake and every frame is sealed.
+    pub key: Option<ClusterKey>,
 }
 
 impl InboundConfig {
@@ -56,6 +59,7 @@ impl InboundConfig {
             idle_timeout: Duration::from_secs(300),
             max_connections: 1024,
             log_interval: Duration::from_secs(10),
+            key: None,
         }
     }
 }
@@ -100,7 +104,23 @@ pub async fn serve(
         );
         connections.spawn(async move {
             let _slot = slot;
-            let stream = transport::framed(stream);
+            let handshake = transport::accept(stream, cfg.key.as_ref());
+            let stream = match tokio::time::timeout(cfg.first_frame_timeout, handshake).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    let reason = if transport::is_seal_error(&e) {
+                        "unauthenticated"
+                    } else {
+                        "handshake"
+                    };
+                    reject(peer, &metrics, &throttle, &e.to_string(), reason);
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, "no handshake within the first-frame timeout, closing");
+                    return;
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = connection(stream, peer, &cfg, &metrics, &throttle) => {}
@@ -131,8 +151,14 @@ async fn connection(
                 frame
             }
             Ok(Some(Err(e))) => {
-                // Oversized length prefix or an I/O error: the stream cannot be resynchronised.
-                reject(peer, metrics, throttle, &e.to_string(), "bad stream");
+                // Oversized length prefix, a frame failing authentication or an I/O error:
+                // the stream cannot be resynchronised.
+                let reason = if transport::is_seal_error(&e) {
+                    "unauthenticated"
+                } else {
+                    "bad stream"
+                };
+                reject(peer, metrics, throttle, &e.to_string(), reason);
                 return;
             }
         };
@@ -406,7 +432,7 @@ mod tests {
     #[tokio::test]
     async fn a_ping_gets_a_pong_with_our_id() {
         let (addr, metrics, stop) = start().await;
-        let mut stream = transport::connect(addr).await.expect("connect");
+        let mut stream = transport::connect(addr, None).await.expect("connect");
         stream
             .send(wire::encode_frame(
                 "c",
@@ -457,7 +483,8 @@ mod tests {
         }
         let mut raw = TcpStream::connect(addr).await.expect("connect");
         raw.write_all(&bytes).await.expect("write");
-        let mut stream = transport::framed(raw);
+        let mut stream =
+            tokio_util::codec::Framed::new(raw, tokio_util::codec::LengthDelimitedCodec::new());
         // Acks are cumulative: however the frames were split by the network, the answers are
         // increasing and the last one covers the third frame.
         let mut acked = 0;

@@ -26,6 +26,7 @@ use crate::membership::{MemberInfo, MemberState, NodeId};
 use crate::metrics::Metrics;
 use crate::session::{Delta, SessionStore};
 use crate::wire;
+use crate::wire::seal::ClusterKey;
 use outbound::Outgoing;
 
 /// How replication behaves.
@@ -42,6 +43,8 @@ pub struct ReplicationConfig {
     pub access_every: Duration,
     /// How often expired sessions and old tombstones are swept.
     pub sweep_every: Duration,
+    /// The cluster key: links are sealed with it.
+    pub key: Option<ClusterKey>,
 }
 
 impl ReplicationConfig {
@@ -59,6 +62,7 @@ impl ReplicationConfig {
             queue: 10_000,
             access_every: Duration::from_millis(250),
             sweep_every: Duration::from_secs(1),
+            key: None,
         }
     }
 }
@@ -66,6 +70,7 @@ impl ReplicationConfig {
 /// What the links share.
 pub(crate) struct Context {
     pub cluster: String,
+    pub key: Option<ClusterKey>,
     pub me: NodeId,
     pub store: SessionStore,
     pub metrics: Arc<Metrics>,
@@ -170,6 +175,7 @@ impl Replicator {
         Replicator {
             ctx: Arc::new(Context {
                 cluster: cfg.cluster.clone(),
+                key: cfg.key.clone(),
                 me: cfg.me,
                 store,
                 metrics,

@@ -70,7 +70,7 @@ pub(crate) async fn run(
     loop {
         let connected = tokio::select! {
             _ = stop.cancelled() => return,
-            c = tokio::time::timeout(CONNECT_TIMEOUT, transport::connect(peer.replication)) => c,
+            c = tokio::time::timeout(CONNECT_TIMEOUT, transport::connect(peer.replication, ctx.key.as_ref())) => c,
         };
         let stream = match connected {
             Ok(Ok(stream)) => stream,

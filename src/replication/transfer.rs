@@ -12,6 +12,7 @@ use crate::heartbeat::MembershipView;
 use crate::membership::{MemberInfo, MemberState, NodeId};
 use crate::session::SessionStore;
 use crate::transport;
+use crate::wire::seal::ClusterKey;
 use crate::wire::{self, FrameBody};
 
 /// How a transfer ended.
@@ -36,6 +37,7 @@ const STALL: Duration = Duration::from_secs(10);
 /// alive members one after another until one sends everything.
 pub async fn run(
     cluster: &str,
+    key: Option<&ClusterKey>,
     me: NodeId,
     store: &SessionStore,
     mut view: watch::Receiver<MembershipView>,
@@ -59,7 +61,7 @@ pub async fn run(
         .collect();
     for member in candidates {
         let started = Instant::now();
-        match from_member(cluster, me, store, &member).await {
+        match from_member(cluster, key, me, store, &member).await {
             Ok(sessions) => {
                 let took = started.elapsed();
                 info!(from = %member.name, sessions, took_ms = took.as_millis() as u64, "state transfer done");
@@ -79,11 +81,12 @@ pub async fn run(
 
 async fn from_member(
     cluster: &str,
+    key: Option<&ClusterKey>,
     me: NodeId,
     store: &SessionStore,
     member: &MemberInfo,
 ) -> Result<usize, String> {
-    let mut stream = tokio::time::timeout(STALL, transport::connect(member.replication))
+    let mut stream = tokio::time::timeout(STALL, transport::connect(member.replication, key))
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| e.to_string())?;
@@ -194,6 +197,7 @@ mod tests {
         let joiner = SessionStore::new(NodeId::from_u64(9), Default::default(), 60);
         let outcome = run(
             "c",
+            None,
             NodeId::from_u64(9),
             &joiner,
             rx,
@@ -216,6 +220,7 @@ mod tests {
         assert_eq!(
             run(
                 "c",
+                None,
                 NodeId::from_u64(9),
                 &joiner,
                 rx,

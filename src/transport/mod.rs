@@ -5,4 +5,4 @@ mod datagram;
 mod stream;
 
 pub use datagram::{Datagrams, keep_resolving, resolve_peers};
-pub use stream::{FramedStream, bind_listener, connect, framed};
+pub use stream::{FrameCodec, FramedStream, accept, bind_listener, connect, is_seal_error};

@@ -39,6 +39,8 @@ pub enum WireError {
     ForeignCluster(String),
     #[error("invalid field {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    #[error(transparent)]
+    Seal(#[from] seal::SealError),
 }
 
 impl WireError {
@@ -49,6 +51,8 @@ impl WireError {
             WireError::BadMagic | WireError::Decode(_) | WireError::Invalid { .. } => "malformed",
             WireError::Version(_) => "version",
             WireError::ForeignCluster(_) => "foreign_cluster",
+            WireError::Seal(seal::SealError::Replayed) => "replayed",
+            WireError::Seal(_) => "unauthenticated",
         }
     }
 }

@@ -78,8 +78,11 @@ pub enum SealError {
     /// Authentic, but received before or too old for the window.
     #[error("replayed or too old")]
     Replayed,
+    /// Sealed, but this node has no key.
+    #[error("sealed with a cluster key, and this node has none")]
+    UnexpectedSeal,
     /// A stream hello that is not one, or of another version.
-    #[error("bad handshake")]
+    #[error("bad handshake (no key, another version, or not deltacast)")]
     BadHello,
 }
 
