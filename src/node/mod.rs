@@ -161,6 +161,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
         info!("cluster traffic is sealed with the key of cluster.key_file");
     } else if beyond_loopback {
         warn!(
+            replication = %replication_addr,
+            interface = %membership.interface,
             "cluster traffic leaves this host unauthenticated and in clear: anyone on the network can read sessions and join; set cluster.key_file (see `deltacast keygen`)"
         );
     }
@@ -201,12 +203,6 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
         cookie: config.sessions.cookie.clone(),
         state: watch::channel(NodeState::Joining).0,
     });
-    if !replication_addr.ip().is_loopback() {
-        warn!(
-            replication = %replication_addr,
-            "cluster traffic is not authenticated or encrypted: keep the replication port on a trusted network"
-        );
-    }
     info!(
         id = %me.id,
         name = %me.name,
