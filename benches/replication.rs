@@ -29,19 +29,25 @@
 //!
 //! Run: `cargo bench --bench replication`; `-- --quick` for fewer, shorter runs (no
 //! 1 000 000-session transfer); `-- --full` to force the 1 000 000-session transfer;
-//! `-- --only latency,throughput,transfer,memory,wire` to run some figures only.
+//! `-- --only latency,throughput,transfer,memory,wire` to run some figures only;
+//! `-- --sealed` to run every node with a shared cluster key (`cluster.key_file`), so that
+//! the cost of the seal shows against a run without.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::io::{BufRead, Read, Write};
 use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{Cluster, NodeProc, wait_converged, wait_until};
+use deltacast::wire::seal::ClusterKey;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Method, Request, header};
@@ -67,10 +73,16 @@ fn main() {
         .enable_all()
         .build()
         .expect("a tokio runtime");
+    let _key = opts.sealed.then(KeyFile::new);
     println!(
-        "deltacast replication benchmark ({} mode{})",
+        "deltacast replication benchmark ({} mode{}{})",
         if opts.quick { "quick" } else { "standard" },
-        if opts.full { ", --full" } else { "" }
+        if opts.full { ", --full" } else { "" },
+        if opts.sealed {
+            ", --sealed: cluster traffic sealed with a shared key"
+        } else {
+            ""
+        }
     );
     println!("{}", machine_line());
     println!(
@@ -101,6 +113,7 @@ fn main() {
 struct Opts {
     quick: bool,
     full: bool,
+    sealed: bool,
     only: Option<Vec<String>>,
 }
 
@@ -123,6 +136,7 @@ impl Opts {
         Opts {
             quick: args.iter().any(|a| a == "--quick"),
             full: args.iter().any(|a| a == "--full"),
+            sealed: args.iter().any(|a| a == "--sealed"),
             only,
         }
     }
@@ -369,6 +383,43 @@ fn print_summary(summary: &[Headline]) {
 
 // ---- processes -------------------------------------------------------------------------------
 
+/// With `--sealed`: the key file every node of this run reads.
+static KEY_FILE: OnceLock<PathBuf> = OnceLock::new();
+
+/// A fresh cluster key in a file only this user can read, removed at the end of the run.
+struct KeyFile(PathBuf);
+
+impl KeyFile {
+    fn new() -> KeyFile {
+        let path = std::env::temp_dir().join(format!("deltacast-bench-{}.key", std::process::id()));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .expect("a new key file in the temporary directory");
+        writeln!(file, "{}", ClusterKey::generate_text()).expect("the key written");
+        let _ = KEY_FILE.set(path.clone());
+        KeyFile(path)
+    }
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `args`, with the cluster key when the run is sealed.
+fn with_key(args: &[String]) -> Vec<String> {
+    let mut args = args.to_vec();
+    if let Some(path) = KEY_FILE.get() {
+        args.push("--set".to_string());
+        args.push(format!("cluster.key_file={}", path.display()));
+    }
+    args
+}
+
 /// `--set` arguments for a node.
 fn node_args(settings: &[&str]) -> Vec<String> {
     settings
@@ -393,8 +444,9 @@ fn start_cluster(tag: &str, n: usize, args: &[String]) -> (Cluster, Vec<NodeProc
         ("TOKIO_WORKER_THREADS", worker_threads(n).to_string()),
         ("RUST_LOG", "deltacast=info".to_string()),
     ];
+    let args = with_key(args);
     let nodes: Vec<NodeProc> = (1..=n)
-        .map(|i| c.node_with_env(&format!("n{i}"), args, &env))
+        .map(|i| c.node_with_env(&format!("n{i}"), &args, &env))
         .collect();
     let refs: Vec<&NodeProc> = nodes.iter().collect();
     wait_converged(&refs, Duration::from_secs(30));
@@ -1198,7 +1250,7 @@ fn join_once(c: &Cluster, member: &NodeProc, name: &str, args: &[String], sessio
         .map(|s| Sample::from_status(0, &s))
         .unwrap_or_default();
     let start = Instant::now();
-    let joiner = c.node(name, args);
+    let joiner = c.node(name, &with_key(args));
     let deadline = start + Duration::from_secs(300);
     loop {
         if let Some(s) = common::get_json(joiner.http, "/status") {
