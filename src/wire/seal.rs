@@ -608,6 +608,19 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_and_never_open(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let mut receiver = DatagramSeal::new(key(K), 2);
+            let mut sealed_looking = SEALED_MAGIC.to_vec();
+            sealed_looking.extend_from_slice(&bytes);
+            proptest::prop_assert!(receiver.open(&sealed_looking).is_err());
+            proptest::prop_assert!(receiver.open(&bytes).is_err());
+            let (_, mut server) = pair(K, K);
+            proptest::prop_assert!(server.open(&mut BytesMut::from(&bytes[..])).is_err());
+        }
+    }
+
     #[test]
     fn a_hello_must_be_one() {
         let (mut bytes, _) = hello();
