@@ -1,0 +1,648 @@
+//! The shared cluster key (`cluster.key_file`, made by `deltacast keygen`): keyed nodes
+//! join and replicate as usual; a node with another key or with none never joins, never
+//! changes a session, and what it sends is dropped and counted; bad key files stop the node
+//! with one line; a discovering balancer with the key finds the keyed nodes.
+
+mod common;
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{
+    BalancerProc, Browser, Cluster, NodeProc, exchange, free_dual_port, free_port, group_sender,
+    run_cli, wait_converged, wait_until,
+};
+use deltacast::membership::{Announce, Heartbeat, MemberInfo, NodeId};
+use deltacast::session::{AttributeChange, Delta, SessionId, Version};
+use deltacast::wire::{self, FrameBody};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+const FAST: &[&str] = &[
+    "--set",
+    "membership.heartbeat_ms=100",
+    "--set",
+    "membership.drop_ms=1000",
+];
+const STARTUP: Duration = Duration::from_secs(20);
+
+/// A new key from `deltacast keygen`.
+fn keygen() -> String {
+    let (code, stdout, stderr) = run_cli(&["keygen"]);
+    assert_eq!(code, Some(0), "keygen failed: {stderr}");
+    stdout.trim().to_string()
+}
+
+/// Writes `text` to a key file of its own for this test and returns its path.
+fn key_file(cluster: &Cluster, label: &str, text: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("seal-keys");
+    std::fs::create_dir_all(&dir).expect("key dir");
+    let path = dir.join(format!("{}-{label}.key", cluster.name));
+    std::fs::write(&path, text).expect("write the key file");
+    path
+}
+
+/// The fast timings and `cluster.key_file=path`.
+fn keyed_args(path: &Path) -> Vec<OsString> {
+    let mut args: Vec<OsString> = FAST.iter().map(OsString::from).collect();
+    args.push("--set".into());
+    let mut set = OsString::from("cluster.key_file=");
+    set.push(path);
+    args.push(set);
+    args
+}
+
+/// A node of `cluster` with the key in `path`, once it answers.
+fn keyed_node(cluster: &Cluster, name: &str, path: &Path) -> NodeProc {
+    let n = cluster.node(name, &keyed_args(path));
+    wait_until(STARTUP, &format!("{name} answers"), || n.status());
+    n
+}
+
+/// A node of `cluster` without a key, once it answers.
+fn plain_node(cluster: &Cluster, name: &str) -> NodeProc {
+    let n = cluster.node(name, FAST);
+    wait_until(STARTUP, &format!("{name} answers"), || n.status());
+    n
+}
+
+/// A `membership` counter of the node's `/status` (None if it does not answer or lacks it).
+fn membership_counter(node: &NodeProc, field: &str) -> Option<u64> {
+    node.status()?["membership"][field].as_u64()
+}
+
+fn replication_errors(node: &NodeProc) -> Option<u64> {
+    node.status()?["replication"]["errors"].as_u64()
+}
+
+/// Waits until `field` of every node is at least its `at_least`.
+fn wait_counter(nodes: &[(&NodeProc, u64)], field: &str) {
+    let what = format!("the nodes count {field}");
+    wait_until(STARTUP, &what, || {
+        nodes
+            .iter()
+            .all(|(n, at_least)| membership_counter(n, field).is_some_and(|v| v >= *at_least))
+            .then_some(())
+    });
+}
+
+/// The attribute `x` of the browser's session as `node` answers it.
+fn read_x(browser: &Browser, node: &NodeProc) -> (u16, String) {
+    let got = browser
+        .clone()
+        .send(node.http, "GET", "/session/attributes/x", b"");
+    (got.status, got.text())
+}
+
+fn active_sessions(node: &NodeProc) -> Option<u64> {
+    node.status()?["sessions"]["active"].as_u64()
+}
+
+/// A `deltacast node` started by hand (own directory, own arguments), killed by its PID
+/// when dropped.
+struct Spawned {
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Spawned {
+    fn node(cluster: &Cluster, label: &str, args: &[&str], dir: &Path) -> (Spawned, SocketAddr) {
+        let http = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let replication = SocketAddr::from((Ipv4Addr::LOCALHOST, free_dual_port()));
+        let stderr = common::log_path(&cluster.name, label);
+        let child = Command::new(common::BIN)
+            .arg("node")
+            .args(["--cluster", &cluster.name])
+            .args(["--multicast", &cluster.multicast])
+            .args(["--name", label])
+            .args(["--http", &http.to_string()])
+            .args(["--replication", &replication.to_string()])
+            .args(FAST)
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&stderr).expect("log file"))
+            .spawn()
+            .expect("spawn deltacast node");
+        (Spawned { child, stderr }, http)
+    }
+
+    /// The exit code once the process ended within `timeout`, or None if it still runs.
+    fn exit_code(&mut self, timeout: Duration) -> Option<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A heartbeat for a member that does not exist, in the cluster's plain encoding.
+fn plain_heartbeat(cluster: &str, name: &str, id: u64) -> Vec<u8> {
+    let hb = Heartbeat {
+        info: MemberInfo {
+            id: NodeId::from_u64(id),
+            name: name.into(),
+            http: "127.0.0.1:1".parse().expect("addr"),
+            replication: "127.0.0.1:2".parse().expect("addr"),
+            incarnation: 1,
+        },
+        announce: Announce::Alive,
+        seq: 1,
+    };
+    wire::encode_heartbeat(cluster, &hb, Duration::from_millis(100))
+}
+
+/// A plain replication frame (length prefix included) that sets `x` to `value` in the
+/// session `id` with a version that wins over any real write.
+fn forged_deltas_frame(cluster: &str, id: &str, value: &str) -> Vec<u8> {
+    let id = SessionId::parse_hex(id).expect("a session id");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let mut delta = Delta::new(id, now, now);
+    delta.attributes.push(AttributeChange {
+        name: "x".into(),
+        value: Some(Bytes::from(value.to_string())),
+        version: Version {
+            counter: 1 << 40,
+            node: NodeId::from_u64(0xbad),
+        },
+    });
+    let frame = wire::encode_frame(
+        cluster,
+        NodeId::from_u64(0xbad),
+        &FrameBody::Deltas {
+            seq: 1,
+            deltas: vec![delta],
+        },
+    );
+    let mut out = (frame.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&frame);
+    out
+}
+
+/// Everything the node sends back on `s` until it closes the connection; panics if it
+/// keeps it open for 10 s.
+fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("read timeout");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the node kept the connection open for 10 s"
+                );
+            }
+            Err(_) => return got,
+        }
+    }
+}
+
+/// Whether `bytes` begin with a plain frame of `cluster` that decodes (an answer of a node
+/// that accepted plain traffic, such as an `Ack`).
+fn holds_plain_frame(bytes: &[u8], cluster: &str) -> bool {
+    if bytes.len() < 4 {
+        return false;
+    }
+    let len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    bytes
+        .get(4..4 + len)
+        .is_some_and(|frame| wire::decode_frame(frame, cluster).is_ok())
+}
+
+/// A socket that receives the cluster's multicast datagrams (beside the nodes, which share
+/// the port).
+fn group_listener(group: SocketAddr) -> UdpSocket {
+    let SocketAddr::V4(group) = group else {
+        panic!("an IPv4 group");
+    };
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).expect("socket");
+    s.set_reuse_address(true).expect("reuse address");
+    s.set_reuse_port(true).expect("reuse port");
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, group.port())).into())
+        .expect("bind the group port");
+    s.join_multicast_v4(group.ip(), &Ipv4Addr::LOCALHOST)
+        .expect("join the group");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    s.into()
+}
+
+/// Two converged nodes a and b sharing a fresh key, and a session with `x = kept` written
+/// on a.
+fn keyed_pair(name: &str) -> (Cluster, PathBuf, NodeProc, NodeProc, Browser) {
+    let c = Cluster::new(name);
+    let key = key_file(&c, "shared", &format!("{}\n", keygen()));
+    let a = keyed_node(&c, "a", &key);
+    let b = keyed_node(&c, "b", &key);
+    wait_converged(&[&a, &b], STARTUP);
+    let mut browser = Browser::new();
+    let put = browser.send(a.http, "PUT", "/session/attributes/x", b"kept");
+    assert_eq!(put.status, 204);
+    assert_eq!(read_x(&browser, &b), (200, "kept".to_string()));
+    (c, key, a, b, browser)
+}
+
+#[test]
+fn keygen_prints_one_new_43_character_base64url_key_each_run() {
+    let mut keys = Vec::new();
+    for _ in 0..3 {
+        let (code, stdout, stderr) = run_cli(&["keygen"]);
+        assert_eq!(code, Some(0), "keygen exited {code:?}: {stderr}");
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "keygen printed {stdout:?}");
+        let key = lines[0];
+        assert_eq!(key.len(), 43, "{key:?} is not 43 characters");
+        assert!(
+            key.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_'),
+            "{key:?} is not base64url"
+        );
+        keys.push(key.to_string());
+    }
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 3, "keygen printed the same key twice");
+}
+
+#[test]
+fn two_nodes_sharing_a_key_file_see_each_other_and_replicate_a_session() {
+    let c = Cluster::new("seal-pair");
+    let key = keygen();
+    // The same key, once with a newline and once padded with white space: both are the key.
+    let file_a = key_file(&c, "a", &format!("{key}\n"));
+    let file_b = key_file(&c, "b", &format!("  {key} \n\n"));
+    let a = keyed_node(&c, "a", &file_a);
+    let b = keyed_node(&c, "b", &file_b);
+    wait_converged(&[&a, &b], STARTUP);
+    for node in [&a, &b] {
+        wait_until(STARTUP, "the node is ready", || {
+            (node.status()?["node"]["state"] == "ready").then_some(())
+        });
+    }
+
+    let mut browser = Browser::new();
+    let put = browser.send(a.http, "PUT", "/session/attributes/x", b"sealed value");
+    assert_eq!(put.status, 204);
+    assert_eq!(read_x(&browser, &b), (200, "sealed value".to_string()));
+    let session = browser.clone().send(b.http, "GET", "/session", b"");
+    assert_eq!(session.json()["attributes"]["x"], "sealed value");
+    // And the other way round.
+    let put = browser.send(b.http, "PUT", "/session/attributes/y", b"from b");
+    assert_eq!(put.status, 204);
+    let got = browser
+        .clone()
+        .send(a.http, "GET", "/session/attributes/y", b"");
+    assert_eq!((got.status, got.text()), (200, "from b".to_string()));
+
+    // Nothing of theirs was refused: the counters exist and stay at zero.
+    for node in [&a, &b] {
+        let status = node.status().expect("status");
+        let m = &status["membership"];
+        assert_eq!(
+            m["dropped_unauthenticated"].as_u64(),
+            Some(0),
+            "{}: {m}",
+            node.name
+        );
+        assert_eq!(
+            m["dropped_replayed"].as_u64(),
+            Some(0),
+            "{}: {m}",
+            node.name
+        );
+        assert_eq!(status["replication"]["errors"].as_u64(), Some(0));
+    }
+}
+
+#[test]
+fn a_node_with_another_key_never_joins_and_changes_no_session() {
+    let (c, _key, a, b, browser) = keyed_pair("seal-otherkey");
+    let before_a = membership_counter(&a, "dropped_unauthenticated").expect("a counts");
+    let before_b = membership_counter(&b, "dropped_unauthenticated").expect("b counts");
+
+    let other = key_file(&c, "other", &keygen());
+    let intruder = keyed_node(&c, "intruder", &other);
+    // The intruder writes a session of its own.
+    let mut stranger = Browser::new();
+    assert_eq!(
+        stranger
+            .send(intruder.http, "PUT", "/session/attributes/x", b"intruder")
+            .status,
+        204
+    );
+
+    // About two seconds of the intruder's heartbeats (100 ms apart), each one refused.
+    wait_until(STARTUP, "the keyed nodes refused 20 datagrams", || {
+        for (node, want) in [(&a, vec!["b".to_string()]), (&b, vec!["a".to_string()])] {
+            let status = node.status()?;
+            let members = common::member_names(&status, "")?;
+            assert_eq!(members, want, "{} admitted someone", node.name);
+        }
+        let members = intruder.members("")?;
+        assert!(members.is_empty(), "the intruder lists {members:?}");
+        let a_now = membership_counter(&a, "dropped_unauthenticated")?;
+        let b_now = membership_counter(&b, "dropped_unauthenticated")?;
+        (a_now >= before_a + 20 && b_now >= before_b + 20).then_some(())
+    });
+    // The intruder refuses the keyed nodes' heartbeats in turn.
+    wait_counter(&[(&intruder, 10)], "dropped_unauthenticated");
+    assert_eq!(intruder.members(""), Some(Vec::new()));
+
+    for node in [&a, &b] {
+        assert_eq!(
+            read_x(&browser, node),
+            (200, "kept".to_string()),
+            "{}",
+            node.name
+        );
+        assert_eq!(active_sessions(node), Some(1), "{}", node.name);
+    }
+    // The intruder got no state transfer and sent none.
+    assert_eq!(active_sessions(&intruder), Some(1));
+    assert_eq!(read_x(&browser, &intruder).0, 404);
+    assert_eq!(read_x(&stranger, &intruder), (200, "intruder".to_string()));
+    assert_eq!(read_x(&stranger, &a).0, 404);
+}
+
+#[test]
+fn a_node_without_a_key_and_keyed_nodes_never_admit_each_other() {
+    let (c, _key, a, b, browser) = keyed_pair("seal-nokey");
+    let before_a = membership_counter(&a, "dropped_unauthenticated").expect("a counts");
+    let before_b = membership_counter(&b, "dropped_unauthenticated").expect("b counts");
+
+    let plain = plain_node(&c, "plain");
+    wait_until(STARTUP, "both sides refused 20 datagrams", || {
+        assert_eq!(a.members("")?, ["b"], "a admitted someone");
+        assert_eq!(b.members("")?, ["a"], "b admitted someone");
+        let members = plain.members("")?;
+        assert!(members.is_empty(), "the keyless node lists {members:?}");
+        let a_now = membership_counter(&a, "dropped_unauthenticated")?;
+        let b_now = membership_counter(&b, "dropped_unauthenticated")?;
+        let plain_now = membership_counter(&plain, "dropped_unauthenticated")?;
+        (a_now >= before_a + 20 && b_now >= before_b + 20 && plain_now >= 20).then_some(())
+    });
+
+    for node in [&a, &b] {
+        assert_eq!(read_x(&browser, node), (200, "kept".to_string()));
+        assert_eq!(active_sessions(node), Some(1));
+    }
+    // The keyless node got no state transfer.
+    assert_eq!(active_sessions(&plain), Some(0));
+    assert_eq!(read_x(&browser, &plain).0, 404);
+}
+
+#[test]
+fn plain_or_random_bytes_sent_to_a_keyed_node_are_dropped_and_counted_and_change_nothing() {
+    let (c, _key, a, b, mut browser) = keyed_pair("seal-raw");
+    let session = browser.session_id().expect("a session");
+
+    // Datagrams: plain heartbeats of a member that does not exist, random bytes, and a
+    // heartbeat sealed with another key.
+    let dropped = |n: &NodeProc| membership_counter(n, "dropped");
+    let unauth = |n: &NodeProc| membership_counter(n, "dropped_unauthenticated");
+    let (dropped_a, dropped_b) = (dropped(&a).expect("a"), dropped(&b).expect("b"));
+    let (unauth_a, unauth_b) = (unauth(&a).expect("a"), unauth(&b).expect("b"));
+    let plain = plain_heartbeat(&c.name, "intruder", 0xbad);
+    let other_key = wire::seal::ClusterKey::from_text(&keygen()).expect("a key");
+    let mut other_seal = wire::seal::DatagramSeal::new(other_key, 0xbad);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    let sender = group_sender();
+    let (mut sent, mut sent_unauth) = (0u64, 0u64);
+    for i in 0..60 {
+        let datagram = match i % 3 {
+            0 => {
+                sent_unauth += 1;
+                plain.clone()
+            }
+            1 => (0..rng.random_range(1..1200))
+                .map(|_| rng.random())
+                .collect(),
+            _ => {
+                sent_unauth += 1;
+                other_seal.seal(&plain)
+            }
+        };
+        sender.send_to(&datagram, c.group()).expect("send");
+        sent += 1;
+        // In batches, so that no socket buffer overflows and the count is exact.
+        if sent % 15 == 0 {
+            wait_until(STARTUP, "the datagrams are counted", || {
+                (dropped(&a)? >= dropped_a + sent && dropped(&b)? >= dropped_b + sent).then_some(())
+            });
+        }
+    }
+    for (node, d0, u0) in [(&a, dropped_a, unauth_a), (&b, dropped_b, unauth_b)] {
+        let status = node.status().expect("the node still answers");
+        let m = &status["membership"];
+        assert_eq!(m["dropped"].as_u64(), Some(d0 + sent), "{}: {m}", node.name);
+        let u = m["dropped_unauthenticated"].as_u64().expect("counted");
+        assert!(u >= u0 + sent_unauth, "{}: {m}", node.name);
+    }
+    assert_eq!(a.members(""), Some(vec!["b".to_string()]));
+    assert_eq!(b.members(""), Some(vec!["a".to_string()]));
+
+    // A genuine sealed heartbeat recorded and sent again is refused as a replay.
+    let listener = group_listener(c.group());
+    let mut recorded = [0u8; 2048];
+    let (len, _) = listener
+        .recv_from(&mut recorded)
+        .expect("a heartbeat of a or b");
+    let replayed = |n: &NodeProc| membership_counter(n, "dropped_replayed");
+    let replays_before = replayed(&a).expect("a") + replayed(&b).expect("b");
+    sender
+        .send_to(&recorded[..len], c.group())
+        .expect("send the replay");
+    wait_until(STARTUP, "the replay is counted", || {
+        (replayed(&a)? + replayed(&b)? > replays_before).then_some(())
+    });
+
+    // Streams: a plain frame that would overwrite the session, and garbage; each
+    // connection is closed without a plain answer.
+    let errors_before = replication_errors(&a).expect("a counts errors");
+    let forged = forged_deltas_frame(&c.name, &session, "forged");
+    for i in 0..6 {
+        let mut s = TcpStream::connect(a.replication).expect("connect to a");
+        let bytes: Vec<u8> = if i % 2 == 0 {
+            forged.clone()
+        } else {
+            (0..64).map(|_| rng.random()).collect()
+        };
+        let _ = s.write_all(&bytes);
+        let answer = read_until_closed(&mut s);
+        assert!(
+            !holds_plain_frame(&answer, &c.name),
+            "a keyed node answered a plain frame"
+        );
+    }
+    wait_until(STARTUP, "the bad connections are counted", || {
+        (replication_errors(&a)? >= errors_before + 6).then_some(())
+    });
+
+    // Nothing changed, and the keyed nodes still replicate to each other.
+    wait_converged(&[&a, &b], STARTUP);
+    for node in [&a, &b] {
+        assert_eq!(
+            read_x(&browser, node),
+            (200, "kept".to_string()),
+            "{}",
+            node.name
+        );
+        assert_eq!(active_sessions(node), Some(1), "{}", node.name);
+    }
+    assert_eq!(
+        browser
+            .send(b.http, "PUT", "/session/attributes/x", b"after")
+            .status,
+        204
+    );
+    assert_eq!(read_x(&browser, &a), (200, "after".to_string()));
+}
+
+#[test]
+fn the_forged_plain_frame_does_overwrite_a_session_on_a_node_without_a_key() {
+    // The control of the test above: the same forged frame is accepted by a node without a
+    // key, so its refusal by a keyed node is the seal's doing.
+    let c = Cluster::new("seal-control");
+    let n = plain_node(&c, "n");
+    let mut browser = Browser::new();
+    assert_eq!(
+        browser
+            .send(n.http, "PUT", "/session/attributes/x", b"kept")
+            .status,
+        204
+    );
+    let session = browser.session_id().expect("a session");
+    let mut s = TcpStream::connect(n.replication).expect("connect");
+    s.write_all(&forged_deltas_frame(&c.name, &session, "forged"))
+        .expect("send the frame");
+    wait_until(STARTUP, "the forged value is applied", || {
+        (read_x(&browser, &n) == (200, "forged".to_string())).then_some(())
+    });
+}
+
+#[test]
+fn a_missing_or_short_key_file_stops_the_node_with_one_line_naming_cluster_key_file() {
+    let c = Cluster::new("seal-badkey");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("seal-keys");
+    std::fs::create_dir_all(&dir).expect("key dir");
+    let missing = dir.join(format!("{}-missing.key", c.name));
+    let short = key_file(&c, "short", "abcde\n");
+    let fifteen = key_file(&c, "fifteen", "  abcdefghijklmno  \n");
+    let cases = [
+        ("missing", missing, None),
+        ("short", short, Some("16")),
+        ("fifteen", fifteen, Some("16")),
+    ];
+    for (label, path, says) in cases {
+        let set = format!("cluster.key_file={}", path.display());
+        let (mut node, _) = Spawned::node(&c, label, &["--set", &set], &dir);
+        let code = node
+            .exit_code(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("{label}: the node kept running"));
+        assert!(
+            matches!(code, Some(c) if c != 0),
+            "{label}: exited {code:?}"
+        );
+        let stderr = node.stderr();
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{label}: {stderr:?}");
+        assert!(lines[0].contains("cluster.key_file"), "{label}: {stderr:?}");
+        if let Some(says) = says {
+            assert!(lines[0].contains(says), "{label}: {stderr:?}");
+        }
+    }
+
+    // Sixteen characters inside white space, by a path relative to the current directory,
+    // are a key: the node runs.
+    let name = format!("{}-sixteen.key", c.name);
+    std::fs::write(dir.join(&name), "\n abcdefghijklmnop \n").expect("write");
+    let set = format!("cluster.key_file={name}");
+    let (mut node, http) = Spawned::node(&c, "sixteen", &["--set", &set], &dir);
+    wait_until(STARTUP, "the node with a 16-character key answers", || {
+        if let Ok(Some(status)) = node.child.try_wait() {
+            panic!("the node exited {status}: {}", node.stderr());
+        }
+        common::get_json(http, "/status")
+    });
+}
+
+#[test]
+fn a_discovering_balancer_with_the_key_finds_keyed_nodes_and_one_without_finds_none() {
+    let (c, key, a, b, _browser) = keyed_pair("seal-balancer");
+    let mut args: Vec<OsString> = keyed_args(&key);
+    args.extend(["--set", "balancer.sticky=none"].map(OsString::from));
+    let keyed = BalancerProc::spawn(&c, &args);
+    let keyless = BalancerProc::spawn(&c, FAST);
+    let routes = |bal: &BalancerProc| -> Option<Vec<String>> {
+        let status: Value = bal.status()?;
+        let mut routes: Vec<String> = status["members"]
+            .as_array()?
+            .iter()
+            .filter_map(|m| m["route"].as_str().map(str::to_string))
+            .collect();
+        routes.sort();
+        Some(routes)
+    };
+    wait_until(STARTUP, "the keyed balancer discovers a and b", || {
+        (routes(&keyed)? == ["a", "b"]).then_some(())
+    });
+    let mut answered = Vec::new();
+    for _ in 0..6 {
+        let got = exchange(keyed.addr, "GET", "/status", None, b"").expect("an answer");
+        assert_eq!(got.status, 200, "{}", got.text());
+        answered.push(
+            got.json()["node"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+        );
+    }
+    answered.sort();
+    answered.dedup();
+    assert_eq!(answered, ["a", "b"], "requests went to both members");
+
+    // The keyless balancer heard the same heartbeats and could open none of them.
+    assert_eq!(routes(&keyless), Some(Vec::new()));
+    let got = exchange(keyless.addr, "GET", "/status", None, b"").expect("an answer");
+    assert_eq!(got.status, 503, "{}", got.text());
+    // The balancers only listen: the nodes list each other alone.
+    assert_eq!(a.members(""), Some(vec!["b".to_string()]));
+    assert_eq!(b.members(""), Some(vec!["a".to_string()]));
+}
