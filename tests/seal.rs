@@ -20,6 +20,7 @@ use common::{
 };
 use deltacast::membership::{Announce, Heartbeat, MemberInfo, NodeId};
 use deltacast::session::{AttributeChange, Delta, SessionId, Version};
+use deltacast::wire::seal::{self, ClusterKey, Role, StreamSeal};
 use deltacast::wire::{self, FrameBody};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -164,8 +165,13 @@ impl Drop for Spawned {
     }
 }
 
-/// A heartbeat for a member that does not exist, in the cluster's plain encoding.
-fn plain_heartbeat(cluster: &str, name: &str, id: u64) -> Vec<u8> {
+/// A heartbeat for a member that does not exist, plain or sealed with `seal`.
+fn forged_heartbeat(
+    cluster: &str,
+    name: &str,
+    id: u64,
+    seal: Option<&mut seal::DatagramSeal>,
+) -> Vec<u8> {
     let hb = Heartbeat {
         info: MemberInfo {
             id: NodeId::from_u64(id),
@@ -177,12 +183,12 @@ fn plain_heartbeat(cluster: &str, name: &str, id: u64) -> Vec<u8> {
         announce: Announce::Alive,
         seq: 1,
     };
-    wire::encode_heartbeat(cluster, &hb, Duration::from_millis(100))
+    wire::encode_heartbeat(cluster, &hb, Duration::from_millis(100), seal)
 }
 
-/// A plain replication frame (length prefix included) that sets `x` to `value` in the
+/// A replication frame (without its length prefix) that sets `x` to `value` in the
 /// session `id` with a version that wins over any real write.
-fn forged_deltas_frame(cluster: &str, id: &str, value: &str) -> Vec<u8> {
+fn forged_deltas(cluster: &str, id: &str, value: &str) -> Bytes {
     let id = SessionId::parse_hex(id).expect("a session id");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -197,17 +203,43 @@ fn forged_deltas_frame(cluster: &str, id: &str, value: &str) -> Vec<u8> {
             node: NodeId::from_u64(0xbad),
         },
     });
-    let frame = wire::encode_frame(
+    wire::encode_frame(
         cluster,
         NodeId::from_u64(0xbad),
         &FrameBody::Deltas {
             seq: 1,
             deltas: vec![delta],
         },
-    );
+    )
+}
+
+/// `frame` behind its 4-byte big-endian length, as the replication port reads it.
+fn length_prefixed(frame: &[u8]) -> Vec<u8> {
     let mut out = (frame.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(&frame);
+    out.extend_from_slice(frame);
     out
+}
+
+/// The plain forged frame, length prefix included.
+fn forged_deltas_frame(cluster: &str, id: &str, value: &str) -> Vec<u8> {
+    length_prefixed(&forged_deltas(cluster, id, value))
+}
+
+/// A connection to a replication port after the stream handshake, done with `key_text`
+/// (right or wrong: the hello itself carries no proof of the key), and the seal of its
+/// frames.
+fn sealed_connection(addr: SocketAddr, key_text: &str) -> (TcpStream, StreamSeal) {
+    let key = ClusterKey::from_text(key_text).expect("a key");
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    let (hello, mine) = seal::hello();
+    s.write_all(&hello).expect("send the hello");
+    let mut theirs = [0u8; seal::HELLO_LEN];
+    s.read_exact(&mut theirs).expect("the node's hello");
+    let theirs = seal::parse_hello(&theirs).expect("a hello");
+    let stream_seal = StreamSeal::new(&key, Role::Client, &mine, &theirs);
+    (s, stream_seal)
 }
 
 /// Everything the node sends back on `s` until it closes the connection; panics if it
@@ -357,7 +389,8 @@ fn a_node_with_another_key_never_joins_and_changes_no_session() {
     let before_a = membership_counter(&a, "dropped_unauthenticated").expect("a counts");
     let before_b = membership_counter(&b, "dropped_unauthenticated").expect("b counts");
 
-    let other = key_file(&c, "other", &keygen());
+    let other_text = keygen();
+    let other = key_file(&c, "other", &other_text);
     let intruder = keyed_node(&c, "intruder", &other);
     // The intruder writes a session of its own.
     let mut stranger = Browser::new();
@@ -384,6 +417,21 @@ fn a_node_with_another_key_never_joins_and_changes_no_session() {
     // The intruder refuses the keyed nodes' heartbeats in turn.
     wait_counter(&[(&intruder, 10)], "dropped_unauthenticated");
     assert_eq!(intruder.members(""), Some(Vec::new()));
+
+    // Frames sealed with the other key, straight to a's replication port: refused, counted,
+    // never answered.
+    let session = browser.session_id().expect("a session");
+    let errors_before = replication_errors(&a).expect("a counts errors");
+    for _ in 0..3 {
+        let (mut s, mut other_seal) = sealed_connection(a.replication, &other_text);
+        let frame = other_seal.seal(&forged_deltas(&c.name, &session, "forged"));
+        let _ = s.write_all(&length_prefixed(&frame));
+        let answer = read_until_closed(&mut s);
+        assert!(answer.is_empty(), "a answered {} bytes", answer.len());
+    }
+    wait_until(STARTUP, "the refused connections are counted", || {
+        (replication_errors(&a)? >= errors_before + 3).then_some(())
+    });
 
     for node in [&a, &b] {
         assert_eq!(
@@ -439,9 +487,9 @@ fn plain_or_random_bytes_sent_to_a_keyed_node_are_dropped_and_counted_and_change
     let unauth = |n: &NodeProc| membership_counter(n, "dropped_unauthenticated");
     let (dropped_a, dropped_b) = (dropped(&a).expect("a"), dropped(&b).expect("b"));
     let (unauth_a, unauth_b) = (unauth(&a).expect("a"), unauth(&b).expect("b"));
-    let plain = plain_heartbeat(&c.name, "intruder", 0xbad);
-    let other_key = wire::seal::ClusterKey::from_text(&keygen()).expect("a key");
-    let mut other_seal = wire::seal::DatagramSeal::new(other_key, 0xbad);
+    let plain = forged_heartbeat(&c.name, "intruder", 0xbad, None);
+    let other_key = ClusterKey::from_text(&keygen()).expect("a key");
+    let mut other_seal = seal::DatagramSeal::new(other_key, 0xbad);
     let mut rng = rand::rngs::StdRng::seed_from_u64(23);
     let sender = group_sender();
     let (mut sent, mut sent_unauth) = (0u64, 0u64);
@@ -456,7 +504,7 @@ fn plain_or_random_bytes_sent_to_a_keyed_node_are_dropped_and_counted_and_change
                 .collect(),
             _ => {
                 sent_unauth += 1;
-                other_seal.seal(&plain)
+                forged_heartbeat(&c.name, "intruder", 0xbad, Some(&mut other_seal))
             }
         };
         sender.send_to(&datagram, c.group()).expect("send");
@@ -536,9 +584,10 @@ fn plain_or_random_bytes_sent_to_a_keyed_node_are_dropped_and_counted_and_change
 }
 
 #[test]
-fn the_forged_plain_frame_does_overwrite_a_session_on_a_node_without_a_key() {
-    // The control of the test above: the same forged frame is accepted by a node without a
-    // key, so its refusal by a keyed node is the seal's doing.
+fn forged_frames_do_overwrite_a_session_when_plain_to_a_keyless_node_or_sealed_with_the_key() {
+    // The controls of the refusals above: the same forged frame is applied by a node
+    // without a key, and by a keyed node when sealed with its key, so its refusal by a
+    // keyed node (plain, or sealed with another key) is the seal's doing.
     let c = Cluster::new("seal-control");
     let n = plain_node(&c, "n");
     let mut browser = Browser::new();
@@ -552,8 +601,27 @@ fn the_forged_plain_frame_does_overwrite_a_session_on_a_node_without_a_key() {
     let mut s = TcpStream::connect(n.replication).expect("connect");
     s.write_all(&forged_deltas_frame(&c.name, &session, "forged"))
         .expect("send the frame");
-    wait_until(STARTUP, "the forged value is applied", || {
+    wait_until(STARTUP, "the plain forged value is applied", || {
         (read_x(&browser, &n) == (200, "forged".to_string())).then_some(())
+    });
+
+    let keyed = Cluster::new("seal-control-keyed");
+    let text = keygen();
+    let k = keyed_node(&keyed, "k", &key_file(&keyed, "k", &text));
+    let mut browser = Browser::new();
+    assert_eq!(
+        browser
+            .send(k.http, "PUT", "/session/attributes/x", b"kept")
+            .status,
+        204
+    );
+    let session = browser.session_id().expect("a session");
+    let (mut s, mut stream_seal) = sealed_connection(k.replication, &text);
+    let frame = stream_seal.seal(&forged_deltas(&keyed.name, &session, "forged"));
+    s.write_all(&length_prefixed(&frame))
+        .expect("send the frame");
+    wait_until(STARTUP, "the sealed forged value is applied", || {
+        (read_x(&browser, &k) == (200, "forged".to_string())).then_some(())
     });
 }
 
