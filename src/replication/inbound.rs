@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use parking_lot::Mutex;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -104,23 +104,6 @@ pub async fn serve(
         );
         connections.spawn(async move {
             let _slot = slot;
-            let handshake = transport::accept(stream, cfg.key.as_ref());
-            let stream = match tokio::time::timeout(cfg.first_frame_timeout, handshake).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    let reason = if transport::is_seal_error(&e) {
-                        "unauthenticated"
-                    } else {
-                        "handshake"
-                    };
-                    reject(peer, &metrics, &throttle, &e.to_string(), reason);
-                    return;
-                }
-                Err(_) => {
-                    debug!(%peer, "no handshake within the first-frame timeout, closing");
-                    return;
-                }
-            };
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = connection(stream, peer, &cfg, &metrics, &throttle) => {}
@@ -132,13 +115,33 @@ pub async fn serve(
 }
 
 async fn connection(
-    mut stream: FramedStream,
+    stream: TcpStream,
     peer: SocketAddr,
     cfg: &InboundConfig,
     metrics: &Metrics,
     throttle: &Mutex<LogThrottle<IpAddr>>,
 ) {
-    let mut wait = cfg.first_frame_timeout;
+    // The handshake (with a key) and the first frame share one deadline: a peer that says
+    // nothing useful holds its slot for `first_frame_timeout` at most.
+    let first_by = tokio::time::Instant::now() + cfg.first_frame_timeout;
+    let handshake = transport::accept(stream, cfg.key.as_ref());
+    let mut stream = match tokio::time::timeout_at(first_by, handshake).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) if transport::is_seal_error(&e) => {
+            reject(peer, metrics, throttle, &e.to_string(), "unauthenticated");
+            return;
+        }
+        Ok(Err(e)) => {
+            // Closed or reset before its hello: no bytes were refused.
+            debug!(%peer, error = %e, "replication connection ended in the handshake");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "no handshake within the first-frame timeout, closing");
+            return;
+        }
+    };
+    let mut wait = first_by.saturating_duration_since(tokio::time::Instant::now());
     loop {
         let mut frame = match tokio::time::timeout(wait, stream.next()).await {
             Err(_) => {

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Decoder, Encoder, Framed, LengthDelimitedCodec};
 
 use crate::wire::MAX_FRAME;
-use crate::wire::seal::{self, ClusterKey, HELLO_LEN, Role, SealError, StreamSeal};
+use crate::wire::seal::{self, ClusterKey, HELLO_LEN, HELLO_MAGIC, Role, SealError, StreamSeal};
 
 pub type FramedStream = Framed<TcpStream, FrameCodec>;
 
@@ -84,7 +84,13 @@ async fn framed(
             let (mine, my_random) = seal::hello();
             stream.write_all(&mine).await?;
             let mut theirs = [0u8; HELLO_LEN];
-            stream.read_exact(&mut theirs).await?;
+            // The magic first: a peer without the key is refused at its first bytes, even
+            // when it sent fewer than a hello's and waits for an answer.
+            stream.read_exact(&mut theirs[..HELLO_MAGIC.len()]).await?;
+            if theirs[..HELLO_MAGIC.len()] != HELLO_MAGIC {
+                return Err(invalid(SealError::BadHello));
+            }
+            stream.read_exact(&mut theirs[HELLO_MAGIC.len()..]).await?;
             let their_random = seal::parse_hello(&theirs).map_err(invalid)?;
             let (client, server) = match role {
                 Role::Client => (&my_random, &their_random),
@@ -169,11 +175,8 @@ mod tests {
             accept(stream, Some(&key("a key of the test cluster"))).await
         });
         let mut client = connect(addr, None).await.unwrap();
-        // A plain frame as long as a hello: the server reads it as one and refuses it.
-        client
-            .send(Bytes::from(vec![0u8; HELLO_LEN - 4]))
-            .await
-            .unwrap();
+        // A plain frame shorter than a hello: refused at its first bytes, not after a wait.
+        client.send(Bytes::from_static(b"ping")).await.unwrap();
         let e = server.await.unwrap().unwrap_err();
         assert!(is_seal_error(&e), "{e}");
     }
