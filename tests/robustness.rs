@@ -7,7 +7,6 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::{Cluster, group_sender, wait_converged, wait_until};
-use deltacast::membership::{Announce, Heartbeat, MemberInfo, NodeId};
 use deltacast::wire;
 use rand::{Rng, SeedableRng};
 
@@ -17,20 +16,6 @@ const FAST: &[&str] = &[
     "--set",
     "membership.drop_ms=1000",
 ];
-
-fn forged(name: &str) -> Heartbeat {
-    Heartbeat {
-        info: MemberInfo {
-            id: NodeId::from_u64(0xbad),
-            name: name.into(),
-            http: "127.0.0.1:1".parse().expect("addr"),
-            replication: "127.0.0.1:2".parse().expect("addr"),
-            incarnation: 1,
-        },
-        announce: Announce::Alive,
-        seq: 1,
-    }
-}
 
 fn wait_counted(nodes: &[&common::NodeProc], at_least: u64) {
     let what = format!("{at_least} garbage datagrams are counted");
@@ -61,13 +46,13 @@ fn three_hundred_garbage_datagrams_change_nothing_and_are_counted() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let valid = wire::encode_heartbeat(
         &c.name,
-        &forged("intruder"),
+        &common::forged_heartbeat("intruder", 0xbad),
         Duration::from_millis(500),
         None,
     );
     let foreign = wire::encode_heartbeat(
         "another-cluster",
-        &forged("stranger"),
+        &common::forged_heartbeat("stranger", 0xbad),
         Duration::from_millis(500),
         None,
     );

@@ -18,7 +18,7 @@ use common::{
     BalancerProc, Browser, Cluster, NodeProc, exchange, free_dual_port, free_port, group_sender,
     run_cli, wait_converged, wait_until,
 };
-use deltacast::membership::{Announce, Heartbeat, MemberInfo, NodeId};
+use deltacast::membership::NodeId;
 use deltacast::session::{AttributeChange, Delta, SessionId, Version};
 use deltacast::wire::seal::{self, ClusterKey, Role, StreamSeal};
 use deltacast::wire::{self, FrameBody};
@@ -172,17 +172,7 @@ fn forged_heartbeat(
     id: u64,
     seal: Option<&mut seal::DatagramSeal>,
 ) -> Vec<u8> {
-    let hb = Heartbeat {
-        info: MemberInfo {
-            id: NodeId::from_u64(id),
-            name: name.into(),
-            http: "127.0.0.1:1".parse().expect("addr"),
-            replication: "127.0.0.1:2".parse().expect("addr"),
-            incarnation: 1,
-        },
-        announce: Announce::Alive,
-        seq: 1,
-    };
+    let hb = common::forged_heartbeat(name, id);
     wire::encode_heartbeat(cluster, &hb, Duration::from_millis(100), seal)
 }
 

@@ -517,3 +517,19 @@ pub fn proc_field(path: &str, field: &str) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// A heartbeat of a member that does not exist: `name` and `id`, unreachable addresses.
+pub fn forged_heartbeat(name: &str, id: u64) -> deltacast::membership::Heartbeat {
+    use deltacast::membership::{Announce, Heartbeat, MemberInfo, NodeId};
+    Heartbeat {
+        info: MemberInfo {
+            id: NodeId::from_u64(id),
+            name: name.into(),
+            http: "127.0.0.1:1".parse().expect("addr"),
+            replication: "127.0.0.1:2".parse().expect("addr"),
+            incarnation: 1,
+        },
+        announce: Announce::Alive,
+        seq: 1,
+    }
+}
