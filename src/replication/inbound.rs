@@ -222,7 +222,7 @@ async fn on_frame(
     metrics
         .replication
         .bytes_received
-        .add(frame.len() as u64 + 4);
+        .add(stream.codec().wire_len(frame.len()));
     let (sender, body) = match wire::decode_frame(frame, &cfg.cluster) {
         Ok(decoded) => decoded,
         Err(e) => {
@@ -271,7 +271,10 @@ async fn feed(
     body: &FrameBody,
 ) -> std::io::Result<()> {
     let bytes = wire::encode_frame(&cfg.cluster, cfg.me, body);
-    metrics.replication.bytes_sent.add(bytes.len() as u64 + 4);
+    metrics
+        .replication
+        .bytes_sent
+        .add(stream.codec().wire_len(bytes.len()));
     stream.feed(bytes).await
 }
 

@@ -142,7 +142,7 @@ impl Link<'_> {
                         None => return Outcome::Down("closed by the peer".into()),
                         Some(Err(e)) => return Outcome::Down(e.to_string()),
                         Some(Ok(bytes)) => {
-                            self.ctx.metrics.replication.bytes_received.add(bytes.len() as u64 + 4);
+                            self.ctx.metrics.replication.bytes_received.add(self.stream.codec().wire_len(bytes.len()));
                             match wire::decode_frame(&bytes, &self.ctx.cluster) {
                                 Ok((_, body)) => body,
                                 Err(e) => {
@@ -186,7 +186,7 @@ impl Link<'_> {
             .metrics
             .replication
             .bytes_sent
-            .add(bytes.len() as u64 + 4);
+            .add(self.stream.codec().wire_len(bytes.len()));
         self.stream.send(bytes).await.map_err(|e| e.to_string())
     }
 

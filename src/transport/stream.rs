@@ -35,6 +35,18 @@ impl FrameCodec {
     }
 }
 
+impl FrameCodec {
+    /// Bytes a frame of `len` bytes takes on the wire: its length prefix, and its seal.
+    pub fn wire_len(&self, len: usize) -> u64 {
+        let seal = if self.seal.is_some() {
+            seal::FRAME_OVERHEAD
+        } else {
+            0
+        };
+        (4 + len + seal) as u64
+    }
+}
+
 impl Decoder for FrameCodec {
     type Item = BytesMut;
     type Error = io::Error;
