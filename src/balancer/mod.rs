@@ -327,6 +327,13 @@ fn start_discovery(
     stop: CancellationToken,
 ) -> Result<(), BalancerError> {
     let m = &config.membership;
+    let key = config.cluster.key()?;
+    if key.is_none() && !m.interface.is_loopback() {
+        warn!(
+            interface = %m.interface,
+            "discovering members from unauthenticated heartbeats: anyone on the network can announce a member and receive traffic; set cluster.key_file (see `deltacast keygen`)"
+        );
+    }
     let datagrams = Datagrams::multicast(m.multicast, m.interface, m.ttl).map_err(|source| {
         BalancerError::Bind {
             what: "multicast",
@@ -349,7 +356,7 @@ fn start_discovery(
         config.drop_after(),
     );
     hb.observer = true;
-    hb.key = config.cluster.key()?;
+    hb.key = key;
     let (view_tx, mut view_rx) = watch::channel(MembershipView::empty());
     let (suspicions_tx, suspicions_rx) = mpsc::channel(1);
     shutdown.spawn(heartbeat::run(
