@@ -10,7 +10,8 @@
 //! - [`throttle`]: log once per sender per interval, so floods are counted, not logged.
 //! - [`limits`]: the process's open file limit, raised to the hard one at start.
 //! - [`membership`]: the member table, a pure state machine driven with injected time.
-//! - [`wire`]: bytes to checked messages and back (protobuf via prost); no sockets.
+//! - [`wire`]: bytes to checked messages and back (protobuf via prost), and the seal of
+//!   the cluster key (authenticated encryption, replay windows); no sockets.
 //! - [`transport`]: the only code that opens sockets (UDP datagrams, TCP frame streams).
 //! - [`heartbeat`]: the async driver of membership (send, receive, verify, leave).
 //! - [`replication`]: links per peer, the replication port, state transfer, anti-entropy.
@@ -19,7 +20,7 @@
 //! - [`balancer`]: the built-in balancer: member choice, health, proxy, discovery, manager,
 //!   client connections and their limits, member connections, one worker thread per core,
 //!   a fast path for the common requests beside hyper.
-//! - [`cli`]: the command line (`node`, `balancer`, `up`, `status`).
+//! - [`cli`]: the command line (`node`, `balancer`, `up`, `status`, `keygen`).
 //!
 //! Dependencies point inward: `membership` and `wire` know nothing of tokio or sockets,
 //! `transport` knows nothing of membership rules, and only `node` and `cli` put the parts
