@@ -372,9 +372,13 @@ pub async fn verify(
     timeout: Duration,
 ) -> Verdict {
     let attempt = async {
-        let mut stream = match transport::connect(addr, key).await {
+        let mut stream = match transport::connect(addr, key, me, suspect).await {
             Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Verdict::Refused,
+            // Another node (a restart) on that port: the suspect is gone, as below.
+            Err(e) if transport::seal_error(&e) == Some(SealError::WrongPeer) => {
+                return Verdict::Refused;
+            }
             Err(_) => return Verdict::NoAnswer,
         };
         let nonce = rand::random::<u64>();

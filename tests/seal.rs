@@ -20,7 +20,7 @@ use common::{
 };
 use deltacast::membership::NodeId;
 use deltacast::session::{AttributeChange, Delta, SessionId, Version};
-use deltacast::wire::seal::{self, ClusterKey, Role, StreamSeal};
+use deltacast::wire::seal::{self, ClusterKey, Hello, Role, StreamSeal};
 use deltacast::wire::{self, FrameBody};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -223,11 +223,12 @@ fn sealed_connection(addr: SocketAddr, key_text: &str) -> (TcpStream, StreamSeal
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("read timeout");
-    let (hello, mine) = seal::hello();
-    s.write_all(&hello).expect("send the hello");
+    // The node speaks first: its hello says its id, which ours must name.
     let mut theirs = [0u8; seal::HELLO_LEN];
     s.read_exact(&mut theirs).expect("the node's hello");
-    let theirs = seal::parse_hello(&theirs).expect("a hello");
+    let theirs = Hello::decode(&theirs).expect("a hello");
+    let mine = Hello::new(0x5ea1, theirs.from);
+    s.write_all(&mine.encode()).expect("send the hello");
     let stream_seal = StreamSeal::new(&key, Role::Client, &mine, &theirs);
     (s, stream_seal)
 }

@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::session::{Delta, SessionStore};
 use crate::throttle::LogThrottle;
 use crate::transport::{self, FramedStream};
-use crate::wire::seal::ClusterKey;
+use crate::wire::seal::{ClusterKey, SealError};
 use crate::wire::{self, FrameBody};
 
 #[derive(Clone, Debug)]
@@ -124,9 +124,14 @@ async fn connection(
     // The handshake (with a key) and the first frame share one deadline: a peer that says
     // nothing useful holds its slot for `first_frame_timeout` at most.
     let first_by = tokio::time::Instant::now() + cfg.first_frame_timeout;
-    let handshake = transport::accept(stream, cfg.key.as_ref());
+    let handshake = transport::accept(stream, cfg.key.as_ref(), cfg.me);
     let mut stream = match tokio::time::timeout_at(first_by, handshake).await {
         Ok(Ok(stream)) => stream,
+        Ok(Err(e)) if transport::seal_error(&e) == Some(SealError::WrongPeer) => {
+            // A member still linked to this port's previous process: it finds out now.
+            debug!(%peer, "replication connection meant for another node, closing");
+            return;
+        }
         Ok(Err(e)) if transport::is_seal_error(&e) => {
             reject(peer, metrics, throttle, &e.to_string(), "unauthenticated");
             return;
@@ -156,12 +161,7 @@ async fn connection(
             Ok(Some(Err(e))) => {
                 // Oversized length prefix, a frame failing authentication or an I/O error:
                 // the stream cannot be resynchronised.
-                let reason = if transport::is_seal_error(&e) {
-                    "unauthenticated"
-                } else {
-                    "bad stream"
-                };
-                reject(peer, metrics, throttle, &e.to_string(), reason);
+                reject_stream(peer, metrics, throttle, &e);
                 return;
             }
         };
@@ -183,7 +183,7 @@ async fn connection(
                 None => break,
                 Some(Some(Ok(next))) => next,
                 Some(Some(Err(e))) => {
-                    reject(peer, metrics, throttle, &e.to_string(), "bad stream");
+                    reject_stream(peer, metrics, throttle, &e);
                     return;
                 }
                 Some(None) => {
@@ -224,6 +224,18 @@ async fn on_frame(
         .bytes_received
         .add(stream.codec().wire_len(frame.len()));
     let (sender, body) = match wire::decode_frame(frame, &cfg.cluster) {
+        Ok((sender, _)) if sender == cfg.me => {
+            // This node's own frames sent back to it: acknowledging them would confirm
+            // writes that reached no other member.
+            reject(
+                peer,
+                metrics,
+                throttle,
+                "frame of this node itself",
+                "own_frame",
+            );
+            return Err(Closed);
+        }
         Ok(decoded) => decoded,
         Err(e) => {
             reject(peer, metrics, throttle, &e.to_string(), e.kind());
@@ -399,6 +411,21 @@ pub(crate) fn chunk(deltas: Vec<Delta>) -> Vec<Vec<Delta>> {
     out
 }
 
+/// A stream that failed: a frame that failed authentication, or one that cannot be read.
+fn reject_stream(
+    peer: SocketAddr,
+    metrics: &Metrics,
+    throttle: &Mutex<LogThrottle<IpAddr>>,
+    e: &std::io::Error,
+) {
+    let reason = if transport::is_seal_error(e) {
+        "unauthenticated"
+    } else {
+        "bad stream"
+    };
+    reject(peer, metrics, throttle, &e.to_string(), reason);
+}
+
 fn reject(
     peer: SocketAddr,
     metrics: &Metrics,
@@ -438,7 +465,9 @@ mod tests {
     #[tokio::test]
     async fn a_ping_gets_a_pong_with_our_id() {
         let (addr, metrics, stop) = start().await;
-        let mut stream = transport::connect(addr, None).await.expect("connect");
+        let mut stream = transport::connect(addr, None, NodeId::from_u64(2), NodeId::from_u64(1))
+            .await
+            .expect("connect");
         stream
             .send(wire::encode_frame(
                 "c",

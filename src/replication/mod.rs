@@ -434,3 +434,182 @@ mod tests {
         assert!(acks.all.notified().now_or_never().is_some());
     }
 }
+
+/// Links under a cluster key, against a relay without the key and a peer that refuses.
+#[cfg(test)]
+mod sealed_links {
+    use super::*;
+    use crate::config::ReplicationMode;
+    use crate::membership::MemberView;
+    use crate::session::{AttributeChange, SessionId, Version};
+    use crate::wire::seal::{ClusterKey, Hello};
+    use bytes::Bytes;
+    use std::net::SocketAddr;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    const A: NodeId = NodeId::from_u64(0xa);
+    const B: NodeId = NodeId::from_u64(0xb);
+
+    fn key() -> ClusterKey {
+        ClusterKey::from_text("a key of the test cluster").unwrap()
+    }
+
+    fn store(id: NodeId) -> SessionStore {
+        SessionStore::new(id, Default::default(), 600)
+    }
+
+    /// The replication port of `me`, serving `store`, with the key.
+    async fn inbound(me: NodeId, store: SessionStore, stop: &CancellationToken) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut cfg = InboundConfig::new("c".into(), me, store, Arc::new(AtomicBool::new(true)));
+        cfg.key = Some(key());
+        tokio::spawn(serve(
+            listener,
+            cfg,
+            Arc::new(Metrics::default()),
+            stop.clone(),
+        ));
+        addr
+    }
+
+    /// A plain byte relay (no key): every connection to it is piped to `to`.
+    async fn relay(to: SocketAddr) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut a, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(mut b) = TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// A's replicator, keyed, with B alive at `b_addr` as A sees it.
+    fn replicator_of_a(
+        b_addr: SocketAddr,
+        stop: &CancellationToken,
+    ) -> (Replicator, SessionStore, mpsc::Receiver<NodeId>) {
+        let mut cfg =
+            ReplicationConfig::new("c".into(), A, ReplicationMode::Sync, Duration::from_secs(2));
+        cfg.key = Some(key());
+        let (suspicions, suspected) = mpsc::channel(100_000);
+        let store = store(A);
+        let replicator =
+            Replicator::new(cfg, store.clone(), Arc::new(Metrics::default()), suspicions);
+        replicator.set_ready();
+        let view = MembershipView {
+            taken_at: std::time::Instant::now(),
+            members: vec![MemberView {
+                info: MemberInfo {
+                    id: B,
+                    name: "b".into(),
+                    http: "127.0.0.1:1".parse().unwrap(),
+                    replication: b_addr,
+                    incarnation: 1,
+                },
+                state: MemberState::Alive,
+                last_heard: Duration::ZERO,
+            }],
+        };
+        let (keep, view) = watch::channel(view);
+        tokio::spawn(replicator.clone().run(view, stop.clone()));
+        // The view's sender must outlive the test: dropping it would end the links.
+        std::mem::forget(keep);
+        (replicator, store, suspected)
+    }
+
+    /// Waits until the replicator has its link to B (a write before would wait for nobody).
+    async fn linked(replicator: &Replicator) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while replicator.links.read().is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no link to B within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn delta(id: SessionId) -> Delta {
+        let now = crate::node::now_ms();
+        let mut d = Delta::new(id, now, now);
+        d.attributes.push(AttributeChange {
+            name: "x".into(),
+            value: Some(Bytes::from_static(b"v")),
+            version: Version {
+                counter: 1,
+                node: A,
+            },
+        });
+        d
+    }
+
+    /// Writes one session on A in sync mode; says whether B got it and whether A suspected B.
+    async fn write_through(redirect: bool) -> (bool, bool) {
+        let stop = CancellationToken::new();
+        let b_store = store(B);
+        let a_port = inbound(A, store(A), &stop).await;
+        let b_port = inbound(B, b_store.clone(), &stop).await;
+        // What A believes is B's replication address: B's, or a relay into A's own port.
+        let b_seen_by_a = if redirect {
+            relay(a_port).await
+        } else {
+            b_port
+        };
+        let (replicator, _, mut suspected) = replicator_of_a(b_seen_by_a, &stop);
+        linked(&replicator).await;
+        let id = SessionId::random();
+        replicator.replicate(delta(id)).await;
+        let on_b = b_store.export(&[id]).len() == 1;
+        let was_suspected = suspected.try_recv().is_ok();
+        stop.cancel();
+        (on_b, was_suspected)
+    }
+
+    #[tokio::test]
+    async fn a_sync_write_reaches_the_member_before_it_returns() {
+        assert_eq!(write_through(false).await, (true, false));
+    }
+
+    #[tokio::test]
+    async fn a_link_relayed_into_the_writer_itself_is_not_taken_for_the_member() {
+        // Before the ids were part of the handshake, A acknowledged its own deltas for B:
+        // the write returned at once, B never had it, and nobody was suspected.
+        let (on_b, suspected) = write_through(true).await;
+        assert!(!on_b);
+        assert!(suspected, "the member behind the relay must be suspected");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_completes_the_hello_then_closes_is_not_redialled_in_a_loop() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    // What B with another key does: its hello, then close at the first frame.
+                    let _ = s.write_all(&Hello::new(B.as_u64(), 0).encode()).await;
+                    let mut buf = [0u8; 128];
+                    let _ = s.read(&mut buf).await;
+                });
+            }
+        });
+        let stop = CancellationToken::new();
+        let _a = replicator_of_a(addr, &stop);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop.cancel();
+        let n = accepted.load(Ordering::Relaxed);
+        // Backing off from 50 ms, doubling to 2 s: about 6 attempts in 2 s.
+        assert!(n <= 12, "{n} connections in 2 s");
+    }
+}

@@ -70,7 +70,7 @@ pub(crate) async fn run(
     loop {
         let connected = tokio::select! {
             _ = stop.cancelled() => return,
-            c = tokio::time::timeout(CONNECT_TIMEOUT, transport::connect(peer.replication, ctx.key.as_ref())) => c,
+            c = tokio::time::timeout(CONNECT_TIMEOUT, transport::connect(peer.replication, ctx.key.as_ref(), ctx.me, peer.id)) => c,
         };
         let stream = match connected {
             Ok(Ok(stream)) => stream,
@@ -89,7 +89,7 @@ pub(crate) async fn run(
                 continue;
             }
         };
-        backoff = BACKOFF_MIN;
+        let up_since = Instant::now();
         debug!(peer = %peer.name, "replication link up");
         let mut link = Link {
             ctx: &ctx,
@@ -105,6 +105,18 @@ pub(crate) async fn run(
             Outcome::Down(why) => {
                 info!(peer = %peer.name, reason = %why, "replication link down");
                 ctx.suspect(peer.id);
+                // A link that held is dialled again at once. One that failed soon after it
+                // came up (a peer that completes the handshake, then refuses: another key,
+                // another node) backs off like a refused connection, instead of looping.
+                if up_since.elapsed() >= BACKOFF_MAX {
+                    backoff = BACKOFF_MIN;
+                } else {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
             }
         }
     }
@@ -144,7 +156,13 @@ impl Link<'_> {
                         Some(Ok(bytes)) => {
                             self.ctx.metrics.replication.bytes_received.add(self.stream.codec().wire_len(bytes.len()));
                             match wire::decode_frame(&bytes, &self.ctx.cluster) {
-                                Ok((_, body)) => body,
+                                Ok((sender, body)) if sender == self.peer.id => body,
+                                Ok((sender, _)) => {
+                                    // Not the member this link is for (a restart on its
+                                    // port, or traffic sent elsewhere): its acks mean nothing.
+                                    self.ctx.metrics.replication.errors.inc();
+                                    return Outcome::Down(format!("answered by {sender}, not {}", self.peer.id));
+                                }
                                 Err(e) => {
                                     self.ctx.metrics.replication.errors.inc();
                                     return Outcome::Down(format!("bad frame: {e}"));

@@ -86,10 +86,13 @@ async fn from_member(
     store: &SessionStore,
     member: &MemberInfo,
 ) -> Result<usize, String> {
-    let mut stream = tokio::time::timeout(STALL, transport::connect(member.replication, key))
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+    let mut stream = tokio::time::timeout(
+        STALL,
+        transport::connect(member.replication, key, me, member.id),
+    )
+    .await
+    .map_err(|_| "connect timed out".to_string())?
+    .map_err(|e| e.to_string())?;
     let request = rand::random::<u64>();
     stream
         .send(wire::encode_frame(
@@ -108,6 +111,9 @@ async fn from_member(
             Ok(Some(Ok(frame))) => frame,
         };
         match wire::decode_frame(&frame, cluster) {
+            Ok((sender, _)) if sender != member.id => {
+                return Err(format!("answered by {sender}, not {}", member.id));
+            }
             Ok((
                 _,
                 FrameBody::StateBatch {

@@ -5,4 +5,6 @@ mod datagram;
 mod stream;
 
 pub use datagram::{Datagrams, keep_resolving, resolve_peers};
-pub use stream::{FrameCodec, FramedStream, accept, bind_listener, connect, is_seal_error};
+pub use stream::{
+    FrameCodec, FramedStream, accept, bind_listener, connect, is_seal_error, seal_error,
+};

@@ -11,8 +11,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Decoder, Encoder, Framed, LengthDelimitedCodec};
 
+use crate::membership::NodeId;
 use crate::wire::MAX_FRAME;
-use crate::wire::seal::{self, ClusterKey, HELLO_LEN, HELLO_MAGIC, Role, SealError, StreamSeal};
+use crate::wire::seal::{
+    self, ClusterKey, HELLO_LEN, HELLO_MAGIC, Hello, Role, SealError, StreamSeal,
+};
 
 pub type FramedStream = Framed<TcpStream, FrameCodec>;
 
@@ -79,22 +82,39 @@ fn invalid(e: SealError) -> io::Error {
 
 /// Whether an error of a stream is a seal's: the peer has another key, or none.
 pub fn is_seal_error(e: &io::Error) -> bool {
-    e.get_ref().is_some_and(|inner| inner.is::<SealError>())
+    seal_error(e).is_some()
+}
+
+/// The seal's error behind an error of a stream, if it is one.
+pub fn seal_error(e: &io::Error) -> Option<SealError> {
+    e.get_ref()?.downcast_ref::<SealError>().copied()
+}
+
+/// The ends of a connection, by node id, for a key's handshake.
+#[derive(Debug, Clone, Copy)]
+enum Ends {
+    /// This node connected to `peer`, meaning to reach that node.
+    Client { me: NodeId, peer: NodeId },
+    /// This node accepted: the peer says who it is.
+    Server { me: NodeId },
 }
 
 /// A framed stream over an accepted or connected socket; with `key`, after the handshake.
 async fn framed(
     mut stream: TcpStream,
     key: Option<&ClusterKey>,
-    role: Role,
+    ends: Ends,
 ) -> io::Result<FramedStream> {
     let _ = stream.set_nodelay(true);
     let seal = match key {
         None => None,
         Some(key) => {
+            let mine = match ends {
+                Ends::Client { me, peer } => Hello::new(me.as_u64(), peer.as_u64()),
+                Ends::Server { me } => Hello::new(me.as_u64(), 0),
+            };
             // Both ends speak first, so the handshake costs one trip, not two.
-            let (mine, my_random) = seal::hello();
-            stream.write_all(&mine).await?;
+            stream.write_all(&mine.encode()).await?;
             let mut theirs = [0u8; HELLO_LEN];
             // The magic first: a peer without the key is refused at its first bytes, even
             // when it sent fewer than a hello's and waits for an answer.
@@ -103,26 +123,51 @@ async fn framed(
                 return Err(invalid(SealError::BadHello));
             }
             stream.read_exact(&mut theirs[HELLO_MAGIC.len()..]).await?;
-            let their_random = seal::parse_hello(&theirs).map_err(invalid)?;
-            let (client, server) = match role {
-                Role::Client => (&my_random, &their_random),
-                Role::Server => (&their_random, &my_random),
-            };
-            Some(StreamSeal::new(key, role, client, server))
+            let theirs = Hello::decode(&theirs).map_err(invalid)?;
+            // The ids are in the keys too; checking them here says what went wrong, at once.
+            Some(match ends {
+                Ends::Client { peer, .. } => {
+                    if theirs.from != peer.as_u64() {
+                        return Err(invalid(SealError::WrongPeer));
+                    }
+                    StreamSeal::new(key, Role::Client, &mine, &theirs)
+                }
+                Ends::Server { me } => {
+                    if theirs.to != me.as_u64() {
+                        return Err(invalid(SealError::WrongPeer));
+                    }
+                    StreamSeal::new(key, Role::Server, &theirs, &mine)
+                }
+            })
         }
     };
     Ok(Framed::new(stream, FrameCodec::new(seal)))
 }
 
-/// The framed stream of a connection this node accepted. The caller bounds the time it may
-/// take (a key's handshake waits for the peer's hello).
-pub async fn accept(stream: TcpStream, key: Option<&ClusterKey>) -> io::Result<FramedStream> {
-    framed(stream, key, Role::Server).await
+/// The framed stream of a connection this node (`me`) accepted. The caller bounds the time
+/// it may take (a key's handshake waits for the peer's hello).
+pub async fn accept(
+    stream: TcpStream,
+    key: Option<&ClusterKey>,
+    me: NodeId,
+) -> io::Result<FramedStream> {
+    framed(stream, key, Ends::Server { me }).await
 }
 
-/// Connects to `addr`, with the handshake of `key` if given.
-pub async fn connect(addr: SocketAddr, key: Option<&ClusterKey>) -> io::Result<FramedStream> {
-    framed(TcpStream::connect(addr).await?, key, Role::Client).await
+/// Connects this node (`me`) to the node `peer` at `addr`, with the handshake of `key` if
+/// given: with a key, a connection that reaches another node fails.
+pub async fn connect(
+    addr: SocketAddr,
+    key: Option<&ClusterKey>,
+    me: NodeId,
+    peer: NodeId,
+) -> io::Result<FramedStream> {
+    framed(
+        TcpStream::connect(addr).await?,
+        key,
+        Ends::Client { me, peer },
+    )
+    .await
 }
 
 pub async fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -134,18 +179,30 @@ mod tests {
     use super::*;
     use futures_util::{SinkExt, StreamExt};
 
-    async fn pair(
+    const CLIENT: NodeId = NodeId::from_u64(1);
+    const SERVER: NodeId = NodeId::from_u64(2);
+
+    /// A client (1) that means to reach `meant`, and the server (2) it reaches.
+    async fn pair_meaning(
         client_key: Option<&ClusterKey>,
         server_key: Option<ClusterKey>,
+        meant: NodeId,
     ) -> (io::Result<FramedStream>, io::Result<FramedStream>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            accept(stream, server_key.as_ref()).await
+            accept(stream, server_key.as_ref(), SERVER).await
         });
-        let client = connect(addr, client_key).await;
+        let client = connect(addr, client_key, CLIENT, meant).await;
         (client, server.await.unwrap())
+    }
+
+    async fn pair(
+        client_key: Option<&ClusterKey>,
+        server_key: Option<ClusterKey>,
+    ) -> (io::Result<FramedStream>, io::Result<FramedStream>) {
+        pair_meaning(client_key, server_key, SERVER).await
     }
 
     fn key(text: &str) -> ClusterKey {
@@ -184,13 +241,23 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            accept(stream, Some(&key("a key of the test cluster"))).await
+            accept(stream, Some(&key("a key of the test cluster")), SERVER).await
         });
-        let mut client = connect(addr, None).await.unwrap();
+        let mut client = connect(addr, None, CLIENT, SERVER).await.unwrap();
         // A plain frame shorter than a hello: refused at its first bytes, not after a wait.
         client.send(Bytes::from_static(b"ping")).await.unwrap();
         let e = server.await.unwrap().unwrap_err();
         assert!(is_seal_error(&e), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_reaches_another_node_than_meant_fails_on_both_sides() {
+        let k = key("a key of the test cluster");
+        let (client, server) = pair_meaning(Some(&k), Some(k.clone()), NodeId::from_u64(3)).await;
+        let client = client.unwrap_err();
+        let server = server.unwrap_err();
+        assert_eq!(seal_error(&client), Some(SealError::WrongPeer), "{client}");
+        assert_eq!(seal_error(&server), Some(SealError::WrongPeer), "{server}");
     }
 
     #[tokio::test]

@@ -9,10 +9,13 @@
 //!   authenticated as associated data, then a random 24-byte nonce and the sealed body. The
 //!   receiver keeps a 64-wide replay window per sender: a datagram recorded and sent again,
 //!   or one older than the window, is refused.
-//! - **Streams** begin with a hello each way (magic, version, 32 random bytes). Both ends
-//!   derive the keys of this connection from the two hellos, one per direction, and number
-//!   the frames: the nonce is the frame's number, so a frame replayed, dropped, reordered or
-//!   taken from another connection fails authentication.
+//! - **Streams** begin with a hello each way: magic, version, the sender's node id, the id
+//!   it means to reach (a client's; a server does not know yet), 32 random bytes. Both ends
+//!   derive the keys of this connection from the two hellos, the two ids included, one per
+//!   direction, and number the frames: the nonce is the frame's number. So a frame replayed,
+//!   dropped, reordered or taken from another connection fails authentication, and so does
+//!   a connection redirected to another node than the one meant (the ids differ), which
+//!   the hellos' ids also refuse at once.
 
 use std::collections::HashMap;
 
@@ -35,8 +38,8 @@ pub const HELLO_MAGIC: [u8; 4] = *b"DCsh";
 /// Version of the stream handshake.
 const HELLO_VERSION: u8 = 1;
 
-/// Length of a stream hello: magic, version, random bytes.
-pub const HELLO_LEN: usize = 4 + 1 + 32;
+/// Length of a stream hello: magic, version, from, to, random bytes.
+pub const HELLO_LEN: usize = 4 + 1 + 8 + 8 + 32;
 
 /// Magic, sender, counter: in clear, authenticated.
 const DATAGRAM_HEADER: usize = 4 + 8 + 8;
@@ -84,6 +87,10 @@ pub enum SealError {
     /// A stream hello that is not one, or of another version.
     #[error("bad handshake (no key, another version, or not deltacast)")]
     BadHello,
+    /// A stream hello of another node than the one meant: a restarted process on the same
+    /// port, or a connection redirected.
+    #[error("the other end is not the node meant (a restarted process, or redirected traffic)")]
+    WrongPeer,
 }
 
 /// The cluster's shared key, as derived keys: cheap to clone, never printed.
@@ -286,24 +293,48 @@ impl Window {
     }
 }
 
-/// One end's hello: the bytes to send, and the random part kept for [`StreamSeal::new`].
-pub fn hello() -> ([u8; HELLO_LEN], [u8; 32]) {
-    let random: [u8; 32] = rand::random();
-    let mut out = [0u8; HELLO_LEN];
-    out[..4].copy_from_slice(&HELLO_MAGIC);
-    out[4] = HELLO_VERSION;
-    out[5..].copy_from_slice(&random);
-    (out, random)
+/// One end's hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    /// The sender's node id.
+    pub from: u64,
+    /// The node the sender means to reach; 0 from a server (it speaks before it knows).
+    pub to: u64,
+    pub random: [u8; 32],
 }
 
-/// The random part of the other end's hello.
-pub fn parse_hello(bytes: &[u8; HELLO_LEN]) -> Result<[u8; 32], SealError> {
-    if bytes[..4] != HELLO_MAGIC || bytes[4] != HELLO_VERSION {
-        return Err(SealError::BadHello);
+impl Hello {
+    /// A new hello with fresh random bytes.
+    pub fn new(from: u64, to: u64) -> Hello {
+        Hello {
+            from,
+            to,
+            random: rand::random(),
+        }
     }
-    let mut random = [0u8; 32];
-    random.copy_from_slice(&bytes[5..]);
-    Ok(random)
+
+    pub fn encode(&self) -> [u8; HELLO_LEN] {
+        let mut out = [0u8; HELLO_LEN];
+        out[..4].copy_from_slice(&HELLO_MAGIC);
+        out[4] = HELLO_VERSION;
+        out[5..13].copy_from_slice(&self.from.to_be_bytes());
+        out[13..21].copy_from_slice(&self.to.to_be_bytes());
+        out[21..].copy_from_slice(&self.random);
+        out
+    }
+
+    pub fn decode(bytes: &[u8; HELLO_LEN]) -> Result<Hello, SealError> {
+        if bytes[..4] != HELLO_MAGIC || bytes[4] != HELLO_VERSION {
+            return Err(SealError::BadHello);
+        }
+        let mut random = [0u8; 32];
+        random.copy_from_slice(&bytes[21..]);
+        Ok(Hello {
+            from: be_u64(&bytes[5..13]),
+            to: be_u64(&bytes[13..21]),
+            random,
+        })
+    }
 }
 
 /// Which end of the connection this is.
@@ -333,17 +364,24 @@ impl std::fmt::Debug for StreamSeal {
 }
 
 impl StreamSeal {
-    /// The seal of a connection whose client said `client` and server `server` in their
-    /// hellos.
-    pub fn new(key: &ClusterKey, role: Role, client: &[u8; 32], server: &[u8; 32]) -> StreamSeal {
+    /// The seal of a connection whose client said `client` and server `server`. The keys
+    /// depend on both ends' random bytes and ids: a connection relayed to another node
+    /// than the client meant gets keys that do not match.
+    pub fn new(key: &ClusterKey, role: Role, client: &Hello, server: &Hello) -> StreamSeal {
         let mut salt = [0u8; 64];
-        salt[..32].copy_from_slice(client);
-        salt[32..].copy_from_slice(server);
+        salt[..32].copy_from_slice(&client.random);
+        salt[32..].copy_from_slice(&server.random);
         let hkdf = Hkdf::<Sha256>::new(Some(&salt), &key.stream);
+        let ends = |label: &[u8]| {
+            let mut info = label.to_vec();
+            info.extend_from_slice(&client.from.to_be_bytes());
+            info.extend_from_slice(&server.from.to_be_bytes());
+            info
+        };
         let mut to_server = [0u8; 32];
         let mut to_client = [0u8; 32];
-        expand(&hkdf, b"client to server", &mut to_server);
-        expand(&hkdf, b"server to client", &mut to_client);
+        expand(&hkdf, &ends(b"client to server"), &mut to_server);
+        expand(&hkdf, &ends(b"server to client"), &mut to_client);
         let (sending, receiving) = match role {
             Role::Client => (to_server, to_client),
             Role::Server => (to_client, to_server),
@@ -533,22 +571,22 @@ mod tests {
     }
 
     fn pair(client_key: &str, server_key: &str) -> (StreamSeal, StreamSeal) {
-        let (client_hello, client_random) = hello();
-        let (server_hello, server_random) = hello();
-        let seen_by_server = parse_hello(&client_hello).unwrap();
-        let seen_by_client = parse_hello(&server_hello).unwrap();
+        let client_hello = Hello::new(1, 2);
+        let server_hello = Hello::new(2, 0);
+        let seen_by_server = Hello::decode(&client_hello.encode()).unwrap();
+        let seen_by_client = Hello::decode(&server_hello.encode()).unwrap();
         (
             StreamSeal::new(
                 &key(client_key),
                 Role::Client,
-                &client_random,
+                &client_hello,
                 &seen_by_client,
             ),
             StreamSeal::new(
                 &key(server_key),
                 Role::Server,
                 &seen_by_server,
-                &server_random,
+                &server_hello,
             ),
         )
     }
@@ -622,12 +660,37 @@ mod tests {
     }
 
     #[test]
-    fn a_hello_must_be_one() {
-        let (mut bytes, _) = hello();
-        assert!(parse_hello(&bytes).is_ok());
+    fn a_hello_round_trips_and_must_be_one() {
+        let hello = Hello::new(7, 9);
+        let mut bytes = hello.encode();
+        assert_eq!(Hello::decode(&bytes), Ok(hello));
+        assert_ne!(Hello::new(7, 9).random, hello.random);
         bytes[4] = 2;
-        assert_eq!(parse_hello(&bytes), Err(SealError::BadHello));
+        assert_eq!(Hello::decode(&bytes), Err(SealError::BadHello));
         let plain_frame = [0u8; HELLO_LEN];
-        assert_eq!(parse_hello(&plain_frame), Err(SealError::BadHello));
+        assert_eq!(Hello::decode(&plain_frame), Err(SealError::BadHello));
+    }
+
+    #[test]
+    fn a_connection_relayed_to_another_node_gets_keys_that_do_not_match() {
+        // The client (1) means to reach 2; a relay without the key pipes it to 3, which
+        // answers with its own hello, relabelled as 2's. Were the ids not in the keys,
+        // both ends would agree.
+        let client_hello = Hello::new(1, 2);
+        let third = Hello::new(3, 0);
+        let relabelled = Hello { from: 2, ..third };
+        let mut client = StreamSeal::new(&key(K), Role::Client, &client_hello, &relabelled);
+        let mut relayed_to = StreamSeal::new(&key(K), Role::Server, &client_hello, &third);
+        let frame = client.seal(b"deltas");
+        assert_eq!(
+            relayed_to.open(&mut BytesMut::from(&frame[..])),
+            Err(SealError::Unauthenticated)
+        );
+        // Its own connection sent back to it: it answers as 1, not 2.
+        let mut itself = StreamSeal::new(&key(K), Role::Server, &client_hello, &Hello::new(1, 0));
+        assert_eq!(
+            itself.open(&mut BytesMut::from(&frame[..])),
+            Err(SealError::Unauthenticated)
+        );
     }
 }
