@@ -2,6 +2,7 @@
 //! the member table, verifies suspects over TCP, publishes the view, and announces the
 //! leave on shutdown. All decisions are the table's; this file only moves bytes and time.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -107,6 +108,8 @@ pub async fn run(
             .clone()
             .map(|key| DatagramSeal::new(key, cfg.me.id.as_u64())),
         suspicions,
+        strangers: HashMap::new(),
+        admissions: JoinSet::new(),
         table: MemberTable::new(cfg.me.id, cfg.timing),
         bad_senders: LogThrottle::new(cfg.log_interval),
         notices: LogThrottle::new(cfg.log_interval),
@@ -123,8 +126,21 @@ pub async fn run(
     driver.run(shutdown).await;
 }
 
+/// A sender heard from, with a key, that is not in the table yet: its proof of life is
+/// under way (`latest` is its newest heartbeat), or failed at `since`.
+struct Stranger {
+    latest: Option<Heartbeat>,
+    since: Instant,
+}
+
+/// Strangers followed at once; heartbeats of more are ignored until some are settled.
+const MAX_STRANGERS: usize = 64;
+
 struct Driver {
     cfg: HeartbeatConfig,
+    /// With a key: senders proving they are alive before they are believed.
+    strangers: HashMap<NodeId, Stranger>,
+    admissions: JoinSet<(NodeId, Verdict)>,
     /// Seals sent heartbeats and opens received ones, with a key.
     seal: Option<DatagramSeal>,
     /// Members other parts suspect (a broken replication link, a missing ack).
@@ -170,6 +186,7 @@ impl Driver {
                     self.send(Announce::Alive).await;
                 }
                 _ = check_every.tick() => {
+                    self.forget_strangers(Instant::now());
                     let events = self.table.tick(Instant::now());
                     self.handle(events);
                     self.publish();
@@ -185,6 +202,13 @@ impl Driver {
                     let events = self.table.on_suspicion(id, Instant::now());
                     self.handle(events);
                 }
+                Some(done) = self.admissions.join_next(), if !self.admissions.is_empty() => {
+                    if let Ok((id, verdict)) = done {
+                        debug!(member = %id, ?verdict, "proof of life done");
+                        let events = self.on_admission(id, verdict);
+                        self.handle(events);
+                    }
+                }
                 Some(done) = self.verifications.join_next(), if !self.verifications.is_empty() => {
                     if let Ok((id, verdict)) = done {
                         debug!(member = %id, ?verdict, "verification done");
@@ -195,6 +219,7 @@ impl Driver {
             }
         }
         self.verifications.abort_all();
+        self.admissions.abort_all();
         if self.cfg.observer {
             info!("stopped listening to the cluster");
             return;
@@ -262,6 +287,10 @@ impl Driver {
                 {
                     warn!(%from, other = %hb.info.id, name = %hb.info.name, "another member uses this node's name");
                 }
+                if self.seal.is_some() && self.table.get(hb.info.id).is_none() {
+                    self.on_stranger(hb, now);
+                    return Vec::new();
+                }
                 let events = self.table.on_heartbeat(hb, now);
                 // Fresh "last heard" figures for /status.
                 self.publish();
@@ -282,6 +311,79 @@ impl Driver {
                 Vec::new()
             }
         }
+    }
+
+    /// With a key, a heartbeat of a sender not in the table is believed only once the
+    /// sender proves it is alive now: it answers a ping on its replication port, over a
+    /// connection whose keys depend on fresh random bytes of ours and on its id. A recorded
+    /// heartbeat replayed to a node that never saw it (a node started later, a balancer, a
+    /// window forgotten) would otherwise bring a dead member back.
+    fn on_stranger(&mut self, hb: Heartbeat, now: Instant) {
+        let id = hb.info.id;
+        if let Some(waiting) = self.strangers.get_mut(&id) {
+            if hb.announce == Announce::Leaving {
+                self.strangers.remove(&id);
+            } else if let Some(latest) = &mut waiting.latest {
+                if hb.seq > latest.seq {
+                    *latest = hb;
+                }
+            }
+            return;
+        }
+        if hb.announce == Announce::Leaving || self.strangers.len() >= MAX_STRANGERS {
+            return;
+        }
+        let addr = hb.info.replication;
+        self.strangers.insert(
+            id,
+            Stranger {
+                latest: Some(hb),
+                since: now,
+            },
+        );
+        let cluster = self.cfg.cluster.clone();
+        let key = self.cfg.key.clone();
+        let me = self.cfg.me.id;
+        let timeout = self.cfg.verify_timeout;
+        self.admissions.spawn(async move {
+            let verdict = verify(addr, &cluster, key.as_ref(), me, id, timeout).await;
+            (id, verdict)
+        });
+    }
+
+    /// The end of a stranger's proof of life: admitted with its latest heartbeat, or not.
+    /// One that failed is not tried again for `drop_after` (its heartbeats keep coming).
+    fn on_admission(&mut self, id: NodeId, verdict: Verdict) -> Vec<Event> {
+        let now = Instant::now();
+        let Some(stranger) = self.strangers.get_mut(&id) else {
+            return Vec::new();
+        };
+        match (verdict, stranger.latest.take()) {
+            (Verdict::Answered, Some(hb)) => {
+                self.strangers.remove(&id);
+                let events = self.table.on_heartbeat(hb, now);
+                self.publish();
+                events
+            }
+            (verdict, latest) => {
+                if let Some(hb) = latest {
+                    if self.notices.allow(&format!("stranger {id}"), now) {
+                        info!(member = %id, name = %hb.info.name, replication = %hb.info.replication, ?verdict, "heartbeats of a member that does not answer on its replication port (a replay, or a port that cannot be reached); not admitted for now");
+                    }
+                }
+                // Kept, without a heartbeat, so that its next ones wait out the interval.
+                stranger.since = now;
+                Vec::new()
+            }
+        }
+    }
+
+    /// Forgets the strangers that failed their proof longer than `drop_after` ago, so they
+    /// may try again.
+    fn forget_strangers(&mut self, now: Instant) {
+        let wait = self.cfg.timing.drop_after;
+        self.strangers
+            .retain(|_, s| s.latest.is_some() || now.saturating_duration_since(s.since) < wait);
     }
 
     async fn on_recv_error(&mut self, e: io::Error) {

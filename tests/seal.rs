@@ -705,3 +705,107 @@ fn a_discovering_balancer_with_the_key_finds_keyed_nodes_and_one_without_finds_n
     assert_eq!(a.members(""), Some(vec!["b".to_string()]));
     assert_eq!(b.members(""), Some(vec!["a".to_string()]));
 }
+
+/// b's sealed heartbeats as an outsider on the group records them, for at least `count`.
+fn record_heartbeats_of(c: &Cluster, b: &NodeProc, count: usize) -> Vec<Vec<u8>> {
+    let status = b.status().expect("b's status");
+    let id = status["node"]["id"].as_str().expect("b's id");
+    let id = u64::from_str_radix(id, 16).expect("a hexadecimal id");
+    let listener = group_listener(c.group());
+    let mut recorded = Vec::new();
+    let mut buf = [0u8; 2048];
+    wait_until(STARTUP, "b's heartbeats recorded", || {
+        if let Ok((len, _)) = listener.recv_from(&mut buf) {
+            // Sealed: magic, then the sender's id in clear.
+            if len > 12 && buf[4..12] == id.to_be_bytes() {
+                recorded.push(buf[..len].to_vec());
+            }
+        }
+        (recorded.len() >= count).then_some(())
+    });
+    recorded
+}
+
+/// Sends `recorded` to the group again, a little apart, until `heard` says they arrived.
+fn replay(c: &Cluster, recorded: &[Vec<u8>], mut heard: impl FnMut() -> bool) {
+    let sender = group_sender();
+    wait_until(STARTUP, "the replayed heartbeats are heard", || {
+        for datagram in recorded {
+            sender.send_to(datagram, c.group()).expect("send");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        heard().then_some(())
+    });
+}
+
+#[test]
+fn recorded_heartbeats_of_a_dead_node_do_not_bring_it_back_on_a_node_started_later() {
+    let (c, key, a, b, _browser) = keyed_pair("seal-ghost");
+    let recorded = record_heartbeats_of(&c, &b, 10);
+    drop(b); // SIGKILL
+    wait_until(STARTUP, "a drops b", || {
+        a.members("")?.is_empty().then_some(())
+    });
+    // A node started later has no replay window for b: only a proof of life can tell.
+    let fresh = keyed_node(&c, "fresh", &key);
+    wait_converged(&[&a, &fresh], STARTUP);
+    let before = membership_counter(&fresh, "heartbeats_received").unwrap_or(0);
+    replay(&c, &recorded, || {
+        membership_counter(&fresh, "heartbeats_received").unwrap_or(0) >= before + 20
+    });
+    assert_eq!(fresh.members(""), Some(vec!["a".to_string()]));
+    assert_eq!(a.members(""), Some(vec!["fresh".to_string()]));
+    let joined_b = fresh
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("member joined") && l.contains("name=b "))
+        .count();
+    assert_eq!(
+        joined_b, 0,
+        "the dead b was admitted from replayed heartbeats"
+    );
+}
+
+#[test]
+fn recorded_heartbeats_of_a_dead_node_send_no_traffic_through_a_balancer_started_later() {
+    let (c, key, a, b, _browser) = keyed_pair("seal-ghost-balancer");
+    let recorded = record_heartbeats_of(&c, &b, 10);
+    drop(b);
+    wait_until(STARTUP, "a drops b", || {
+        a.members("")?.is_empty().then_some(())
+    });
+    let mut args: Vec<OsString> = keyed_args(&key);
+    args.extend(["--set", "balancer.sticky=none"].map(OsString::from));
+    let balancer = BalancerProc::spawn(&c, &args);
+    let routes = |bal: &BalancerProc| -> Option<Vec<String>> {
+        let status: Value = bal.status()?;
+        Some(
+            status["members"]
+                .as_array()?
+                .iter()
+                .filter_map(|m| m["route"].as_str().map(str::to_string))
+                .collect(),
+        )
+    };
+    wait_until(STARTUP, "the balancer discovers a", || {
+        (routes(&balancer)? == ["a"]).then_some(())
+    });
+    // The replays reach the balancer's group socket as they reach a's: a counts them.
+    let before = membership_counter(&a, "dropped_replayed").unwrap_or(0);
+    let mut listed_b = false;
+    let sender = group_sender();
+    wait_until(STARTUP, "the replayed heartbeats are heard", || {
+        for datagram in &recorded {
+            sender.send_to(datagram, c.group()).expect("send");
+            std::thread::sleep(Duration::from_millis(20));
+            listed_b |= routes(&balancer).is_some_and(|r| r.iter().any(|r| r == "b"));
+        }
+        (membership_counter(&a, "dropped_replayed").unwrap_or(0) >= before + 20).then_some(())
+    });
+    assert!(!listed_b, "the balancer listed the dead b");
+    assert_eq!(routes(&balancer), Some(vec!["a".to_string()]));
+    for _ in 0..10 {
+        let got = exchange(balancer.addr, "GET", "/status", None, b"").expect("an answer");
+        assert_eq!(got.status, 200, "{}", got.text());
+    }
+}
