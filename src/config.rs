@@ -126,6 +126,9 @@ impl ClusterConfig {
         let text = std::fs::read_to_string(path).map_err(read)?;
         let key =
             ClusterKey::from_text(&text).map_err(|e| invalid("cluster.key_file", e.to_string()))?;
+        if !ClusterKey::is_generated(&text) {
+            tracing::warn!(path = %path.display(), "the cluster key is a hand-chosen text: whoever records cluster traffic can test guesses offline; a key from `deltacast keygen` cannot be guessed");
+        }
         let mode = std::fs::metadata(path).map_err(read)?.permissions().mode();
         if mode & 0o077 != 0 {
             tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the cluster key file can be read by other users; chmod 600 it");

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -151,7 +151,8 @@ struct Driver {
     metrics: Arc<Metrics>,
     view: watch::Sender<MembershipView>,
     /// Bad datagrams: logged once per sender per interval.
-    bad_senders: LogThrottle<SocketAddr>,
+    /// By address, not port: a sender opening a socket per datagram is still one sender.
+    bad_senders: LogThrottle<IpAddr>,
     /// Other recurring notices (name conflicts, a full table, socket errors), per kind.
     notices: LogThrottle<String>,
     seq: u64,
@@ -305,7 +306,7 @@ impl Driver {
                     WireError::Seal(_) => m.dropped_unauthenticated.inc(),
                     _ => m.dropped_malformed.inc(),
                 }
-                if self.bad_senders.allow(&from, now) {
+                if self.bad_senders.allow(&from.ip(), now) {
                     warn!(%from, reason = e.kind(), error = %e, "dropped datagram (more from this sender are counted, not logged, for a while)");
                 }
                 Vec::new()

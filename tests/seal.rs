@@ -809,3 +809,25 @@ fn recorded_heartbeats_of_a_dead_node_send_no_traffic_through_a_balancer_started
         assert_eq!(got.status, 200, "{}", got.text());
     }
 }
+
+#[test]
+fn an_outsider_cannot_make_a_keyed_node_log_a_line_per_datagram() {
+    let c = Cluster::new("seal-log-flood");
+    let k = keyed_node(&c, "k", &key_file(&c, "k", &keygen()));
+    wait_until(STARTUP, "k is up", || k.status());
+    let before = membership_counter(&k, "dropped_unauthenticated").unwrap_or(0);
+    for _ in 0..300 {
+        // A new socket, so a new source port, for each datagram: no spoofing needed.
+        group_sender()
+            .send_to(b"DCsk not sealed with any key, not even close", c.group())
+            .expect("send");
+    }
+    wait_until(STARTUP, "k counted the 300 datagrams", || {
+        (membership_counter(&k, "dropped_unauthenticated")? >= before + 300).then_some(())
+    });
+    let lines = k.log_text().matches("dropped datagram").count();
+    assert!(
+        lines <= 1,
+        "{lines} log lines for 300 datagrams from one host"
+    );
+}

@@ -31,7 +31,7 @@ impl FrameCodec {
         FrameCodec {
             length: LengthDelimitedCodec::builder()
                 .length_field_length(4)
-                .max_frame_length(MAX_FRAME + seal::FRAME_OVERHEAD)
+                .max_frame_length(MAX_FRAME + overhead(&seal))
                 .new_codec(),
             seal,
         }
@@ -41,12 +41,16 @@ impl FrameCodec {
 impl FrameCodec {
     /// Bytes a frame of `len` bytes takes on the wire: its length prefix, and its seal.
     pub fn wire_len(&self, len: usize) -> u64 {
-        let seal = if self.seal.is_some() {
-            seal::FRAME_OVERHEAD
-        } else {
-            0
-        };
-        (4 + len + seal) as u64
+        (4 + len + overhead(&self.seal)) as u64
+    }
+}
+
+/// Bytes a seal adds to each frame.
+fn overhead(seal: &Option<StreamSeal>) -> usize {
+    if seal.is_some() {
+        seal::FRAME_OVERHEAD
+    } else {
+        0
     }
 }
 

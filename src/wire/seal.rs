@@ -125,6 +125,15 @@ impl ClusterKey {
         })
     }
 
+    /// Whether `text` is a key as `deltacast keygen` makes them (32 bytes, base64url), not a
+    /// hand-chosen text, which could be guessed offline from recorded traffic.
+    pub fn is_generated(text: &str) -> bool {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text.trim())
+            .is_ok_and(|bytes| bytes.len() == 32)
+    }
+
     /// A new random key text: 32 bytes from the operating system's CSPRNG, base64url.
     pub fn generate_text() -> String {
         use base64::Engine;
@@ -458,6 +467,17 @@ mod tests {
         assert_eq!(a.len(), 43);
         assert_ne!(a, b);
         assert!(ClusterKey::from_text(&a).is_ok());
+    }
+
+    #[test]
+    fn a_generated_key_is_told_from_a_hand_chosen_text() {
+        assert!(ClusterKey::is_generated(&ClusterKey::generate_text()));
+        assert!(ClusterKey::is_generated(&format!(
+            " {}\n",
+            ClusterKey::generate_text()
+        )));
+        assert!(!ClusterKey::is_generated(K));
+        assert!(!ClusterKey::is_generated(&"A".repeat(42)));
     }
 
     #[test]
