@@ -6,7 +6,7 @@
 use std::io;
 use std::net::SocketAddr;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Decoder, Encoder, Framed, LengthDelimitedCodec};
@@ -73,10 +73,23 @@ impl Encoder<Bytes> for FrameCodec {
     type Error = io::Error;
 
     fn encode(&mut self, frame: Bytes, dst: &mut BytesMut) -> io::Result<()> {
-        match &mut self.seal {
-            Some(seal) => self.length.encode(seal.seal(&frame), dst),
-            None => self.length.encode(frame, dst),
+        let Some(seal) = &mut self.seal else {
+            return self.length.encode(frame, dst);
+        };
+        // Sealed where it will be sent: no buffer of its own, no second copy.
+        if frame.len() > MAX_FRAME {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("frame of {} bytes exceeds {MAX_FRAME}", frame.len()),
+            ));
         }
+        let len = frame.len() + seal::FRAME_OVERHEAD;
+        dst.reserve(4 + len);
+        dst.put_u32(len as u32);
+        let start = dst.len();
+        dst.extend_from_slice(&frame);
+        seal.seal_into(dst, start);
+        Ok(())
     }
 }
 

@@ -1,6 +1,8 @@
 //! The seal of cluster traffic under a shared key: with `cluster.key_file` set, every
-//! datagram and every stream frame is encrypted and authenticated (XChaCha20-Poly1305), so
-//! only holders of the key can join, read or change anything.
+//! datagram and every stream frame is encrypted and authenticated, so only holders of the
+//! key can join, read or change anything. Datagrams, all under one key, use
+//! XChaCha20-Poly1305 with random nonces (long enough never to repeat by chance); frames,
+//! under keys of their connection, ChaCha20-Poly1305 with their number as the nonce.
 //!
 //! - **Key.** The key file's text (trimmed) is only input keying material: HKDF-SHA256 derives
 //!   one key for datagrams and one secret for streams from it, so neither the text nor a key
@@ -21,7 +23,7 @@ use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag, XChaCha20Poly1305, XNonce};
 use hkdf::Hkdf;
 use sha2::Sha256;
 use thiserror::Error;
@@ -357,8 +359,8 @@ pub enum Role {
 
 /// The seal of one connection: a key and a frame number each way.
 pub struct StreamSeal {
-    sending: XChaCha20Poly1305,
-    receiving: XChaCha20Poly1305,
+    sending: ChaCha20Poly1305,
+    receiving: ChaCha20Poly1305,
     sent: u64,
     received: u64,
 }
@@ -396,8 +398,8 @@ impl StreamSeal {
             Role::Server => (to_client, to_server),
         };
         StreamSeal {
-            sending: XChaCha20Poly1305::new(&sending.into()),
-            receiving: XChaCha20Poly1305::new(&receiving.into()),
+            sending: ChaCha20Poly1305::new(&sending.into()),
+            receiving: ChaCha20Poly1305::new(&receiving.into()),
             sent: 0,
             received: 0,
         }
@@ -405,16 +407,21 @@ impl StreamSeal {
 
     /// The sealed form of the next frame sent.
     pub fn seal(&mut self, frame: &[u8]) -> Bytes {
-        let nonce = frame_nonce(self.sent);
-        self.sent += 1;
         let mut out = BytesMut::with_capacity(frame.len() + TAG_LEN);
         out.extend_from_slice(frame);
+        self.seal_into(&mut out, 0);
+        out.freeze()
+    }
+
+    /// Seals the next frame sent where it lies, `buf[start..]`, and appends its tag.
+    pub fn seal_into(&mut self, buf: &mut BytesMut, start: usize) {
+        let nonce = frame_nonce(self.sent);
+        self.sent += 1;
         let tag = self
             .sending
-            .encrypt_in_place_detached(&nonce, b"", &mut out)
-            .unwrap_or_else(|_| unreachable!("XChaCha20-Poly1305 refused a frame"));
-        out.extend_from_slice(&tag);
-        out.freeze()
+            .encrypt_in_place_detached(&nonce, b"", &mut buf[start..])
+            .unwrap_or_else(|_| unreachable!("ChaCha20-Poly1305 refused a frame"));
+        buf.extend_from_slice(&tag);
     }
 
     /// Opens the next frame received, in place.
@@ -434,8 +441,10 @@ impl StreamSeal {
     }
 }
 
-fn frame_nonce(n: u64) -> XNonce {
-    let mut nonce = XNonce::default();
+/// A frame's number as its nonce. Each connection and direction has keys of its own, so a
+/// counter never repeats under a key, and needs none of XChaCha's extended nonce.
+fn frame_nonce(n: u64) -> Nonce {
+    let mut nonce = Nonce::default();
     nonce[..8].copy_from_slice(&n.to_le_bytes());
     nonce
 }
