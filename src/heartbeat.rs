@@ -353,7 +353,7 @@ impl Driver {
     }
 
     /// The end of a stranger's proof of life: admitted with its latest heartbeat, or not.
-    /// One that failed is not tried again for `drop_after` (its heartbeats keep coming).
+    /// One that failed is tried again one heartbeat interval later, on its next heartbeat.
     fn on_admission(&mut self, id: NodeId, verdict: Verdict) -> Vec<Event> {
         let now = Instant::now();
         let Some(stranger) = self.strangers.get_mut(&id) else {
@@ -379,10 +379,11 @@ impl Driver {
         }
     }
 
-    /// Forgets the strangers that failed their proof longer than `drop_after` ago, so they
-    /// may try again.
+    /// Forgets the strangers that failed their proof longer than a heartbeat interval ago,
+    /// so they may try again: a node that was slow to answer is not kept out for long, and
+    /// a replayed one costs a refused connection per interval.
     fn forget_strangers(&mut self, now: Instant) {
-        let wait = self.cfg.timing.drop_after;
+        let wait = self.cfg.timing.heartbeat;
         self.strangers
             .retain(|_, s| s.latest.is_some() || now.saturating_duration_since(s.since) < wait);
     }
