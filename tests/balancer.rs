@@ -11,16 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{BalancerProc, Browser, Cluster, NodeProc, exchange, free_port, wait_until};
+use common::{BalancerProc, Browser, Cluster, FAST, NodeProc, exchange, free_port, wait_until};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-const FAST: &[&str] = &[
-    "--set",
-    "membership.heartbeat_ms=100",
-    "--set",
-    "membership.drop_ms=1000",
-];
 const STARTUP: Duration = Duration::from_secs(20);
 
 /// A balancer of `cluster` with the fast membership timings and `extra`.
@@ -28,19 +22,6 @@ fn balancer<S: AsRef<OsStr>>(cluster: &Cluster, extra: &[S]) -> BalancerProc {
     let mut args: Vec<OsString> = FAST.iter().map(OsString::from).collect();
     args.extend(extra.iter().map(|a| a.as_ref().to_os_string()));
     BalancerProc::spawn(cluster, &args)
-}
-
-impl BalancerProc {
-    /// The routes of the members the balancer lists, sorted.
-    fn routes(&self) -> Option<Vec<String>> {
-        let mut routes: Vec<String> = self.status()?["members"]
-            .as_array()?
-            .iter()
-            .filter_map(|m| m["route"].as_str().map(str::to_string))
-            .collect();
-        routes.sort();
-        Some(routes)
-    }
 }
 
 fn node(cluster: &Cluster, name: &str) -> NodeProc {

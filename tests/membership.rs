@@ -5,15 +5,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, NodeProc, wait_converged, wait_until};
+use common::{Cluster, FAST, NodeProc, wait_converged, wait_until};
 use nix::sys::signal::Signal;
-
-const FAST: &[&str] = &[
-    "--set",
-    "membership.heartbeat_ms=100",
-    "--set",
-    "membership.drop_ms=1000",
-];
 
 fn names(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()

@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Answer, BIN, Browser, Cluster, exchange, get_json, log_path, wait_until};
+use common::{Answer, BIN, Browser, Cluster, FAST, exchange, get_json, log_path, wait_until};
 use nix::sched::{CloneFlags, setns};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, geteuid};
@@ -28,12 +28,6 @@ use serde_json::Value;
 const SUBNET: [u8; 3] = [10, 213, 77];
 const HTTP_PORT: u16 = 8081;
 const REPLICATION_PORT: u16 = 4001;
-const FAST: [&str; 4] = [
-    "--set",
-    "membership.heartbeat_ms=100",
-    "--set",
-    "membership.drop_ms=1000",
-];
 /// Anti-entropy runs when a link (re)connects; the periodic round every 30 s is the worst
 /// case, plus slack for a loaded machine.
 const UNION_DEADLINE: Duration = Duration::from_secs(45);

@@ -6,15 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Browser, Cluster, NodeProc, wait_converged, wait_until};
+use common::{Browser, Cluster, FAST, NodeProc, wait_converged, wait_until};
 use nix::sys::signal::Signal;
-
-const FAST: &[&str] = &[
-    "--set",
-    "membership.heartbeat_ms=100",
-    "--set",
-    "membership.drop_ms=1000",
-];
 
 fn cluster(name: &str, n: usize, extra: &[&str]) -> (Cluster, Vec<NodeProc>) {
     let c = Cluster::new(name);

@@ -6,16 +6,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Cluster, group_sender, wait_converged, wait_until};
+use common::{Cluster, FAST, group_sender, wait_converged, wait_until};
 use deltacast::wire;
 use rand::{Rng, SeedableRng};
-
-const FAST: &[&str] = &[
-    "--set",
-    "membership.heartbeat_ms=100",
-    "--set",
-    "membership.drop_ms=1000",
-];
 
 fn wait_counted(nodes: &[&common::NodeProc], at_least: u64) {
     let what = format!("{at_least} garbage datagrams are counted");

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{
-    BalancerProc, Browser, Cluster, NodeProc, exchange, free_dual_port, free_port, group_sender,
-    run_cli, wait_converged, wait_until,
+    BalancerProc, Browser, Cluster, FAST, NodeProc, exchange, free_dual_port, free_port,
+    group_sender, run_cli, wait_converged, wait_until,
 };
 use deltacast::membership::NodeId;
 use deltacast::session::{AttributeChange, Delta, SessionId, Version};
@@ -25,14 +25,7 @@ use deltacast::wire::{self, FrameBody};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use rand::{Rng, SeedableRng};
-use serde_json::Value;
 
-const FAST: &[&str] = &[
-    "--set",
-    "membership.heartbeat_ms=100",
-    "--set",
-    "membership.drop_ms=1000",
-];
 const STARTUP: Duration = Duration::from_secs(20);
 
 /// A new key from `deltacast keygen`.
@@ -287,6 +280,19 @@ fn group_listener(group: SocketAddr) -> UdpSocket {
     s.into()
 }
 
+/// Each of `nodes` still holds the one session of `keyed_pair`, with `x = kept`.
+fn assert_kept(browser: &Browser, nodes: &[&NodeProc]) {
+    for node in nodes {
+        assert_eq!(
+            read_x(browser, node),
+            (200, "kept".to_string()),
+            "{}",
+            node.name
+        );
+        assert_eq!(active_sessions(node), Some(1), "{}", node.name);
+    }
+}
+
 /// Two converged nodes a and b sharing a fresh key, and a session with `x = kept` written
 /// on a.
 fn keyed_pair(name: &str) -> (Cluster, PathBuf, NodeProc, NodeProc, Browser) {
@@ -424,15 +430,7 @@ fn a_node_with_another_key_never_joins_and_changes_no_session() {
         (replication_errors(&a)? >= errors_before + 3).then_some(())
     });
 
-    for node in [&a, &b] {
-        assert_eq!(
-            read_x(&browser, node),
-            (200, "kept".to_string()),
-            "{}",
-            node.name
-        );
-        assert_eq!(active_sessions(node), Some(1), "{}", node.name);
-    }
+    assert_kept(&browser, &[&a, &b]);
     // The intruder got no state transfer and sent none.
     assert_eq!(active_sessions(&intruder), Some(1));
     assert_eq!(read_x(&browser, &intruder).0, 404);
@@ -458,10 +456,7 @@ fn a_node_without_a_key_and_keyed_nodes_never_admit_each_other() {
         (a_now >= before_a + 20 && b_now >= before_b + 20 && plain_now >= 20).then_some(())
     });
 
-    for node in [&a, &b] {
-        assert_eq!(read_x(&browser, node), (200, "kept".to_string()));
-        assert_eq!(active_sessions(node), Some(1));
-    }
+    assert_kept(&browser, &[&a, &b]);
     // The keyless node got no state transfer.
     assert_eq!(active_sessions(&plain), Some(0));
     assert_eq!(read_x(&browser, &plain).0, 404);
@@ -556,15 +551,7 @@ fn plain_or_random_bytes_sent_to_a_keyed_node_are_dropped_and_counted_and_change
 
     // Nothing changed, and the keyed nodes still replicate to each other.
     wait_converged(&[&a, &b], STARTUP);
-    for node in [&a, &b] {
-        assert_eq!(
-            read_x(&browser, node),
-            (200, "kept".to_string()),
-            "{}",
-            node.name
-        );
-        assert_eq!(active_sessions(node), Some(1), "{}", node.name);
-    }
+    assert_kept(&browser, &[&a, &b]);
     assert_eq!(
         browser
             .send(b.http, "PUT", "/session/attributes/x", b"after")
@@ -669,18 +656,8 @@ fn a_discovering_balancer_with_the_key_finds_keyed_nodes_and_one_without_finds_n
     args.extend(["--set", "balancer.sticky=none"].map(OsString::from));
     let keyed = BalancerProc::spawn(&c, &args);
     let keyless = BalancerProc::spawn(&c, FAST);
-    let routes = |bal: &BalancerProc| -> Option<Vec<String>> {
-        let status: Value = bal.status()?;
-        let mut routes: Vec<String> = status["members"]
-            .as_array()?
-            .iter()
-            .filter_map(|m| m["route"].as_str().map(str::to_string))
-            .collect();
-        routes.sort();
-        Some(routes)
-    };
     wait_until(STARTUP, "the keyed balancer discovers a and b", || {
-        (routes(&keyed)? == ["a", "b"]).then_some(())
+        (keyed.routes()? == ["a", "b"]).then_some(())
     });
     let mut answered = Vec::new();
     for _ in 0..6 {
@@ -698,7 +675,7 @@ fn a_discovering_balancer_with_the_key_finds_keyed_nodes_and_one_without_finds_n
     assert_eq!(answered, ["a", "b"], "requests went to both members");
 
     // The keyless balancer heard the same heartbeats and could open none of them.
-    assert_eq!(routes(&keyless), Some(Vec::new()));
+    assert_eq!(keyless.routes(), Some(Vec::new()));
     let got = exchange(keyless.addr, "GET", "/status", None, b"").expect("an answer");
     assert_eq!(got.status, 503, "{}", got.text());
     // The balancers only listen: the nodes list each other alone.
@@ -777,18 +754,8 @@ fn recorded_heartbeats_of_a_dead_node_send_no_traffic_through_a_balancer_started
     let mut args: Vec<OsString> = keyed_args(&key);
     args.extend(["--set", "balancer.sticky=none"].map(OsString::from));
     let balancer = BalancerProc::spawn(&c, &args);
-    let routes = |bal: &BalancerProc| -> Option<Vec<String>> {
-        let status: Value = bal.status()?;
-        Some(
-            status["members"]
-                .as_array()?
-                .iter()
-                .filter_map(|m| m["route"].as_str().map(str::to_string))
-                .collect(),
-        )
-    };
     wait_until(STARTUP, "the balancer discovers a", || {
-        (routes(&balancer)? == ["a"]).then_some(())
+        (balancer.routes()? == ["a"]).then_some(())
     });
     // The replays reach the balancer's group socket as they reach a's: a counts them.
     let before = membership_counter(&a, "dropped_replayed").unwrap_or(0);
@@ -798,12 +765,14 @@ fn recorded_heartbeats_of_a_dead_node_send_no_traffic_through_a_balancer_started
         for datagram in &recorded {
             sender.send_to(datagram, c.group()).expect("send");
             std::thread::sleep(Duration::from_millis(20));
-            listed_b |= routes(&balancer).is_some_and(|r| r.iter().any(|r| r == "b"));
+            listed_b |= balancer
+                .routes()
+                .is_some_and(|r| r.iter().any(|r| r == "b"));
         }
         (membership_counter(&a, "dropped_replayed").unwrap_or(0) >= before + 20).then_some(())
     });
     assert!(!listed_b, "the balancer listed the dead b");
-    assert_eq!(routes(&balancer), Some(vec!["a".to_string()]));
+    assert_eq!(balancer.routes(), Some(vec!["a".to_string()]));
     for _ in 0..10 {
         let got = exchange(balancer.addr, "GET", "/status", None, b"").expect("an answer");
         assert_eq!(got.status, 200, "{}", got.text());

@@ -7,15 +7,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use common::{Cluster, NodeProc, wait_until};
+use common::{Cluster, FAST, NodeProc, wait_until};
 use serde_json::Value;
 
-const FAST: &[&str] = &[
-    "--set",
-    "membership.heartbeat_ms=100",
-    "--set",
-    "membership.drop_ms=1000",
-];
 const STARTUP: Duration = Duration::from_secs(20);
 const COOKIE_ATTRIBUTES: &str = "; Path=/; HttpOnly; SameSite=Lax";
 const CLEARED: &str = "JSESSIONID=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax";

@@ -36,6 +36,14 @@ fn claim(port: u16) -> bool {
         .insert(port)
 }
 
+/// Membership timing for tests: heartbeats every 100 ms, a silent member dropped after 1 s.
+pub const FAST: &[&str] = &[
+    "--set",
+    "membership.heartbeat_ms=100",
+    "--set",
+    "membership.drop_ms=1000",
+];
+
 /// A free TCP port on loopback, never the same twice in one test process.
 pub fn free_port() -> u16 {
     loop {
@@ -252,6 +260,17 @@ impl BalancerProc {
     }
 
     /// `/balancer-manager/status`.
+    /// The routes of the members the balancer lists, sorted.
+    pub fn routes(&self) -> Option<Vec<String>> {
+        let mut routes: Vec<String> = self.status()?["members"]
+            .as_array()?
+            .iter()
+            .filter_map(|m| m["route"].as_str().map(str::to_string))
+            .collect();
+        routes.sort();
+        Some(routes)
+    }
+
     pub fn status(&self) -> Option<Value> {
         get_json(self.addr, "/balancer-manager/status")
     }
