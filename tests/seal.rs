@@ -209,8 +209,8 @@ fn forged_deltas_frame(cluster: &str, id: &str, value: &str) -> Vec<u8> {
 }
 
 /// A connection to a replication port after the stream handshake, done with `key_text`
-/// (right or wrong: the hello itself carries no proof of the key), and the seal of its
-/// frames.
+/// (right or wrong: the hello carries no proof of the key; the empty first frame does, and
+/// a wrong key fails there), and the seal of its frames.
 fn sealed_connection(addr: SocketAddr, key_text: &str) -> (TcpStream, StreamSeal) {
     let key = ClusterKey::from_text(key_text).expect("a key");
     let mut s = TcpStream::connect(addr).expect("connect");
@@ -222,7 +222,11 @@ fn sealed_connection(addr: SocketAddr, key_text: &str) -> (TcpStream, StreamSeal
     let theirs = Hello::decode(&theirs).expect("a hello");
     let mine = Hello::new(0x5ea1, theirs.from);
     s.write_all(&mine.encode()).expect("send the hello");
-    let stream_seal = StreamSeal::new(&key, Role::Client, &mine, &theirs);
+    let mut stream_seal = StreamSeal::new(&key, Role::Client, &mine, &theirs);
+    // The client's first frame: an empty one, its proof that it holds the key.
+    let proof = stream_seal.seal(b"");
+    s.write_all(&length_prefixed(&proof))
+        .expect("send the proof of the key");
     (s, stream_seal)
 }
 

@@ -1,7 +1,10 @@
 //! TCP frame streams: a 4-byte big-endian length, then the frame; longer than
 //! [`MAX_FRAME`](crate::wire::MAX_FRAME) is an error that ends the connection. With a
 //! cluster key, each end first sends a hello and every frame is sealed (see
-//! [`crate::wire::seal`]); a frame that fails authentication ends the connection.
+//! [`crate::wire::seal`]); a frame that fails authentication ends the connection. The
+//! client's first frame is an empty one, its proof that it holds the key: until it arrives
+//! the server takes no frame longer than that, so a peer without the key cannot make it
+//! buffer a large one.
 
 use std::io;
 use std::net::SocketAddr;
@@ -24,16 +27,25 @@ pub type FramedStream = Framed<TcpStream, FrameCodec>;
 pub struct FrameCodec {
     length: LengthDelimitedCodec,
     seal: Option<StreamSeal>,
+    /// A server with a key waits for the client's empty first frame, which proves the key.
+    proven: bool,
 }
 
 impl FrameCodec {
-    fn new(seal: Option<StreamSeal>) -> FrameCodec {
+    fn new(seal: Option<StreamSeal>, role: Role) -> FrameCodec {
+        let proven = seal.is_none() || role == Role::Client;
+        let limit = if proven {
+            MAX_FRAME + overhead(&seal)
+        } else {
+            seal::FRAME_OVERHEAD
+        };
         FrameCodec {
             length: LengthDelimitedCodec::builder()
                 .length_field_length(4)
-                .max_frame_length(MAX_FRAME + overhead(&seal))
+                .max_frame_length(limit)
                 .new_codec(),
             seal,
+            proven,
         }
     }
 }
@@ -59,13 +71,21 @@ impl Decoder for FrameCodec {
     type Error = io::Error;
 
     fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
-        let Some(mut frame) = self.length.decode(src)? else {
-            return Ok(None);
-        };
-        if let Some(seal) = &mut self.seal {
-            seal.open(&mut frame).map_err(invalid)?;
+        loop {
+            let Some(mut frame) = self.length.decode(src)? else {
+                return Ok(None);
+            };
+            if let Some(seal) = &mut self.seal {
+                seal.open(&mut frame).map_err(invalid)?;
+            }
+            if self.proven {
+                return Ok(Some(frame));
+            }
+            // The client's proof (an authentic empty frame): from now on, frames of any size.
+            self.proven = true;
+            self.length
+                .set_max_frame_length(MAX_FRAME + seal::FRAME_OVERHEAD);
         }
-        Ok(Some(frame))
     }
 }
 
@@ -123,42 +143,48 @@ async fn framed(
     ends: Ends,
 ) -> io::Result<FramedStream> {
     let _ = stream.set_nodelay(true);
-    let seal = match key {
-        None => None,
-        Some(key) => {
-            let mine = match ends {
-                Ends::Client { me, peer } => Hello::new(me.as_u64(), peer.as_u64()),
-                Ends::Server { me } => Hello::new(me.as_u64(), 0),
-            };
-            // Both ends speak first, so the handshake costs one trip, not two.
-            stream.write_all(&mine.encode()).await?;
-            let mut theirs = [0u8; HELLO_LEN];
-            // The magic first: a peer without the key is refused at its first bytes, even
-            // when it sent fewer than a hello's and waits for an answer.
-            stream.read_exact(&mut theirs[..HELLO_MAGIC.len()]).await?;
-            if theirs[..HELLO_MAGIC.len()] != HELLO_MAGIC {
-                return Err(invalid(SealError::BadHello));
-            }
-            stream.read_exact(&mut theirs[HELLO_MAGIC.len()..]).await?;
-            let theirs = Hello::decode(&theirs).map_err(invalid)?;
-            // The ids are in the keys too; checking them here says what went wrong, at once.
-            Some(match ends {
-                Ends::Client { peer, .. } => {
-                    if theirs.from != peer.as_u64() {
-                        return Err(invalid(SealError::WrongPeer));
-                    }
-                    StreamSeal::new(key, Role::Client, &mine, &theirs)
-                }
-                Ends::Server { me } => {
-                    if theirs.to != me.as_u64() {
-                        return Err(invalid(SealError::WrongPeer));
-                    }
-                    StreamSeal::new(key, Role::Server, &theirs, &mine)
-                }
-            })
-        }
+    let Some(key) = key else {
+        return Ok(Framed::new(stream, FrameCodec::new(None, Role::Client)));
     };
-    Ok(Framed::new(stream, FrameCodec::new(seal)))
+    let mine = match ends {
+        Ends::Client { me, peer } => Hello::new(me.as_u64(), peer.as_u64()),
+        Ends::Server { me } => Hello::new(me.as_u64(), 0),
+    };
+    // Both ends speak first, so the handshake costs one trip, not two.
+    stream.write_all(&mine.encode()).await?;
+    let mut theirs = [0u8; HELLO_LEN];
+    // The magic first: a peer without the key is refused at its first bytes, even when it
+    // sent fewer than a hello's and waits for an answer.
+    stream.read_exact(&mut theirs[..HELLO_MAGIC.len()]).await?;
+    if theirs[..HELLO_MAGIC.len()] != HELLO_MAGIC {
+        return Err(invalid(SealError::BadHello));
+    }
+    stream.read_exact(&mut theirs[HELLO_MAGIC.len()..]).await?;
+    let theirs = Hello::decode(&theirs).map_err(invalid)?;
+    // The ids are in the keys too; checking them here says what went wrong, at once.
+    match ends {
+        Ends::Client { peer, .. } => {
+            if theirs.from != peer.as_u64() {
+                return Err(invalid(SealError::WrongPeer));
+            }
+            let seal = StreamSeal::new(key, Role::Client, &mine, &theirs);
+            let mut codec = FrameCodec::new(Some(seal), Role::Client);
+            let mut proof = BytesMut::new();
+            codec.encode(Bytes::new(), &mut proof)?;
+            stream.write_all(&proof).await?;
+            Ok(Framed::new(stream, codec))
+        }
+        Ends::Server { me } => {
+            if theirs.to != me.as_u64() {
+                return Err(invalid(SealError::WrongPeer));
+            }
+            let seal = StreamSeal::new(key, Role::Server, &theirs, &mine);
+            Ok(Framed::new(
+                stream,
+                FrameCodec::new(Some(seal), Role::Server),
+            ))
+        }
+    }
 }
 
 /// The framed stream of a connection this node (`me`) accepted. The caller bounds the time
@@ -275,6 +301,33 @@ mod tests {
         let server = server.unwrap_err();
         assert_eq!(seal_error(&client), Some(SealError::WrongPeer), "{client}");
         assert_eq!(seal_error(&server), Some(SealError::WrongPeer), "{server}");
+    }
+
+    #[tokio::test]
+    async fn before_the_proof_of_the_key_a_server_takes_no_large_frame() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut framed = accept(stream, Some(&key("a key of the test cluster")), SERVER)
+                .await
+                .unwrap();
+            framed.next().await
+        });
+        // A peer without the key completes the hello, then announces 16 MiB.
+        let mut raw = TcpStream::connect(addr).await.unwrap();
+        raw.write_all(&Hello::new(9, SERVER.as_u64()).encode())
+            .await
+            .unwrap();
+        raw.write_all(&(MAX_FRAME as u32).to_be_bytes())
+            .await
+            .unwrap();
+        raw.write_all(&[0u8; 4096]).await.unwrap();
+        let refused = server.await.unwrap().expect("an answer").unwrap_err();
+        assert!(
+            refused.to_string().contains("frame size too big"),
+            "{refused}"
+        );
     }
 
     #[tokio::test]
