@@ -1,10 +1,10 @@
 //! TCP frame streams: a 4-byte big-endian length, then the frame; longer than
 //! [`MAX_FRAME`](crate::wire::MAX_FRAME) is an error that ends the connection. With a
 //! cluster key, each end first sends a hello and every frame is sealed (see
-//! [`crate::wire::seal`]); a frame that fails authentication ends the connection. The
-//! client's first frame is an empty one, its proof that it holds the key: until it arrives
-//! the server takes no frame longer than that, so a peer without the key cannot make it
-//! buffer a large one.
+//! [`crate::wire::seal`]); a frame that fails authentication ends the connection. Each
+//! end's first frame is an empty one, its proof that it holds the key: until the other's
+//! arrives an end takes no frame longer than that, so a peer without the key (or one that
+//! answers in a member's place) cannot make it buffer a large one.
 
 use std::io;
 use std::net::SocketAddr;
@@ -27,13 +27,13 @@ pub type FramedStream = Framed<TcpStream, FrameCodec>;
 pub struct FrameCodec {
     length: LengthDelimitedCodec,
     seal: Option<StreamSeal>,
-    /// A server with a key waits for the client's empty first frame, which proves the key.
+    /// With a key: whether the other end's empty first frame, which proves the key, came.
     proven: bool,
 }
 
 impl FrameCodec {
-    fn new(seal: Option<StreamSeal>, role: Role) -> FrameCodec {
-        let proven = seal.is_none() || role == Role::Client;
+    fn new(seal: Option<StreamSeal>) -> FrameCodec {
+        let proven = seal.is_none();
         let limit = if proven {
             MAX_FRAME + overhead(&seal)
         } else {
@@ -81,7 +81,7 @@ impl Decoder for FrameCodec {
             if self.proven {
                 return Ok(Some(frame));
             }
-            // The client's proof (an authentic empty frame): from now on, frames of any size.
+            // The other end's proof (an authentic empty frame): from now on, any size.
             self.proven = true;
             self.length
                 .set_max_frame_length(MAX_FRAME + seal::FRAME_OVERHEAD);
@@ -144,7 +144,7 @@ async fn framed(
 ) -> io::Result<FramedStream> {
     let _ = stream.set_nodelay(true);
     let Some(key) = key else {
-        return Ok(Framed::new(stream, FrameCodec::new(None, Role::Client)));
+        return Ok(Framed::new(stream, FrameCodec::new(None)));
     };
     let mine = match ends {
         Ends::Client { me, peer } => Hello::new(me.as_u64(), peer.as_u64()),
@@ -162,29 +162,25 @@ async fn framed(
     stream.read_exact(&mut theirs[HELLO_MAGIC.len()..]).await?;
     let theirs = Hello::decode(&theirs).map_err(invalid)?;
     // The ids are in the keys too; checking them here says what went wrong, at once.
-    match ends {
+    let seal = match ends {
         Ends::Client { peer, .. } => {
             if theirs.from != peer.as_u64() {
                 return Err(invalid(SealError::WrongPeer));
             }
-            let seal = StreamSeal::new(key, Role::Client, &mine, &theirs);
-            let mut codec = FrameCodec::new(Some(seal), Role::Client);
-            let mut proof = BytesMut::new();
-            codec.encode(Bytes::new(), &mut proof)?;
-            stream.write_all(&proof).await?;
-            Ok(Framed::new(stream, codec))
+            StreamSeal::new(key, Role::Client, &mine, &theirs)
         }
         Ends::Server { me } => {
             if theirs.to != me.as_u64() {
                 return Err(invalid(SealError::WrongPeer));
             }
-            let seal = StreamSeal::new(key, Role::Server, &theirs, &mine);
-            Ok(Framed::new(
-                stream,
-                FrameCodec::new(Some(seal), Role::Server),
-            ))
+            StreamSeal::new(key, Role::Server, &theirs, &mine)
         }
-    }
+    };
+    let mut codec = FrameCodec::new(Some(seal));
+    let mut proof = BytesMut::new();
+    codec.encode(Bytes::new(), &mut proof)?;
+    stream.write_all(&proof).await?;
+    Ok(Framed::new(stream, codec))
 }
 
 /// The framed stream of a connection this node (`me`) accepted. The caller bounds the time
@@ -328,6 +324,33 @@ mod tests {
             refused.to_string().contains("frame size too big"),
             "{refused}"
         );
+    }
+
+    #[tokio::test]
+    async fn before_the_proof_of_the_key_a_client_takes_no_large_frame_either() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut raw, _) = listener.accept().await.unwrap();
+            // A party without the key answering in the server's place: the id is in clear.
+            raw.write_all(&Hello::new(SERVER.as_u64(), 0).encode())
+                .await
+                .unwrap();
+            raw.write_all(&(MAX_FRAME as u32).to_be_bytes())
+                .await
+                .unwrap();
+            let _ = raw.write_all(&[0u8; 4096]).await;
+            let mut sink = [0u8; 1024];
+            while matches!(raw.read(&mut sink).await, Ok(n) if n > 0) {}
+        });
+        let k = key("a key of the test cluster");
+        let mut client = connect(addr, Some(&k), CLIENT, SERVER).await.unwrap();
+        let refused = client.next().await.expect("an answer").unwrap_err();
+        assert!(
+            refused.to_string().contains("frame size too big"),
+            "{refused}"
+        );
+        assert!(client.read_buffer().capacity() < 64 * 1024);
     }
 
     #[tokio::test]
