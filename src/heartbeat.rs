@@ -108,7 +108,7 @@ pub async fn run(
             .clone()
             .map(|key| DatagramSeal::new(key, cfg.me.id.as_u64())),
         suspicions,
-        strangers: HashMap::new(),
+        strangers: Strangers::new(cfg.timing.heartbeat, cfg.verify_timeout),
         admissions: JoinSet::new(),
         table: MemberTable::new(cfg.me.id, cfg.timing),
         bad_senders: LogThrottle::new(cfg.log_interval),
@@ -126,20 +126,106 @@ pub async fn run(
     driver.run(shutdown).await;
 }
 
-/// A sender heard from, with a key, that is not in the table yet: its proof of life is
-/// under way (`latest` is its newest heartbeat), or failed at `since`.
-struct Stranger {
-    latest: Option<Heartbeat>,
-    since: Instant,
+/// Proofs of life under way at once; heartbeats of more strangers wait for a free one.
+/// A proof of a sender that is gone ends at once (refused) or within its timeout.
+const MAX_STRANGERS: usize = 256;
+
+/// Strangers whose proof failed, remembered so that their next heartbeats wait an interval.
+/// Past this many, the oldest are forgotten (they are then simply proven again).
+const MAX_TURNED_AWAY: usize = 4096;
+
+/// With a key, the senders heard from that are not members yet: each must prove it is alive
+/// (answer a sealed ping on its replication port) before its heartbeat is believed. A
+/// recorded heartbeat replayed to a node that never saw it (a node started later, a
+/// balancer, a window forgotten) would otherwise bring a dead member back. Pure: time is
+/// passed in.
+struct Strangers {
+    /// Proofs under way: the sender's newest heartbeat, and when its proof began.
+    proving: HashMap<NodeId, (Heartbeat, Instant)>,
+    /// Senders whose proof failed (or that left, or the table refused), until they may try
+    /// again on their next heartbeat.
+    turned_away: HashMap<NodeId, Instant>,
+    /// How long a sender is turned away: one heartbeat interval.
+    retry_after: Duration,
+    /// A proof older than this has ended without a verdict (its task is gone): dropped.
+    longest: Duration,
 }
 
-/// Strangers followed at once; heartbeats of more are ignored until some are settled.
-const MAX_STRANGERS: usize = 64;
+impl Strangers {
+    fn new(retry_after: Duration, proof_timeout: Duration) -> Strangers {
+        Strangers {
+            proving: HashMap::new(),
+            turned_away: HashMap::new(),
+            retry_after,
+            longest: proof_timeout * 2 + retry_after,
+        }
+    }
+
+    /// A heartbeat of a sender that is not a member. Returns the proof to start, if one
+    /// must start now.
+    fn heard(&mut self, hb: Heartbeat, now: Instant) -> Option<(NodeId, SocketAddr)> {
+        let id = hb.info.id;
+        if self.turned_away.get(&id).is_some_and(|until| now < *until) {
+            return None;
+        }
+        if let Some((latest, _)) = self.proving.get_mut(&id) {
+            if hb.announce == Announce::Leaving {
+                self.proving.remove(&id);
+                self.turn_away(id, now);
+            } else if hb.seq > latest.seq {
+                *latest = hb;
+            }
+            return None;
+        }
+        if hb.announce == Announce::Leaving || self.proving.len() >= MAX_STRANGERS {
+            return None;
+        }
+        let addr = hb.info.replication;
+        self.proving.insert(id, (hb, now));
+        Some((id, addr))
+    }
+
+    /// The verdict of `id`'s proof: its newest heartbeat if it answered (to give to the
+    /// table); otherwise it is turned away for an interval. The heartbeat of a failed proof
+    /// is returned as the error, for the log.
+    fn proved(
+        &mut self,
+        id: NodeId,
+        verdict: Verdict,
+        now: Instant,
+    ) -> Option<Result<Heartbeat, Heartbeat>> {
+        let (hb, _) = self.proving.remove(&id)?;
+        if verdict == Verdict::Answered {
+            return Some(Ok(hb));
+        }
+        self.turn_away(id, now);
+        Some(Err(hb))
+    }
+
+    fn turn_away(&mut self, id: NodeId, now: Instant) {
+        if self.turned_away.len() >= MAX_TURNED_AWAY {
+            self.turned_away.retain(|_, until| now < *until);
+            if self.turned_away.len() >= MAX_TURNED_AWAY {
+                self.turned_away.clear();
+            }
+        }
+        self.turned_away.insert(id, now + self.retry_after);
+    }
+
+    /// Forgets the turned-away senders whose interval is over, and proofs that outlived
+    /// their timeout.
+    fn tick(&mut self, now: Instant) {
+        self.turned_away.retain(|_, until| now < *until);
+        let longest = self.longest;
+        self.proving
+            .retain(|_, (_, since)| now.saturating_duration_since(*since) < longest);
+    }
+}
 
 struct Driver {
     cfg: HeartbeatConfig,
     /// With a key: senders proving they are alive before they are believed.
-    strangers: HashMap<NodeId, Stranger>,
+    strangers: Strangers,
     admissions: JoinSet<(NodeId, Verdict)>,
     /// Seals sent heartbeats and opens received ones, with a key.
     seal: Option<DatagramSeal>,
@@ -187,7 +273,7 @@ impl Driver {
                     self.send(Announce::Alive).await;
                 }
                 _ = check_every.tick() => {
-                    self.forget_strangers(Instant::now());
+                    self.strangers.tick(Instant::now());
                     let events = self.table.tick(Instant::now());
                     self.handle(events);
                     self.publish();
@@ -315,33 +401,13 @@ impl Driver {
     }
 
     /// With a key, a heartbeat of a sender not in the table is believed only once the
-    /// sender proves it is alive now: it answers a ping on its replication port, over a
-    /// connection whose keys depend on fresh random bytes of ours and on its id. A recorded
-    /// heartbeat replayed to a node that never saw it (a node started later, a balancer, a
-    /// window forgotten) would otherwise bring a dead member back.
+    /// sender proves it is alive now (see [`Strangers`]): it answers a ping on its
+    /// replication port, over a connection whose keys depend on fresh random bytes of ours
+    /// and on its id.
     fn on_stranger(&mut self, hb: Heartbeat, now: Instant) {
-        let id = hb.info.id;
-        if let Some(waiting) = self.strangers.get_mut(&id) {
-            if hb.announce == Announce::Leaving {
-                self.strangers.remove(&id);
-            } else if let Some(latest) = &mut waiting.latest {
-                if hb.seq > latest.seq {
-                    *latest = hb;
-                }
-            }
+        let Some((id, addr)) = self.strangers.heard(hb, now) else {
             return;
-        }
-        if hb.announce == Announce::Leaving || self.strangers.len() >= MAX_STRANGERS {
-            return;
-        }
-        let addr = hb.info.replication;
-        self.strangers.insert(
-            id,
-            Stranger {
-                latest: Some(hb),
-                since: now,
-            },
-        );
+        };
         let cluster = self.cfg.cluster.clone();
         let key = self.cfg.key.clone();
         let me = self.cfg.me.id;
@@ -352,40 +418,29 @@ impl Driver {
         });
     }
 
-    /// The end of a stranger's proof of life: admitted with its latest heartbeat, or not.
-    /// One that failed is tried again one heartbeat interval later, on its next heartbeat.
+    /// The end of a stranger's proof of life: admitted with its newest heartbeat, or not.
     fn on_admission(&mut self, id: NodeId, verdict: Verdict) -> Vec<Event> {
         let now = Instant::now();
-        let Some(stranger) = self.strangers.get_mut(&id) else {
-            return Vec::new();
-        };
-        match (verdict, stranger.latest.take()) {
-            (Verdict::Answered, Some(hb)) => {
-                self.strangers.remove(&id);
+        match self.strangers.proved(id, verdict, now) {
+            None => Vec::new(),
+            Some(Err(hb)) => {
+                // One line per interval for all of them: a flood of replays is not one of logs.
+                if self.notices.allow(&"stranger".to_string(), now) {
+                    warn!(member = %id, name = %hb.info.name, replication = %hb.info.replication, ?verdict, "heard a member that does not answer on its replication port: not admitted (a replay of a node that is gone, or its replication port cannot be reached from here)");
+                }
+                Vec::new()
+            }
+            Some(Ok(hb)) => {
                 let events = self.table.on_heartbeat(hb, now);
+                if self.table.get(id).is_none() {
+                    // The table refused it (full, an older incarnation of a taken name,
+                    // quarantined): its next heartbeats wait an interval, as a failed proof's.
+                    self.strangers.turn_away(id, now);
+                }
                 self.publish();
                 events
             }
-            (verdict, latest) => {
-                if let Some(hb) = latest {
-                    if self.notices.allow(&format!("stranger {id}"), now) {
-                        info!(member = %id, name = %hb.info.name, replication = %hb.info.replication, ?verdict, "heartbeats of a member that does not answer on its replication port (a replay, or a port that cannot be reached); not admitted for now");
-                    }
-                }
-                // Kept, without a heartbeat, so that its next ones wait out the interval.
-                stranger.since = now;
-                Vec::new()
-            }
         }
-    }
-
-    /// Forgets the strangers that failed their proof longer than a heartbeat interval ago,
-    /// so they may try again: a node that was slow to answer is not kept out for long, and
-    /// a replayed one costs a refused connection per interval.
-    fn forget_strangers(&mut self, now: Instant) {
-        let wait = self.cfg.timing.heartbeat;
-        self.strangers
-            .retain(|_, s| s.latest.is_some() || now.saturating_duration_since(s.since) < wait);
     }
 
     async fn on_recv_error(&mut self, e: io::Error) {
@@ -586,5 +641,112 @@ mod tests {
         .await;
         assert_eq!(verdict, Verdict::NoAnswer);
         stop.cancel();
+    }
+}
+
+#[cfg(test)]
+mod strangers {
+    use super::*;
+    use crate::membership::MemberInfo;
+
+    const INTERVAL: Duration = Duration::from_millis(100);
+    const TIMEOUT: Duration = Duration::from_millis(250);
+
+    fn hb(id: u64, seq: u64, announce: Announce) -> Heartbeat {
+        Heartbeat {
+            info: MemberInfo {
+                id: NodeId::from_u64(id),
+                name: format!("n{id}"),
+                http: "127.0.0.1:1".parse().unwrap(),
+                replication: "127.0.0.1:2".parse().unwrap(),
+                incarnation: 1,
+            },
+            announce,
+            seq,
+        }
+    }
+
+    fn alive(id: u64, seq: u64) -> Heartbeat {
+        hb(id, seq, Announce::Alive)
+    }
+
+    #[test]
+    fn a_stranger_is_admitted_with_its_newest_heartbeat_once_it_answers() {
+        let t0 = Instant::now();
+        let mut s = Strangers::new(INTERVAL, TIMEOUT);
+        assert_eq!(
+            s.heard(alive(1, 1), t0),
+            Some((NodeId::from_u64(1), "127.0.0.1:2".parse().unwrap()))
+        );
+        // One proof at a time; later heartbeats only refresh what will be admitted.
+        assert_eq!(s.heard(alive(1, 3), t0), None);
+        assert_eq!(s.heard(alive(1, 2), t0), None);
+        let admitted = s.proved(NodeId::from_u64(1), Verdict::Answered, t0);
+        assert_eq!(admitted.map(|r| r.map(|hb| hb.seq)), Some(Ok(3)));
+        assert_eq!(s.proved(NodeId::from_u64(1), Verdict::Answered, t0), None);
+    }
+
+    #[test]
+    fn a_failed_proof_is_tried_again_one_interval_later() {
+        let t0 = Instant::now();
+        let mut s = Strangers::new(INTERVAL, TIMEOUT);
+        assert!(s.heard(alive(1, 1), t0).is_some());
+        assert!(matches!(
+            s.proved(NodeId::from_u64(1), Verdict::Refused, t0),
+            Some(Err(_))
+        ));
+        assert_eq!(s.heard(alive(1, 2), t0 + INTERVAL / 2), None);
+        s.tick(t0 + INTERVAL);
+        assert!(s.heard(alive(1, 3), t0 + INTERVAL).is_some());
+    }
+
+    #[test]
+    fn a_stranger_that_leaves_during_its_proof_is_not_admitted_by_it() {
+        let t0 = Instant::now();
+        let mut s = Strangers::new(INTERVAL, TIMEOUT);
+        assert!(s.heard(alive(1, 1), t0).is_some());
+        assert_eq!(s.heard(hb(1, 2, Announce::Leaving), t0), None);
+        assert_eq!(s.proved(NodeId::from_u64(1), Verdict::Answered, t0), None);
+        assert_eq!(
+            s.heard(alive(1, 3), t0),
+            None,
+            "turned away for an interval"
+        );
+        // A leave from a sender never heard starts nothing.
+        assert_eq!(s.heard(hb(2, 1, Announce::Leaving), t0), None);
+    }
+
+    #[test]
+    fn many_senders_that_fail_their_proof_do_not_keep_a_live_one_out() {
+        // Replayed heartbeats of many dead nodes: each proof is refused at once. Failed
+        // ones must not hold the places of proofs under way.
+        let t0 = Instant::now();
+        let mut s = Strangers::new(INTERVAL, TIMEOUT);
+        let mut now = t0;
+        for round in 0..20u64 {
+            for dead in 1000..1000 + 2 * MAX_STRANGERS as u64 {
+                if let Some((id, _)) = s.heard(alive(dead, round), now) {
+                    s.proved(id, Verdict::Refused, now);
+                }
+            }
+            now += INTERVAL / 4;
+            s.tick(now);
+        }
+        assert!(
+            s.heard(alive(1, 1), now).is_some(),
+            "the live sender waits for nothing"
+        );
+    }
+
+    #[test]
+    fn a_proof_without_a_verdict_gives_its_place_back() {
+        let t0 = Instant::now();
+        let mut s = Strangers::new(INTERVAL, TIMEOUT);
+        for id in 0..MAX_STRANGERS as u64 {
+            assert!(s.heard(alive(id + 10, 1), t0).is_some());
+        }
+        assert_eq!(s.heard(alive(1, 1), t0), None, "all places taken");
+        s.tick(t0 + TIMEOUT * 2 + INTERVAL);
+        assert!(s.heard(alive(1, 1), t0 + TIMEOUT * 2 + INTERVAL).is_some());
     }
 }

@@ -811,3 +811,53 @@ fn an_outsider_cannot_make_a_keyed_node_log_a_line_per_datagram() {
         "{lines} log lines for 300 datagrams from one host"
     );
 }
+
+#[test]
+fn heartbeats_of_many_dead_nodes_do_not_keep_a_live_one_out() {
+    // Each dead id's heartbeats are sealed with the key, as a recording of a long run
+    // would be (fresh counters); their replication port refuses, so each proof fails.
+    let c = Cluster::new("seal-many-dead");
+    let text = keygen();
+    let key = key_file(&c, "shared", &text);
+    let a = keyed_node(&c, "a", &key);
+    wait_until(STARTUP, "a is up", || a.status());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let (stop, group, cluster) = (stop.clone(), c.group(), c.name.clone());
+        let key = ClusterKey::from_text(&text).expect("a key");
+        std::thread::spawn(move || {
+            let mut dead: Vec<(u64, seal::DatagramSeal)> = (0..100u64)
+                .map(|i| {
+                    (
+                        0xdead_0000 + i,
+                        seal::DatagramSeal::new(key.clone(), 0xdead_0000 + i),
+                    )
+                })
+                .collect();
+            let sender = group_sender();
+            let until = Instant::now() + STARTUP;
+            // Rounds as fast as they go: every id heard again long before an interval ends.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
+                for (id, s) in &mut dead {
+                    let datagram = forged_heartbeat(&cluster, &format!("dead{id:x}"), *id, Some(s));
+                    let _ = sender.send_to(&datagram, group);
+                }
+            }
+        })
+    };
+    // End to end (the unit tests of `Strangers` hold the rule): the live node gets in
+    // while the flood goes on.
+    let fresh = keyed_node(&c, "fresh", &key);
+    let joined = common::time_until(STARTUP, || {
+        fresh.members("").is_some_and(|m| m == ["a"])
+            && a.members("").is_some_and(|m| m == ["fresh"])
+    });
+    let flooding = !flood.is_finished();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = flood.join();
+    assert!(
+        joined.is_some(),
+        "a live member was kept out by heartbeats of dead ones"
+    );
+    assert!(flooding, "the flood ended before the live member got in");
+}
