@@ -435,9 +435,10 @@ mod tests {
     }
 }
 
-/// Links under a cluster key, against a relay without the key and a peer that refuses.
+/// Links against a relay that sends them to another node than meant, with and without a
+/// cluster key, and against a peer that refuses.
 #[cfg(test)]
-mod sealed_links {
+mod relayed_links {
     use super::*;
     use crate::config::ReplicationMode;
     use crate::membership::MemberView;
@@ -451,6 +452,7 @@ mod sealed_links {
 
     const A: NodeId = NodeId::from_u64(0xa);
     const B: NodeId = NodeId::from_u64(0xb);
+    const C: NodeId = NodeId::from_u64(0xc);
 
     fn key() -> ClusterKey {
         ClusterKey::from_text("a key of the test cluster").unwrap()
@@ -460,12 +462,17 @@ mod sealed_links {
         SessionStore::new(id, Default::default(), 600)
     }
 
-    /// The replication port of `me`, serving `store`, with the key.
-    async fn inbound(me: NodeId, store: SessionStore, stop: &CancellationToken) -> SocketAddr {
+    /// The replication port of `me`, serving `store`.
+    async fn inbound(
+        me: NodeId,
+        store: SessionStore,
+        key: Option<ClusterKey>,
+        stop: &CancellationToken,
+    ) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut cfg = InboundConfig::new("c".into(), me, store, Arc::new(AtomicBool::new(true)));
-        cfg.key = Some(key());
+        cfg.key = key;
         tokio::spawn(serve(
             listener,
             cfg,
@@ -476,7 +483,7 @@ mod sealed_links {
     }
 
     /// A plain byte relay (no key): every connection to it is piped to `to`.
-    async fn relay(to: SocketAddr) -> SocketAddr {
+    async fn relay_to(to: SocketAddr) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -491,14 +498,15 @@ mod sealed_links {
         addr
     }
 
-    /// A's replicator, keyed, with B alive at `b_addr` as A sees it.
+    /// A's replicator, with B alive at `b_addr` as A sees it.
     fn replicator_of_a(
         b_addr: SocketAddr,
+        key: Option<ClusterKey>,
         stop: &CancellationToken,
     ) -> (Replicator, SessionStore, mpsc::Receiver<NodeId>) {
         let mut cfg =
             ReplicationConfig::new("c".into(), A, ReplicationMode::Sync, Duration::from_secs(2));
-        cfg.key = Some(key());
+        cfg.key = key;
         let (suspicions, suspected) = mpsc::channel(100_000);
         let store = store(A);
         let replicator =
@@ -551,19 +559,30 @@ mod sealed_links {
         d
     }
 
+    /// Where a relay without the key sends A's link to B.
+    #[derive(Clone, Copy)]
+    enum Relay {
+        /// Nowhere: A reaches B.
+        None,
+        /// Into A's own replication port.
+        IntoA,
+        /// To a third node, C.
+        ToC,
+    }
+
     /// Writes one session on A in sync mode; says whether B got it and whether A suspected B.
-    async fn write_through(redirect: bool) -> (bool, bool) {
+    async fn write_through(relay: Relay, key: Option<ClusterKey>) -> (bool, bool) {
         let stop = CancellationToken::new();
         let b_store = store(B);
-        let a_port = inbound(A, store(A), &stop).await;
-        let b_port = inbound(B, b_store.clone(), &stop).await;
-        // What A believes is B's replication address: B's, or a relay into A's own port.
-        let b_seen_by_a = if redirect {
-            relay(a_port).await
-        } else {
-            b_port
+        let a_port = inbound(A, store(A), key.clone(), &stop).await;
+        let b_port = inbound(B, b_store.clone(), key.clone(), &stop).await;
+        let c_port = inbound(C, store(C), key.clone(), &stop).await;
+        let b_seen_by_a = match relay {
+            Relay::None => b_port,
+            Relay::IntoA => relay_to(a_port).await,
+            Relay::ToC => relay_to(c_port).await,
         };
-        let (replicator, _, mut suspected) = replicator_of_a(b_seen_by_a, &stop);
+        let (replicator, _, mut suspected) = replicator_of_a(b_seen_by_a, key, &stop);
         linked(&replicator).await;
         let id = SessionId::random();
         replicator.replicate(delta(id)).await;
@@ -575,16 +594,25 @@ mod sealed_links {
 
     #[tokio::test]
     async fn a_sync_write_reaches_the_member_before_it_returns() {
-        assert_eq!(write_through(false).await, (true, false));
+        assert_eq!(write_through(Relay::None, Some(key())).await, (true, false));
+        assert_eq!(write_through(Relay::None, None).await, (true, false));
     }
 
+    /// Before the ids were checked, A acknowledged its own deltas for B, or took C's acks
+    /// for B's: the write returned at once, B never had it, and nobody was suspected.
     #[tokio::test]
-    async fn a_link_relayed_into_the_writer_itself_is_not_taken_for_the_member() {
-        // Before the ids were part of the handshake, A acknowledged its own deltas for B:
-        // the write returned at once, B never had it, and nobody was suspected.
-        let (on_b, suspected) = write_through(true).await;
-        assert!(!on_b);
-        assert!(suspected, "the member behind the relay must be suspected");
+    async fn a_link_relayed_to_another_node_is_not_taken_for_the_member() {
+        for relay in [Relay::IntoA, Relay::ToC] {
+            for key in [Some(key()), None] {
+                let keyed = key.is_some();
+                let (on_b, suspected) = write_through(relay, key).await;
+                assert!(!on_b);
+                assert!(
+                    suspected,
+                    "keyed {keyed}: the member behind the relay is suspected"
+                );
+            }
+        }
     }
 
     #[tokio::test]
@@ -605,7 +633,7 @@ mod sealed_links {
             }
         });
         let stop = CancellationToken::new();
-        let _a = replicator_of_a(addr, &stop);
+        let _a = replicator_of_a(addr, Some(key()), &stop);
         tokio::time::sleep(Duration::from_secs(2)).await;
         stop.cancel();
         let n = accepted.load(Ordering::Relaxed);
