@@ -164,6 +164,61 @@ mod tests {
         }
     }
 
+    /// The replication port of member `id`, holding `sessions` sessions.
+    async fn member_with_sessions(
+        id: u64,
+        sessions: u32,
+    ) -> (std::net::SocketAddr, SessionStore, CancellationToken) {
+        let store = SessionStore::new(NodeId::from_u64(id), Default::default(), 60);
+        for i in 0..sessions {
+            store
+                .update(None, true, 1, |s| s.set("i", Bytes::from(i.to_string())))
+                .unwrap();
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(
+            listener,
+            InboundConfig::new(
+                "c".into(),
+                NodeId::from_u64(id),
+                store.clone(),
+                Arc::new(true.into()),
+            ),
+            Arc::new(Metrics::default()),
+            stop.clone(),
+        ));
+        (addr, store, stop)
+    }
+
+    #[tokio::test]
+    async fn state_is_taken_only_from_the_member_asked() {
+        // Member 3 is listed where member 2 answers (3 restarted as 2, or traffic sent
+        // elsewhere): its "state" is 2's, not 3's, and is not taken for 3's.
+        let (addr, _, stop) = member_with_sessions(2, 10).await;
+        let view = MembershipView {
+            taken_at: std::time::Instant::now(),
+            members: vec![member(3, "moved", addr), member(2, "there", addr)],
+        };
+        let (_tx, rx) = watch::channel(view);
+        let joiner = SessionStore::new(NodeId::from_u64(9), Default::default(), 60);
+        let outcome = run(
+            "c",
+            None,
+            NodeId::from_u64(9),
+            &joiner,
+            rx,
+            Duration::from_secs(1),
+        )
+        .await;
+        assert!(
+            matches!(outcome, Transfer::Done { ref from, sessions: 10, .. } if from == "there"),
+            "{outcome:?}"
+        );
+        stop.cancel();
+    }
+
     #[tokio::test]
     async fn a_member_that_fails_mid_transfer_is_replaced_by_the_next_one() {
         // A member that takes the request and dies.
@@ -175,26 +230,7 @@ mod tests {
                 let _ = s.read(&mut buf).await;
             }
         });
-        // A member with 5000 sessions.
-        let full = SessionStore::new(NodeId::from_u64(2), Default::default(), 60);
-        for i in 0..5000u32 {
-            full.update(None, true, 1, |s| s.set("i", Bytes::from(i.to_string())))
-                .unwrap();
-        }
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let good_addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        tokio::spawn(serve(
-            listener,
-            InboundConfig::new(
-                "c".into(),
-                NodeId::from_u64(2),
-                full.clone(),
-                Arc::new(true.into()),
-            ),
-            Arc::new(Metrics::default()),
-            stop.clone(),
-        ));
+        let (good_addr, full, stop) = member_with_sessions(2, 5000).await;
         let view = MembershipView {
             taken_at: std::time::Instant::now(),
             members: vec![member(1, "dying", dying_addr), member(2, "good", good_addr)],
