@@ -48,9 +48,7 @@ impl FrameCodec {
             proven,
         }
     }
-}
 
-impl FrameCodec {
     /// Bytes a frame of `len` bytes takes on the wire: its length prefix, and its seal.
     pub fn wire_len(&self, len: usize) -> u64 {
         (4 + len + overhead(&self.seal)) as u64
