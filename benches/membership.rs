@@ -4,7 +4,9 @@
 //! - time from kill -9 of a node to its removal on the others;
 //! - CPU and memory of an idle node.
 //!
-//! Run: `cargo bench --bench membership` (add `-- --quick` for fewer, shorter runs).
+//! Run: `cargo bench --bench membership` (add `-- --quick` for fewer, shorter runs; add
+//! `-- --sealed` to give every node a cluster key: a node then admits a new member only
+//! after its proof of life, a sealed ping on its replication port).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -16,22 +18,34 @@ use nix::sys::signal::Signal;
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    let key = std::env::args()
+        .any(|a| a == "--sealed")
+        .then(common::KeyFile::new);
+    let args: Vec<String> = key.as_ref().map(|k| k.args().to_vec()).unwrap_or_default();
+    let args = &args[..];
     let (convergence_runs, kill_runs, idle_secs) = if quick { (3, 5, 10) } else { (5, 10, 30) };
     println!(
-        "deltacast membership benchmark ({} mode)",
-        if quick { "quick" } else { "full" }
+        "deltacast membership benchmark ({} mode{})",
+        if quick { "quick" } else { "full" },
+        if key.is_some() {
+            ", --sealed: every node with a cluster key"
+        } else {
+            ""
+        }
     );
     println!("figure                                   runs   median      min      max");
     for n in [3, 8] {
-        let samples: Vec<Duration> = (0..convergence_runs).map(|_| convergence(n)).collect();
+        let samples: Vec<Duration> = (0..convergence_runs)
+            .map(|_| convergence(n, args))
+            .collect();
         report(
             &format!("convergence of {n} nodes started together"),
             samples,
         );
     }
-    let samples: Vec<Duration> = (0..kill_runs).map(|_| kill_to_removal()).collect();
+    let samples: Vec<Duration> = (0..kill_runs).map(|_| kill_to_removal(args)).collect();
     report("kill -9 to removal on the others", samples);
-    idle(idle_secs);
+    idle(idle_secs, args);
 }
 
 fn all_converged(nodes: &[NodeProc]) -> bool {
@@ -42,22 +56,20 @@ fn all_converged(nodes: &[NodeProc]) -> bool {
 }
 
 /// From the first spawn until every node lists every other as alive.
-fn convergence(n: usize) -> Duration {
+fn convergence(n: usize, args: &[String]) -> Duration {
     let c = Cluster::new("bench-converge");
     let start = Instant::now();
-    let nodes: Vec<NodeProc> = (1..=n)
-        .map(|i| c.node(&format!("n{i}"), common::DEFAULTS))
-        .collect();
+    let nodes: Vec<NodeProc> = (1..=n).map(|i| c.node(&format!("n{i}"), args)).collect();
     time_until(Duration::from_secs(30), || all_converged(&nodes)).expect("the nodes converge");
     start.elapsed()
 }
 
 /// From the SIGKILL until both survivors no longer list the victim.
-fn kill_to_removal() -> Duration {
+fn kill_to_removal(args: &[String]) -> Duration {
     let c = Cluster::new("bench-kill");
-    let a = c.node("a", common::DEFAULTS);
-    let b = c.node("b", common::DEFAULTS);
-    let mut victim = c.node("victim", common::DEFAULTS);
+    let a = c.node("a", args);
+    let b = c.node("b", args);
+    let mut victim = c.node("victim", args);
     let trio = [a, b];
     time_until(Duration::from_secs(30), || {
         trio.iter()
@@ -80,11 +92,9 @@ fn kill_to_removal() -> Duration {
 }
 
 /// CPU% and RSS of each node of an idle 3-node cluster over `secs` seconds.
-fn idle(secs: u64) {
+fn idle(secs: u64, args: &[String]) {
     let c = Cluster::new("bench-idle");
-    let nodes: Vec<NodeProc> = (1..=3)
-        .map(|i| c.node(&format!("n{i}"), common::DEFAULTS))
-        .collect();
+    let nodes: Vec<NodeProc> = (1..=3).map(|i| c.node(&format!("n{i}"), args)).collect();
     time_until(Duration::from_secs(30), || all_converged(&nodes)).expect("the nodes converge");
     std::thread::sleep(Duration::from_secs(2));
     let before: Vec<u64> = nodes.iter().map(|n| common::cpu_ns(n.child.id())).collect();

@@ -38,7 +38,6 @@ mod common;
 
 use std::io::{BufRead, Read, Write};
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -47,7 +46,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{Cluster, NodeProc, wait_converged, wait_until};
-use deltacast::wire::seal::ClusterKey;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Method, Request, header};
@@ -73,7 +71,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    let _key = opts.sealed.then(KeyFile::new);
+    let _key = opts.sealed.then(|| {
+        let file = common::KeyFile::new();
+        let _ = KEY_FILE.set(file.path().to_path_buf());
+        file
+    });
     println!(
         "deltacast replication benchmark ({} mode{}{})",
         if opts.quick { "quick" } else { "standard" },
@@ -385,30 +387,6 @@ fn print_summary(summary: &[Headline]) {
 
 /// With `--sealed`: the key file every node of this run reads.
 static KEY_FILE: OnceLock<PathBuf> = OnceLock::new();
-
-/// A fresh cluster key in a file only this user can read, removed at the end of the run.
-struct KeyFile(PathBuf);
-
-impl KeyFile {
-    fn new() -> KeyFile {
-        let path = std::env::temp_dir().join(format!("deltacast-bench-{}.key", std::process::id()));
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .expect("a new key file in the temporary directory");
-        writeln!(file, "{}", ClusterKey::generate_text()).expect("the key written");
-        let _ = KEY_FILE.set(path.clone());
-        KeyFile(path)
-    }
-}
-
-impl Drop for KeyFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 /// `args`, with the cluster key when the run is sealed.
 fn with_key(args: &[String]) -> Vec<String> {

@@ -552,3 +552,46 @@ pub fn forged_heartbeat(name: &str, id: u64) -> deltacast::membership::Heartbeat
         seq: 1,
     }
 }
+
+/// A fresh cluster key (from the library's `keygen`) in a file only this user can read,
+/// removed on drop: for runs of sealed nodes.
+pub struct KeyFile(PathBuf);
+
+impl KeyFile {
+    pub fn new() -> KeyFile {
+        use std::os::unix::fs::OpenOptionsExt;
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("deltacast-{}-{n}.key", std::process::id()));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .expect("a new key file in the temporary directory");
+        writeln!(
+            file,
+            "{}",
+            deltacast::wire::seal::ClusterKey::generate_text()
+        )
+        .expect("the key written");
+        KeyFile(path)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// `--set cluster.key_file=PATH`, to add to a node's arguments.
+    pub fn args(&self) -> [String; 2] {
+        [
+            "--set".to_string(),
+            format!("cluster.key_file={}", self.0.display()),
+        ]
+    }
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
