@@ -164,6 +164,26 @@ mod tests {
         }
     }
 
+    /// A node (id 9) joining a cluster of `members`: its store, and how the transfer went.
+    async fn join(members: Vec<MemberView>) -> (SessionStore, Transfer) {
+        let view = MembershipView {
+            taken_at: std::time::Instant::now(),
+            members,
+        };
+        let (_tx, rx) = watch::channel(view);
+        let joiner = SessionStore::new(NodeId::from_u64(9), Default::default(), 60);
+        let outcome = run(
+            "c",
+            None,
+            NodeId::from_u64(9),
+            &joiner,
+            rx,
+            Duration::from_secs(1),
+        )
+        .await;
+        (joiner, outcome)
+    }
+
     /// The replication port of member `id`, holding `sessions` sessions.
     async fn member_with_sessions(
         id: u64,
@@ -197,21 +217,8 @@ mod tests {
         // Member 3 is listed where member 2 answers (3 restarted as 2, or traffic sent
         // elsewhere): its "state" is 2's, not 3's, and is not taken for 3's.
         let (addr, _, stop) = member_with_sessions(2, 10).await;
-        let view = MembershipView {
-            taken_at: std::time::Instant::now(),
-            members: vec![member(3, "moved", addr), member(2, "there", addr)],
-        };
-        let (_tx, rx) = watch::channel(view);
-        let joiner = SessionStore::new(NodeId::from_u64(9), Default::default(), 60);
-        let outcome = run(
-            "c",
-            None,
-            NodeId::from_u64(9),
-            &joiner,
-            rx,
-            Duration::from_secs(1),
-        )
-        .await;
+        let members = vec![member(3, "moved", addr), member(2, "there", addr)];
+        let (_, outcome) = join(members).await;
         assert!(
             matches!(outcome, Transfer::Done { ref from, sessions: 10, .. } if from == "there"),
             "{outcome:?}"
@@ -231,21 +238,8 @@ mod tests {
             }
         });
         let (good_addr, full, stop) = member_with_sessions(2, 5000).await;
-        let view = MembershipView {
-            taken_at: std::time::Instant::now(),
-            members: vec![member(1, "dying", dying_addr), member(2, "good", good_addr)],
-        };
-        let (_tx, rx) = watch::channel(view);
-        let joiner = SessionStore::new(NodeId::from_u64(9), Default::default(), 60);
-        let outcome = run(
-            "c",
-            None,
-            NodeId::from_u64(9),
-            &joiner,
-            rx,
-            Duration::from_secs(1),
-        )
-        .await;
+        let members = vec![member(1, "dying", dying_addr), member(2, "good", good_addr)];
+        let (joiner, outcome) = join(members).await;
         assert!(
             matches!(outcome, Transfer::Done { ref from, sessions: 5000, .. } if from == "good"),
             "{outcome:?}"
