@@ -172,7 +172,8 @@ impl Strangers {
             if hb.announce == Announce::Leaving {
                 self.proving.remove(&id);
                 self.turn_away(id, now);
-            } else if hb.seq > latest.seq {
+            } else if hb.seq > latest.seq && hb.info.replication == latest.info.replication {
+                // Only at the address being proven (an id keeps its addresses for life).
                 *latest = hb;
             }
             return None;

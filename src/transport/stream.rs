@@ -32,8 +32,8 @@ pub struct FrameCodec {
 }
 
 impl FrameCodec {
-    fn new(seal: Option<StreamSeal>) -> FrameCodec {
-        let proven = seal.is_none();
+    /// `proven`: whether the other end's proof of the key came already (or there is no key).
+    fn new(seal: Option<StreamSeal>, proven: bool) -> FrameCodec {
         let limit = if proven {
             MAX_FRAME + overhead(&seal)
         } else {
@@ -78,6 +78,9 @@ impl Decoder for FrameCodec {
             }
             if self.proven {
                 return Ok(Some(frame));
+            }
+            if !frame.is_empty() {
+                return Err(invalid(SealError::Unauthenticated));
             }
             // The other end's proof (an authentic empty frame): from now on, any size.
             self.proven = true;
@@ -142,7 +145,7 @@ async fn framed(
 ) -> io::Result<FramedStream> {
     let _ = stream.set_nodelay(true);
     let Some(key) = key else {
-        return Ok(Framed::new(stream, FrameCodec::new(None)));
+        return Ok(Framed::new(stream, FrameCodec::new(None, true)));
     };
     let mine = match ends {
         Ends::Client { me, peer } => Hello::new(me.as_u64(), peer.as_u64()),
@@ -174,7 +177,21 @@ async fn framed(
             StreamSeal::new(key, Role::Server, &theirs, &mine)
         }
     };
-    let mut codec = FrameCodec::new(Some(seal));
+    // The client proves the key first; the server proves it only to a client that did, so
+    // that nobody without the key gets a sealed frame to test guesses of it against.
+    let mut codec = match ends {
+        Ends::Client { .. } => FrameCodec::new(Some(seal), false),
+        Ends::Server { .. } => {
+            let mut codec = FrameCodec::new(Some(seal), false);
+            let mut theirs = BytesMut::zeroed(4 + seal::FRAME_OVERHEAD);
+            stream.read_exact(&mut theirs).await?;
+            match codec.decode(&mut theirs) {
+                Ok(None) if codec.proven => codec,
+                // Another key, or something longer than a proof.
+                _ => return Err(invalid(SealError::Unauthenticated)),
+            }
+        }
+    };
     let mut proof = BytesMut::new();
     codec.encode(Bytes::new(), &mut proof)?;
     stream.write_all(&proof).await?;
@@ -215,6 +232,7 @@ pub async fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
 mod tests {
     use super::*;
     use futures_util::{SinkExt, StreamExt};
+    use std::time::Duration;
 
     const CLIENT: NodeId = NodeId::from_u64(1);
     const SERVER: NodeId = NodeId::from_u64(2);
@@ -260,16 +278,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn another_key_fails_at_the_first_frame() {
+    async fn another_key_fails_at_the_proof_and_gets_no_sealed_frame() {
         let (client, server) = pair(
             Some(&key("a key of the test cluster")),
             Some(key("another key, same length")),
         )
         .await;
-        let (mut client, mut server) = (client.unwrap(), server.unwrap());
-        client.send(Bytes::from_static(b"hello")).await.unwrap();
-        let e = server.next().await.unwrap().unwrap_err();
-        assert!(is_seal_error(&e), "{e}");
+        let refused = server.unwrap_err();
+        assert_eq!(
+            seal_error(&refused),
+            Some(SealError::Unauthenticated),
+            "{refused}"
+        );
+        // The server closed without its proof: the client's first read ends the stream.
+        let mut client = client.unwrap();
+        assert!(!matches!(client.next().await, Some(Ok(_))));
     }
 
     #[tokio::test]
@@ -303,10 +326,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            let mut framed = accept(stream, Some(&key("a key of the test cluster")), SERVER)
-                .await
-                .unwrap();
-            framed.next().await
+            accept(stream, Some(&key("a key of the test cluster")), SERVER).await
         });
         // A peer without the key completes the hello, then announces 16 MiB.
         let mut raw = TcpStream::connect(addr).await.unwrap();
@@ -317,11 +337,16 @@ mod tests {
             .await
             .unwrap();
         raw.write_all(&[0u8; 4096]).await.unwrap();
-        let refused = server.await.unwrap().expect("an answer").unwrap_err();
-        assert!(
-            refused.to_string().contains("frame size too big"),
+        let refused = server.await.unwrap().unwrap_err();
+        assert_eq!(
+            seal_error(&refused),
+            Some(SealError::Unauthenticated),
             "{refused}"
         );
+        // It never got the server's proof: nothing sealed to test guesses of the key on.
+        let mut answer = Vec::new();
+        let _ = raw.read_to_end(&mut answer).await;
+        assert_eq!(answer.len(), HELLO_LEN, "only the server's hello");
     }
 
     #[tokio::test]
@@ -343,7 +368,11 @@ mod tests {
         });
         let k = key("a key of the test cluster");
         let mut client = connect(addr, Some(&k), CLIENT, SERVER).await.unwrap();
-        let refused = client.next().await.expect("an answer").unwrap_err();
+        let refused = tokio::time::timeout(Duration::from_secs(10), client.next())
+            .await
+            .expect("refused at once, not held")
+            .expect("an answer")
+            .unwrap_err();
         assert!(
             refused.to_string().contains("frame size too big"),
             "{refused}"
