@@ -140,7 +140,9 @@ const MAX_TURNED_AWAY: usize = 4096;
 /// balancer, a window forgotten) would otherwise bring a dead member back. Pure: time is
 /// passed in.
 struct Strangers {
-    /// Proofs under way: the sender's newest heartbeat, and when its proof began.
+    /// Proofs under way: the sender's newest heartbeat (its leave, once it left: the proof
+    /// keeps its place until its verdict, so the cap bounds the checks in flight), and when
+    /// its proof began.
     proving: HashMap<NodeId, (Heartbeat, Instant)>,
     /// Senders whose proof failed (or that left, or the table refused), until they may try
     /// again on their next heartbeat.
@@ -169,9 +171,11 @@ impl Strangers {
             return None;
         }
         if let Some((latest, _)) = self.proving.get_mut(&id) {
+            if latest.announce == Announce::Leaving {
+                return None;
+            }
             if hb.announce == Announce::Leaving {
-                self.proving.remove(&id);
-                self.turn_away(id, now);
+                latest.announce = Announce::Leaving;
             } else if hb.seq > latest.seq && hb.info.replication == latest.info.replication {
                 // Only at the address being proven (an id keeps its addresses for life).
                 *latest = hb;
@@ -196,6 +200,11 @@ impl Strangers {
         now: Instant,
     ) -> Option<Result<Heartbeat, Heartbeat>> {
         let (hb, _) = self.proving.remove(&id)?;
+        if hb.announce == Announce::Leaving {
+            // It left while proving: whatever the verdict, it is not admitted.
+            self.turn_away(id, now);
+            return None;
+        }
         if verdict == Verdict::Answered {
             return Some(Ok(hb));
         }
@@ -707,6 +716,12 @@ mod strangers {
         let mut s = Strangers::new(INTERVAL, TIMEOUT);
         assert!(s.heard(alive(1, 1), t0).is_some());
         assert_eq!(s.heard(hb(1, 2, Announce::Leaving), t0), None);
+        assert_eq!(
+            s.heard(alive(1, 3), t0),
+            None,
+            "no second proof while the first runs"
+        );
+        assert_eq!(s.proving.len(), 1, "its place is kept until the verdict");
         assert_eq!(s.proved(NodeId::from_u64(1), Verdict::Answered, t0), None);
         assert_eq!(
             s.heard(alive(1, 3), t0),
