@@ -1,5 +1,6 @@
 //! The accepting side of the replication port.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +37,9 @@ pub struct InboundConfig {
     pub idle_timeout: Duration,
     /// At most this many inbound connections at once; more are closed at accept.
     pub max_connections: usize,
+    /// At most this many of them from one address, so that one host cannot take every
+    /// slot (a member needs one link, and a few short ones for checks and transfers).
+    pub max_per_address: usize,
     pub log_interval: Duration,
     /// The cluster key: connections begin with its handshake and every frame is sealed.
     pub key: Option<ClusterKey>,
@@ -58,6 +62,7 @@ impl InboundConfig {
             first_frame_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(300),
             max_connections: 1024,
+            max_per_address: 128,
             log_interval: Duration::from_secs(10),
             key: None,
         }
@@ -74,6 +79,7 @@ pub async fn serve(
     let cfg = Arc::new(cfg);
     let throttle = Arc::new(Mutex::new(LogThrottle::<IpAddr>::new(cfg.log_interval)));
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    let per_address = Arc::new(PerAddress::default());
     let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -96,6 +102,13 @@ pub async fn serve(
             }
             continue;
         };
+        let Some(from_address) = per_address.take(peer.ip(), cfg.max_per_address) else {
+            metrics.replication.errors.inc();
+            if throttle.lock().allow(&peer.ip(), Instant::now()) {
+                warn!(%peer, max = cfg.max_per_address, "too many replication connections from this address, closing this one");
+            }
+            continue;
+        };
         let (cfg, metrics, throttle, shutdown) = (
             cfg.clone(),
             metrics.clone(),
@@ -103,7 +116,7 @@ pub async fn serve(
             shutdown.clone(),
         );
         connections.spawn(async move {
-            let _slot = slot;
+            let _slot = (slot, from_address);
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = connection(stream, peer, &cfg, &metrics, &throttle) => {}
@@ -112,6 +125,44 @@ pub async fn serve(
     }
     connections.close();
     connections.wait().await;
+}
+
+/// The inbound connections open per address.
+#[derive(Default)]
+struct PerAddress(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection counted for its address, until dropped.
+struct AddressSlot {
+    counts: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl PerAddress {
+    /// A place for one more connection from `ip`, if it has fewer than `max`.
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<AddressSlot> {
+        let mut counts = self.0.lock();
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock();
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }
 
 async fn connection(
@@ -447,19 +498,72 @@ mod tests {
     use tokio::net::TcpStream;
 
     async fn start() -> (SocketAddr, Arc<Metrics>, CancellationToken) {
+        start_with(|_| {}).await
+    }
+
+    /// The replication port of node 1, its configuration changed by `tweak`.
+    async fn start_with(
+        tweak: impl FnOnce(&mut InboundConfig),
+    ) -> (SocketAddr, Arc<Metrics>, CancellationToken) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let metrics = Arc::new(Metrics::default());
         let stop = CancellationToken::new();
         let store = SessionStore::new(NodeId::from_u64(1), Default::default(), 60);
-        let cfg = InboundConfig::new(
+        let mut cfg = InboundConfig::new(
             "c".into(),
             NodeId::from_u64(1),
             store,
             Arc::new(AtomicBool::new(true)),
         );
+        tweak(&mut cfg);
         tokio::spawn(serve(listener, cfg, metrics.clone(), stop.clone()));
         (addr, metrics, stop)
+    }
+
+    /// Whether the node answers a ping on a new connection.
+    async fn answers_a_ping(addr: SocketAddr) -> bool {
+        let Ok(mut stream) =
+            transport::connect(addr, None, NodeId::from_u64(2), NodeId::from_u64(1)).await
+        else {
+            return false;
+        };
+        let ping = wire::encode_frame("c", NodeId::from_u64(2), &FrameBody::Ping(7));
+        if stream.send(ping).await.is_err() {
+            return false;
+        }
+        matches!(stream.next().await, Some(Ok(frame))
+            if wire::decode_frame(&frame, "c") == Ok((NodeId::from_u64(1), FrameBody::Pong(7))))
+    }
+
+    #[tokio::test]
+    async fn one_address_cannot_take_every_connection_slot() {
+        let (addr, metrics, stop) = start_with(|cfg| cfg.max_per_address = 2).await;
+        // Two silent connections hold this address's places.
+        let silent = [
+            TcpStream::connect(addr).await.expect("connect"),
+            TcpStream::connect(addr).await.expect("connect"),
+        ];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while answers_a_ping(addr).await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "a third connection was served"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert!(metrics.replication.errors.get() >= 1);
+        // One closes: its place is free again.
+        drop(silent);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !answers_a_ping(addr).await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the place was not given back"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
     }
 
     #[tokio::test]
