@@ -38,7 +38,6 @@ mod common;
 
 use std::io::{BufRead, Read, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,7 +72,7 @@ fn main() {
         .expect("a tokio runtime");
     let _key = opts.sealed.then(|| {
         let file = common::KeyFile::new();
-        let _ = KEY_FILE.set(file.path().to_path_buf());
+        let _ = KEY_ARGS.set(file.args());
         file
     });
     println!(
@@ -385,16 +384,13 @@ fn print_summary(summary: &[Headline]) {
 
 // ---- processes -------------------------------------------------------------------------------
 
-/// With `--sealed`: the key file every node of this run reads.
-static KEY_FILE: OnceLock<PathBuf> = OnceLock::new();
+/// With `--sealed`: the arguments that give every node of this run the key.
+static KEY_ARGS: OnceLock<[String; 2]> = OnceLock::new();
 
 /// `args`, with the cluster key when the run is sealed.
 fn with_key(args: &[String]) -> Vec<String> {
     let mut args = args.to_vec();
-    if let Some(path) = KEY_FILE.get() {
-        args.push("--set".to_string());
-        args.push(format!("cluster.key_file={}", path.display()));
-    }
+    args.extend(KEY_ARGS.get().into_iter().flatten().cloned());
     args
 }
 

@@ -123,13 +123,16 @@ impl ClusterConfig {
             path: path.clone(),
             source,
         };
-        let text = std::fs::read_to_string(path).map_err(read)?;
+        // One open: the permissions checked are those of the file read.
+        let mut file = std::fs::File::open(path).map_err(read)?;
+        let mode = file.metadata().map_err(read)?.permissions().mode();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut file, &mut text).map_err(read)?;
         let key =
             ClusterKey::from_text(&text).map_err(|e| invalid("cluster.key_file", e.to_string()))?;
         if !ClusterKey::is_generated(&text) {
             tracing::warn!(path = %path.display(), "the cluster key is a hand-chosen text: whoever records cluster traffic can test guesses offline; a key from `deltacast keygen` cannot be guessed");
         }
-        let mode = std::fs::metadata(path).map_err(read)?.permissions().mode();
         if mode & 0o077 != 0 {
             tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the cluster key file can be read by other users; chmod 600 it");
         }

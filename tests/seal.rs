@@ -303,6 +303,15 @@ fn assert_kept(browser: &Browser, nodes: &[&NodeProc]) {
     }
 }
 
+/// A browser with a new session on `node` holding `x = kept`, and the session's id.
+fn kept_session(node: &NodeProc) -> (Browser, String) {
+    let mut browser = Browser::new();
+    let put = browser.send(node.http, "PUT", "/session/attributes/x", b"kept");
+    assert_eq!(put.status, 204);
+    let session = browser.session_id().expect("a session");
+    (browser, session)
+}
+
 /// Two converged nodes a and b sharing a fresh key, and a session with `x = kept` written
 /// on a.
 fn keyed_pair(name: &str) -> (Cluster, PathBuf, NodeProc, NodeProc, Browser) {
@@ -311,9 +320,7 @@ fn keyed_pair(name: &str) -> (Cluster, PathBuf, NodeProc, NodeProc, Browser) {
     let a = keyed_node(&c, "a", &key);
     let b = keyed_node(&c, "b", &key);
     wait_converged(&[&a, &b], STARTUP);
-    let mut browser = Browser::new();
-    let put = browser.send(a.http, "PUT", "/session/attributes/x", b"kept");
-    assert_eq!(put.status, 204);
+    let (browser, _) = kept_session(&a);
     assert_eq!(read_x(&browser, &b), (200, "kept".to_string()));
     (c, key, a, b, browser)
 }
@@ -578,14 +585,7 @@ fn forged_frames_do_overwrite_a_session_when_plain_to_a_keyless_node_or_sealed_w
     // keyed node (plain, or sealed with another key) is the seal's doing.
     let c = Cluster::new("seal-control");
     let n = plain_node(&c, "n");
-    let mut browser = Browser::new();
-    assert_eq!(
-        browser
-            .send(n.http, "PUT", "/session/attributes/x", b"kept")
-            .status,
-        204
-    );
-    let session = browser.session_id().expect("a session");
+    let (browser, session) = kept_session(&n);
     let mut s = TcpStream::connect(n.replication).expect("connect");
     s.write_all(&forged_deltas_frame(&c.name, &session, "forged"))
         .expect("send the frame");
@@ -596,14 +596,7 @@ fn forged_frames_do_overwrite_a_session_when_plain_to_a_keyless_node_or_sealed_w
     let keyed = Cluster::new("seal-control-keyed");
     let text = keygen();
     let k = keyed_node(&keyed, "k", &key_file(&keyed, "k", &text));
-    let mut browser = Browser::new();
-    assert_eq!(
-        browser
-            .send(k.http, "PUT", "/session/attributes/x", b"kept")
-            .status,
-        204
-    );
-    let session = browser.session_id().expect("a session");
+    let (browser, session) = kept_session(&k);
     let (mut s, mut stream_seal) = sealed_connection(k.replication, &text);
     let frame = stream_seal.seal(&forged_deltas(&keyed.name, &session, "forged"));
     s.write_all(&length_prefixed(&frame))

@@ -577,10 +577,6 @@ impl KeyFile {
         KeyFile(path)
     }
 
-    pub fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-
     /// `--set cluster.key_file=PATH`, to add to a node's arguments.
     pub fn args(&self) -> [String; 2] {
         [
