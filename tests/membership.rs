@@ -188,31 +188,17 @@ fn two_clusters_on_one_group_stay_apart() {
 #[test]
 fn static_members_converge_without_multicast_and_detect_kill_and_leave() {
     let c = Cluster::new("static");
-    let ports: Vec<u16> = (0..3).map(|_| common::free_dual_port()).collect();
-    let list = ports
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let set_static = format!("membership.static_members={list}");
-    let spawn = |name: &str, port: u16| {
-        NodeProc::spawn_at(
-            &c,
-            name,
-            port,
-            &[
-                "--set",
-                &set_static,
-                "--set",
-                "membership.heartbeat_ms=100",
-                "--set",
-                "membership.drop_ms=1000",
-            ],
-        )
-    };
-    let a = spawn("a", ports[0]);
-    let b = spawn("b", ports[1]);
-    let mut k = spawn("k", ports[2]);
+    let nodes = common::start_static(
+        &c,
+        &["a", "b", "k"],
+        &[
+            "--set",
+            "membership.heartbeat_ms=100",
+            "--set",
+            "membership.drop_ms=1000",
+        ],
+    );
+    let [a, b, mut k]: [NodeProc; 3] = nodes.try_into().ok().expect("three nodes");
     wait_converged(&[&a, &b, &k], Duration::from_secs(10));
     assert!(
         a.log_text().contains("heartbeats=\"unicast\"")
@@ -266,31 +252,24 @@ fn a_restarted_node_under_the_same_name_replaces_its_old_incarnation() {
 #[test]
 fn a_new_static_member_joins_a_cluster_whose_lists_do_not_name_it() {
     let c = Cluster::new("newstatic");
-    let ports: Vec<u16> = (0..3).map(|_| common::free_dual_port()).collect();
-    let old_list = format!(
-        "membership.static_members=127.0.0.1:{},127.0.0.1:{}",
-        ports[0], ports[1]
-    );
-    let new_list = format!(
-        "membership.static_members=127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}",
-        ports[0], ports[1], ports[2]
-    );
-    let with = |list: &str| -> Vec<String> {
-        [
-            "--set",
-            "membership.heartbeat_ms=100",
-            "--set",
-            "membership.drop_ms=1000",
-            "--set",
-            list,
-        ]
-        .map(String::from)
-        .to_vec()
-    };
-    let a = NodeProc::spawn_at(&c, "a", ports[0], &with(&old_list));
-    let b = NodeProc::spawn_at(&c, "b", ports[1], &with(&old_list));
+    let fast = [
+        "--set",
+        "membership.heartbeat_ms=100",
+        "--set",
+        "membership.drop_ms=1000",
+    ];
+    let [a, b]: [NodeProc; 2] = common::start_static(&c, &["a", "b"], &fast)
+        .try_into()
+        .ok()
+        .expect("two nodes");
     wait_converged(&[&a, &b], Duration::from_secs(10));
-    // Added later without touching a and b: it lists everyone, they answer whoever they hear.
-    let newcomer = NodeProc::spawn_at(&c, "newcomer", ports[2], &with(&new_list));
+    // Added later without touching a and b: it lists them, they answer whoever they hear.
+    let everyone = format!(
+        "membership.static_members={},{}",
+        a.replication, b.replication
+    );
+    let mut with_list = fast.map(String::from).to_vec();
+    with_list.extend(["--set".to_string(), everyone]);
+    let newcomer = NodeProc::spawn(&c, "newcomer", &with_list);
     wait_converged(&[&a, &b, &newcomer], Duration::from_secs(10));
 }

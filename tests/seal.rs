@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{
-    BalancerProc, Browser, Cluster, FAST, NodeProc, exchange, free_dual_port, free_port,
-    group_sender, run_cli, wait_converged, wait_until,
+    BalancerProc, Browser, Cluster, FAST, NodeProc, exchange, group_sender, run_cli,
+    wait_converged, wait_until,
 };
 use deltacast::membership::NodeId;
 use deltacast::session::{AttributeChange, Delta, SessionId, Version};
@@ -108,26 +108,32 @@ struct Spawned {
 }
 
 impl Spawned {
-    fn node(cluster: &Cluster, label: &str, args: &[&str], dir: &Path) -> (Spawned, SocketAddr) {
-        let http = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-        let replication = SocketAddr::from((Ipv4Addr::LOCALHOST, free_dual_port()));
+    fn node(cluster: &Cluster, label: &str, args: &[&str], dir: &Path) -> Spawned {
         let stderr = common::log_path(&cluster.name, label);
         let child = Command::new(common::BIN)
             .arg("node")
             .args(["--cluster", &cluster.name])
             .args(["--multicast", &cluster.multicast])
             .args(["--name", label])
-            .args(["--http", &http.to_string()])
-            .args(["--replication", &replication.to_string()])
+            .args(["--http", "127.0.0.1:0"])
+            .args(["--replication", "127.0.0.1:0"])
             .args(FAST)
             .args(args)
             .current_dir(dir)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(File::create(&stderr).expect("log file"))
             .spawn()
             .expect("spawn deltacast node");
-        (Spawned { child, stderr }, http)
+        Spawned { child, stderr }
+    }
+
+    /// The HTTP address the node reports once it listens.
+    fn http(&mut self) -> SocketAddr {
+        match common::read_listening(&mut self.child, STARTUP) {
+            Ok(found) => found["node.http"],
+            Err(status) => panic!("the node exited {status:?}: {}", self.stderr()),
+        }
     }
 
     /// The exit code once the process ended within `timeout`, or None if it still runs.
@@ -621,7 +627,7 @@ fn a_missing_or_short_key_file_stops_the_node_with_one_line_naming_cluster_key_f
     ];
     for (label, path, says) in cases {
         let set = format!("cluster.key_file={}", path.display());
-        let (mut node, _) = Spawned::node(&c, label, &["--set", &set], &dir);
+        let mut node = Spawned::node(&c, label, &["--set", &set], &dir);
         let code = node
             .exit_code(Duration::from_secs(10))
             .unwrap_or_else(|| panic!("{label}: the node kept running"));
@@ -643,7 +649,8 @@ fn a_missing_or_short_key_file_stops_the_node_with_one_line_naming_cluster_key_f
     let name = format!("{}-sixteen.key", c.name);
     std::fs::write(dir.join(&name), "\n abcdefghijklmnop \n").expect("write");
     let set = format!("cluster.key_file={name}");
-    let (mut node, http) = Spawned::node(&c, "sixteen", &["--set", &set], &dir);
+    let mut node = Spawned::node(&c, "sixteen", &["--set", &set], &dir);
+    let http = node.http();
     wait_until(STARTUP, "the node with a 16-character key answers", || {
         if let Ok(Some(status)) = node.child.try_wait() {
             panic!("the node exited {status}: {}", node.stderr());

@@ -26,9 +26,15 @@ impl Drop for Up {
 
 /// Starts `up` on ephemeral ports and reads its table up to the "Press Ctrl-C" line.
 fn start_up(cluster: &Cluster, nodes: &str) -> Up {
+    start_up_with(cluster, nodes, &[])
+}
+
+/// Like `start_up`, with more arguments.
+fn start_up_with(cluster: &Cluster, nodes: &str, extra: &[&str]) -> Up {
     let log = std::fs::File::create(common::log_path(&cluster.name, "up")).expect("log");
     let mut child = Command::new(BIN)
         .args(["up", "--nodes", nodes, "--cluster", &cluster.name])
+        .args(extra)
         .args([
             "--set",
             "node.http=127.0.0.1:0",
@@ -231,4 +237,96 @@ fn a_stopped_child_does_not_outlive_a_killed_up() {
                 .then_some(())
         },
     );
+}
+
+#[test]
+fn up_with_static_members_lists_its_own_nodes_and_they_see_each_other() {
+    let cluster = Cluster::new("upstatic");
+    // Any list turns multicast off; `up` names its own nodes in place of this one.
+    let mut up = start_up_with(
+        &cluster,
+        "3",
+        &["--set", "membership.static_members=127.0.0.1:1"],
+    );
+    assert!(
+        up.lines.iter().any(|l| l.contains("static members")),
+        "{:?}",
+        up.lines
+    );
+    let nodes = rows(&up);
+    assert_eq!(nodes.len(), 3);
+    for (name, url, _) in &nodes {
+        let status = common::get_json(addr_of(url), "/status").expect("status");
+        let members = status["members"].as_array().expect("members");
+        assert_eq!(members.len(), 2, "{name} sees the others: {status}");
+        for m in members {
+            let replication = m["replication"].as_str().expect("replication");
+            assert!(
+                !replication.ends_with(":1"),
+                "{name} lists a node of up, not the given list"
+            );
+        }
+    }
+    let all = all_rows(&up);
+    let status = common::get_json(addr_of(&all[0].1), "/balancer-manager/status")
+        .expect("the balancer's status");
+    assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
+    kill(Pid::from_raw(up.child.id() as i32), Signal::SIGTERM).expect("SIGTERM up");
+    let status = wait_until(Duration::from_secs(20), "up exits", || {
+        up.child.try_wait().ok().flatten()
+    });
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_node_and_a_balancer_asked_for_port_0_print_the_addresses_they_bound() {
+    let cluster = Cluster::new("listening");
+    let log = std::fs::File::create(common::log_path(&cluster.name, "n1")).expect("log");
+    let mut node = Command::new(BIN)
+        .args(["node", "--cluster", &cluster.name, "--name", "n1"])
+        .args(["--multicast", &cluster.multicast])
+        .args(["--http", "127.0.0.1:0", "--replication", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("spawn node");
+    let node_guard = Killed(&mut node);
+    let stdout = node_guard.0.stdout.take().expect("stdout");
+    let line = BufReader::new(stdout)
+        .lines()
+        .next()
+        .expect("a line")
+        .expect("utf-8");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words.len(), 3, "{line}");
+    assert_eq!(words[0], "listening", "{line}");
+    let http: std::net::SocketAddr = words[1]
+        .strip_prefix("node.http=")
+        .expect("node.http first")
+        .parse()
+        .expect("an address");
+    let replication = words[2]
+        .strip_prefix("node.replication=")
+        .expect("node.replication second");
+    assert_ne!(http.port(), 0);
+    let status = wait_until(Duration::from_secs(20), "the node answers", || {
+        common::get_json(http, "/status")
+    });
+    assert_eq!(status["node"]["http"], http.to_string());
+    assert_eq!(status["node"]["replication"], replication);
+
+    let balancer = common::BalancerProc::spawn(&cluster, common::FAST);
+    assert_ne!(balancer.addr.port(), 0);
+    assert!(balancer.status().is_some(), "it answers where it said");
+}
+
+/// Kills its child by PID when dropped.
+struct Killed<'a>(&'a mut Child);
+
+impl Drop for Killed<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -80,6 +80,16 @@ pub struct Shared {
 
 /// Runs the balancer until `shutdown` is triggered.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), BalancerError> {
+    run_reporting(config, shutdown, |_| {}).await
+}
+
+/// Like [`run`]; `listening` is told the address bound (for port 0, the port the kernel
+/// picked) once the balancer serves.
+pub async fn run_reporting(
+    config: Config,
+    shutdown: Shutdown,
+    listening: impl FnOnce(SocketAddr),
+) -> Result<(), BalancerError> {
     config.validate()?;
     let b = &config.balancer;
     let open_files = limits::raise_open_files_logged();
@@ -139,6 +149,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), BalancerError
             return Err(e);
         }
     };
+    listening(listen);
     info!(
         listen = %listen,
         lbmethod = %b.lbmethod,

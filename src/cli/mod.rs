@@ -191,14 +191,23 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
 async fn run_node(args: NodeArgs) -> Result<ExitCode, CliError> {
     let config = args.load_config()?;
     let shutdown = serve_until_signal(args.parent_pid)?;
-    node::run(config, shutdown).await?;
+    let node = node::start(config, shutdown).await?;
+    let addrs = node.addresses();
+    up::report_listening(&[
+        ("node.http", addrs.http),
+        ("node.replication", addrs.replication),
+    ]);
+    node.stopped().await;
     Ok(ExitCode::SUCCESS)
 }
 
 async fn run_balancer(args: BalancerArgs) -> Result<ExitCode, CliError> {
     let config = args.load_config()?;
     let shutdown = serve_until_signal(args.parent_pid)?;
-    balancer::run(config, shutdown).await?;
+    balancer::run_reporting(config, shutdown, |listen| {
+        up::report_listening(&[("balancer.listen", listen)]);
+    })
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
 

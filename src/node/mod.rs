@@ -103,17 +103,175 @@ const FLUSH_GRACE: Duration = Duration::from_secs(2);
 /// How often static member names are resolved again.
 const RESOLVE_EVERY: Duration = Duration::from_secs(10);
 
+/// The sockets a node serves on, bound before it starts, so that a caller that binds port 0
+/// learns the port it got instead of handing a number to someone who binds it later.
+/// [`Listeners::bind`] binds what the config says; a test or an app may bind its own.
+pub struct Listeners {
+    pub http: TcpListener,
+    pub replication: TcpListener,
+    /// With static members: the heartbeat socket, UDP on the replication port's number.
+    pub unicast: Option<Datagrams>,
+}
+
+/// How often a node asked for port 0 tries another replication port when the UDP port of
+/// the same number (static members' heartbeats) is taken.
+const DUAL_PORT_TRIES: usize = 16;
+
+impl Listeners {
+    /// Binds `node.http` and `node.replication` (and, with static members, the UDP port of
+    /// the replication port's number). Port 0 is a free port the kernel picks.
+    pub async fn bind(config: &Config) -> Result<Listeners, NodeError> {
+        let wanted = config.node.replication;
+        let (replication, unicast) = if config.membership.static_members.is_empty() {
+            (bind_tcp("replication", wanted).await?, None)
+        } else {
+            let mut tries = 0;
+            loop {
+                let listener = bind_tcp("replication", wanted).await?;
+                let local = SocketAddr::new(wanted.ip(), local_addr(&listener).port());
+                match Datagrams::unicast(local) {
+                    Ok(datagrams) => break (listener, Some(datagrams)),
+                    // The kernel picked a TCP port whose UDP twin is taken: pick again.
+                    Err(e)
+                        if wanted.port() == 0
+                            && e.kind() == std::io::ErrorKind::AddrInUse
+                            && tries < DUAL_PORT_TRIES =>
+                    {
+                        tries += 1;
+                    }
+                    Err(source) => {
+                        return Err(NodeError::Bind {
+                            what: "unicast heartbeat",
+                            addr: local.to_string(),
+                            source,
+                        });
+                    }
+                }
+            }
+        };
+        let http = bind_tcp("http", config.node.http).await?;
+        Ok(Listeners {
+            http,
+            replication,
+            unicast,
+        })
+    }
+}
+
+/// Where a started node can be reached, as it announces itself to the cluster (a wildcard
+/// bind is announced as the membership interface).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Addresses {
+    pub http: SocketAddr,
+    pub replication: SocketAddr,
+}
+
+/// A node that runs: its addresses, and the orderly stop that [`RunningNode::stopped`]
+/// performs once its shutdown is triggered.
+#[must_use = "a node stops in order (leave announced, replication flushed) only in `stopped`"]
+pub struct RunningNode {
+    addresses: Addresses,
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+    stop: Stopping,
+}
+
+/// What the orderly stop needs.
+struct Stopping {
+    http_stop: CancellationToken,
+    http_task: tokio::task::JoinHandle<()>,
+    membership_stop: CancellationToken,
+    membership_task: tokio::task::JoinHandle<()>,
+    cluster_stop: CancellationToken,
+}
+
+impl RunningNode {
+    pub fn addresses(&self) -> Addresses {
+        self.addresses
+    }
+
+    /// What the HTTP handlers read: the store, the replicator, the membership view.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Triggers the node's shutdown and waits until it has stopped.
+    pub async fn shutdown(self) {
+        self.shutdown.trigger();
+        self.stopped().await;
+    }
+
+    /// Waits until the node's shutdown is triggered, then stops in order: HTTP first
+    /// (requests in flight finish, their replication included), then the links drain,
+    /// membership announces the leave, and only then the links and the replication port
+    /// close.
+    pub async fn stopped(self) {
+        let RunningNode {
+            shared,
+            shutdown,
+            stop,
+            ..
+        } = self;
+        shutdown.triggered().await;
+        shared.set_state(NodeState::Leaving);
+        info!(name = %shared.me.name, "shutting down");
+        stop.http_stop.cancel();
+        if tokio::time::timeout(DRAIN_GRACE, stop.http_task)
+            .await
+            .is_err()
+        {
+            warn!("requests still running after {DRAIN_GRACE:?}; closing them");
+        }
+        shared.replicator.flush(FLUSH_GRACE).await;
+        // The leave must be announced before the links close, or members would see the
+        // links break and drop us as dead instead.
+        stop.membership_stop.cancel();
+        if tokio::time::timeout(DRAIN_GRACE, stop.membership_task)
+            .await
+            .is_err()
+        {
+            warn!("the leave announcement did not finish within {DRAIN_GRACE:?}");
+        }
+        stop.cluster_stop.cancel();
+        if !shutdown.drain(DRAIN_GRACE).await {
+            warn!("some tasks did not finish within {DRAIN_GRACE:?}; closing them");
+        }
+        info!(name = %shared.me.name, "stopped");
+    }
+}
+
 /// Runs a node until `shutdown` is triggered, then leaves the cluster and returns.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
+    start(config, shutdown).await?.stopped().await;
+    Ok(())
+}
+
+/// Binds what the config says and starts the node; see [`start_with`].
+pub async fn start(config: Config, shutdown: Shutdown) -> Result<RunningNode, NodeError> {
+    let listeners = Listeners::bind(&config).await?;
+    start_with(config, listeners, shutdown).await
+}
+
+/// Starts a node on `listeners`: membership, the replication port and HTTP run on tasks of
+/// `shutdown` when this returns; the node joins (takes the sessions of a member) in the
+/// background and serves sessions once it has.
+pub async fn start_with(
+    config: Config,
+    listeners: Listeners,
+    shutdown: Shutdown,
+) -> Result<RunningNode, NodeError> {
     let key = config.cluster.key()?;
     let open_files = crate::limits::raise_open_files_logged();
     let membership = &config.membership;
-    let replication_listener = bind_tcp("replication", config.node.replication).await?;
+    let Listeners {
+        http: http_listener,
+        replication: replication_listener,
+        unicast,
+    } = listeners;
     let replication_addr = advertised(
         local_addr(&replication_listener),
         membership.interface.into(),
     );
-    let http_listener = bind_tcp("http", config.node.http).await?;
     let http_addr = advertised(local_addr(&http_listener), membership.interface.into());
 
     let static_names = &membership.static_members;
@@ -137,12 +295,17 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
             });
         }
         // Unicast heartbeats share the replication port number, over UDP.
-        let local = SocketAddr::new(config.node.replication.ip(), replication_addr.port());
-        let datagrams = Datagrams::unicast(local).map_err(|source| NodeError::Bind {
-            what: "unicast heartbeat",
-            addr: local.to_string(),
-            source,
-        })?;
+        let datagrams = match unicast {
+            Some(datagrams) => datagrams,
+            None => {
+                let local = SocketAddr::new(config.node.replication.ip(), replication_addr.port());
+                Datagrams::unicast(local).map_err(|source| NodeError::Bind {
+                    what: "unicast heartbeat",
+                    addr: local.to_string(),
+                    source,
+                })?
+            }
+        };
         let (tx, rx) = watch::channel(resolved);
         (
             datagrams,
@@ -214,9 +377,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
         "node started"
     );
 
-    // Stopped in order on shutdown: HTTP first (requests in flight finish, their
-    // replication included), then the links drain, membership announces the leave, and
-    // only then the links and the replication port close.
+    // Each part stops on a token of its own, in the order of `RunningNode::stopped`.
     let cluster_stop = CancellationToken::new();
     let http_stop = CancellationToken::new();
     if let Some((names, tx)) = resolver {
@@ -234,8 +395,6 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
         config.drop_after(),
     );
     hb_cfg.key = key.clone();
-    // Membership stops on its own token, first: the leave must be announced before the
-    // links close, or members would see the links break and drop us as dead instead.
     let membership_stop = CancellationToken::new();
     let membership_task = shutdown.spawn(heartbeat::run(
         hb_cfg,
@@ -288,27 +447,21 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
         joining.replicator.set_ready();
     });
 
-    shutdown.triggered().await;
-    shared.set_state(NodeState::Leaving);
-    info!(name = %me.name, "shutting down");
-    http_stop.cancel();
-    if tokio::time::timeout(DRAIN_GRACE, http_task).await.is_err() {
-        warn!("requests still running after {DRAIN_GRACE:?}; closing them");
-    }
-    replicator.flush(FLUSH_GRACE).await;
-    membership_stop.cancel();
-    if tokio::time::timeout(DRAIN_GRACE, membership_task)
-        .await
-        .is_err()
-    {
-        warn!("the leave announcement did not finish within {DRAIN_GRACE:?}");
-    }
-    cluster_stop.cancel();
-    if !shutdown.drain(DRAIN_GRACE).await {
-        warn!("some tasks did not finish within {DRAIN_GRACE:?}; closing them");
-    }
-    info!(name = %me.name, "stopped");
-    Ok(())
+    Ok(RunningNode {
+        addresses: Addresses {
+            http: http_addr,
+            replication: replication_addr,
+        },
+        shared,
+        shutdown,
+        stop: Stopping {
+            http_stop,
+            http_task,
+            membership_stop,
+            membership_task,
+            cluster_stop,
+        },
+    })
 }
 
 /// Resolves when the node starts leaving (so a join in progress is abandoned).

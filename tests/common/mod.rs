@@ -1,16 +1,18 @@
-//! Helpers for tests that run the real `deltacast` binary: free ports, a cluster name and
-//! multicast port per test, child processes killed by PID when the test ends (even when
-//! it fails), deadline-bounded waits and a tiny HTTP client.
+//! Helpers for tests that run the real `deltacast` binary: a cluster name and multicast
+//! port per test, nodes and balancers that bind port 0 and report the address they got (so
+//! no port is picked here and bound later by a child, when another program may have taken
+//! it), child processes killed by PID when the test ends (even when it fails),
+//! deadline-bounded waits and a tiny HTTP client.
 
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -44,7 +46,8 @@ pub const FAST: &[&str] = &[
     "membership.drop_ms=1000",
 ];
 
-/// A free TCP port on loopback, never the same twice in one test process.
+/// A free TCP port on loopback, never the same twice in one test process: for an address
+/// where nothing listens, or one that must be named before its node starts (static members).
 pub fn free_port() -> u16 {
     loop {
         let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free port");
@@ -55,7 +58,9 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// A port free for both TCP and UDP on loopback (static members use UDP on the replication port).
+/// A port free for both TCP and UDP on loopback (static members use UDP on the replication
+/// port). Another program may take it before a node binds it: start such nodes with
+/// [`start_static`], which starts them again when that happens.
 pub fn free_dual_port() -> u16 {
     loop {
         let port = free_port();
@@ -65,15 +70,92 @@ pub fn free_dual_port() -> u16 {
     }
 }
 
+/// Sockets that hold the multicast ports of this process's clusters until it exits.
+static GROUP_PORTS: Mutex<Vec<socket2::Socket>> = Mutex::new(Vec::new());
+
+/// A UDP port for a cluster's multicast group that no other socket holds, and that none
+/// will take while this test process runs: a socket bound to it stays open, bound first
+/// without SO_REUSEADDR/SO_REUSEPORT (so the kernel offers a port nobody shares, not one
+/// another test's nodes share), then given both, so the cluster's nodes share it. It joins
+/// no group and receives nothing.
 pub fn free_udp_port() -> u16 {
     loop {
-        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind a free udp port");
-        let port = s.local_addr().expect("local addr").port();
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+            .expect("a udp socket");
+        s.set_multicast_all_v4(false).expect("multicast all off");
+        s.bind(&SocketAddr::from((GROUP.parse::<Ipv4Addr>().expect("group"), 0)).into())
+            .expect("bind a free udp port");
+        s.set_reuse_address(true).expect("reuse address");
+        s.set_reuse_port(true).expect("reuse port");
+        let port = s
+            .local_addr()
+            .expect("local addr")
+            .as_socket()
+            .expect("an inet address")
+            .port();
         if claim(port) {
+            GROUP_PORTS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(s);
             return port;
         }
     }
 }
+
+/// The address `deltacast node`/`balancer` reports for `key` in its line on stdout,
+/// `listening KEY=ADDR...` (see the README), read within `timeout`; Err with the
+/// child's exit status when it exits first. The rest of its stdout is drained in the
+/// background.
+pub fn read_listening(
+    child: &mut Child,
+    timeout: Duration,
+) -> Result<HashMap<String, SocketAddr>, Option<ExitStatus>> {
+    let stdout: ChildStdout = child.stdout.take().expect("the child's stdout is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if !sent {
+                if let Some(found) = parse_listening(&line) {
+                    sent = true;
+                    let _ = tx.send(found);
+                }
+            }
+        }
+    });
+    let deadline = Instant::now() + timeout;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(found) => return Ok(found),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(child.wait().ok());
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if Instant::now() > deadline {
+                    return Err(child.try_wait().ok().flatten());
+                }
+            }
+        }
+    }
+}
+
+/// The listeners of a `listening KEY=ADDR...` line, by key.
+pub fn parse_listening(line: &str) -> Option<HashMap<String, SocketAddr>> {
+    let mut words = line.split_whitespace();
+    if words.next() != Some("listening") {
+        return None;
+    }
+    words
+        .map(|pair| {
+            let (key, addr) = pair.split_once('=')?;
+            Some((key.to_string(), addr.parse().ok()?))
+        })
+        .collect()
+}
+
+/// How long a child gets to bind its listeners and say where.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A cluster of its own for one test: a unique name and multicast port.
 #[derive(Clone, Debug)]
@@ -110,7 +192,7 @@ impl Cluster {
         extra: &[S],
         env: &[(&str, String)],
     ) -> NodeProc {
-        NodeProc::spawn_with_env(self, name, free_dual_port(), extra, env)
+        NodeProc::spawn_with_env(self, name, 0, extra, env)
     }
 }
 
@@ -130,11 +212,13 @@ pub fn log_path(cluster: &str, name: &str) -> PathBuf {
 }
 
 impl NodeProc {
+    /// Starts a node of `cluster` on ports it binds itself; panics (with its log) when it
+    /// does not come up.
     pub fn spawn<S: AsRef<OsStr>>(cluster: &Cluster, name: &str, extra: &[S]) -> NodeProc {
-        NodeProc::spawn_at(cluster, name, free_dual_port(), extra)
+        NodeProc::spawn_at(cluster, name, 0, extra)
     }
 
-    /// Like `spawn`, with the replication port chosen by the caller.
+    /// Like `spawn`, with the replication port chosen by the caller (0: any).
     pub fn spawn_at<S: AsRef<OsStr>>(
         cluster: &Cluster,
         name: &str,
@@ -152,7 +236,20 @@ impl NodeProc {
         extra: &[S],
         env: &[(&str, String)],
     ) -> NodeProc {
-        let http = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        NodeProc::try_spawn(cluster, name, replication_port, extra, env).unwrap_or_else(
+            |(status, log)| panic!("node {name} exited while starting ({status:?}):\n{log}"),
+        )
+    }
+
+    /// Starts a node; Err with its exit status and log when it exits before it reports
+    /// its addresses.
+    pub fn try_spawn<S: AsRef<OsStr>>(
+        cluster: &Cluster,
+        name: &str,
+        replication_port: u16,
+        extra: &[S],
+        env: &[(&str, String)],
+    ) -> Result<NodeProc, (Option<ExitStatus>, String)> {
         let replication = SocketAddr::from((Ipv4Addr::LOCALHOST, replication_port));
         let log = log_path(&cluster.name, name);
         let stderr = File::create(&log).expect("log file");
@@ -161,22 +258,35 @@ impl NodeProc {
             .args(["--cluster", &cluster.name])
             .args(["--multicast", &cluster.multicast])
             .args(["--name", name])
-            .args(["--http", &http.to_string()])
+            .args(["--http", "127.0.0.1:0"])
             .args(["--replication", &replication.to_string()])
             .args(extra)
             .env("RUST_LOG", "deltacast=debug")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(stderr);
-        let child = cmd.spawn().expect("spawn deltacast node");
-        NodeProc {
+        let mut child = cmd.spawn().expect("spawn deltacast node");
+        let found = match read_listening(&mut child, START_TIMEOUT) {
+            Ok(found) => found,
+            Err(status) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err((status, std::fs::read_to_string(&log).unwrap_or_default()));
+            }
+        };
+        let addr = |key: &str| {
+            *found
+                .get(key)
+                .unwrap_or_else(|| panic!("{name} reports {key}"))
+        };
+        Ok(NodeProc {
+            http: addr("node.http"),
+            replication: addr("node.replication"),
             child,
             name: name.to_string(),
-            http,
-            replication,
             log,
-        }
+        })
     }
 
     pub fn pid(&self) -> Pid {
@@ -238,20 +348,28 @@ impl BalancerProc {
     /// Starts a balancer of `cluster` on a free port with `args`, and waits until its
     /// manager answers.
     pub fn spawn<S: AsRef<OsStr>>(cluster: &Cluster, args: &[S]) -> BalancerProc {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-        let stderr = File::create(log_path(&cluster.name, "balancer")).expect("log file");
-        let child = Command::new(BIN)
+        let log = log_path(&cluster.name, "balancer");
+        let stderr = File::create(&log).expect("log file");
+        let mut child = Command::new(BIN)
             .arg("balancer")
             .args(["--cluster", &cluster.name])
             .args(["--multicast", &cluster.multicast])
-            .args(["--listen", &addr.to_string()])
+            .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "deltacast=debug")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
             .expect("spawn deltacast balancer");
+        let found = read_listening(&mut child, START_TIMEOUT).unwrap_or_else(|status| {
+            let _ = child.kill();
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("the balancer exited while starting ({status:?}):\n{text}")
+        });
+        let addr = *found
+            .get("balancer.listen")
+            .expect("the balancer reports balancer.listen");
         let b = BalancerProc { child, addr };
         wait_until(Duration::from_secs(20), "the balancer answers", || {
             b.status()
@@ -340,6 +458,47 @@ pub fn wait_converged(nodes: &[&NodeProc], timeout: Duration) {
             })
             .then_some(())
     });
+}
+
+/// How often [`start_static`] starts its nodes again after losing a port.
+const STATIC_ATTEMPTS: usize = 5;
+
+/// Starts nodes `names` of `cluster` that list each other (and only each other) as static
+/// members, with `extra` arguments. Their replication ports must be named before they
+/// start, so they are chosen here; when another program takes one before its node binds
+/// it (the node exits with "Address already in use"), all are started again on others.
+pub fn start_static<S: AsRef<OsStr>>(
+    cluster: &Cluster,
+    names: &[&str],
+    extra: &[S],
+) -> Vec<NodeProc> {
+    for _ in 0..STATIC_ATTEMPTS {
+        let ports: Vec<u16> = names.iter().map(|_| free_dual_port()).collect();
+        let list = ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--set".into(),
+            format!("membership.static_members={list}").into(),
+        ];
+        args.extend(extra.iter().map(|a| a.as_ref().to_os_string()));
+        let mut nodes = Vec::with_capacity(names.len());
+        for (name, port) in names.iter().zip(&ports) {
+            match NodeProc::try_spawn(cluster, name, *port, &args, &[]) {
+                Ok(node) => nodes.push(node),
+                Err((_, log)) if log.contains("Address already in use") => break,
+                Err((status, log)) => {
+                    panic!("node {name} exited while starting ({status:?}):\n{log}")
+                }
+            }
+        }
+        if nodes.len() == names.len() {
+            return nodes;
+        }
+    }
+    panic!("every attempt to start {names:?} lost a port to another program");
 }
 
 /// A plain HTTP/1.1 exchange with `Connection: close`; returns the status code and body.
