@@ -35,9 +35,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError};
-use crate::heartbeat::{self, HeartbeatConfig, MembershipView, Peers};
+use crate::heartbeat::{self, HeartbeatConfig, Peers};
 use crate::limits;
-use crate::membership::{MemberInfo, NodeId};
+use crate::membership::{MemberInfo, MembershipView, NodeId};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::transport::Datagrams;

@@ -589,7 +589,7 @@ async fn method_not_allowed() -> Response {
 mod tests {
     use super::*;
     use crate::config::ReplicationMode;
-    use crate::heartbeat::MembershipView;
+    use crate::membership::MembershipView;
     use crate::membership::{MemberInfo, NodeId};
     use crate::metrics::Metrics;
     use crate::replication::{ReplicationConfig, Replicator};

@@ -3,6 +3,8 @@
 //! the store's versioned merge. The same port answers the failure detector's pings, serves
 //! state transfers to joining nodes and anti-entropy digests.
 
+mod chunk;
+mod entropy;
 mod inbound;
 mod outbound;
 pub mod transfer;
@@ -20,9 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::clock;
 use crate::config::ReplicationMode;
-use crate::heartbeat::MembershipView;
-use crate::membership::{MemberInfo, MemberState, NodeId};
+use crate::membership::{MemberInfo, MemberState, MembershipView, NodeId};
 use crate::metrics::Metrics;
 use crate::session::{Delta, SessionStore};
 use crate::wire;
@@ -315,7 +317,7 @@ impl Replicator {
                 changed = view.changed() => if changed.is_err() { break },
                 _ = access.tick() => self.send_access(),
                 _ = sweep.tick() => {
-                    let stats = self.ctx.store.sweep(crate::node::now_ms());
+                    let stats = self.ctx.store.sweep(clock::now_ms());
                     if stats.expired > 0 || stats.purged > 0 {
                         debug!(expired = stats.expired, purged = stats.purged, "swept sessions");
                     }
@@ -512,9 +514,9 @@ mod relayed_links {
         let replicator =
             Replicator::new(cfg, store.clone(), Arc::new(Metrics::default()), suspicions);
         replicator.set_ready();
-        let view = MembershipView {
-            taken_at: std::time::Instant::now(),
-            members: vec![MemberView {
+        let view = MembershipView::new(
+            std::time::Instant::now(),
+            vec![MemberView {
                 info: MemberInfo {
                     id: B,
                     name: "b".into(),
@@ -525,7 +527,7 @@ mod relayed_links {
                 state: MemberState::Alive,
                 last_heard: Duration::ZERO,
             }],
-        };
+        );
         let (keep, view) = watch::channel(view);
         tokio::spawn(replicator.clone().run(view, stop.clone()));
         // The view's sender must outlive the test: dropping it would end the links.
@@ -546,7 +548,7 @@ mod relayed_links {
     }
 
     fn delta(id: SessionId) -> Delta {
-        let now = crate::node::now_ms();
+        let now = clock::now_ms();
         let mut d = Delta::new(id, now, now);
         d.attributes.push(AttributeChange {
             name: "x".into(),

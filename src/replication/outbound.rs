@@ -3,7 +3,7 @@
 //! again after a reconnect (the merge is idempotent), and every reconnect or overflow is
 //! followed by an anti-entropy exchange so nothing missed stays missed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -14,7 +14,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use super::chunk::chunk;
+use super::entropy::{self, Repair};
 use super::{AckHandle, Context};
+use crate::clock;
 use crate::membership::MemberInfo;
 use crate::session::SessionId;
 use crate::transport;
@@ -277,7 +280,7 @@ impl Link<'_> {
             FrameBody::ShardEntries { shard, entries } => self.reconcile(shard, entries).await?,
             FrameBody::Deltas { deltas, .. } => {
                 // Sessions we pulled.
-                let now = crate::node::now_ms();
+                let now = clock::now_ms();
                 self.ctx
                     .metrics
                     .replication
@@ -298,23 +301,11 @@ impl Link<'_> {
     /// differently, and pull what we miss or hold differently. The merge sorts out which
     /// side is newer, so sending both ways is safe.
     async fn reconcile(&mut self, shard: u32, theirs: Vec<(SessionId, u64)>) -> Result<(), String> {
-        let mine: HashMap<SessionId, u64> =
-            self.ctx.store.shard_entries(shard).into_iter().collect();
-        let theirs: HashMap<SessionId, u64> = theirs.into_iter().collect();
-        let push: Vec<SessionId> = mine
-            .iter()
-            .filter(|(id, h)| theirs.get(*id) != Some(*h))
-            .map(|(id, _)| *id)
-            .collect();
-        let pull: Vec<SessionId> = theirs
-            .iter()
-            .filter(|(id, h)| mine.get(*id) != Some(*h))
-            .map(|(id, _)| *id)
-            .collect();
+        let Repair { push, pull } = entropy::repair(&self.ctx.store.shard_entries(shard), &theirs);
         if !push.is_empty() || !pull.is_empty() {
             debug!(peer = %self.peer.name, shard, push = push.len(), pull = pull.len(), "anti-entropy");
         }
-        for deltas in super::inbound::chunk(self.ctx.store.export(&push)) {
+        for deltas in chunk(self.ctx.store.export(&push)) {
             let deltas = deltas.iter().map(wire::encode_delta).collect();
             self.send_deltas(deltas, Vec::new()).await?;
         }

@@ -8,8 +8,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::heartbeat::MembershipView;
-use crate::membership::{MemberInfo, MemberState, NodeId};
+use crate::clock;
+use crate::membership::{MemberInfo, MemberState, MembershipView, NodeId};
 use crate::session::SessionStore;
 use crate::transport;
 use crate::wire::seal::ClusterKey;
@@ -122,7 +122,7 @@ async fn from_member(
                     done,
                 },
             )) if r == request => {
-                let now = crate::node::now_ms();
+                let now = clock::now_ms();
                 for d in &batch {
                     store.apply(d, now);
                 }
@@ -140,8 +140,7 @@ async fn from_member(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::heartbeat::MembershipView;
-    use crate::membership::{MemberInfo, MemberView};
+    use crate::membership::MemberView;
     use crate::metrics::Metrics;
     use crate::replication::{InboundConfig, serve};
     use bytes::Bytes;
@@ -166,10 +165,7 @@ mod tests {
 
     /// A node (id 9) joining a cluster of `members`: its store, and how the transfer went.
     async fn join(members: Vec<MemberView>) -> (SessionStore, Transfer) {
-        let view = MembershipView {
-            taken_at: std::time::Instant::now(),
-            members,
-        };
+        let view = MembershipView::new(std::time::Instant::now(), members);
         let (_tx, rx) = watch::channel(view);
         let joiner = SessionStore::new(NodeId::from_u64(9), Default::default(), 60);
         let outcome = run(
