@@ -20,7 +20,7 @@ use crate::membership::{
 };
 use crate::metrics::Metrics;
 use crate::throttle::LogThrottle;
-use crate::transport::{self, Datagrams};
+use crate::transport::{self, Datagrams, Streams};
 use crate::wire::seal::{ClusterKey, DatagramSeal, SealError};
 use crate::wire::{self, FrameBody, MAX_DATAGRAM, WireError};
 
@@ -49,6 +49,8 @@ pub struct HeartbeatConfig {
     pub observer: bool,
     /// The cluster key: heartbeats and verifications are sealed with it.
     pub key: Option<ClusterKey>,
+    /// How verifications reach a member's replication port.
+    pub streams: Streams,
 }
 
 impl HeartbeatConfig {
@@ -67,14 +69,15 @@ impl HeartbeatConfig {
             log_interval: drop_after.max(Duration::from_secs(10)),
             observer: false,
             key: None,
+            streams: Streams::Tcp,
         }
     }
 }
 
 /// Runs until `shutdown` is cancelled, then sends the leaving heartbeat and returns.
-pub async fn run(
+pub async fn run<D: Datagrams>(
     cfg: HeartbeatConfig,
-    datagrams: Datagrams,
+    datagrams: D,
     peers: Peers,
     metrics: Arc<Metrics>,
     view: watch::Sender<MembershipView>,
@@ -105,7 +108,7 @@ pub async fn run(
     driver.run(shutdown).await;
 }
 
-struct Driver {
+struct Driver<D> {
     cfg: HeartbeatConfig,
     /// With a key: senders proving they are alive before they are believed.
     strangers: Strangers,
@@ -115,7 +118,7 @@ struct Driver {
     /// Members other parts suspect (a broken replication link, a missing ack).
     suspicions: mpsc::Receiver<NodeId>,
     table: MemberTable,
-    datagrams: Datagrams,
+    datagrams: D,
     peers: Peers,
     metrics: Arc<Metrics>,
     view: watch::Sender<MembershipView>,
@@ -137,7 +140,7 @@ struct Driver {
 /// within this long instead of up to a whole heartbeat interval.
 const ANSWER_SPACING: Duration = Duration::from_millis(20);
 
-impl Driver {
+impl<D: Datagrams> Driver<D> {
     async fn run(&mut self, shutdown: CancellationToken) {
         let heartbeat = self.cfg.timing.heartbeat;
         let mut send_every = tokio::time::interval(heartbeat);
@@ -152,12 +155,12 @@ impl Driver {
                 _ = send_every.tick(), if !self.cfg.observer => self.send(Announce::Alive).await,
                 _ = sleep_until_some(self.answer_at), if self.answer_at.is_some() => {
                     self.answer_at = None;
-                    self.last_answer = Some(Instant::now());
+                    self.last_answer = Some(now());
                     self.send(Announce::Alive).await;
                 }
                 _ = check_every.tick() => {
-                    self.strangers.tick(Instant::now());
-                    let events = self.table.tick(Instant::now());
+                    self.strangers.tick(now());
+                    let events = self.table.tick(now());
                     self.handle(events);
                     self.publish();
                 }
@@ -169,7 +172,7 @@ impl Driver {
                     Err(e) => self.on_recv_error(e).await,
                 },
                 Some(id) = self.suspicions.recv() => {
-                    let events = self.table.on_suspicion(id, Instant::now());
+                    let events = self.table.on_suspicion(id, now());
                     self.handle(events);
                 }
                 Some(done) = self.admissions.join_next(), if !self.admissions.is_empty() => {
@@ -182,7 +185,7 @@ impl Driver {
                 Some(done) = self.verifications.join_next(), if !self.verifications.is_empty() => {
                     if let Ok((id, verdict)) = done {
                         debug!(member = %id, ?verdict, "verification done");
-                        let events = self.table.on_verdict(id, verdict, Instant::now());
+                        let events = self.table.on_verdict(id, verdict, now());
                         self.handle(events);
                     }
                 }
@@ -235,10 +238,7 @@ impl Driver {
             match self.datagrams.send_to(&bytes, target).await {
                 Ok(()) => self.metrics.membership.heartbeats_sent.inc(),
                 Err(e) => {
-                    if self
-                        .notices
-                        .allow(&format!("send {target}"), Instant::now())
-                    {
+                    if self.notices.allow(&format!("send {target}"), now()) {
                         warn!(%target, error = %e, "heartbeat send failed");
                     }
                 }
@@ -247,7 +247,7 @@ impl Driver {
     }
 
     fn on_datagram(&mut self, bytes: &[u8], from: SocketAddr) -> Vec<Event> {
-        let now = Instant::now();
+        let now = now();
         match wire::decode_datagram(bytes, &self.cfg.cluster, self.seal.as_mut()) {
             Ok(hb) if hb.info.id == self.cfg.me.id => Vec::new(),
             Ok(hb) => {
@@ -295,15 +295,16 @@ impl Driver {
         let key = self.cfg.key.clone();
         let me = self.cfg.me.id;
         let timeout = self.cfg.verify_timeout;
+        let streams = self.cfg.streams.clone();
         self.admissions.spawn(async move {
-            let verdict = verify(addr, &cluster, key.as_ref(), me, id, timeout).await;
+            let verdict = verify(&streams, addr, &cluster, key.as_ref(), me, id, timeout).await;
             (id, verdict)
         });
     }
 
     /// The end of a stranger's proof of life: admitted with its newest heartbeat, or not.
     fn on_admission(&mut self, id: NodeId, verdict: Verdict) -> Vec<Event> {
-        let now = Instant::now();
+        let now = now();
         match self.strangers.proved(id, verdict, now) {
             None => Vec::new(),
             Some(Err(hb)) => {
@@ -327,7 +328,7 @@ impl Driver {
     }
 
     async fn on_recv_error(&mut self, e: io::Error) {
-        if self.notices.allow(&"recv".to_string(), Instant::now()) {
+        if self.notices.allow(&"recv".to_string(), now()) {
             warn!(error = %e, "heartbeat receive failed");
         }
         // Never spin on a persistent socket error.
@@ -338,7 +339,7 @@ impl Driver {
         if events.is_empty() {
             return;
         }
-        let now = Instant::now();
+        let now = now();
         let mut answer_now = false;
         for event in events {
             match event {
@@ -359,8 +360,10 @@ impl Driver {
                     let me = self.cfg.me.id;
                     let timeout = self.cfg.verify_timeout;
                     let key = self.cfg.key.clone();
+                    let streams = self.cfg.streams.clone();
                     self.verifications.spawn(async move {
-                        let verdict = verify(addr, &cluster, key.as_ref(), me, id, timeout).await;
+                        let verdict =
+                            verify(&streams, addr, &cluster, key.as_ref(), me, id, timeout).await;
                         (id, verdict)
                     });
                 }
@@ -389,10 +392,16 @@ impl Driver {
     }
 
     fn publish(&self) {
-        let now = Instant::now();
+        let now = now();
         self.view
             .send_replace(MembershipView::new(now, self.table.view(now)));
     }
+}
+
+/// The driver's clock: tokio's, so that under paused time (tests of in-process nodes) the
+/// member table ages as the timers run; outside of tests it reads the same as the system's.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {
@@ -404,6 +413,7 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 /// Verifies a suspect on its replication port: it must answer a ping with its own id.
 /// A bare TCP accept (the kernel's, for a frozen process) is not an answer.
 pub async fn verify(
+    streams: &Streams,
     addr: SocketAddr,
     cluster: &str,
     key: Option<&ClusterKey>,
@@ -412,7 +422,7 @@ pub async fn verify(
     timeout: Duration,
 ) -> Verdict {
     let attempt = async {
-        let mut stream = match transport::connect(addr, key, me, suspect).await {
+        let mut stream = match streams.connect(addr, key, me, suspect).await {
             Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Verdict::Refused,
             // Another node (a restart) on that port: the suspect is gone, as below.
@@ -493,7 +503,16 @@ mod tests {
     #[tokio::test]
     async fn a_live_member_answers_verification() {
         let (addr, stop) = responder(7).await;
-        let verdict = verify(addr, "c", None, NodeId::from_u64(1), NodeId::from_u64(7), T).await;
+        let verdict = verify(
+            &Streams::Tcp,
+            addr,
+            "c",
+            None,
+            NodeId::from_u64(1),
+            NodeId::from_u64(7),
+            T,
+        )
+        .await;
         assert_eq!(verdict, Verdict::Answered);
         stop.cancel();
     }
@@ -504,7 +523,16 @@ mod tests {
             let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             l.local_addr().expect("addr")
         };
-        let verdict = verify(addr, "c", None, NodeId::from_u64(1), NodeId::from_u64(7), T).await;
+        let verdict = verify(
+            &Streams::Tcp,
+            addr,
+            "c",
+            None,
+            NodeId::from_u64(1),
+            NodeId::from_u64(7),
+            T,
+        )
+        .await;
         assert_eq!(verdict, Verdict::Refused);
     }
 
@@ -513,14 +541,32 @@ mod tests {
         // A bound, listening socket nobody accepts from: what a frozen process looks like.
         let frozen = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = frozen.local_addr().expect("addr");
-        let verdict = verify(addr, "c", None, NodeId::from_u64(1), NodeId::from_u64(7), T).await;
+        let verdict = verify(
+            &Streams::Tcp,
+            addr,
+            "c",
+            None,
+            NodeId::from_u64(1),
+            NodeId::from_u64(7),
+            T,
+        )
+        .await;
         assert_eq!(verdict, Verdict::NoAnswer);
     }
 
     #[tokio::test]
     async fn another_process_on_the_port_means_the_suspect_is_gone() {
         let (addr, stop) = responder(8).await;
-        let verdict = verify(addr, "c", None, NodeId::from_u64(1), NodeId::from_u64(7), T).await;
+        let verdict = verify(
+            &Streams::Tcp,
+            addr,
+            "c",
+            None,
+            NodeId::from_u64(1),
+            NodeId::from_u64(7),
+            T,
+        )
+        .await;
         assert_eq!(verdict, Verdict::Refused);
         stop.cancel();
     }
@@ -529,6 +575,7 @@ mod tests {
     async fn a_member_of_another_cluster_on_the_port_is_no_answer() {
         let (addr, stop) = responder(7).await;
         let verdict = verify(
+            &Streams::Tcp,
             addr,
             "other",
             None,

@@ -40,7 +40,7 @@ use crate::limits;
 use crate::membership::{MemberInfo, MembershipView, NodeId};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::transport::Datagrams;
+use crate::transport::UdpDatagrams;
 
 use conn::ConnectionLimit;
 use proxy::{Peer, ProxyBody};
@@ -345,7 +345,7 @@ fn start_discovery(
             "discovering members from unauthenticated heartbeats: anyone on the network can announce a member and receive traffic; set cluster.key_file (see `deltacast keygen`)"
         );
     }
-    let datagrams = Datagrams::multicast(m.multicast, m.interface, m.ttl).map_err(|source| {
+    let datagrams = UdpDatagrams::multicast(m.multicast, m.interface, m.ttl).map_err(|source| {
         BalancerError::Bind {
             what: "multicast",
             addr: format!("{} on interface {}", m.multicast, m.interface),

@@ -776,7 +776,7 @@ fn reserve_group_port(group: Ipv4Addr) -> Result<(u16, socket2::Socket), CliErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::Datagrams;
+    use crate::transport::UdpDatagrams;
     use std::os::unix::process::ExitStatusExt as _;
 
     #[test]
@@ -895,7 +895,7 @@ mod tests {
             UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).is_err(),
             "another program cannot take it"
         );
-        let node = Datagrams::multicast(SocketAddrV4::new(group, port), Ipv4Addr::LOCALHOST, 1);
+        let node = UdpDatagrams::multicast(SocketAddrV4::new(group, port), Ipv4Addr::LOCALHOST, 1);
         assert!(node.is_ok(), "a node shares it: {node:?}");
     }
 }

@@ -23,7 +23,8 @@ use crate::replication::transfer::{self, Transfer};
 use crate::replication::{self, InboundConfig, ReplicationConfig, Replicator};
 use crate::session::{Limits, SessionStore};
 use crate::shutdown::Shutdown;
-use crate::transport::{self, Datagrams};
+use crate::transport::{self, Datagrams, Listener, Streams, UdpDatagrams};
+use crate::wire::seal::ClusterKey;
 
 #[derive(Debug, Error)]
 pub enum NodeError {
@@ -101,33 +102,52 @@ const FLUSH_GRACE: Duration = Duration::from_secs(2);
 const RESOLVE_EVERY: Duration = Duration::from_secs(10);
 
 /// The sockets a node serves on, bound before it starts, so that a caller that binds port 0
-/// learns the port it got instead of handing a number to someone who binds it later.
-/// [`Listeners::bind`] binds what the config says; a test or an app may bind its own.
-pub struct Listeners {
+/// learns the port it got instead of handing a number to someone who binds it later, and
+/// how it opens connections. [`Sockets::bind`] binds what the config says over the
+/// operating system's network; a test binds its own, or takes them from an in-memory
+/// [`transport::mem::Network`] to run several nodes in one process.
+pub struct Sockets<D = UdpDatagrams> {
     pub http: TcpListener,
-    pub replication: TcpListener,
-    /// With static members: the heartbeat socket, UDP on the replication port's number.
-    pub unicast: Option<Datagrams>,
+    pub replication: Listener,
+    /// Heartbeats: the multicast group's socket, or with static members a socket on the
+    /// replication port's number.
+    pub heartbeats: D,
+    /// How replication links, state transfers and verifications reach the members.
+    pub streams: Streams,
 }
 
 /// How often a node asked for port 0 tries another replication port when the UDP port of
 /// the same number (static members' heartbeats) is taken.
 const DUAL_PORT_TRIES: usize = 16;
 
-impl Listeners {
-    /// Binds `node.http` and `node.replication` (and, with static members, the UDP port of
-    /// the replication port's number). Port 0 is a free port the kernel picks.
-    pub async fn bind(config: &Config) -> Result<Listeners, NodeError> {
+impl Sockets<UdpDatagrams> {
+    /// Binds `node.http`, `node.replication` and the heartbeat socket: the multicast group,
+    /// or with static members the UDP port of the replication port's number. Port 0 is a
+    /// free port the kernel picks.
+    pub async fn bind(config: &Config) -> Result<Sockets, NodeError> {
+        let membership = &config.membership;
         let wanted = config.node.replication;
-        let (replication, unicast) = if config.membership.static_members.is_empty() {
-            (bind_tcp("replication", wanted).await?, None)
+        let (replication, heartbeats) = if membership.static_members.is_empty() {
+            let replication = bind_tcp("replication", wanted).await?;
+            let heartbeats =
+                UdpDatagrams::multicast(membership.multicast, membership.interface, membership.ttl)
+                    .map_err(|source| NodeError::Bind {
+                        what: "multicast",
+                        addr: format!(
+                            "{} on interface {}",
+                            membership.multicast, membership.interface
+                        ),
+                        source,
+                    })?;
+            (replication, heartbeats)
         } else {
             let mut tries = 0;
             loop {
                 let listener = bind_tcp("replication", wanted).await?;
-                let local = SocketAddr::new(wanted.ip(), local_addr(&listener).port());
-                match Datagrams::unicast(local) {
-                    Ok(datagrams) => break (listener, Some(datagrams)),
+                let port = listener.local_addr().map_or(wanted.port(), |a| a.port());
+                let local = SocketAddr::new(wanted.ip(), port);
+                match UdpDatagrams::unicast(local) {
+                    Ok(datagrams) => break (listener, datagrams),
                     // The kernel picked a TCP port whose UDP twin is taken: pick again.
                     Err(e)
                         if wanted.port() == 0
@@ -147,10 +167,11 @@ impl Listeners {
             }
         };
         let http = bind_tcp("http", config.node.http).await?;
-        Ok(Listeners {
+        Ok(Sockets {
             http,
-            replication,
-            unicast,
+            replication: replication.into(),
+            heartbeats,
+            streams: Streams::Tcp,
         })
     }
 }
@@ -163,8 +184,8 @@ pub struct Addresses {
     pub replication: SocketAddr,
 }
 
-/// A node that runs: its addresses, and the orderly stop that [`RunningNode::stopped`]
-/// performs once its shutdown is triggered.
+/// A node that runs: its addresses, what its HTTP serves, and the orderly stop that
+/// [`RunningNode::stopped`] performs once its shutdown is triggered.
 #[must_use = "a node stops in order (leave announced, replication flushed) only in `stopped`"]
 pub struct RunningNode {
     addresses: Addresses,
@@ -190,6 +211,18 @@ impl RunningNode {
     /// What the HTTP handlers read: the store, the replicator, the membership view.
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// The node's HTTP endpoints as a service of their own, for callers in this process
+    /// (a test drives them without a socket).
+    pub fn http_service(&self) -> axum::Router {
+        http::router(self.shared.clone())
+    }
+
+    /// Waits (at most `limit`) until the node has taken the cluster's sessions and serves
+    /// them; false on timeout.
+    pub async fn ready(&self, limit: Duration) -> bool {
+        self.shared.wait_until_ready(limit).await
     }
 
     /// Triggers the node's shutdown and waits until it has stopped.
@@ -245,45 +278,54 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
 
 /// Binds what the config says and starts the node; see [`start_with`].
 pub async fn start(config: Config, shutdown: Shutdown) -> Result<RunningNode, NodeError> {
-    let listeners = Listeners::bind(&config).await?;
-    start_with(config, listeners, shutdown).await
+    // A bad key file is the error, before any address is bound.
+    let key = config.cluster.key()?;
+    let sockets = Sockets::bind(&config).await?;
+    launch(config, key, sockets, shutdown).await
 }
 
-/// Starts a node on `listeners`: membership, the replication port and HTTP run on tasks of
+/// Starts a node on `sockets`: membership, the replication port and HTTP run on tasks of
 /// `shutdown` when this returns; the node joins (takes the sessions of a member) in the
 /// background and serves sessions once it has.
-pub async fn start_with(
+pub async fn start_with<D: Datagrams>(
     config: Config,
-    listeners: Listeners,
+    sockets: Sockets<D>,
     shutdown: Shutdown,
 ) -> Result<RunningNode, NodeError> {
     let key = config.cluster.key()?;
+    launch(config, key, sockets, shutdown).await
+}
+
+async fn launch<D: Datagrams>(
+    config: Config,
+    key: Option<ClusterKey>,
+    sockets: Sockets<D>,
+    shutdown: Shutdown,
+) -> Result<RunningNode, NodeError> {
     let open_files = crate::limits::raise_open_files_logged();
     let membership = &config.membership;
-    let Listeners {
+    let Sockets {
         http: http_listener,
         replication: replication_listener,
-        unicast,
-    } = listeners;
+        heartbeats: datagrams,
+        streams,
+    } = sockets;
+    let bound = |listener: std::io::Result<SocketAddr>| {
+        // A bound listener always has a local address; the fallback is never used.
+        listener.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+    };
     let replication_addr = advertised(
-        local_addr(&replication_listener),
+        bound(replication_listener.local_addr()),
         membership.interface.into(),
     );
-    let http_addr = advertised(local_addr(&http_listener), membership.interface.into());
+    let http_addr = advertised(
+        bound(http_listener.local_addr()),
+        membership.interface.into(),
+    );
 
     let static_names = &membership.static_members;
-    let (datagrams, peers, resolver) = if static_names.is_empty() {
-        let datagrams =
-            Datagrams::multicast(membership.multicast, membership.interface, membership.ttl)
-                .map_err(|source| NodeError::Bind {
-                    what: "multicast",
-                    addr: format!(
-                        "{} on interface {}",
-                        membership.multicast, membership.interface
-                    ),
-                    source,
-                })?;
-        (datagrams, Peers::Group, None)
+    let (peers, resolver) = if static_names.is_empty() {
+        (Peers::Group, None)
     } else {
         let (resolved, _) = transport::resolve_peers(static_names, Duration::from_secs(5)).await;
         if replication_addr.ip().is_loopback() && resolved.iter().any(|p| !p.ip().is_loopback()) {
@@ -291,24 +333,8 @@ pub async fn start_with(
                 addr: replication_addr,
             });
         }
-        // Unicast heartbeats share the replication port number, over UDP.
-        let datagrams = match unicast {
-            Some(datagrams) => datagrams,
-            None => {
-                let local = SocketAddr::new(config.node.replication.ip(), replication_addr.port());
-                Datagrams::unicast(local).map_err(|source| NodeError::Bind {
-                    what: "unicast heartbeat",
-                    addr: local.to_string(),
-                    source,
-                })?
-            }
-        };
         let (tx, rx) = watch::channel(resolved);
-        (
-            datagrams,
-            Peers::Static(rx),
-            Some((static_names.clone(), tx)),
-        )
+        (Peers::Static(rx), Some((static_names.clone(), tx)))
     };
     let heartbeat_mode = if resolver.is_none() {
         "multicast"
@@ -346,6 +372,7 @@ pub async fn start_with(
         Duration::from_millis(config.sessions.ack_timeout_ms),
     );
     replication_cfg.key = key.clone();
+    replication_cfg.streams = streams.clone();
     let replicator = Replicator::new(
         replication_cfg,
         store.clone(),
@@ -392,6 +419,7 @@ pub async fn start_with(
         config.drop_after(),
     );
     hb_cfg.key = key.clone();
+    hb_cfg.streams = streams.clone();
     let membership_stop = CancellationToken::new();
     let membership_task = shutdown.spawn(heartbeat::run(
         hb_cfg,
@@ -435,7 +463,7 @@ pub async fn start_with(
     shutdown.spawn(async move {
         let outcome = tokio::select! {
             _ = joining_stop(&joining) => return,
-            outcome = transfer::run(&joining.cluster, key.as_ref(), joining.me.id, &joining.store, view_rx, wait_for_members) => outcome,
+            outcome = transfer::run(&streams, &joining.cluster, key.as_ref(), joining.me.id, &joining.store, view_rx, wait_for_members) => outcome,
         };
         if outcome == Transfer::Failed {
             warn!("no member could send its sessions; serving what arrives, anti-entropy fills in");
@@ -486,13 +514,6 @@ async fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, N
             addr: addr.to_string(),
             source,
         })
-}
-
-fn local_addr(listener: &TcpListener) -> SocketAddr {
-    // A bound listener always has a local address; the fallback is never used in practice.
-    listener
-        .local_addr()
-        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
 /// The address others reach: a wildcard bind is announced as the membership interface.

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use parking_lot::Mutex;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,7 +20,7 @@ use crate::membership::NodeId;
 use crate::metrics::Metrics;
 use crate::session::SessionStore;
 use crate::throttle::LogThrottle;
-use crate::transport::{self, FramedStream};
+use crate::transport::{self, FramedStream, Listener, Stream};
 use crate::wire::seal::{ClusterKey, SealError};
 use crate::wire::{self, FrameBody};
 
@@ -74,7 +73,7 @@ impl InboundConfig {
 
 /// Accepts connections on `listener` until `shutdown`; one task per connection.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     cfg: InboundConfig,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -84,6 +83,7 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
     let per_address = Arc::new(PerAddress::default());
     let connections = TaskTracker::new();
+    let mut listener = listener.into();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -169,7 +169,7 @@ impl Drop for AddressSlot {
 }
 
 async fn connection(
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
     cfg: &InboundConfig,
     metrics: &Metrics,
@@ -466,7 +466,7 @@ mod tests {
     use super::*;
     use crate::session::{Delta, SessionId};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
+    use tokio::net::{TcpListener, TcpStream};
 
     async fn start() -> (SocketAddr, Arc<Metrics>, CancellationToken) {
         start_with(|_| {}).await

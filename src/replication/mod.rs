@@ -27,6 +27,7 @@ use crate::config::ReplicationMode;
 use crate::membership::{MemberInfo, MemberState, MembershipView, NodeId};
 use crate::metrics::Metrics;
 use crate::session::{Delta, SessionStore};
+use crate::transport::Streams;
 use crate::wire;
 use crate::wire::seal::ClusterKey;
 use outbound::Outgoing;
@@ -47,6 +48,8 @@ pub struct ReplicationConfig {
     pub sweep_every: Duration,
     /// The cluster key: links are sealed with it.
     pub key: Option<ClusterKey>,
+    /// How links reach the members.
+    pub streams: Streams,
 }
 
 impl ReplicationConfig {
@@ -65,6 +68,7 @@ impl ReplicationConfig {
             access_every: Duration::from_millis(250),
             sweep_every: Duration::from_secs(1),
             key: None,
+            streams: Streams::Tcp,
         }
     }
 }
@@ -73,6 +77,7 @@ impl ReplicationConfig {
 pub(crate) struct Context {
     pub cluster: String,
     pub key: Option<ClusterKey>,
+    pub streams: Streams,
     pub me: NodeId,
     pub store: SessionStore,
     pub metrics: Arc<Metrics>,
@@ -178,6 +183,7 @@ impl Replicator {
             ctx: Arc::new(Context {
                 cluster: cfg.cluster.clone(),
                 key: cfg.key.clone(),
+                streams: cfg.streams.clone(),
                 me: cfg.me,
                 store,
                 metrics,

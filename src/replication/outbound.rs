@@ -73,7 +73,7 @@ pub(crate) async fn run(
     loop {
         let connected = tokio::select! {
             _ = stop.cancelled() => return,
-            c = tokio::time::timeout(CONNECT_TIMEOUT, transport::connect(peer.replication, ctx.key.as_ref(), ctx.me, peer.id)) => c,
+            c = tokio::time::timeout(CONNECT_TIMEOUT, ctx.streams.connect(peer.replication, ctx.key.as_ref(), ctx.me, peer.id)) => c,
         };
         let stream = match connected {
             Ok(Ok(stream)) => stream,

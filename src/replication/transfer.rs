@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use crate::clock;
 use crate::membership::{MemberInfo, MemberState, MembershipView, NodeId};
 use crate::session::SessionStore;
-use crate::transport;
+use crate::transport::Streams;
 use crate::wire::seal::ClusterKey;
 use crate::wire::{self, FrameBody};
 
@@ -36,6 +36,7 @@ const STALL: Duration = Duration::from_secs(10);
 /// Runs the transfer: waits up to `wait_for_members` for a first member, then asks the
 /// alive members one after another until one sends everything.
 pub async fn run(
+    streams: &Streams,
     cluster: &str,
     key: Option<&ClusterKey>,
     me: NodeId,
@@ -61,7 +62,7 @@ pub async fn run(
         .collect();
     for member in candidates {
         let started = Instant::now();
-        match from_member(cluster, key, me, store, &member).await {
+        match from_member(streams, cluster, key, me, store, &member).await {
             Ok(sessions) => {
                 let took = started.elapsed();
                 info!(from = %member.name, sessions, took_ms = took.as_millis() as u64, "state transfer done");
@@ -80,6 +81,7 @@ pub async fn run(
 }
 
 async fn from_member(
+    streams: &Streams,
     cluster: &str,
     key: Option<&ClusterKey>,
     me: NodeId,
@@ -88,7 +90,7 @@ async fn from_member(
 ) -> Result<usize, String> {
     let mut stream = tokio::time::timeout(
         STALL,
-        transport::connect(member.replication, key, me, member.id),
+        streams.connect(member.replication, key, me, member.id),
     )
     .await
     .map_err(|_| "connect timed out".to_string())?
@@ -169,6 +171,7 @@ mod tests {
         let (_tx, rx) = watch::channel(view);
         let joiner = SessionStore::new(NodeId::from_u64(9), Default::default(), 60);
         let outcome = run(
+            &Streams::Tcp,
             "c",
             None,
             NodeId::from_u64(9),
@@ -251,6 +254,7 @@ mod tests {
         let joiner = SessionStore::new(NodeId::from_u64(9), Default::default(), 60);
         assert_eq!(
             run(
+                &Streams::Tcp,
                 "c",
                 None,
                 NodeId::from_u64(9),

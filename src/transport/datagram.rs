@@ -11,18 +11,24 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-/// A heartbeat socket.
+use super::Datagrams;
+
+/// A heartbeat socket over UDP: the operating system's [`Datagrams`].
 #[derive(Debug)]
-pub struct Datagrams {
+pub struct UdpDatagrams {
     socket: UdpSocket,
     group: Option<SocketAddr>,
 }
 
-impl Datagrams {
+impl UdpDatagrams {
     /// Joins `group` on `interface` and sends there. Several processes on one host share
     /// the port (SO_REUSEADDR + SO_REUSEPORT); binding the group address and turning
     /// IP_MULTICAST_ALL off keep datagrams of other groups on the same port out.
-    pub fn multicast(group: SocketAddrV4, interface: Ipv4Addr, ttl: u32) -> io::Result<Datagrams> {
+    pub fn multicast(
+        group: SocketAddrV4,
+        interface: Ipv4Addr,
+        ttl: u32,
+    ) -> io::Result<UdpDatagrams> {
         let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
@@ -33,14 +39,14 @@ impl Datagrams {
         socket.set_multicast_loop_v4(true)?;
         socket.set_multicast_ttl_v4(ttl)?;
         socket.set_multicast_all_v4(false)?;
-        Ok(Datagrams {
+        Ok(UdpDatagrams {
             socket: UdpSocket::from_std(socket.into())?,
             group: Some(SocketAddr::V4(group)),
         })
     }
 
     /// For networks without multicast: binds `local`; the caller names the peers per send.
-    pub fn unicast(local: SocketAddr) -> io::Result<Datagrams> {
+    pub fn unicast(local: SocketAddr) -> io::Result<UdpDatagrams> {
         let domain = if local.is_ipv4() {
             Domain::IPV4
         } else {
@@ -49,28 +55,27 @@ impl Datagrams {
         let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
         socket.set_nonblocking(true)?;
         socket.bind(&local.into())?;
-        Ok(Datagrams {
+        Ok(UdpDatagrams {
             socket: UdpSocket::from_std(socket.into())?,
             group: None,
         })
     }
+}
 
-    /// The multicast group, when this socket sends to one.
-    pub fn group(&self) -> Option<SocketAddr> {
+impl Datagrams for UdpDatagrams {
+    fn group(&self) -> Option<SocketAddr> {
         self.group
     }
 
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket.local_addr()
     }
 
-    pub async fn send_to(&self, payload: &[u8], addr: SocketAddr) -> io::Result<()> {
-        self.socket.send_to(payload, addr).await.map(|_| ())
+    async fn send_to(&self, payload: &[u8], to: SocketAddr) -> io::Result<()> {
+        self.socket.send_to(payload, to).await.map(|_| ())
     }
 
-    /// Receives one datagram. A datagram longer than `buf` is truncated by the kernel;
-    /// give a buffer one byte longer than the largest accepted datagram to detect it.
-    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+    async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         self.socket.recv_from(buf).await
     }
 }

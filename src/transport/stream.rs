@@ -8,19 +8,155 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Decoder, Encoder, Framed, LengthDelimitedCodec};
 
+use super::mem;
 use crate::membership::NodeId;
 use crate::wire::MAX_FRAME;
 use crate::wire::seal::{
     self, ClusterKey, HELLO_LEN, HELLO_MAGIC, Hello, Role, SealError, StreamSeal,
 };
 
-pub type FramedStream = Framed<TcpStream, FrameCodec>;
+pub type FramedStream = Framed<Stream, FrameCodec>;
+
+/// Where a node's replication connections go: the operating system's TCP, or a host of an
+/// in-memory [`mem::Network`]. A closed set, so an enum: the bytes of every frame take
+/// the same static path whichever it is, and [`FramedStream`] stays one type.
+#[derive(Clone, Debug, Default)]
+pub enum Streams {
+    #[default]
+    Tcp,
+    Mem(mem::Host),
+}
+
+impl Streams {
+    /// A connection to `addr`, not framed yet.
+    pub async fn open(&self, addr: SocketAddr) -> io::Result<Stream> {
+        match self {
+            Streams::Tcp => Ok(Stream::Tcp(TcpStream::connect(addr).await?)),
+            Streams::Mem(host) => Ok(Stream::Mem(host.connect(addr).await?)),
+        }
+    }
+
+    /// Connects this node (`me`) to the node `peer` at `addr`, with the handshake of `key`
+    /// if given: with a key, a connection that reaches another node fails.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        key: Option<&ClusterKey>,
+        me: NodeId,
+        peer: NodeId,
+    ) -> io::Result<FramedStream> {
+        framed(self.open(addr).await?, key, Ends::Client { me, peer }).await
+    }
+}
+
+/// A connection's bytes: a TCP socket or an in-memory link.
+#[derive(Debug)]
+pub enum Stream {
+    Tcp(TcpStream),
+    Mem(mem::MemStream),
+}
+
+impl From<TcpStream> for Stream {
+    fn from(stream: TcpStream) -> Stream {
+        Stream::Tcp(stream)
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Mem(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Mem(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Mem(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Mem(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Mem(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Mem(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A bound replication port: a TCP listener or a listener of an in-memory network.
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    Mem(mem::MemListener),
+}
+
+impl From<TcpListener> for Listener {
+    fn from(listener: TcpListener) -> Listener {
+        Listener::Tcp(listener)
+    }
+}
+
+impl Listener {
+    /// The next connection and the address it comes from.
+    pub async fn accept(&mut self) -> io::Result<(Stream, SocketAddr)> {
+        match self {
+            Listener::Tcp(l) => l.accept().await.map(|(s, a)| (Stream::Tcp(s), a)),
+            Listener::Mem(l) => l.accept().await.map(|(s, a)| (Stream::Mem(s), a)),
+        }
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr(),
+            Listener::Mem(l) => Ok(l.local_addr()),
+        }
+    }
+}
 
 /// Length-delimited frames, sealed when the connection has a key.
 #[derive(Debug)]
@@ -139,11 +275,13 @@ enum Ends {
 
 /// A framed stream over an accepted or connected socket; with `key`, after the handshake.
 async fn framed(
-    mut stream: TcpStream,
+    mut stream: Stream,
     key: Option<&ClusterKey>,
     ends: Ends,
 ) -> io::Result<FramedStream> {
-    let _ = stream.set_nodelay(true);
+    if let Stream::Tcp(tcp) = &stream {
+        let _ = tcp.set_nodelay(true);
+    }
     let Some(key) = key else {
         return Ok(Framed::new(stream, FrameCodec::new(None, true)));
     };
@@ -201,27 +339,21 @@ async fn framed(
 /// The framed stream of a connection this node (`me`) accepted. The caller bounds the time
 /// it may take (a key's handshake waits for the peer's hello).
 pub async fn accept(
-    stream: TcpStream,
+    stream: impl Into<Stream>,
     key: Option<&ClusterKey>,
     me: NodeId,
 ) -> io::Result<FramedStream> {
-    framed(stream, key, Ends::Server { me }).await
+    framed(stream.into(), key, Ends::Server { me }).await
 }
 
-/// Connects this node (`me`) to the node `peer` at `addr`, with the handshake of `key` if
-/// given: with a key, a connection that reaches another node fails.
+/// [`Streams::connect`] over TCP.
 pub async fn connect(
     addr: SocketAddr,
     key: Option<&ClusterKey>,
     me: NodeId,
     peer: NodeId,
 ) -> io::Result<FramedStream> {
-    framed(
-        TcpStream::connect(addr).await?,
-        key,
-        Ends::Client { me, peer },
-    )
-    .await
+    Streams::Tcp.connect(addr, key, me, peer).await
 }
 
 pub async fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
