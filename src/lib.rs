@@ -14,7 +14,8 @@
 //!   admission of strangers under a key; the view of the members others read.
 //! - [`wire`]: bytes to checked messages and back (protobuf via prost), and the seal of
 //!   the cluster key (authenticated encryption, replay windows); no sockets.
-//! - [`transport`]: the only code that opens sockets (UDP datagrams, TCP frame streams).
+//! - [`transport`]: the only code that opens sockets (UDP datagrams, TCP frame streams),
+//!   and their in-memory twins, on which tests run several nodes in one process.
 //! - [`heartbeat`]: the async driver of membership (send, receive, verify, leave).
 //! - [`replication`]: links per peer, the replication port, state transfer, anti-entropy
 //!   (its comparisons pure, in their own module).

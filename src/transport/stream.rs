@@ -141,6 +141,12 @@ impl From<TcpListener> for Listener {
     }
 }
 
+impl From<mem::MemListener> for Listener {
+    fn from(listener: mem::MemListener) -> Listener {
+        Listener::Mem(listener)
+    }
+}
+
 impl Listener {
     /// The next connection and the address it comes from.
     pub async fn accept(&mut self) -> io::Result<(Stream, SocketAddr)> {
