@@ -118,6 +118,8 @@ pub enum CliError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
+    Key(#[from] crate::wire::key_file::KeyFileError),
+    #[error(transparent)]
     Node(#[from] NodeError),
     #[error(transparent)]
     Balancer(#[from] BalancerError),
