@@ -106,18 +106,8 @@ struct Done<R> {
 }
 
 /// Replicates the delta of an update (before the response: sync replication) and decides
-/// the cookie. `Ok(None)`: no session and none made. `Err`: the store refused (session
-/// limit), nothing changed.
-async fn finish<R>(
-    shared: &Shared,
-    visit: &Visit,
-    outcome: Result<Option<Update<R>>, StoreError>,
-) -> Result<Option<Done<R>>, Response> {
-    let update = match outcome {
-        Ok(Some(update)) => update,
-        Ok(None) => return Ok(None),
-        Err(e) => return Err(store_error(&e)),
-    };
+/// the cookie.
+async fn finish<R>(shared: &Shared, visit: &Visit, update: Update<R>) -> Done<R> {
     if let Some(delta) = update.delta {
         shared.replicator.replicate(delta).await;
     }
@@ -131,11 +121,11 @@ async fn finish<R>(
     } else {
         None
     };
-    Ok(Some(Done {
+    Done {
         id: update.id,
         value: update.value,
         cookie,
-    }))
+    }
 }
 
 fn session_cookie(value: &str) -> Option<HeaderValue> {
@@ -177,19 +167,20 @@ async fn page(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -
         Ok(v) => v,
         Err(r) => return r,
     };
-    let outcome = shared.store.update(visit.id(), true, visit.now_ms, |s| {
-        let hits = s.get(HITS).map_or(0, |v| parse_count(v)).saturating_add(1);
-        let stored = s.set(HITS, Bytes::from(hits.to_string()));
-        PageView {
-            hits,
-            created_ms: s.created_ms(),
-            stored,
-        }
-    });
-    let done = match finish(&shared, &visit, outcome).await {
-        Ok(Some(done)) => done,
-        Ok(None) => return plain(StatusCode::INTERNAL_SERVER_ERROR, "no session was made"),
-        Err(r) => return r,
+    let outcome = shared
+        .store
+        .update_or_create(visit.id(), visit.now_ms, |s| {
+            let hits = s.get(HITS).map_or(0, |v| parse_count(v)).saturating_add(1);
+            let stored = s.set(HITS, Bytes::from(hits.to_string()));
+            PageView {
+                hits,
+                created_ms: s.created_ms(),
+                stored,
+            }
+        });
+    let done = match outcome {
+        Ok(update) => finish(&shared, &visit, update).await,
+        Err(e) => return store_error(&e),
     };
     let response = match &done.value.stored {
         Err(e) => store_error(e),
@@ -357,32 +348,36 @@ async fn document(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Ur
         Err(r) => return r,
     };
     let route = shared.me.name.clone();
-    let outcome = shared.store.update(visit.id(), true, visit.now_ms, |s| {
-        let mut text = Vec::new();
-        let mut binary = Vec::new();
-        for (name, value) in s.attributes() {
-            match std::str::from_utf8(value) {
-                Ok(v) => text.push((name.to_string(), v.to_string())),
-                Err(_) => binary.push((name.to_string(), base64(value))),
+    let outcome = shared
+        .store
+        .update_or_create(visit.id(), visit.now_ms, |s| {
+            let mut text = Vec::new();
+            let mut binary = Vec::new();
+            for (name, value) in s.attributes() {
+                match std::str::from_utf8(value) {
+                    Ok(v) => text.push((name.to_string(), v.to_string())),
+                    Err(_) => binary.push((name.to_string(), base64(value))),
+                }
             }
+            SessionDoc {
+                id: id::cookie_value(s.id(), &route),
+                node: route.clone(),
+                created_ms: s.created_ms(),
+                last_accessed_ms: s.last_accessed_ms(),
+                max_inactive_s: s.max_inactive_s(),
+                attributes: Pairs(text),
+                binary_attributes: Pairs(binary),
+            }
+        });
+    match outcome {
+        Ok(update) => {
+            let done = finish(&shared, &visit, update).await;
+            with_cookie(
+                no_store(axum::Json(done.value).into_response()),
+                done.cookie,
+            )
         }
-        SessionDoc {
-            id: id::cookie_value(s.id(), &route),
-            node: route.clone(),
-            created_ms: s.created_ms(),
-            last_accessed_ms: s.last_accessed_ms(),
-            max_inactive_s: s.max_inactive_s(),
-            attributes: Pairs(text),
-            binary_attributes: Pairs(binary),
-        }
-    });
-    match finish(&shared, &visit, outcome).await {
-        Ok(Some(done)) => with_cookie(
-            no_store(axum::Json(done.value).into_response()),
-            done.cookie,
-        ),
-        Ok(None) => plain(StatusCode::INTERNAL_SERVER_ERROR, "no session was made"),
-        Err(r) => r,
+        Err(e) => store_error(&e),
     }
 }
 
@@ -431,13 +426,14 @@ async fn get_attribute(
     let Some(name) = attribute_name(&uri) else {
         return bad_name(&shared);
     };
-    let outcome = shared
-        .store
-        .update(visit.id(), false, visit.now_ms, |s| s.get(&name).cloned());
-    let done = match finish(&shared, &visit, outcome).await {
-        Ok(Some(done)) => done,
-        Ok(None) => return plain(StatusCode::NOT_FOUND, "no session"),
-        Err(r) => return r,
+    let outcome = visit.id().and_then(|id| {
+        shared
+            .store
+            .update(id, visit.now_ms, |s| s.get(&name).cloned())
+    });
+    let done = match outcome {
+        Some(update) => finish(&shared, &visit, update).await,
+        None => return plain(StatusCode::NOT_FOUND, "no session"),
     };
     let response = match done.value {
         None => plain(StatusCode::NOT_FOUND, "no such attribute"),
@@ -471,17 +467,17 @@ async fn put_attribute(State(shared): State<Arc<Shared>>, request: Request) -> R
     };
     let outcome = shared
         .store
-        .update(visit.id(), true, visit.now_ms, |s| s.set(&name, value));
-    match finish(&shared, &visit, outcome).await {
-        Ok(Some(done)) => {
+        .update_or_create(visit.id(), visit.now_ms, |s| s.set(&name, value));
+    match outcome {
+        Ok(update) => {
+            let done = finish(&shared, &visit, update).await;
             let response = match done.value {
                 Ok(()) => StatusCode::NO_CONTENT.into_response(),
                 Err(e) => store_error(&e),
             };
             with_cookie(response, done.cookie)
         }
-        Ok(None) => plain(StatusCode::INTERNAL_SERVER_ERROR, "no session was made"),
-        Err(r) => r,
+        Err(e) => store_error(&e),
     }
 }
 
@@ -523,13 +519,15 @@ async fn delete_attribute(
     let Some(name) = attribute_name(&uri) else {
         return bad_name(&shared);
     };
-    let outcome = shared
-        .store
-        .update(visit.id(), false, visit.now_ms, |s| s.remove(&name));
-    match finish(&shared, &visit, outcome).await {
-        Ok(Some(done)) => with_cookie(StatusCode::NO_CONTENT.into_response(), done.cookie),
-        Ok(None) => StatusCode::NO_CONTENT.into_response(),
-        Err(r) => r,
+    let outcome = visit
+        .id()
+        .and_then(|id| shared.store.update(id, visit.now_ms, |s| s.remove(&name)));
+    match outcome {
+        Some(update) => {
+            let done = finish(&shared, &visit, update).await;
+            with_cookie(StatusCode::NO_CONTENT.into_response(), done.cookie)
+        }
+        None => StatusCode::NO_CONTENT.into_response(),
     }
 }
 
