@@ -29,6 +29,8 @@ use crate::transport::{self, Datagrams};
 pub enum NodeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Key(#[from] crate::wire::key_file::KeyFileError),
     #[error(
         "node.replication: {addr} is announced to static members on other hosts, which cannot reach it; use this host's address (or set membership.interface when binding 0.0.0.0)"
     )]
@@ -102,7 +104,7 @@ const RESOLVE_EVERY: Duration = Duration::from_secs(10);
 
 /// Runs a node until `shutdown` is triggered, then leaves the cluster and returns.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
-    let key = config.cluster.key()?;
+    let key = crate::wire::seal::ClusterKey::read_file_if_set(config.cluster.key_file.as_deref())?;
     let open_files = crate::limits::raise_open_files_logged();
     let membership = &config.membership;
     let replication_listener = bind_tcp("replication", config.node.replication).await?;

@@ -209,7 +209,7 @@ mod tests {
         let store = SessionStore::new(NodeId::from_u64(id), Default::default(), 60);
         for i in 0..sessions {
             store
-                .update(None, true, 1, |s| s.set("i", Bytes::from(i.to_string())))
+                .update_or_create(None, 1, |s| s.set("i", Bytes::from(i.to_string())))
                 .unwrap();
         }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
