@@ -54,6 +54,8 @@ pub use select::{Candidate, Selector, Stickiness};
 pub enum BalancerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Key(#[from] crate::wire::key_file::KeyFileError),
     #[error("cannot start balancer worker {index}: {source}")]
     Worker {
         index: usize,
@@ -338,7 +340,7 @@ fn start_discovery(
     stop: CancellationToken,
 ) -> Result<(), BalancerError> {
     let m = &config.membership;
-    let key = config.cluster.key()?;
+    let key = crate::wire::seal::ClusterKey::read_file_if_set(config.cluster.key_file.as_deref())?;
     if key.is_none() && !m.interface.is_loopback() {
         warn!(
             interface = %m.interface,

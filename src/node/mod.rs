@@ -30,6 +30,8 @@ use crate::wire::seal::ClusterKey;
 pub enum NodeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Key(#[from] crate::wire::key_file::KeyFileError),
     #[error(
         "node.replication: {addr} is announced to static members on other hosts, which cannot reach it; use this host's address (or set membership.interface when binding 0.0.0.0)"
     )]
@@ -279,7 +281,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
 /// Binds what the config says and starts the node; see [`start_with`].
 pub async fn start(config: Config, shutdown: Shutdown) -> Result<RunningNode, NodeError> {
     // A bad key file is the error, before any address is bound.
-    let key = config.cluster.key()?;
+    let key = read_key(&config)?;
     let sockets = Sockets::bind(&config).await?;
     launch(config, key, sockets, shutdown).await
 }
@@ -292,7 +294,7 @@ pub async fn start_with<D: Datagrams>(
     sockets: Sockets<D>,
     shutdown: Shutdown,
 ) -> Result<RunningNode, NodeError> {
-    let key = config.cluster.key()?;
+    let key = read_key(&config)?;
     launch(config, key, sockets, shutdown).await
 }
 
@@ -487,6 +489,13 @@ async fn launch<D: Datagrams>(
             cluster_stop,
         },
     })
+}
+
+/// The cluster key of `cluster.key_file`, if one is set.
+fn read_key(config: &Config) -> Result<Option<ClusterKey>, NodeError> {
+    Ok(ClusterKey::read_file_if_set(
+        config.cluster.key_file.as_deref(),
+    )?)
 }
 
 /// Resolves when the node starts leaving (so a join in progress is abandoned).

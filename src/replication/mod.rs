@@ -83,9 +83,20 @@ pub(crate) struct Context {
     pub metrics: Arc<Metrics>,
     suspicions: mpsc::Sender<NodeId>,
     ready: Arc<AtomicBool>,
+    /// Woken when a link has taken everything from its queue, or links went away: what
+    /// [`Replicator::flush`] waits for.
+    drained: Notify,
 }
 
 impl Context {
+    /// Called by a link after it took from its queue: wakes a waiting flush once the queue
+    /// is empty (a busy queue wakes nobody, so the hot path pays one check).
+    pub fn taken(&self, queue: &mpsc::Receiver<outbound::Outgoing>) {
+        if queue.is_empty() {
+            self.drained.notify_waiters();
+        }
+    }
+
     /// Tells membership that `id` may be gone (a broken link, a missing ack); it verifies.
     pub fn suspect(&self, id: NodeId) {
         let _ = self.suspicions.try_send(id);
@@ -189,6 +200,7 @@ impl Replicator {
                 metrics,
                 suspicions,
                 ready: Arc::new(AtomicBool::new(false)),
+                drained: Notify::new(),
             }),
             cfg: Arc::new(cfg),
             links: Arc::new(RwLock::new(HashMap::new())),
@@ -297,8 +309,16 @@ impl Replicator {
     /// Waits (at most `limit`) until every queue is empty, before leaving the cluster.
     pub async fn flush(&self, limit: Duration) {
         let _ = tokio::time::timeout(limit, async {
-            while self.queued() > 0 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            loop {
+                // Registered before the queues are looked at, so a link that empties its
+                // queue in between still wakes this wait.
+                let drained = self.ctx.drained.notified();
+                tokio::pin!(drained);
+                drained.as_mut().enable();
+                if self.queued() == 0 {
+                    return;
+                }
+                drained.await;
             }
         })
         .await;
@@ -333,6 +353,7 @@ impl Replicator {
         for (_, link) in self.links.write().drain() {
             link.stop.cancel();
         }
+        self.ctx.drained.notify_waiters();
         tasks.close();
         tasks.wait().await;
     }
@@ -344,6 +365,7 @@ impl Replicator {
         tasks: &TaskTracker,
     ) {
         let mut links = self.links.write();
+        let before = links.len();
         links.retain(|id, link| {
             let keep = members.iter().any(|(m, _)| m.id == *id);
             if !keep {
@@ -351,6 +373,10 @@ impl Replicator {
             }
             keep
         });
+        if links.len() < before {
+            // A member's queue left with it.
+            self.ctx.drained.notify_waiters();
+        }
         for (info, alive) in members {
             if let Some(link) = links.get_mut(&info.id) {
                 link.alive = alive;
@@ -441,6 +467,83 @@ mod tests {
         let acks = Acks::new(Vec::new());
         assert!(acks.all.notified().now_or_never().is_some());
     }
+
+    /// A replicator with one link whose queue the test holds (as the link task would)
+    /// and one delta queued on it.
+    fn with_one_queued_delta() -> (Replicator, mpsc::Receiver<Outgoing>) {
+        let cfg = ReplicationConfig::new(
+            "c".into(),
+            NodeId::from_u64(1),
+            ReplicationMode::Async,
+            Duration::from_secs(1),
+        );
+        let (suspicions, _) = mpsc::channel(1);
+        let store = SessionStore::new(NodeId::from_u64(1), Default::default(), 60);
+        let replicator = Replicator::new(cfg, store, Arc::new(Metrics::default()), suspicions);
+        let (tx, rx) = mpsc::channel(4);
+        tx.try_send(Outgoing::Access(Arc::new(Vec::new())))
+            .expect("room in the queue");
+        replicator.links.write().insert(
+            NodeId::from_u64(2),
+            Link {
+                alive: true,
+                tx,
+                resync: Arc::new(AtomicBool::new(false)),
+                stop: CancellationToken::new(),
+            },
+        );
+        (replicator, rx)
+    }
+
+    /// Starts `flush(limit)`; the handle answers how long it waited.
+    fn flushing(replicator: &Replicator, limit: Duration) -> tokio::task::JoinHandle<Duration> {
+        let replicator = replicator.clone();
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            replicator.flush(limit).await;
+            started.elapsed()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_with_nothing_queued_returns_at_once() {
+        let (replicator, mut rx) = with_one_queued_delta();
+        rx.try_recv().expect("the queued delta");
+        assert_eq!(replicator.queued(), 0);
+        let waited = flushing(&replicator, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(waited, Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_returns_the_moment_a_link_takes_the_last_queued_delta() {
+        let (replicator, mut rx) = with_one_queued_delta();
+        let flush = flushing(&replicator, Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!flush.is_finished(), "a delta is still queued");
+        rx.try_recv().expect("the queued delta");
+        replicator.ctx.taken(&rx);
+        assert_eq!(flush.await.unwrap(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_returns_when_the_member_whose_queue_was_full_leaves() {
+        let (replicator, _rx) = with_one_queued_delta();
+        let flush = flushing(&replicator, Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());
+        replicator.sync_links(Vec::new(), &stop, &tasks);
+        assert_eq!(flush.await.unwrap(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_gives_up_at_its_limit_when_no_link_takes_its_queue() {
+        let (replicator, _rx) = with_one_queued_delta();
+        let waited = flushing(&replicator, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(waited, Duration::from_secs(2));
+        assert_eq!(replicator.queued(), 1);
+    }
 }
 
 /// Links against a relay that sends them to another node than meant, with and without a
@@ -454,7 +557,6 @@ mod relayed_links {
     use crate::wire::seal::{ClusterKey, Hello};
     use bytes::Bytes;
     use std::net::SocketAddr;
-    use std::sync::atomic::AtomicUsize;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
@@ -568,7 +670,7 @@ mod relayed_links {
     }
 
     /// Where a relay without the key sends A's link to B.
-    #[derive(Clone, Copy)]
+    #[derive(Clone, Copy, Debug)]
     enum Relay {
         /// Nowhere: A reaches B.
         None,
@@ -610,16 +712,21 @@ mod relayed_links {
     /// for B's: the write returned at once, B never had it, and nobody was suspected.
     #[tokio::test]
     async fn a_link_relayed_to_another_node_is_not_taken_for_the_member() {
-        for relay in [Relay::IntoA, Relay::ToC] {
-            for key in [Some(key()), None] {
-                let keyed = key.is_some();
-                let (on_b, suspected) = write_through(relay, key).await;
-                assert!(!on_b);
-                assert!(
-                    suspected,
-                    "keyed {keyed}: the member behind the relay is suspected"
-                );
-            }
+        let cases = [Relay::IntoA, Relay::ToC]
+            .into_iter()
+            .flat_map(|relay| [(relay, Some(key())), (relay, None)]);
+        // Each case waits out the ack timeout: all at once, they wait it once.
+        let outcomes = futures_util::future::join_all(cases.map(|(relay, key)| async move {
+            let keyed = key.is_some();
+            (relay, keyed, write_through(relay, key).await)
+        }))
+        .await;
+        for (relay, keyed, (on_b, suspected)) in outcomes {
+            assert!(!on_b, "{relay:?}, keyed {keyed}: B got the write");
+            assert!(
+                suspected,
+                "{relay:?}, keyed {keyed}: the member behind the relay is suspected"
+            );
         }
     }
 
@@ -627,11 +734,12 @@ mod relayed_links {
     async fn a_peer_that_completes_the_hello_then_closes_is_not_redialled_in_a_loop() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
+        let (accepted, mut accepts) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::Relaxed);
+                // Noted before the connection can fail, so the gaps below are never
+                // shorter than the link's pauses.
+                let _ = accepted.send(tokio::time::Instant::now());
                 tokio::spawn(async move {
                     // What B with another key does: its hello, then close at the first frame.
                     let _ = s.write_all(&Hello::new(B.as_u64(), 0).encode()).await;
@@ -642,10 +750,23 @@ mod relayed_links {
         });
         let stop = CancellationToken::new();
         let _a = replicator_of_a(addr, Some(key()), &stop);
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut at = Vec::new();
+        while at.len() < 5 {
+            match tokio::time::timeout_at(deadline, accepts.recv()).await {
+                Ok(Some(instant)) => at.push(instant),
+                _ => panic!("{} connections within 10 s, expected 5", at.len()),
+            }
+        }
         stop.cancel();
-        let n = accepted.load(Ordering::Relaxed);
-        // Backing off from 50 ms, doubling to 2 s: about 6 attempts in 2 s.
-        assert!(n <= 12, "{n} connections in 2 s");
+        // Backing off from 50 ms, doubling (up to 2 s).
+        for (i, pause_ms) in [50, 100, 200, 400].into_iter().enumerate() {
+            let gap = at[i + 1] - at[i];
+            assert!(
+                gap >= Duration::from_millis(pause_ms),
+                "attempt {} came {gap:?} after the one before, expected at least {pause_ms} ms",
+                i + 2
+            );
+        }
     }
 }

@@ -2,9 +2,11 @@
 //! batches, and merges them; deltas that arrive meanwhile go through the same merge, so
 //! their order does not matter. If the member fails mid-way, the next one is asked.
 
+use std::io;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use thiserror::Error;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -13,7 +15,7 @@ use crate::membership::{MemberInfo, MemberState, MembershipView, NodeId};
 use crate::session::SessionStore;
 use crate::transport::Streams;
 use crate::wire::seal::ClusterKey;
-use crate::wire::{self, FrameBody};
+use crate::wire::{self, FrameBody, WireError};
 
 /// How a transfer ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +30,24 @@ pub enum Transfer {
     },
     /// Every member failed; the node serves what it has and anti-entropy fills the rest.
     Failed,
+}
+
+/// Why one member's transfer failed; the next member is asked.
+#[derive(Debug, Error)]
+pub(crate) enum TransferError {
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("no data for {0:?}")]
+    Stalled(Duration),
+    #[error("closed before the end")]
+    Closed,
+    /// Another node answers at the member's address: its state is not the member's.
+    #[error("answered by {answered}, not {expected}")]
+    WrongPeer { answered: NodeId, expected: NodeId },
+    #[error("bad frame: {0}")]
+    BadFrame(WireError),
 }
 
 /// The longest silence of a member in the middle of a transfer.
@@ -87,14 +107,13 @@ async fn from_member(
     me: NodeId,
     store: &SessionStore,
     member: &MemberInfo,
-) -> Result<usize, String> {
+) -> Result<usize, TransferError> {
     let mut stream = tokio::time::timeout(
         STALL,
         streams.connect(member.replication, key, me, member.id),
     )
     .await
-    .map_err(|_| "connect timed out".to_string())?
-    .map_err(|e| e.to_string())?;
+    .map_err(|_| TransferError::ConnectTimeout)??;
     let request = rand::random::<u64>();
     stream
         .send(wire::encode_frame(
@@ -102,19 +121,21 @@ async fn from_member(
             me,
             &FrameBody::StateRequest(request),
         ))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let mut sessions = 0;
     loop {
         let frame = match tokio::time::timeout(STALL, stream.next()).await {
-            Err(_) => return Err(format!("no data for {STALL:?}")),
-            Ok(None) => return Err("closed before the end".into()),
-            Ok(Some(Err(e))) => return Err(e.to_string()),
+            Err(_) => return Err(TransferError::Stalled(STALL)),
+            Ok(None) => return Err(TransferError::Closed),
+            Ok(Some(Err(e))) => return Err(e.into()),
             Ok(Some(Ok(frame))) => frame,
         };
         match wire::decode_frame(&frame, cluster) {
             Ok((sender, _)) if sender != member.id => {
-                return Err(format!("answered by {sender}, not {}", member.id));
+                return Err(TransferError::WrongPeer {
+                    answered: sender,
+                    expected: member.id,
+                });
             }
             Ok((
                 _,
@@ -134,7 +155,7 @@ async fn from_member(
                 }
             }
             Ok(_) => {}
-            Err(e) => return Err(format!("bad frame: {e}")),
+            Err(e) => return Err(TransferError::BadFrame(e)),
         }
     }
 }
@@ -191,7 +212,7 @@ mod tests {
         let store = SessionStore::new(NodeId::from_u64(id), Default::default(), 60);
         for i in 0..sessions {
             store
-                .update(None, true, 1, |s| s.set("i", Bytes::from(i.to_string())))
+                .update_or_create(None, 1, |s| s.set("i", Bytes::from(i.to_string())))
                 .unwrap();
         }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -222,6 +243,54 @@ mod tests {
             matches!(outcome, Transfer::Done { ref from, sessions: 10, .. } if from == "there"),
             "{outcome:?}"
         );
+        stop.cancel();
+    }
+
+    /// What asking member `id` at `addr` alone gives a joiner (id 9).
+    async fn ask(id: u64, addr: std::net::SocketAddr) -> Result<usize, TransferError> {
+        let joiner = SessionStore::new(NodeId::from_u64(9), Default::default(), 60);
+        let member = member(id, "asked", addr).info;
+        from_member(
+            &Streams::Tcp,
+            "c",
+            None,
+            NodeId::from_u64(9),
+            &joiner,
+            &member,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_transfer_answered_by_another_node_fails_naming_both() {
+        let (addr, _, stop) = member_with_sessions(2, 3).await;
+        let failed = ask(3, addr).await;
+        assert!(
+            matches!(failed, Err(TransferError::WrongPeer { answered, expected })
+                if answered == NodeId::from_u64(2) && expected == NodeId::from_u64(3)),
+            "{failed:?}"
+        );
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_member_that_closes_before_the_last_batch_fails_the_transfer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            if let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 64];
+                let _ = s.read(&mut buf).await;
+            }
+        });
+        let failed = ask(1, addr).await;
+        assert!(matches!(failed, Err(TransferError::Closed)), "{failed:?}");
+    }
+
+    #[tokio::test]
+    async fn a_member_that_sends_every_batch_gives_its_count() {
+        let (addr, _, stop) = member_with_sessions(2, 3).await;
+        assert_eq!(ask(2, addr).await.unwrap(), 3);
         stop.cancel();
     }
 
