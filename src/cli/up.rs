@@ -118,7 +118,7 @@ enum Failure {
     /// Another program took a port `up` chose before the child bound it: start again.
     LostPort(String),
     /// Anything else: give up, with this reason.
-    Gave(String),
+    Fatal(String),
 }
 
 /// The running children and what watches them.
@@ -185,7 +185,7 @@ impl Children {
             };
             let found = tokio::select! {
                 found = &mut listening => found.ok(),
-                name = &mut *signals => return Err(Failure::Gave(format!("{name} received while starting"))),
+                name = &mut *signals => return Err(Failure::Fatal(format!("{name} received while starting"))),
                 Some((j, status)) = self.exit_rx.recv() => {
                     self.list[j].exited = Some(status);
                     if j != i {
@@ -195,7 +195,7 @@ impl Children {
                     listening.await.ok()
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => {
-                    return Err(Failure::Gave(format!("{} did not report its addresses within {READY_TIMEOUT:?}", describe(&self.list[i]))));
+                    return Err(Failure::Fatal(format!("{} did not report its addresses within {READY_TIMEOUT:?}", describe(&self.list[i]))));
                 }
             };
             let child = &mut self.list[i];
@@ -232,7 +232,7 @@ impl Children {
                 "port {port}, chosen for {}, was taken by another program before it could bind it",
                 describe(child)
             )),
-            None => Failure::Gave(format!(
+            None => Failure::Fatal(format!(
                 "{} exited while starting ({status}); see its log above",
                 describe(child)
             )),
@@ -333,7 +333,7 @@ async fn start_and_serve(
                 children.stop_all().await;
                 attempt += 1;
             }
-            Err(Failure::LostPort(why) | Failure::Gave(why)) => return Err(CliError::Up(why)),
+            Err(Failure::LostPort(why) | Failure::Fatal(why)) => return Err(CliError::Up(why)),
         }
     }
 
@@ -379,7 +379,7 @@ async fn start_and_serve(
                 children.list.truncate(n);
                 attempt += 1;
             }
-            Err(Failure::LostPort(why) | Failure::Gave(why)) => return Err(CliError::Up(why)),
+            Err(Failure::LostPort(why) | Failure::Fatal(why)) => return Err(CliError::Up(why)),
         }
     }
 
@@ -839,7 +839,7 @@ mod tests {
             matches!(&failure, Failure::LostPort(why) if why.contains(&port.to_string())),
             "{}",
             match failure {
-                Failure::LostPort(w) | Failure::Gave(w) => w,
+                Failure::LostPort(w) | Failure::Fatal(w) => w,
             }
         );
     }
@@ -854,20 +854,20 @@ mod tests {
         let free = children_with(vec![(port, Wants::Tcp)], false);
         assert!(matches!(
             free.exited_while_starting(0, ExitStatus::from_raw(1 << 8)),
-            Failure::Gave(_)
+            Failure::Fatal(_)
         ));
         let thief = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let held = thief.local_addr().unwrap().port();
         let reported = children_with(vec![(held, Wants::Tcp)], true);
         assert!(matches!(
             reported.exited_while_starting(0, ExitStatus::from_raw(1 << 8)),
-            Failure::Gave(_)
+            Failure::Fatal(_)
         ));
         // Port 0 is the kernel's choice: nothing to lose.
         let any = children_with(vec![(0, Wants::TcpAndUdp)], false);
         assert!(matches!(
             any.exited_while_starting(0, ExitStatus::from_raw(1 << 8)),
-            Failure::Gave(_)
+            Failure::Fatal(_)
         ));
     }
 
