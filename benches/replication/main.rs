@@ -33,7 +33,7 @@
 //! `-- --sealed` to run every node with a shared cluster key (`cluster.key_file`), so that
 //! the cost of the seal shows against a run without.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::io::{BufRead, Read, Write};
