@@ -149,7 +149,7 @@ pub fn run(rt: &Runtime, opts: &Opts, summary: &mut Vec<Headline>) {
         summary,
         "3-node sync throughput vs 1 node",
         format!("{:.0} %", sync3_ratio * 100.0),
-        "â¥ 50 %",
+        "≥ 50 %",
         Some(sync3_ratio >= 0.5),
     );
     for mode in ["sync", "async"] {
