@@ -205,7 +205,9 @@ impl Chart {
             let colour = COLOURS[i % COLOURS.len()];
             for p in &series.points {
                 if let Some((lo, hi)) = p.range {
-                    let (x, y0, y1) = (px(p.x), py(lo), py(hi));
+                    // Side by side, so that the ranges of series at one x stay apart.
+                    let beside = (i as f64 - (self.series.len() as f64 - 1.0) / 2.0) * 7.0;
+                    let (x, y0, y1) = (px(p.x) + beside, py(lo), py(hi));
                     let _ = writeln!(
                         s,
                         r#"<path d="M{x:.1} {y0:.1}V{y1:.1}M{:.1} {y0:.1}h8M{:.1} {y1:.1}h8" stroke="{colour}" stroke-opacity="0.6" fill="none"/>"#,
