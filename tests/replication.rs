@@ -106,32 +106,46 @@ fn an_idle_session_expires_everywhere_while_one_touched_elsewhere_every_second_s
     // has outlived its own 2 s only through touches made elsewhere.
     let mut touches = 0;
     let mut last_touch: Option<Instant> = None;
-    wait_until(
-        Duration::from_secs(20),
-        "the idle session is swept from every node",
-        || {
-            if last_touch.is_none_or(|at| at.elapsed() >= TOUCH_EVERY) {
-                let got = busy.send(
-                    nodes[1 + touches % 2].http,
-                    "GET",
-                    "/session/attributes/x",
-                    b"",
-                );
-                assert_eq!(
-                    (got.status, got.text()),
-                    (200, "busy".to_string()),
-                    "touch {touches}"
-                );
-                touches += 1;
-                last_touch = Some(Instant::now());
-            }
-            // Counting sessions touches none of them.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if last_touch.is_none_or(|at| at.elapsed() >= TOUCH_EVERY) {
+            let got = busy.send(
+                nodes[1 + touches % 2].http,
+                "GET",
+                "/session/attributes/x",
+                b"",
+            );
+            assert_eq!(
+                (got.status, got.text()),
+                (200, "busy".to_string()),
+                "touch {touches}"
+            );
+            touches += 1;
+            last_touch = Some(Instant::now());
+        }
+        // Counting sessions touches none of them.
+        let active: Vec<Option<serde_json::Value>> = nodes
+            .iter()
+            .map(|n| n.status().map(|s| s["sessions"]["active"].clone()))
+            .collect();
+        if active.iter().all(|a| a.as_ref().is_some_and(|a| *a == 1)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the idle session was not swept from every node within 20 s; active sessions: {}",
             nodes
                 .iter()
-                .all(|n| n.status().is_some_and(|s| s["sessions"]["active"] == 1))
-                .then_some(())
-        },
-    );
+                .zip(&active)
+                .map(|(n, a)| match a {
+                    Some(a) => format!("{}: {a}", n.name),
+                    None => format!("{}: no status", n.name),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
     for node in &nodes {
         let mut probe = idle.clone();
         assert_eq!(

@@ -13,7 +13,7 @@ pub use inbound::{InboundConfig, serve};
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
@@ -86,13 +86,30 @@ pub(crate) struct Context {
     /// Woken when a link has taken everything from its queue, or links went away: what
     /// [`Replicator::flush`] waits for.
     drained: Notify,
+    /// How many flushes are waiting on `drained`. Almost always zero: a link that empties
+    /// its queue then pays one load, not the lock `notify_waiters` takes (shared by every
+    /// link).
+    flushers: AtomicUsize,
 }
 
 impl Context {
-    /// Called by a link after it took from its queue: wakes a waiting flush once the queue
-    /// is empty (a busy queue wakes nobody, so the hot path pays one check).
+    /// Called by a link after it took from its queue (and wrote what it took): wakes the
+    /// waiting flushes once the queue is empty (a busy queue wakes nobody, and with no
+    /// flush waiting an empty one wakes nobody either).
     pub fn taken(&self, queue: &mpsc::Receiver<outbound::Outgoing>) {
-        if queue.is_empty() {
+        if !queue.is_empty() {
+            return;
+        }
+        // Pairs with the fence in `flush`: this link emptied the queue, then reads the
+        // count; a flush counted itself, then reads the queues. With a SeqCst fence
+        // between each write and the read after it, one of the two reads sees the other
+        // side's write: either the flush sees this queue empty, or this link sees the
+        // flush counted and wakes it. (The queue's own atomics are not SeqCst, hence
+        // fences rather than SeqCst on the count alone.) A counted flush that has not made
+        // its `Notified` yet loses nothing: the one it makes is either woken by this call
+        // or made after it (tokio's Notify orders the two), and then reads this queue empty.
+        fence(Ordering::SeqCst);
+        if self.flushers.load(Ordering::SeqCst) > 0 {
             self.drained.notify_waiters();
         }
     }
@@ -201,6 +218,7 @@ impl Replicator {
                 suspicions,
                 ready: Arc::new(AtomicBool::new(false)),
                 drained: Notify::new(),
+                flushers: AtomicUsize::new(0),
             }),
             cfg: Arc::new(cfg),
             links: Arc::new(RwLock::new(HashMap::new())),
@@ -306,8 +324,23 @@ impl Replicator {
         }
     }
 
-    /// Waits (at most `limit`) until every queue is empty, before leaving the cluster.
+    /// Waits (at most `limit`) until every queue is empty, before leaving the cluster. When
+    /// it has to wait, a link wakes it only after the batch that emptied its queue is
+    /// written to the socket (not yet acknowledged): the link that empties last has its
+    /// deltas on the wire when this returns. A batch that another link took and is still
+    /// writing at that moment is not waited for, nor is one being written when it starts.
     pub async fn flush(&self, limit: Duration) {
+        // Counted for as long as this flush waits (a timeout or a dropped future included),
+        // so links wake it; counted before the queues are read (see `Context::taken`).
+        struct Counted<'a>(&'a AtomicUsize);
+        impl Drop for Counted<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.ctx.flushers.fetch_add(1, Ordering::SeqCst);
+        let _counted = Counted(&self.ctx.flushers);
+        fence(Ordering::SeqCst);
         let _ = tokio::time::timeout(limit, async {
             loop {
                 // Registered before the queues are looked at, so a link that empties its
@@ -528,7 +561,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_flush_returns_when_the_member_whose_queue_was_full_leaves() {
+    async fn a_flush_returns_when_the_member_with_a_delta_still_queued_leaves() {
         let (replicator, _rx) = with_one_queued_delta();
         let flush = flushing(&replicator, Duration::from_secs(60));
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -543,6 +576,35 @@ mod tests {
         let waited = flushing(&replicator, Duration::from_secs(2)).await.unwrap();
         assert_eq!(waited, Duration::from_secs(2));
         assert_eq!(replicator.queued(), 1);
+    }
+
+    /// Links wake flushes only while one is counted: a count left behind would make every
+    /// later batch take the Notify's lock again.
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_is_counted_as_waiting_only_until_it_ends_however_it_ends() {
+        let (replicator, mut rx) = with_one_queued_delta();
+        let flushers = || replicator.ctx.flushers.load(Ordering::SeqCst);
+        // At its limit.
+        let flush = flushing(&replicator, Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(flushers(), 1);
+        flush.await.unwrap();
+        assert_eq!(flushers(), 0);
+        // Dropped while it waits.
+        let flush = flushing(&replicator, Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(flushers(), 1);
+        flush.abort();
+        assert!(flush.await.unwrap_err().is_cancelled());
+        assert_eq!(flushers(), 0);
+        // Woken by the link that emptied its queue.
+        let flush = flushing(&replicator, Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(flushers(), 1);
+        rx.try_recv().expect("the queued delta");
+        replicator.ctx.taken(&rx);
+        flush.await.unwrap();
+        assert_eq!(flushers(), 0);
     }
 }
 
@@ -581,6 +643,18 @@ mod relayed_links {
     ) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        serve_on(listener, me, store, key, stop);
+        addr
+    }
+
+    /// Serves `me`'s replication port on `listener`.
+    fn serve_on(
+        listener: TcpListener,
+        me: NodeId,
+        store: SessionStore,
+        key: Option<ClusterKey>,
+        stop: &CancellationToken,
+    ) {
         let mut cfg = InboundConfig::new("c".into(), me, store, Arc::new(AtomicBool::new(true)));
         cfg.key = key;
         tokio::spawn(serve(
@@ -589,7 +663,6 @@ mod relayed_links {
             Arc::new(Metrics::default()),
             stop.clone(),
         ));
-        addr
     }
 
     /// A plain byte relay (no key): every connection to it is piped to `to`.
@@ -608,14 +681,22 @@ mod relayed_links {
         addr
     }
 
-    /// A's replicator, with B alive at `b_addr` as A sees it.
+    /// A's replicator (in sync mode), with B alive at `b_addr` as A sees it.
     fn replicator_of_a(
         b_addr: SocketAddr,
         key: Option<ClusterKey>,
         stop: &CancellationToken,
     ) -> (Replicator, SessionStore, mpsc::Receiver<NodeId>) {
-        let mut cfg =
-            ReplicationConfig::new("c".into(), A, ReplicationMode::Sync, Duration::from_secs(2));
+        replicator_of_a_in(ReplicationMode::Sync, b_addr, key, stop)
+    }
+
+    fn replicator_of_a_in(
+        mode: ReplicationMode,
+        b_addr: SocketAddr,
+        key: Option<ClusterKey>,
+        stop: &CancellationToken,
+    ) -> (Replicator, SessionStore, mpsc::Receiver<NodeId>) {
+        let mut cfg = ReplicationConfig::new("c".into(), A, mode, Duration::from_secs(2));
         cfg.key = key;
         let (suspicions, suspected) = mpsc::channel(100_000);
         let store = store(A);
@@ -728,6 +809,61 @@ mod relayed_links {
                 "{relay:?}, keyed {keyed}: the member behind the relay is suspected"
             );
         }
+    }
+
+    /// The other flush tests play the link by hand; here a real one, to a real replication
+    /// port, must wake the flush when it has sent what was queued.
+    #[tokio::test]
+    async fn a_flush_is_woken_by_a_real_link_that_sends_the_queued_deltas() {
+        let stop = CancellationToken::new();
+        // B's port answers only once the flush waits: until then A's link is held in the
+        // key's handshake (it needs B's hello), so the deltas stay queued.
+        let b_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let b_addr = b_listener.local_addr().unwrap();
+        let b_store = store(B);
+        let (replicator, _, _suspected) =
+            replicator_of_a_in(ReplicationMode::Async, b_addr, Some(key()), &stop);
+        linked(&replicator).await;
+        let ids: Vec<SessionId> = (0..3).map(|_| SessionId::random()).collect();
+        for id in &ids {
+            replicator.replicate(delta(*id)).await;
+        }
+        assert_eq!(
+            replicator.queued(),
+            3,
+            "the link took deltas before B answered"
+        );
+        let flush = {
+            let replicator = replicator.clone();
+            tokio::spawn(async move { replicator.flush(Duration::from_secs(60)).await })
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while replicator.ctx.flushers.load(Ordering::SeqCst) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the flush did not start within 5 s"
+            );
+            tokio::task::yield_now().await;
+        }
+        serve_on(b_listener, B, b_store.clone(), Some(key()), &stop);
+        let woken = tokio::time::timeout(Duration::from_secs(5), flush).await;
+        assert!(
+            woken.is_ok(),
+            "the flush was not woken within 5 s of B answering; {} still queued",
+            replicator.queued()
+        );
+        assert_eq!(replicator.queued(), 0);
+        // And what was sent is B's.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while b_store.export(&ids).len() < ids.len() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "B holds {} of the 3 sessions after 5 s",
+                b_store.export(&ids).len()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.cancel();
     }
 
     #[tokio::test]

@@ -168,8 +168,8 @@ mod tests {
     use crate::replication::{InboundConfig, serve};
     use bytes::Bytes;
     use std::sync::Arc;
-    use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
+    use tokio::task::JoinHandle;
     use tokio_util::sync::CancellationToken;
 
     fn member(id: u64, name: &str, replication: std::net::SocketAddr) -> MemberView {
@@ -270,21 +270,42 @@ mod tests {
                 if answered == NodeId::from_u64(2) && expected == NodeId::from_u64(3)),
             "{failed:?}"
         );
+        let text = failed.unwrap_err().to_string();
+        for id in [NodeId::from_u64(2), NodeId::from_u64(3)] {
+            assert!(text.contains(&id.to_string()), "{id} not in {text:?}");
+        }
         stop.cancel();
     }
 
-    #[tokio::test]
-    async fn a_member_that_closes_before_the_last_batch_fails_the_transfer() {
+    /// A member (id `id`) that takes one whole frame, then closes without answering; the
+    /// handle says whether that frame was a state request.
+    async fn takes_the_request_then_closes(id: u64) -> (std::net::SocketAddr, JoinHandle<bool>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            if let Ok((mut s, _)) = listener.accept().await {
-                let mut buf = [0u8; 64];
-                let _ = s.read(&mut buf).await;
-            }
+        let taken = tokio::spawn(async move {
+            let Ok((s, _)) = listener.accept().await else {
+                return false;
+            };
+            let Ok(mut stream) = transport::accept(s, None, NodeId::from_u64(id)).await else {
+                return false;
+            };
+            let frame = stream.next().await;
+            frame.and_then(Result::ok).is_some_and(|f| {
+                matches!(
+                    wire::decode_frame(&f, "c"),
+                    Ok((_, FrameBody::StateRequest(_)))
+                )
+            })
         });
+        (addr, taken)
+    }
+
+    #[tokio::test]
+    async fn a_member_that_takes_the_request_and_closes_without_a_batch_fails_the_transfer() {
+        let (addr, taken) = takes_the_request_then_closes(1).await;
         let failed = ask(1, addr).await;
         assert!(matches!(failed, Err(TransferError::Closed)), "{failed:?}");
+        assert!(taken.await.unwrap(), "the member got no state request");
     }
 
     #[tokio::test]
@@ -295,16 +316,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_member_that_fails_mid_transfer_is_replaced_by_the_next_one() {
-        // A member that takes the request and dies.
-        let dying = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let dying_addr = dying.local_addr().unwrap();
-        tokio::spawn(async move {
-            if let Ok((mut s, _)) = dying.accept().await {
-                let mut buf = [0u8; 64];
-                let _ = s.read(&mut buf).await;
-            }
-        });
+    async fn a_member_that_closes_after_the_request_is_replaced_by_the_next_one() {
+        let (dying_addr, taken) = takes_the_request_then_closes(1).await;
         let (good_addr, full, stop) = member_with_sessions(2, 5000).await;
         let members = vec![member(1, "dying", dying_addr), member(2, "good", good_addr)];
         let (joiner, outcome) = join(members).await;
@@ -314,6 +327,10 @@ mod tests {
         );
         assert_eq!(joiner.len(), 5000);
         assert_eq!(joiner.digest(), full.digest());
+        assert!(
+            taken.await.unwrap(),
+            "the dying member got no state request"
+        );
         stop.cancel();
     }
 
