@@ -297,7 +297,8 @@ impl<D: Datagrams> Driver<D> {
         let timeout = self.cfg.verify_timeout;
         let streams = self.cfg.streams.clone();
         self.admissions.spawn(async move {
-            let verdict = verify(&streams, addr, &cluster, key.as_ref(), me, id, timeout).await;
+            let verdict =
+                verify_over(&streams, addr, &cluster, key.as_ref(), me, id, timeout).await;
             (id, verdict)
         });
     }
@@ -363,7 +364,8 @@ impl<D: Datagrams> Driver<D> {
                     let streams = self.cfg.streams.clone();
                     self.verifications.spawn(async move {
                         let verdict =
-                            verify(&streams, addr, &cluster, key.as_ref(), me, id, timeout).await;
+                            verify_over(&streams, addr, &cluster, key.as_ref(), me, id, timeout)
+                                .await;
                         (id, verdict)
                     });
                 }
@@ -410,9 +412,22 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Verifies a suspect on its replication port: it must answer a ping with its own id.
-/// A bare TCP accept (the kernel's, for a frozen process) is not an answer.
+/// Verifies a suspect on its replication port over TCP; see [`verify_over`].
 pub async fn verify(
+    addr: SocketAddr,
+    cluster: &str,
+    key: Option<&ClusterKey>,
+    me: NodeId,
+    suspect: NodeId,
+    timeout: Duration,
+) -> Verdict {
+    verify_over(&Streams::Tcp, addr, cluster, key, me, suspect, timeout).await
+}
+
+/// Verifies a suspect on its replication port, reached through `streams`: it must answer a
+/// ping with its own id. A bare TCP accept (the kernel's, for a frozen process) is not an
+/// answer.
+pub async fn verify_over(
     streams: &Streams,
     addr: SocketAddr,
     cluster: &str,
@@ -503,16 +518,7 @@ mod tests {
     #[tokio::test]
     async fn a_live_member_answers_verification() {
         let (addr, stop) = responder(7).await;
-        let verdict = verify(
-            &Streams::Tcp,
-            addr,
-            "c",
-            None,
-            NodeId::from_u64(1),
-            NodeId::from_u64(7),
-            T,
-        )
-        .await;
+        let verdict = verify(addr, "c", None, NodeId::from_u64(1), NodeId::from_u64(7), T).await;
         assert_eq!(verdict, Verdict::Answered);
         stop.cancel();
     }
@@ -523,16 +529,7 @@ mod tests {
             let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             l.local_addr().expect("addr")
         };
-        let verdict = verify(
-            &Streams::Tcp,
-            addr,
-            "c",
-            None,
-            NodeId::from_u64(1),
-            NodeId::from_u64(7),
-            T,
-        )
-        .await;
+        let verdict = verify(addr, "c", None, NodeId::from_u64(1), NodeId::from_u64(7), T).await;
         assert_eq!(verdict, Verdict::Refused);
     }
 
@@ -541,32 +538,14 @@ mod tests {
         // A bound, listening socket nobody accepts from: what a frozen process looks like.
         let frozen = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = frozen.local_addr().expect("addr");
-        let verdict = verify(
-            &Streams::Tcp,
-            addr,
-            "c",
-            None,
-            NodeId::from_u64(1),
-            NodeId::from_u64(7),
-            T,
-        )
-        .await;
+        let verdict = verify(addr, "c", None, NodeId::from_u64(1), NodeId::from_u64(7), T).await;
         assert_eq!(verdict, Verdict::NoAnswer);
     }
 
     #[tokio::test]
     async fn another_process_on_the_port_means_the_suspect_is_gone() {
         let (addr, stop) = responder(8).await;
-        let verdict = verify(
-            &Streams::Tcp,
-            addr,
-            "c",
-            None,
-            NodeId::from_u64(1),
-            NodeId::from_u64(7),
-            T,
-        )
-        .await;
+        let verdict = verify(addr, "c", None, NodeId::from_u64(1), NodeId::from_u64(7), T).await;
         assert_eq!(verdict, Verdict::Refused);
         stop.cancel();
     }
@@ -575,7 +554,6 @@ mod tests {
     async fn a_member_of_another_cluster_on_the_port_is_no_answer() {
         let (addr, stop) = responder(7).await;
         let verdict = verify(
-            &Streams::Tcp,
             addr,
             "other",
             None,

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -15,6 +16,7 @@ use deltacast::config::Config;
 use deltacast::node::{self, RunningNode, Sockets};
 use deltacast::shutdown::Shutdown;
 use deltacast::transport::mem::Network;
+use deltacast::wire::seal::ClusterKey;
 use http_body_util::BodyExt;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
@@ -22,8 +24,11 @@ use tower::ServiceExt;
 /// One step of a scenario.
 #[derive(Debug)]
 enum Step {
-    /// Starts these nodes (`nK` at 10.0.0.K), each joining the cluster.
+    /// Starts these nodes (`nK` at 10.0.0.K), each joining the cluster, with the
+    /// scenario's cluster key if it has one.
     Start(&'static [&'static str]),
+    /// Starts these nodes without a cluster key, whatever the scenario's.
+    StartWithoutKey(&'static [&'static str]),
     /// Waits until every running node serves and lists every other one alive.
     Converged,
     /// Cuts these nodes off from all the others, both ways.
@@ -67,6 +72,8 @@ const POLL: Duration = Duration::from_millis(10);
 
 struct Simulator {
     net: Network,
+    /// The file of the cluster key the nodes are started with, if any.
+    key_file: Option<PathBuf>,
     nodes: HashMap<&'static str, RunningNode>,
     /// The session cookie (`name=value`) of each browser.
     cookies: HashMap<&'static str, String>,
@@ -76,8 +83,29 @@ impl Simulator {
     fn new() -> Simulator {
         Simulator {
             net: Network::new(11),
+            key_file: None,
             nodes: HashMap::new(),
             cookies: HashMap::new(),
+        }
+    }
+
+    /// A simulator whose nodes share a fresh cluster key, in a file of its own.
+    fn sealed(test: &str) -> Simulator {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("scenario-{test}-{}.key", std::process::id()));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .expect("a key file");
+        writeln!(file, "{}", ClusterKey::generate_text()).expect("the key written");
+        Simulator {
+            key_file: Some(path),
+            ..Simulator::new()
         }
     }
 
@@ -91,13 +119,22 @@ impl Simulator {
         for (_, node) in self.nodes.drain() {
             node.shutdown().await;
         }
+        if let Some(path) = &self.key_file {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     async fn step(&mut self, step: &Step) {
         match step {
             Start(names) => {
                 for name in *names {
-                    let node = self.start(name).await;
+                    let node = self.start(name, self.key_file.clone()).await;
+                    self.nodes.insert(name, node);
+                }
+            }
+            StartWithoutKey(names) => {
+                for name in *names {
+                    let node = self.start(name, None).await;
                     self.nodes.insert(name, node);
                 }
             }
@@ -166,10 +203,11 @@ impl Simulator {
         }
     }
 
-    async fn start(&self, name: &str) -> RunningNode {
+    async fn start(&self, name: &str, key_file: Option<PathBuf>) -> RunningNode {
         let host = self.net.host(ip(name));
         let mut config = Config::for_test();
         config.cluster.name = "scenario".into();
+        config.cluster.key_file = key_file;
         config.node.name = name.into();
         let group = SocketAddr::from((Ipv4Addr::new(239, 255, 0, 1), 45_564));
         let sockets = Sockets {
@@ -450,6 +488,46 @@ async fn a_node_that_leaves_is_dropped_at_once_and_a_newcomer_takes_every_sessio
                 session: "cart",
                 name: "items",
                 value: Some("3 apples"),
+            },
+        ])
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn sealed_nodes_admit_each_other_replicate_and_never_list_a_node_without_the_key() {
+    Simulator::sealed("sealed")
+        .run(&[
+            Start(&["n1", "n2", "n3"]),
+            StartWithoutKey(&["n4"]),
+            Members {
+                node: "n1",
+                members: &["n2", "n3"],
+            },
+            Members {
+                node: "n3",
+                members: &["n1", "n2"],
+            },
+            Write {
+                node: "n2",
+                session: "s",
+                name: "secret",
+                value: "sealed on the way",
+            },
+            Expect {
+                nodes: &["n1", "n3"],
+                session: "s",
+                name: "secret",
+                value: Some("sealed on the way"),
+            },
+            Members {
+                node: "n4",
+                members: &[],
+            },
+            Expect {
+                nodes: &["n4"],
+                session: "s",
+                name: "secret",
+                value: None,
             },
         ])
         .await;

@@ -166,6 +166,7 @@ mod tests {
     use crate::membership::MemberView;
     use crate::metrics::Metrics;
     use crate::replication::{InboundConfig, serve};
+    use crate::transport;
     use bytes::Bytes;
     use std::sync::Arc;
     use tokio::net::TcpListener;
