@@ -12,11 +12,17 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use super::member::{Admin, Health};
-use super::select::{Candidate, Selector, Stickiness, fallbacks};
+use super::select::{Candidate, Selector, Stickiness, fallbacks, picks_by_figures};
 use crate::config::{BalancerMember, LbMethod};
 
 /// One member: where it is, its weight, its figures and its health.
+///
+/// `repr(C)` keeps the fields in this order, so that what every choice reads (up to
+/// `in_rotation`) and what every request writes (the figures, after `_written`) sit on
+/// different cache lines: a request's count on one worker does not take from the other
+/// workers the line their next choice reads.
 #[derive(Debug)]
+#[repr(C)]
 pub struct Member {
     /// Unique in the process: a member that comes back (or moves) is a new one.
     pub id: u64,
@@ -28,16 +34,23 @@ pub struct Member {
     pub loadfactor: u32,
     /// From the config (never removed by discovery).
     pub fixed: bool,
+    /// Mirrors [`Health::in_rotation`], set under the lock: a request reads this alone
+    /// while the member is healthy, and takes the lock only when it is not.
+    in_rotation: AtomicBool,
+    health: Mutex<Health>,
+    _written: CacheLine,
     pub elected: AtomicU64,
     pub busy: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub errors: AtomicU64,
-    health: Mutex<Health>,
-    /// Mirrors [`Health::in_rotation`], set under the lock: a request reads this alone
-    /// while the member is healthy, and takes the lock only when it is not.
-    in_rotation: AtomicBool,
 }
+
+/// Takes no room but starts a new cache line (two, for the prefetcher that fetches
+/// lines in pairs) where it stands in a `repr(C)` struct.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct CacheLine;
 
 impl Member {
     pub fn new(route: &str, url: &str, loadfactor: u32, fixed: bool) -> Member {
@@ -51,13 +64,14 @@ impl Member {
             authority,
             loadfactor,
             fixed,
+            in_rotation: AtomicBool::new(true),
+            health: Mutex::new(Health::new()),
+            _written: CacheLine,
             elected: AtomicU64::new(0),
             busy: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            health: Mutex::new(Health::new()),
-            in_rotation: AtomicBool::new(true),
         }
     }
 
@@ -75,7 +89,9 @@ impl Member {
         self.in_rotation.load(Ordering::Acquire)
     }
 
-    fn candidate(&self, now: Instant) -> Candidate<'_> {
+    /// The member as the selector sees it at `now`; its busy and traffic figures only
+    /// when `figures` (they are the lines every request writes, see [`Member`]).
+    fn candidate(&self, now: Instant, figures: bool) -> Candidate<'_> {
         let (usable, sticky_usable) = if self.in_rotation() {
             (true, true)
         } else {
@@ -87,8 +103,16 @@ impl Member {
             loadfactor: self.loadfactor,
             usable,
             sticky_usable,
-            busy: self.busy.load(Ordering::Relaxed),
-            traffic: self.bytes_in.load(Ordering::Relaxed) + self.bytes_out.load(Ordering::Relaxed),
+            busy: if figures {
+                self.busy.load(Ordering::Relaxed)
+            } else {
+                0
+            },
+            traffic: if figures {
+                self.bytes_in.load(Ordering::Relaxed) + self.bytes_out.load(Ordering::Relaxed)
+            } else {
+                0
+            },
         }
     }
 
@@ -124,9 +148,9 @@ pub struct MemberStatus {
 
 /// All members and the lbmethod's memory. A request reads the member list without a
 /// lock (an [`ArcSwap`] snapshot, replaced whole when discovery changes it) and keeps the
-/// lbmethod's memory on its own worker, so the workers share no lock and no written cache
-/// line on the way to a member; what they do share, the members' figures and health, are
-/// atomics (see [`Member`]).
+/// lbmethod's memory on its own worker, so the workers share no lock on the way to a
+/// member; what they do share, the members' figures and health, are atomics (see
+/// [`Member`]).
 #[derive(Debug)]
 pub struct Registry {
     members: ArcSwap<Vec<Arc<Member>>>,
@@ -201,9 +225,12 @@ impl Registry {
     /// [`Registry::order`] with the lbmethod memory of worker `slot`.
     fn order_on(&self, slot: usize, sticky: &Stickiness<'_>, now: Instant) -> Order<'_> {
         let members = self.members.load();
-        let candidates: Vec<Candidate> = members.iter().map(|m| m.candidate(now)).collect();
-        let selector = &self.selectors[slot % self.selectors.len()].0;
-        let first = selector.lock().pick(&candidates, sticky);
+        let mut selector = self.selectors[slot % self.selectors.len()].0.lock();
+        let figures = picks_by_figures(selector.method());
+        let candidates: Vec<Candidate> =
+            members.iter().map(|m| m.candidate(now, figures)).collect();
+        let first = selector.pick(&candidates, sticky);
+        drop(selector);
         drop(candidates);
         Order {
             registry: self,
@@ -278,8 +305,10 @@ impl Iterator for Order<'_> {
         }
         let rest = self.rest.get_or_insert_with(|| {
             let members = self.registry.members.load();
-            let candidates: Vec<Candidate> =
-                members.iter().map(|m| m.candidate(self.now)).collect();
+            let candidates: Vec<Candidate> = members
+                .iter()
+                .map(|m| m.candidate(self.now, true))
+                .collect();
             let first = self
                 .first
                 .as_ref()
@@ -394,6 +423,51 @@ mod tests {
         let b: usize = counts.iter().map(|c| c.1).sum();
         // Each worker's round of 3 gives a once and b twice; 1 200 picks are 400 rounds.
         assert_eq!((a, b), (400, 800));
+    }
+
+    #[test]
+    fn bybusyness_and_bytraffic_choose_by_the_live_figures_of_every_worker() {
+        let members = [fixed("a", 9001, 1), fixed("b", 9002, 1)];
+        let r = Registry::with_workers(LbMethod::ByBusyness, &members, 2);
+        r.members()[0].busy.store(3, Ordering::Relaxed);
+        assert_eq!(picks(&r, 0, 3), ["b", "b", "b"]);
+        assert_eq!(picks(&r, 1, 1), ["b"]);
+        r.members()[1].busy.store(4, Ordering::Relaxed);
+        assert_eq!(picks(&r, 1, 1), ["a"]);
+        let r = Registry::with_workers(LbMethod::ByTraffic, &members, 2);
+        r.members()[0].bytes_in.store(100, Ordering::Relaxed);
+        assert_eq!(picks(&r, 0, 1), ["b"]);
+        r.members()[1].bytes_out.store(101, Ordering::Relaxed);
+        assert_eq!(picks(&r, 1, 1), ["a"]);
+    }
+
+    #[test]
+    fn the_fallbacks_go_to_the_least_busy_first() {
+        let r = Registry::with_workers(
+            LbMethod::ByRequests,
+            &[
+                fixed("a", 9001, 1),
+                fixed("b", 9002, 1),
+                fixed("c", 9003, 1),
+            ],
+            1,
+        );
+        r.members()[1].busy.store(2, Ordering::Relaxed);
+        let order: Vec<String> = r
+            .order_on(0, &Stickiness::Route("a"), Instant::now())
+            .map(|m| m.route.clone())
+            .collect();
+        assert_eq!(order, ["a", "c", "b"]);
+    }
+
+    #[test]
+    fn the_figures_every_request_writes_start_a_cache_line_after_what_choices_read() {
+        use std::mem::{offset_of, size_of};
+        let read_end = offset_of!(Member, health) + size_of::<Mutex<Health>>();
+        assert!(offset_of!(Member, in_rotation) < offset_of!(Member, health));
+        assert!(offset_of!(Member, elected) >= read_end);
+        assert_eq!(offset_of!(Member, elected) % 128, 0);
+        assert!(offset_of!(Member, errors) < offset_of!(Member, elected) + 128);
     }
 
     #[test]
