@@ -236,9 +236,9 @@ impl Registry {
             registry: self,
             now,
             first: first.map(|at| members[at].clone()),
+            first_id: first.map(|at| members[at].id),
             alternatives: members.len() > 1,
             rest: None,
-            started: false,
         }
     }
 
@@ -274,17 +274,18 @@ impl Registry {
 pub struct Order<'r> {
     registry: &'r Registry,
     now: Instant,
+    /// The pick, until it is handed out.
     first: Option<Arc<Member>>,
+    first_id: Option<u64>,
     alternatives: bool,
     /// None until the pick was handed out and failed.
     rest: Option<std::vec::IntoIter<Arc<Member>>>,
-    started: bool,
 }
 
 impl Order<'_> {
     /// No member is usable.
     pub fn is_empty(&self) -> bool {
-        self.first.is_none()
+        self.first_id.is_none()
     }
 
     /// Whether a member other than the pick might be tried.
@@ -297,11 +298,8 @@ impl Iterator for Order<'_> {
     type Item = Arc<Member>;
 
     fn next(&mut self) -> Option<Arc<Member>> {
-        if !self.started {
-            self.started = true;
-            if let Some(first) = &self.first {
-                return Some(first.clone());
-            }
+        if let Some(first) = self.first.take() {
+            return Some(first);
         }
         let rest = self.rest.get_or_insert_with(|| {
             let members = self.registry.members.load();
@@ -310,9 +308,8 @@ impl Iterator for Order<'_> {
                 .map(|m| m.candidate(self.now, true))
                 .collect();
             let first = self
-                .first
-                .as_ref()
-                .and_then(|first| members.iter().position(|m| m.id == first.id));
+                .first_id
+                .and_then(|id| members.iter().position(|m| m.id == id));
             fallbacks(&candidates, first)
                 .into_iter()
                 .map(|at| members[at].clone())
