@@ -1,7 +1,9 @@
 //! Which member serves a request: stickiness first (the session's route, or a hash of the
 //! client address or a header), then the lbmethod with `loadfactor` weights, with
 //! mod_proxy_balancer's semantics. Pure: no clock, no sockets, no locks; the caller keeps
-//! the [`Selector`] behind whatever lock it likes and passes the members' live figures in.
+//! the [`Selector`] where it likes (the registry keeps one per worker: each weighs its own
+//! picks, and shares in proportion to the weights add up to such shares) and passes the
+//! members' live figures in.
 
 use std::hash::{Hash, Hasher};
 
