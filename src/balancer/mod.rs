@@ -18,6 +18,7 @@ pub mod member;
 pub mod pool;
 pub mod proxy;
 pub mod registry;
+pub mod rules;
 pub mod select;
 pub mod timeout;
 pub mod tunnel;
