@@ -32,6 +32,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tracing::debug;
 
+use super::rules::refusal::{CONTENT_TYPE, Refusal};
 use crate::throttle::LogThrottle;
 
 /// After our answer to a bad head, how long (at most) and how many bytes the rest of the
@@ -68,13 +69,14 @@ pub fn http1() -> http1::Builder {
 // The answer to a head hyper could not parse
 
 /// The one-line body of each status hyper answers a bad head with.
-fn error_line(status: StatusCode) -> &'static str {
-    match status {
-        StatusCode::BAD_REQUEST => "bad request: malformed request",
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "request header fields too large",
-        StatusCode::URI_TOO_LONG => "URI too long",
-        _ => "bad request",
-    }
+fn error_line(status: StatusCode) -> String {
+    let refusal = match status {
+        StatusCode::BAD_REQUEST => Refusal::MalformedHead,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => Refusal::HeadersTooLarge,
+        StatusCode::URI_TOO_LONG => Refusal::TargetTooLong,
+        _ => return "bad request".to_string(),
+    };
+    refusal.to_string()
 }
 
 /// Our answer in place of hyper's bodiless answer `hyper_answer` (a whole response head):
@@ -100,7 +102,7 @@ pub fn error_answer(hyper_answer: &[u8]) -> Option<Vec<u8>> {
     });
     let body = format!("{}\n", error_line(status));
     let mut answer = format!(
-        "{version} {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n",
+        "{version} {} {}\r\ncontent-type: {CONTENT_TYPE}\r\ncontent-length: {}\r\nconnection: close\r\n",
         status.as_str(),
         status.canonical_reason().unwrap_or(""),
         body.len()

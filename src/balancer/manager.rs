@@ -5,8 +5,8 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Response, StatusCode};
 use serde::Serialize;
 
+use super::answer::{ProxyBody, full, plain};
 use super::member::Admin;
-use super::proxy::{ProxyBody, full, plain};
 use super::registry::MemberStatus;
 
 /// The path a member's admin state is posted to (`route=R&action=drain|disable|enable`).

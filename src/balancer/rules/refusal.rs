@@ -28,6 +28,10 @@ pub enum Refusal {
     BodyBroken,
     /// 431: the header fields are over their limit.
     HeadersTooLarge,
+    /// 400: a request head that does not parse.
+    MalformedHead,
+    /// 414: a request target over its limit.
+    TargetTooLong,
     /// 400: an HTTP/1.1 request without Host.
     NoHost,
     /// 400: more than one Host.
@@ -42,8 +46,12 @@ impl Refusal {
             Refusal::MemberTimedOut(_) => 504,
             Refusal::ClientTimedOut(_) => 408,
             Refusal::BodyTooLarge => 413,
-            Refusal::BodyBroken | Refusal::NoHost | Refusal::SeveralHosts => 400,
+            Refusal::BodyBroken
+            | Refusal::NoHost
+            | Refusal::SeveralHosts
+            | Refusal::MalformedHead => 400,
             Refusal::HeadersTooLarge => 431,
+            Refusal::TargetTooLong => 414,
         }
     }
 
@@ -53,6 +61,7 @@ impl Refusal {
             400 => "Bad Request",
             408 => "Request Timeout",
             413 => "Payload Too Large",
+            414 => "URI Too Long",
             431 => "Request Header Fields Too Large",
             502 => "Bad Gateway",
             503 => "Service Unavailable",
@@ -81,6 +90,8 @@ impl fmt::Display for Refusal {
             }
             Refusal::BodyBroken => f.write_str("bad request: the body could not be read"),
             Refusal::HeadersTooLarge => f.write_str("request header fields too large"),
+            Refusal::MalformedHead => f.write_str("bad request: malformed request"),
+            Refusal::TargetTooLong => f.write_str("URI too long"),
             Refusal::NoHost => f.write_str("bad request: an HTTP/1.1 request needs a Host header"),
             Refusal::SeveralHosts => f.write_str("bad request: more than one Host header"),
         }
@@ -123,6 +134,12 @@ mod tests {
                 431,
                 "request header fields too large",
             ),
+            (
+                Refusal::MalformedHead,
+                400,
+                "bad request: malformed request",
+            ),
+            (Refusal::TargetTooLong, 414, "URI too long"),
             (
                 Refusal::NoHost,
                 400,

@@ -186,11 +186,11 @@ mod tests {
     };
     const T: Duration = Duration::from_secs(60);
 
-    fn stepper(
-        members: &[&'static str],
+    fn stepper<'a>(
+        members: &'a [&'static str],
         request: Request,
-    ) -> Stepper<std::vec::IntoIter<&'static str>> {
-        Stepper::new(members.to_vec().into_iter(), request)
+    ) -> Stepper<impl Iterator<Item = &'static str> + 'a> {
+        Stepper::new(members.iter().copied(), request)
     }
 
     fn failed(next: Move<&'static str>) -> Decision<&'static str> {

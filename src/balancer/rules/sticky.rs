@@ -12,6 +12,25 @@ use crate::config::Sticky;
 
 use super::Peer;
 
+/// The configured stickiness: `balancer.sticky`, and the session cookie's name.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub sticky: Sticky,
+    pub cookie: String,
+}
+
+impl Rule {
+    /// Where a request with these header fields and target should go (see [`stickiness`]).
+    pub fn key<'a>(
+        &self,
+        fields: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+        target: &'a str,
+        peer: &'a Peer,
+    ) -> Stickiness<'a> {
+        stickiness(&self.sticky, &self.cookie, fields, target, peer)
+    }
+}
+
 /// What the request says about where it should go, by the configured stickiness, from
 /// its header fields as (name, value) pairs however they were parsed, and its target
 /// (path and query).
