@@ -9,14 +9,27 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::BalancerError;
 use super::registry::Registry;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::heartbeat::{self, HeartbeatConfig, MembershipView, Peers};
 use crate::membership::{MemberInfo, NodeId};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::transport::Datagrams;
+
+/// Why discovery could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// The cluster key could not be read.
+    #[error(transparent)]
+    Key(#[from] ConfigError),
+    #[error("cannot bind the multicast address {group} on interface {interface}: {source}")]
+    Multicast {
+        group: std::net::SocketAddrV4,
+        interface: std::net::Ipv4Addr,
+        source: std::io::Error,
+    },
+}
 
 /// Joins the multicast group as an observer and keeps the registry's discovered members
 /// equal to the members the heartbeats show (route = name, url = http://<http addr>).
@@ -25,7 +38,7 @@ pub fn start(
     registry: Arc<Registry>,
     shutdown: &Shutdown,
     stop: CancellationToken,
-) -> Result<(), BalancerError> {
+) -> Result<(), DiscoveryError> {
     let m = &config.membership;
     let key = config.cluster.key()?;
     if key.is_none() && !m.interface.is_loopback() {
@@ -35,9 +48,9 @@ pub fn start(
         );
     }
     let datagrams = Datagrams::multicast(m.multicast, m.interface, m.ttl).map_err(|source| {
-        BalancerError::Bind {
-            what: "multicast",
-            addr: format!("{} on interface {}", m.multicast, m.interface),
+        DiscoveryError::Multicast {
+            group: m.multicast,
+            interface: m.interface,
             source,
         }
     })?;

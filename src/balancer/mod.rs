@@ -46,6 +46,7 @@ use crate::limits;
 use crate::shutdown::Shutdown;
 
 use conn::ConnectionLimit;
+use discovery::DiscoveryError;
 use registry::Registry;
 use rules::sticky;
 use timeout::MemberTimeout;
@@ -59,6 +60,8 @@ pub enum BalancerError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Worker(#[from] WorkerError),
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
     #[error("cannot bind the {what} address {addr}: {source}")]
     Bind {
         what: &'static str,
