@@ -344,13 +344,13 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use crate::balancer::body::OutBody;
-    use hyper::header::{self, HeaderValue};
     use crate::balancer::testing::{
         CHUNKED, T, bounded, client_request, member as test_member, silent_member, streamed,
     };
     use bytes::Bytes;
     use http_body_util::Full;
     use hyper::body::Body;
+    use hyper::header::{self, HeaderValue};
     use hyper::service::service_fn;
     use tokio::io::AsyncWriteExt;
 

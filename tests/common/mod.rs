@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod fake_member;
+pub mod raw_http;
+
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::File;
