@@ -2,19 +2,27 @@
 //! heartbeats, each with its figures (atomics) and its [`Health`]; and the choice of the
 //! members to try for a request, through the pure [`Selector`].
 
+use std::num::NonZero;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use serde::Serialize;
 
 use super::member::{Admin, Health};
-use super::select::{Candidate, Selector, Stickiness, fallbacks};
+use super::select::{Candidate, Selector, Stickiness, fallbacks, picks_by_figures};
 use crate::config::{BalancerMember, LbMethod};
 
 /// One member: where it is, its weight, its figures and its health.
+///
+/// `repr(C)` keeps the fields in this order, so that what every choice reads (up to
+/// `in_rotation`) and what every request writes (the figures, after `_written`) sit on
+/// different cache lines: a request's count on one worker does not take from the other
+/// workers the line their next choice reads.
 #[derive(Debug)]
+#[repr(C)]
 pub struct Member {
     /// Unique in the process: a member that comes back (or moves) is a new one.
     pub id: u64,
@@ -26,16 +34,23 @@ pub struct Member {
     pub loadfactor: u32,
     /// From the config (never removed by discovery).
     pub fixed: bool,
+    /// Mirrors [`Health::in_rotation`], set under the lock: a request reads this alone
+    /// while the member is healthy, and takes the lock only when it is not.
+    in_rotation: AtomicBool,
+    health: Mutex<Health>,
+    _written: CacheLine,
     pub elected: AtomicU64,
     pub busy: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub errors: AtomicU64,
-    health: Mutex<Health>,
-    /// Mirrors [`Health::in_rotation`], set under the lock: a request reads this alone
-    /// while the member is healthy, and takes the lock only when it is not.
-    in_rotation: AtomicBool,
 }
+
+/// Takes no room but starts a new cache line (two, for the prefetcher that fetches
+/// lines in pairs) where it stands in a `repr(C)` struct.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct CacheLine;
 
 impl Member {
     pub fn new(route: &str, url: &str, loadfactor: u32, fixed: bool) -> Member {
@@ -49,13 +64,14 @@ impl Member {
             authority,
             loadfactor,
             fixed,
+            in_rotation: AtomicBool::new(true),
+            health: Mutex::new(Health::new()),
+            _written: CacheLine,
             elected: AtomicU64::new(0),
             busy: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            health: Mutex::new(Health::new()),
-            in_rotation: AtomicBool::new(true),
         }
     }
 
@@ -73,7 +89,9 @@ impl Member {
         self.in_rotation.load(Ordering::Acquire)
     }
 
-    fn candidate(&self, now: Instant) -> Candidate<'_> {
+    /// The member as the selector sees it at `now`; its busy and traffic figures only
+    /// when `figures` (they are the lines every request writes, see [`Member`]).
+    fn candidate(&self, now: Instant, figures: bool) -> Candidate<'_> {
         let (usable, sticky_usable) = if self.in_rotation() {
             (true, true)
         } else {
@@ -85,8 +103,16 @@ impl Member {
             loadfactor: self.loadfactor,
             usable,
             sticky_usable,
-            busy: self.busy.load(Ordering::Relaxed),
-            traffic: self.bytes_in.load(Ordering::Relaxed) + self.bytes_out.load(Ordering::Relaxed),
+            busy: if figures {
+                self.busy.load(Ordering::Relaxed)
+            } else {
+                0
+            },
+            traffic: if figures {
+                self.bytes_in.load(Ordering::Relaxed) + self.bytes_out.load(Ordering::Relaxed)
+            } else {
+                0
+            },
         }
     }
 
@@ -120,37 +146,69 @@ pub struct MemberStatus {
     pub errors: u64,
 }
 
-/// All members and the selector that chooses among them.
+/// All members and the lbmethod's memory. A request reads the member list without a
+/// lock (an [`ArcSwap`] snapshot, replaced whole when discovery changes it) and keeps the
+/// lbmethod's memory on its own worker, so the workers share no lock on the way to a
+/// member; what they do share, the members' figures and health, are atomics (see
+/// [`Member`]).
 #[derive(Debug)]
 pub struct Registry {
-    /// Replaced whole when the members change, so a request takes a snapshot with one
-    /// reference count.
-    members: Mutex<Members>,
-    selector: Mutex<Selector>,
+    members: ArcSwap<Vec<Arc<Member>>>,
+    /// Held by whoever replaces the member list, so two changes never lose one another;
+    /// never taken by a request.
+    changes: Mutex<()>,
+    /// One lbmethod memory per worker thread (see [`worker_slot`]). Each worker weighs on
+    /// its own, which keeps every worker's share, and so the sum, in proportion to the
+    /// loadfactors. The lock of a slot is taken by its worker alone, so it is never waited
+    /// for; it is there for the threads of tests, which may share a slot.
+    selectors: Box<[WorkerSelector]>,
 }
 
+/// A worker's [`Selector`], alone on its cache lines so that no two workers write one.
+#[derive(Debug)]
+#[repr(align(128))]
+struct WorkerSelector(Mutex<Selector>);
+
 /// The members at one moment.
-pub type Members = Arc<[Arc<Member>]>;
+pub type Members = Arc<Vec<Arc<Member>>>;
+
+/// The slot of the calling thread: threads are numbered in the order they first ask, so
+/// the balancer's workers, the only threads that choose, get one slot each.
+fn worker_slot() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    SLOT.with(|slot| *slot)
+}
 
 impl Registry {
     pub fn new(method: LbMethod, fixed: &[BalancerMember]) -> Registry {
+        let workers = std::thread::available_parallelism().map_or(1, NonZero::get);
+        Registry::with_workers(method, fixed, workers)
+    }
+
+    fn with_workers(method: LbMethod, fixed: &[BalancerMember], workers: usize) -> Registry {
         let members = fixed
             .iter()
             .map(|m| Arc::new(Member::new(&m.route, &m.url, m.loadfactor, true)))
             .collect();
         Registry {
-            members: Mutex::new(members),
-            selector: Mutex::new(Selector::new(method)),
+            members: ArcSwap::from_pointee(members),
+            changes: Mutex::new(()),
+            selectors: (0..workers.max(1))
+                .map(|_| WorkerSelector(Mutex::new(Selector::new(method))))
+                .collect(),
         }
     }
 
     pub fn members(&self) -> Members {
-        self.members.lock().clone()
+        self.members.load_full()
     }
 
     /// Sets a member's admin state (drain, disable, enable); false when no such route.
     pub fn set_admin(&self, route: &str, admin: Admin) -> bool {
-        match self.members().iter().find(|m| m.route == route) {
+        match self.members.load().iter().find(|m| m.route == route) {
             Some(m) => {
                 m.update_health(|h| h.set_admin(admin));
                 true
@@ -160,25 +218,37 @@ impl Registry {
     }
 
     /// The members to try for a request, best first.
-    pub fn order(&self, sticky: &Stickiness<'_>, now: Instant) -> Order {
-        let members = self.members();
-        let candidates: Vec<Candidate> = members.iter().map(|m| m.candidate(now)).collect();
-        let first = self.selector.lock().pick(&candidates, sticky);
+    pub fn order(&self, sticky: &Stickiness<'_>, now: Instant) -> Order<'_> {
+        self.order_on(worker_slot(), sticky, now)
+    }
+
+    /// [`Registry::order`] with the lbmethod memory of worker `slot`.
+    fn order_on(&self, slot: usize, sticky: &Stickiness<'_>, now: Instant) -> Order<'_> {
+        let members = self.members.load();
+        let mut selector = self.selectors[slot % self.selectors.len()].0.lock();
+        let figures = picks_by_figures(selector.method());
+        let candidates: Vec<Candidate> =
+            members.iter().map(|m| m.candidate(now, figures)).collect();
+        let first = selector.pick(&candidates, sticky);
+        drop(selector);
         drop(candidates);
         Order {
-            members,
+            registry: self,
             now,
-            first,
+            first: first.map(|at| members[at].clone()),
+            first_id: first.map(|at| members[at].id),
+            alternatives: members.len() > 1,
             rest: None,
-            started: false,
         }
     }
 
     /// Replaces the discovered members by `found` (route, url): a member still there keeps
-    /// its figures and health; a static member's route is never taken over.
+    /// its figures and health; a static member's route is never taken over. Requests that
+    /// choose after this returns see the new list.
     pub fn set_discovered(&self, found: &[(String, String)]) {
-        let mut members = self.members.lock();
-        let kept: Vec<Arc<Member>> = members
+        let _changing = self.changes.lock();
+        let members = self.members.load();
+        let mut next: Vec<Arc<Member>> = members
             .iter()
             .filter(|m| {
                 m.fixed
@@ -188,61 +258,72 @@ impl Registry {
             })
             .cloned()
             .collect();
-        let mut next = kept;
         for (route, url) in found {
             if !next.iter().any(|m| m.route == *route) {
                 next.push(Arc::new(Member::new(route, url, 1, false)));
             }
         }
-        *members = next.into();
+        drop(members);
+        self.members.store(Arc::new(next));
     }
 }
 
 /// The members one request tries, best first: the pick, then, only when it failed, the
-/// other usable members (see [`fallbacks`]), which are worked out only then.
-pub struct Order {
-    members: Members,
+/// other usable members (see [`fallbacks`]), which are worked out only then, from the
+/// members of that moment.
+pub struct Order<'r> {
+    registry: &'r Registry,
     now: Instant,
-    first: Option<usize>,
+    /// The pick, until it is handed out.
+    first: Option<Arc<Member>>,
+    first_id: Option<u64>,
+    alternatives: bool,
     /// None until the pick was handed out and failed.
-    rest: Option<std::vec::IntoIter<usize>>,
-    started: bool,
+    rest: Option<std::vec::IntoIter<Arc<Member>>>,
 }
 
-impl Order {
+impl Order<'_> {
     /// No member is usable.
     pub fn is_empty(&self) -> bool {
-        self.first.is_none()
+        self.first_id.is_none()
     }
 
     /// Whether a member other than the pick might be tried.
     pub fn has_alternatives(&self) -> bool {
-        self.members.len() > 1
+        self.alternatives
     }
 }
 
-impl Iterator for Order {
+impl Iterator for Order<'_> {
     type Item = Arc<Member>;
 
     fn next(&mut self) -> Option<Arc<Member>> {
-        if !self.started {
-            self.started = true;
-            if let Some(first) = self.first {
-                return Some(self.members[first].clone());
-            }
+        if let Some(first) = self.first.take() {
+            return Some(first);
         }
         let rest = self.rest.get_or_insert_with(|| {
-            let candidates: Vec<Candidate> =
-                self.members.iter().map(|m| m.candidate(self.now)).collect();
-            fallbacks(&candidates, self.first).into_iter()
+            let members = self.registry.members.load();
+            let candidates: Vec<Candidate> = members
+                .iter()
+                .map(|m| m.candidate(self.now, true))
+                .collect();
+            let first = self
+                .first_id
+                .and_then(|id| members.iter().position(|m| m.id == id));
+            fallbacks(&candidates, first)
+                .into_iter()
+                .map(|at| members[at].clone())
+                .collect::<Vec<_>>()
+                .into_iter()
         });
-        rest.next().map(|at| self.members[at].clone())
+        rest.next()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balancer::member::RETRY_MIN;
 
     fn fixed(route: &str, port: u16, loadfactor: u32) -> BalancerMember {
         BalancerMember {
@@ -277,6 +358,186 @@ mod tests {
         // A restarted node on another port is a new member.
         r.set_discovered(&[("n2".into(), "http://127.0.0.1:9202".into())]);
         assert_eq!(r.members()[1].authority, "127.0.0.1:9202");
+    }
+
+    fn picks(r: &Registry, slot: usize, n: usize) -> Vec<String> {
+        let now = Instant::now();
+        (0..n)
+            .map(|_| {
+                r.order_on(slot, &Stickiness::None, now)
+                    .next()
+                    .map_or_else(|| "-".to_string(), |m| m.route.clone())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_worker_weighs_on_its_own_and_starts_its_own_round() {
+        let r = Registry::with_workers(
+            LbMethod::ByRequests,
+            &[fixed("a", 9001, 1), fixed("b", 9002, 2)],
+            2,
+        );
+        assert_eq!(picks(&r, 0, 3), ["b", "a", "b"]);
+        // Worker 1's round is its own: worker 0's picks did not move it.
+        assert_eq!(picks(&r, 1, 1), ["b"]);
+        assert_eq!(picks(&r, 0, 3), ["b", "a", "b"]);
+        assert_eq!(picks(&r, 1, 2), ["a", "b"]);
+    }
+
+    #[test]
+    fn workers_choosing_at_once_keep_a_1_to_2_weighting_overall() {
+        let r = Registry::with_workers(
+            LbMethod::ByRequests,
+            &[fixed("a", 9001, 1), fixed("b", 9002, 2)],
+            2,
+        );
+        let per_thread = 300;
+        let counts: Vec<(usize, usize)> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut a = 0;
+                        let mut b = 0;
+                        for _ in 0..per_thread {
+                            let pick = r.order(&Stickiness::None, Instant::now()).next();
+                            match pick.as_deref().map(|m| m.route.as_str()) {
+                                Some("a") => a += 1,
+                                Some("b") => b += 1,
+                                other => panic!("unexpected pick {other:?}"),
+                            }
+                        }
+                        (a, b)
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().expect("a picking thread"))
+                .collect()
+        });
+        let a: usize = counts.iter().map(|c| c.0).sum();
+        let b: usize = counts.iter().map(|c| c.1).sum();
+        // Each worker's round of 3 gives a once and b twice; 1 200 picks are 400 rounds.
+        assert_eq!((a, b), (400, 800));
+    }
+
+    #[test]
+    fn bybusyness_and_bytraffic_choose_by_the_live_figures_of_every_worker() {
+        let members = [fixed("a", 9001, 1), fixed("b", 9002, 1)];
+        let r = Registry::with_workers(LbMethod::ByBusyness, &members, 2);
+        r.members()[0].busy.store(3, Ordering::Relaxed);
+        assert_eq!(picks(&r, 0, 3), ["b", "b", "b"]);
+        assert_eq!(picks(&r, 1, 1), ["b"]);
+        r.members()[1].busy.store(4, Ordering::Relaxed);
+        assert_eq!(picks(&r, 1, 1), ["a"]);
+        let r = Registry::with_workers(LbMethod::ByTraffic, &members, 2);
+        r.members()[0].bytes_in.store(100, Ordering::Relaxed);
+        assert_eq!(picks(&r, 0, 1), ["b"]);
+        r.members()[1].bytes_out.store(101, Ordering::Relaxed);
+        assert_eq!(picks(&r, 1, 1), ["a"]);
+    }
+
+    #[test]
+    fn the_fallbacks_go_to_the_least_busy_first() {
+        let r = Registry::with_workers(
+            LbMethod::ByRequests,
+            &[
+                fixed("a", 9001, 1),
+                fixed("b", 9002, 1),
+                fixed("c", 9003, 1),
+            ],
+            1,
+        );
+        r.members()[1].busy.store(2, Ordering::Relaxed);
+        let order: Vec<String> = r
+            .order_on(0, &Stickiness::Route("a"), Instant::now())
+            .map(|m| m.route.clone())
+            .collect();
+        assert_eq!(order, ["a", "c", "b"]);
+    }
+
+    #[test]
+    fn the_figures_every_request_writes_start_a_cache_line_after_what_choices_read() {
+        use std::mem::{offset_of, size_of};
+        let read_end = offset_of!(Member, health) + size_of::<Mutex<Health>>();
+        assert!(offset_of!(Member, in_rotation) < offset_of!(Member, health));
+        assert!(offset_of!(Member, elected) >= read_end);
+        assert_eq!(offset_of!(Member, elected) % 128, 0);
+        assert!(offset_of!(Member, errors) < offset_of!(Member, elected) + 128);
+    }
+
+    #[test]
+    fn a_member_discovered_or_dropped_is_seen_by_the_next_choice_of_every_worker() {
+        let r = Registry::with_workers(LbMethod::ByRequests, &[], 2);
+        assert_eq!(picks(&r, 0, 1), ["-"]);
+        r.set_discovered(&[("n1".into(), "http://127.0.0.1:9101".into())]);
+        assert_eq!(picks(&r, 0, 2), ["n1", "n1"]);
+        assert_eq!(picks(&r, 1, 1), ["n1"]);
+        r.set_discovered(&[
+            ("n1".into(), "http://127.0.0.1:9101".into()),
+            ("n2".into(), "http://127.0.0.1:9102".into()),
+        ]);
+        let mut seen = picks(&r, 0, 2);
+        seen.sort();
+        assert_eq!(seen, ["n1", "n2"]);
+        assert_eq!(picks(&r, 1, 2).len(), 2);
+        r.set_discovered(&[("n2".into(), "http://127.0.0.1:9102".into())]);
+        assert_eq!(picks(&r, 0, 3), ["n2", "n2", "n2"]);
+        assert_eq!(picks(&r, 1, 3), ["n2", "n2", "n2"]);
+    }
+
+    #[test]
+    fn a_member_put_in_error_is_skipped_by_every_worker_until_it_answers_again() {
+        let r = Registry::with_workers(
+            LbMethod::ByRequests,
+            &[fixed("a", 9001, 1), fixed("b", 9002, 1)],
+            2,
+        );
+        let t0 = Instant::now();
+        r.members()[0].update_health(|h| h.on_failure(t0));
+        for slot in 0..2 {
+            for _ in 0..4 {
+                let order: Vec<String> = r
+                    .order_on(slot, &Stickiness::Route("a"), t0)
+                    .map(|m| m.route.clone())
+                    .collect();
+                assert_eq!(order, ["b"], "worker {slot}");
+            }
+        }
+        // Its retry interval passed: one worker sends the trial, the others wait for it.
+        let later = t0 + RETRY_MIN;
+        let trial = r.order_on(0, &Stickiness::Route("a"), later).next();
+        assert_eq!(trial.as_deref().map(|m| m.route.as_str()), Some("a"));
+        r.members()[0].update_health(Health::on_send);
+        for slot in 0..2 {
+            let order: Vec<String> = r
+                .order_on(slot, &Stickiness::Route("a"), later)
+                .map(|m| m.route.clone())
+                .collect();
+            assert_eq!(order, ["b"], "worker {slot} while the trial is out");
+        }
+        r.members()[0].update_health(Health::on_success);
+        for slot in 0..2 {
+            let order: Vec<String> = r
+                .order_on(slot, &Stickiness::Route("a"), later)
+                .map(|m| m.route.clone())
+                .collect();
+            assert_eq!(order, ["a", "b"], "worker {slot} after the trial");
+        }
+    }
+
+    #[test]
+    fn the_members_tried_after_a_failed_pick_are_those_of_that_moment() {
+        let r = Registry::with_workers(LbMethod::ByRequests, &[fixed("a", 9001, 1)], 1);
+        r.set_discovered(&[("n1".into(), "http://127.0.0.1:9101".into())]);
+        let mut order = r.order_on(0, &Stickiness::Route("a"), Instant::now());
+        assert!(order.has_alternatives());
+        assert_eq!(order.next().map(|m| m.route.clone()).as_deref(), Some("a"));
+        // Discovery replaced n1 by n2 while the pick was being tried.
+        r.set_discovered(&[("n2".into(), "http://127.0.0.1:9102".into())]);
+        let rest: Vec<String> = order.map(|m| m.route.clone()).collect();
+        assert_eq!(rest, ["n2"]);
     }
 
     #[test]

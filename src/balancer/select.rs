@@ -150,6 +150,15 @@ impl Selector {
     }
 }
 
+/// Whether picks by `method` read the members' busy and traffic figures; byrequests
+/// weighs by its own count of picks alone (and stickiness reads neither).
+pub fn picks_by_figures(method: LbMethod) -> bool {
+    match method {
+        LbMethod::ByRequests => false,
+        LbMethod::ByBusyness | LbMethod::ByTraffic => true,
+    }
+}
+
 /// The members to try after `first` failed: every other usable one, the least busy
 /// first, then the heaviest weight.
 pub fn fallbacks(members: &[Candidate], first: Option<usize>) -> Vec<usize> {
@@ -209,6 +218,28 @@ mod tests {
             .collect();
         assert_eq!(first, [1, 0, 1, 1, 0, 1], "interleaved, not a burst");
         assert_eq!(counts(&mut s, &members, 1500), [500, 1000]);
+    }
+
+    #[test]
+    fn byrequests_picks_the_same_whatever_the_busy_and_traffic_figures() {
+        assert!(!picks_by_figures(LbMethod::ByRequests));
+        let blind = [member("a", 1), member("b", 2), member("c", 3)];
+        let mut seen = blind.clone();
+        seen[0].busy = 7;
+        seen[1].traffic = 1 << 40;
+        seen[2].busy = 1;
+        let mut without = Selector::new(LbMethod::ByRequests);
+        let mut with = Selector::new(LbMethod::ByRequests);
+        for i in 0..60 {
+            let sticky = if i % 5 == 0 {
+                Stickiness::Route("b")
+            } else {
+                Stickiness::None
+            };
+            assert_eq!(without.pick(&blind, &sticky), with.pick(&seen, &sticky));
+        }
+        assert!(picks_by_figures(LbMethod::ByBusyness));
+        assert!(picks_by_figures(LbMethod::ByTraffic));
     }
 
     #[test]
