@@ -19,7 +19,7 @@ pub struct Upstream {
 
 impl Upstream {
     /// The members to try for a request that says this about where it belongs, best first.
-    pub fn order(&self, stickiness: &Stickiness<'_>) -> Order {
+    pub fn order(&self, stickiness: &Stickiness<'_>) -> Order<'_> {
         self.registry.order(stickiness, Instant::now())
     }
 }

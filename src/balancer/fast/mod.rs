@@ -194,7 +194,7 @@ async fn serve_with(
 async fn forward(
     pool: &Pool,
     client: &mut ClientSocket,
-    request: Request<Order>,
+    request: Request<Order<'_>>,
     out: &[u8],
     answer: &mut BytesMut,
     client_head: &mut Vec<u8>,
