@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::registry::Registry;
+use crate::balancer::choice::registry::Registry;
 use crate::config::{Config, ConfigError};
 use crate::heartbeat::{self, HeartbeatConfig, MembershipView, Peers};
 use crate::membership::{MemberInfo, NodeId};

@@ -1,39 +1,31 @@
-//! The built-in HTTP balancer, in the style of Apache mod_proxy_balancer: the pure choice of
-//! a member ([`select`]), a member's health with hysteresis ([`member`]), the members and
-//! their figures ([`registry`]), the proxy ([`proxy`]) and its connections to the members
-//! ([`pool`]), the bound on how long a member may keep a request waiting ([`timeout`]),
-//! the manager paths ([`manager`]), the client connections with their limits ([`conn`]),
-//! the fast path that forwards the common bodiless requests without hyper ([`fast`], with
-//! [`chunked`] to find where a chunked answer ends), and the workers that serve them, one
-//! thread per core ([`worker`]).
-//! Members are static (`[[balancer.member]]`) and/or discovered from the heartbeats, which
-//! the balancer listens to as an observer (it never sends one).
+//! The built-in HTTP balancer, in the style of Apache mod_proxy_balancer. The folder, from
+//! the inside out (each part uses only those above it in this list):
+//!
+//! - [`choice`]: which member, and whether it may take requests — the pure lbmethods and
+//!   stickiness, health with hysteresis, the members and their figures;
+//! - [`rules`]: the one rulebook of a proxied request — the fields that cross, the route a
+//!   request sticks to, the attempts over the members (a pure stepper), the one-line
+//!   answers; pure;
+//! - [`net`]: sockets below HTTP — the listeners, client sockets, the connection limit;
+//! - [`http`]: the HTTP handling — the fast path over raw sockets and the hyper path, both
+//!   driven by the rulebook, and the connections to the members;
+//! - [`worker`]: the workers, one thread and runtime per core, that accept connections and
+//!   hand them to the HTTP handling;
+//! - [`discovery`]: members learnt from the heartbeats, which the balancer listens to as
+//!   an observer (it never sends one);
+//! - this module: [`run`], which puts them together.
+//!
+//! Members are static (`[[balancer.member]]`) and/or discovered.
 
-pub mod answer;
-pub mod attempt;
-pub mod body;
-pub mod chunked;
-pub mod client;
-pub mod conn;
+pub mod choice;
 pub mod discovery;
-pub mod fast;
-pub mod manager;
-pub mod member;
-pub mod pool;
-pub mod proxy;
-pub mod registry;
-pub mod rewind;
+pub mod http;
+pub mod net;
 pub mod rules;
-pub mod select;
-pub mod service;
 #[cfg(test)]
 mod testing;
-pub mod timeout;
-pub mod tunnel;
-pub mod upstream;
 pub mod worker;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,14 +37,15 @@ use crate::config::{Config, ConfigError};
 use crate::limits;
 use crate::shutdown::Shutdown;
 
-use conn::ConnectionLimit;
+use choice::registry::Registry;
 use discovery::DiscoveryError;
-use registry::Registry;
+use http::timeout::MemberTimeout;
+use net::limit::ConnectionLimit;
+use net::listener::bind_group;
 use rules::sticky;
-use timeout::MemberTimeout;
 use worker::{DRAIN_GRACE, Shared, WorkerError, Workers};
 
-pub use select::{Candidate, Selector, Stickiness};
+pub use choice::select::{Candidate, Selector, Stickiness};
 
 #[derive(Debug, Error)]
 pub enum BalancerError {
@@ -210,42 +203,6 @@ pub fn choose_max_connections(
         _ => MaxConnections::Fits(configured),
     }
 }
-
-/// The listening sockets, one per worker, in one SO_REUSEPORT group: the kernel spreads
-/// new connections over them (nginx's `reuseport`), so no worker is woken for a
-/// connection another one takes. Each is bound with SO_REUSEADDR, as tokio's
-/// `TcpListener::bind` does, so a restart is not refused while old connections linger in
-/// TIME_WAIT, and has TCP_NODELAY, which Linux passes on to the connections it accepts
-/// (a worker checks that on its first one).
-fn bind_group(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
-    if addr.port() != 0 {
-        // A socket outside the group is refused while anything listens there, also a
-        // group of another process, which SO_REUSEPORT alone would silently join.
-        drop(bind(addr, false)?);
-    }
-    let first = bind(addr, true)?;
-    let addr = first.local_addr()?;
-    let mut group = vec![first];
-    for _ in 1..count {
-        group.push(bind(addr, true)?);
-    }
-    Ok(group)
-}
-
-fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(reuse_port)?;
-    socket.set_tcp_nodelay(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    Ok(socket.into())
-}
-
-/// The listen backlog of each worker (tokio's default).
-const LISTEN_BACKLOG: i32 = 1024;
 
 #[cfg(test)]
 mod tests {

@@ -14,10 +14,10 @@ use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncWriteExt, DuplexStream};
 
-use super::body::{BoxError, ClientBody, OutBody, Upload};
-use super::pool::MemberConn;
-use super::registry::Member;
-use super::timeout::MemberTimeout;
+use crate::balancer::choice::registry::Member;
+use crate::balancer::http::body::{BoxError, ClientBody, OutBody, Upload};
+use crate::balancer::http::pool::MemberConn;
+use crate::balancer::http::timeout::MemberTimeout;
 
 pub fn frames(
     chunks: Vec<Result<&'static [u8], BoxError>>,

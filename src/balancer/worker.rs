@@ -15,22 +15,24 @@ use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, Interest};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::runtime::Runtime;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::client::ClientSocket;
-use super::conn::{self, ClientIo, ConnectionLimit, Exchange};
-use super::fast::{self, BufferPool};
-use super::pool::Pool;
-use super::registry::Registry;
-use super::rewind::Rewind;
-use super::rules::{Peer, sticky};
-use super::service::Service;
-use super::timeout::MemberTimeout;
-use super::upstream::Upstream;
+use crate::balancer::choice::registry::Registry;
+use crate::balancer::http::conn::{self, ClientIo, Exchange};
+use crate::balancer::http::fast::{self, BufferPool};
+use crate::balancer::http::pool::Pool;
+use crate::balancer::http::service::Service;
+use crate::balancer::http::timeout::MemberTimeout;
+use crate::balancer::http::upstream::Upstream;
+use crate::balancer::net::client::ClientSocket;
+use crate::balancer::net::limit::{self, ConnectionLimit};
+use crate::balancer::net::listener::Listener;
+use crate::balancer::net::rewind::Rewind;
+use crate::balancer::rules::{Peer, sticky};
 use crate::shutdown::Shutdown;
 use crate::throttle::LogThrottle;
 
@@ -192,52 +194,13 @@ async fn sweep(worker: Arc<Worker>) {
     }
 }
 
-/// A worker's listening socket. The connections it accepts are std streams, not yet
-/// registered with the runtime (see [`ClientSocket`]).
-struct Listener {
-    /// The socket; mio accepts with `SOCK_NONBLOCK | SOCK_CLOEXEC` in one system call.
-    socket: mio::net::TcpListener,
-    /// A second descriptor of the same socket, registered with the runtime for its
-    /// readiness. tokio offers readiness and `try_io` on a stream but not on a listener,
-    /// and registering a descriptor of one's own takes unsafe code (`AsyncFd::register`);
-    /// a listening socket is readable when a connection waits, whatever type holds it.
-    ready: tokio::net::TcpStream,
-}
-
-impl Listener {
-    /// Must be called within the runtime.
-    fn new(listener: std::net::TcpListener) -> std::io::Result<Listener> {
-        let duplicate = std::os::fd::OwnedFd::from(listener.try_clone()?);
-        let ready = tokio::net::TcpStream::from_std(std::net::TcpStream::from(duplicate))?;
-        Ok(Listener {
-            socket: mio::net::TcpListener::from_std(listener),
-            ready,
-        })
-    }
-
-    /// The next connection (non-blocking, close-on-exec) and its peer's address.
-    async fn accept(&self) -> std::io::Result<(std::net::TcpStream, std::net::SocketAddr)> {
-        loop {
-            self.ready.readable().await?;
-            match self
-                .ready
-                .try_io(Interest::READABLE, || self.socket.accept())
-            {
-                Ok((stream, peer)) => return Ok((stream.into(), peer)),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-}
-
 /// Accepts client connections until shutdown, each served once it has a slot under the
 /// limit. At the limit this worker waits for a slot with the connection it accepted; the
 /// next ones wait in its listen backlog.
 async fn accept_loop(listener: &Listener, worker: &Arc<Worker>) {
     let shutdown = &worker.shutdown;
     let limit = &worker.limit;
-    let mut accept_errors = LogThrottle::new(conn::LIMIT_LOG_INTERVAL);
+    let mut accept_errors = LogThrottle::new(limit::LIMIT_LOG_INTERVAL);
     // Whether accepted connections come without the listener's TCP_NODELAY (known after
     // the first one), so each needs it set: one system call per connection saved where
     // they inherit it.

@@ -7,7 +7,7 @@
 //!
 //! Everything is borrowed from the request, so finding the key costs no allocation.
 
-use crate::balancer::select::Stickiness;
+use crate::balancer::choice::select::Stickiness;
 use crate::config::Sticky;
 
 use super::Peer;

@@ -4,10 +4,10 @@
 
 use httparse::Status;
 
-use crate::balancer::manager;
+use crate::balancer::choice::select::Stickiness;
+use crate::balancer::http::manager;
 use crate::balancer::rules::fields::{self, ADDED, Named, Source, Token};
 use crate::balancer::rules::{self, Peer, sticky};
-use crate::balancer::select::Stickiness;
 
 /// Most header fields of a head handled here (hyper's limit too: beyond, its 431).
 pub const MAX_HEADERS: usize = 100;

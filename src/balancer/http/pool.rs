@@ -20,9 +20,9 @@ use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::body::{OutBody, Upload};
-use super::registry::Member;
-use super::timeout::MemberTimeout;
+use crate::balancer::choice::registry::Member;
+use crate::balancer::http::body::{OutBody, Upload};
+use crate::balancer::http::timeout::MemberTimeout;
 
 /// How long a connection to a member may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -219,7 +219,8 @@ impl MemberConn {
 /// Only that worker uses it; the lock is never contended.
 pub struct Pool {
     idle: Mutex<HashMap<u64, Vec<Idle>>>,
-    /// Idle connections of the fast path (`fast.rs`), which speaks HTTP/1.1 on them itself.
+    /// Idle connections of the fast path ([`super::fast`]), which speaks HTTP/1.1 on them
+    /// itself.
     raw: Mutex<HashMap<u64, Vec<Idle<TcpStream>>>>,
     timeout: Arc<MemberTimeout>,
 }
@@ -343,7 +344,7 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use crate::balancer::body::OutBody;
+    use crate::balancer::http::body::OutBody;
     use crate::balancer::testing::{
         CHUNKED, T, bounded, client_request, member as test_member, silent_member, streamed,
     };

@@ -2,7 +2,7 @@
 //! gives, as the rulebook's stepper says (member order, one more go on a new connection
 //! after a stale pooled one, retry only when safe, the one-line answers), on the worker's
 //! pooled connections ([`Pool`]). Every wait on a member, and on a client's body, is
-//! bounded by the member timeout ([`super::timeout`]). The header fields are rewritten as
+//! bounded by the member timeout ([`crate::balancer::http::timeout`]). The header fields are rewritten as
 //! the rulebook says, here on a [`HeaderMap`].
 
 use std::sync::Arc;
@@ -17,17 +17,17 @@ use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
-use super::answer::{self, MemberBody, ProxyBody, full};
-use super::attempt::{Attempt, Busy};
-use super::body::{OutBody, Payload};
-use super::pool::{MemberConn, Pool, SendError};
-use super::registry::Member;
-use super::rules::fields::{self, ADDED, Crossing, Source, Token};
-use super::rules::stepper::{self, Move, Outcome as Attempted, Stepper};
-use super::rules::{self, Peer, Refusal};
-use super::timeout::Stall;
-use super::tunnel;
-use super::upstream::Upstream;
+use crate::balancer::choice::registry::Member;
+use crate::balancer::http::answer::{self, MemberBody, ProxyBody, full};
+use crate::balancer::http::attempt::{Attempt, Busy};
+use crate::balancer::http::body::{OutBody, Payload};
+use crate::balancer::http::pool::{MemberConn, Pool, SendError};
+use crate::balancer::http::timeout::Stall;
+use crate::balancer::http::tunnel;
+use crate::balancer::http::upstream::Upstream;
+use crate::balancer::rules::fields::{self, ADDED, Crossing, Source, Token};
+use crate::balancer::rules::stepper::{self, Move, Outcome as Attempted, Stepper};
+use crate::balancer::rules::{self, Peer, Refusal};
 use crate::shutdown::Shutdown;
 
 /// Removes the fields that stay on their connection ([`fields::hop_by_hop`]), and those

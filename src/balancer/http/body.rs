@@ -14,9 +14,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use super::registry::Member;
-use super::rules::{MAX_BODY, REPLAY_LIMIT, Refusal, body_too_large};
-use super::timeout::{ChunkTimer, MemberTimeout, Stall, Stalled};
+use crate::balancer::choice::registry::Member;
+use crate::balancer::http::timeout::{ChunkTimer, MemberTimeout, Stall, Stalled};
+use crate::balancer::rules::{MAX_BODY, REPLAY_LIMIT, Refusal, body_too_large};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

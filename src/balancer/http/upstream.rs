@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::pool::Pool;
-use super::registry::{Order, Registry};
-use super::rules::sticky;
-use super::select::Stickiness;
+use crate::balancer::choice::registry::{Order, Registry};
+use crate::balancer::choice::select::Stickiness;
+use crate::balancer::http::pool::Pool;
+use crate::balancer::rules::sticky;
 
 pub struct Upstream {
     pub registry: Arc<Registry>,

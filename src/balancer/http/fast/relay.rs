@@ -13,12 +13,12 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::head::{Asked, MAX_HEADERS, write_field};
-use crate::balancer::chunked::ChunkedEnd;
-use crate::balancer::client::ClientSocket;
-use crate::balancer::pool::Pool;
-use crate::balancer::registry::Member;
+use crate::balancer::choice::registry::Member;
+use crate::balancer::http::fast::chunked::ChunkedEnd;
+use crate::balancer::http::pool::Pool;
+use crate::balancer::http::timeout::Stall;
+use crate::balancer::net::client::ClientSocket;
 use crate::balancer::rules::fields::{self, Crossing, Named, Token};
-use crate::balancer::timeout::Stall;
 
 /// Largest answer head accepted from a member.
 const MAX_ANSWER_HEAD: usize = 64 * 1024;

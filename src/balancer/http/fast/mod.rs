@@ -15,6 +15,7 @@
 //! cut off. A client that sends no head within [`HEADER_READ_TIMEOUT`] (also when idle
 //! between requests) is closed.
 
+pub mod chunked;
 pub mod head;
 pub mod relay;
 
@@ -26,16 +27,16 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::attempt::{Attempt, Busy};
-use super::client::ClientSocket;
-use super::conn::HEADER_READ_TIMEOUT;
-use super::pool::{self, Pool};
-use super::registry::{Member, Order};
-use super::rules::Peer;
-use super::rules::refusal::{CONTENT_TYPE, Refusal};
-use super::rules::stepper::{self, Move, Outcome as Attempted, Stepper};
-use super::timeout::Stall;
-use super::upstream::Upstream;
+use crate::balancer::choice::registry::{Member, Order};
+use crate::balancer::http::attempt::{Attempt, Busy};
+use crate::balancer::http::conn::HEADER_READ_TIMEOUT;
+use crate::balancer::http::pool::{self, Pool};
+use crate::balancer::http::timeout::Stall;
+use crate::balancer::http::upstream::Upstream;
+use crate::balancer::net::client::ClientSocket;
+use crate::balancer::rules::Peer;
+use crate::balancer::rules::refusal::{CONTENT_TYPE, Refusal};
+use crate::balancer::rules::stepper::{self, Move, Outcome as Attempted, Stepper};
 use head::{Asked, Prepared, Request, prepare};
 use relay::{Answer, NoAnswer, pass_answer, read_answer};
 

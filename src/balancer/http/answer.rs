@@ -14,13 +14,13 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 
-use super::attempt::Busy;
-use super::body::BoxError;
-use super::pool::{MemberConn, Pool};
-use super::registry::Member;
-use super::rules::Refusal;
-use super::rules::refusal::CONTENT_TYPE;
-use super::timeout::{ChunkTimer, Stall, Stalled};
+use crate::balancer::choice::registry::Member;
+use crate::balancer::http::attempt::Busy;
+use crate::balancer::http::body::BoxError;
+use crate::balancer::http::pool::{MemberConn, Pool};
+use crate::balancer::http::timeout::{ChunkTimer, Stall, Stalled};
+use crate::balancer::rules::Refusal;
+use crate::balancer::rules::refusal::CONTENT_TYPE;
 
 /// The body of an answer to a client: one of ours, whole, or a member's, streamed.
 pub enum ProxyBody {
@@ -193,7 +193,7 @@ impl Drop for MemberBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balancer::body::OutBody;
+    use crate::balancer::http::body::OutBody;
     use crate::balancer::testing::{T, bounded, member, timeout};
     use http_body_util::BodyExt;
     use hyper::Request;

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::member::Health;
-use super::registry::Member;
-use super::rules::stepper::Verdict;
+use crate::balancer::choice::member::Health;
+use crate::balancer::choice::registry::Member;
+use crate::balancer::rules::stepper::Verdict;
 
 /// A request in flight on a member: `busy` while it lives.
 pub struct Busy(Arc<Member>);

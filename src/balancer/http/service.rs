@@ -9,12 +9,12 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tracing::info;
 
-use super::answer::{self, ProxyBody, plain};
-use super::conn::ConnectionLimit;
-use super::manager;
-use super::proxy;
-use super::rules::{self, Peer, Refusal};
-use super::upstream::Upstream;
+use crate::balancer::http::answer::{self, ProxyBody, plain};
+use crate::balancer::http::manager;
+use crate::balancer::http::proxy;
+use crate::balancer::http::upstream::Upstream;
+use crate::balancer::net::limit::ConnectionLimit;
+use crate::balancer::rules::{self, Peer, Refusal};
 use crate::shutdown::Shutdown;
 
 /// What the requests hyper serves on one worker read.
