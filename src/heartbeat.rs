@@ -2,7 +2,6 @@
 //! the member table, verifies suspects over TCP, publishes the view, and announces the
 //! leave on shutdown. All decisions are the table's; this file only moves bytes and time.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -16,34 +15,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::membership::{
-    Announce, Event, Heartbeat, MemberInfo, MemberTable, MemberView, NodeId, Timing, Verdict,
+    Announce, Event, Heartbeat, MemberInfo, MemberTable, MembershipView, NodeId, Strangers, Timing,
+    Verdict,
 };
 use crate::metrics::Metrics;
 use crate::throttle::LogThrottle;
 use crate::transport::{self, Datagrams};
 use crate::wire::seal::{ClusterKey, DatagramSeal, SealError};
 use crate::wire::{self, FrameBody, MAX_DATAGRAM, WireError};
-
-/// The members as last seen by the driver.
-#[derive(Clone, Debug)]
-pub struct MembershipView {
-    pub taken_at: Instant,
-    pub members: Vec<MemberView>,
-}
-
-impl MembershipView {
-    pub fn empty() -> MembershipView {
-        MembershipView {
-            taken_at: Instant::now(),
-            members: Vec::new(),
-        }
-    }
-
-    /// Time since `member` was last heard, as of `now`.
-    pub fn last_heard(&self, member: &MemberView, now: Instant) -> Duration {
-        member.last_heard + now.saturating_duration_since(self.taken_at)
-    }
-}
 
 /// Where heartbeats go.
 #[derive(Debug)]
@@ -124,112 +103,6 @@ pub async fn run(
         answer_at: None,
     };
     driver.run(shutdown).await;
-}
-
-/// Proofs of life under way at once; heartbeats of more strangers wait for a free one.
-/// A proof of a sender that is gone ends at once (refused) or within its timeout.
-const MAX_STRANGERS: usize = 256;
-
-/// Strangers whose proof failed, remembered so that their next heartbeats wait an interval.
-/// Past this many, the oldest are forgotten (they are then simply proven again).
-const MAX_TURNED_AWAY: usize = 4096;
-
-/// With a key, the senders heard from that are not members yet: each must prove it is alive
-/// (answer a sealed ping on its replication port) before its heartbeat is believed. A
-/// recorded heartbeat replayed to a node that never saw it (a node started later, a
-/// balancer, a window forgotten) would otherwise bring a dead member back. Pure: time is
-/// passed in.
-struct Strangers {
-    /// Proofs under way: the sender's newest heartbeat (its leave, once it left: the proof
-    /// keeps its place until its verdict, so the cap bounds the checks in flight), and when
-    /// its proof began.
-    proving: HashMap<NodeId, (Heartbeat, Instant)>,
-    /// Senders whose proof failed (or that left, or the table refused), until they may try
-    /// again on their next heartbeat.
-    turned_away: HashMap<NodeId, Instant>,
-    /// How long a sender is turned away: one heartbeat interval.
-    retry_after: Duration,
-    /// A proof older than this has ended without a verdict (its task is gone): dropped.
-    longest: Duration,
-}
-
-impl Strangers {
-    fn new(retry_after: Duration, proof_timeout: Duration) -> Strangers {
-        Strangers {
-            proving: HashMap::new(),
-            turned_away: HashMap::new(),
-            retry_after,
-            longest: proof_timeout * 2 + retry_after,
-        }
-    }
-
-    /// A heartbeat of a sender that is not a member. Returns the proof to start, if one
-    /// must start now.
-    fn heard(&mut self, hb: Heartbeat, now: Instant) -> Option<(NodeId, SocketAddr)> {
-        let id = hb.info.id;
-        if self.turned_away.get(&id).is_some_and(|until| now < *until) {
-            return None;
-        }
-        if let Some((latest, _)) = self.proving.get_mut(&id) {
-            if latest.announce == Announce::Leaving {
-                return None;
-            }
-            if hb.announce == Announce::Leaving {
-                latest.announce = Announce::Leaving;
-            } else if hb.seq > latest.seq && hb.info.replication == latest.info.replication {
-                // Only at the address being proven (an id keeps its addresses for life).
-                *latest = hb;
-            }
-            return None;
-        }
-        if hb.announce == Announce::Leaving || self.proving.len() >= MAX_STRANGERS {
-            return None;
-        }
-        let addr = hb.info.replication;
-        self.proving.insert(id, (hb, now));
-        Some((id, addr))
-    }
-
-    /// The verdict of `id`'s proof: its newest heartbeat if it answered (to give to the
-    /// table); otherwise it is turned away for an interval. The heartbeat of a failed proof
-    /// is returned as the error, for the log.
-    fn proved(
-        &mut self,
-        id: NodeId,
-        verdict: Verdict,
-        now: Instant,
-    ) -> Option<Result<Heartbeat, Heartbeat>> {
-        let (hb, _) = self.proving.remove(&id)?;
-        if hb.announce == Announce::Leaving {
-            // It left while proving: whatever the verdict, it is not admitted.
-            self.turn_away(id, now);
-            return None;
-        }
-        if verdict == Verdict::Answered {
-            return Some(Ok(hb));
-        }
-        self.turn_away(id, now);
-        Some(Err(hb))
-    }
-
-    fn turn_away(&mut self, id: NodeId, now: Instant) {
-        if self.turned_away.len() >= MAX_TURNED_AWAY {
-            self.turned_away.retain(|_, until| now < *until);
-            if self.turned_away.len() >= MAX_TURNED_AWAY {
-                self.turned_away.clear();
-            }
-        }
-        self.turned_away.insert(id, now + self.retry_after);
-    }
-
-    /// Forgets the turned-away senders whose interval is over, and proofs that outlived
-    /// their timeout.
-    fn tick(&mut self, now: Instant) {
-        self.turned_away.retain(|_, until| now < *until);
-        let longest = self.longest;
-        self.proving
-            .retain(|_, (_, since)| now.saturating_duration_since(*since) < longest);
-    }
 }
 
 struct Driver {
@@ -517,10 +390,8 @@ impl Driver {
 
     fn publish(&self) {
         let now = Instant::now();
-        self.view.send_replace(MembershipView {
-            taken_at: now,
-            members: self.table.view(now),
-        });
+        self.view
+            .send_replace(MembershipView::new(now, self.table.view(now)));
     }
 }
 
@@ -580,25 +451,42 @@ pub async fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
-    use crate::replication::{self, InboundConfig};
     use tokio::net::TcpListener;
 
     const T: Duration = Duration::from_millis(500);
 
+    /// What a member's replication port does with pings (cluster "c", no key): answers each
+    /// with a pong carrying its own id, and closes at a frame it cannot decode. Written out
+    /// here so that membership's tests need no replication port.
     async fn responder(id: u64) -> (SocketAddr, CancellationToken) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();
-        let store = crate::session::SessionStore::new(NodeId::from_u64(id), Default::default(), 60);
-        let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let cfg = InboundConfig::new("c".into(), NodeId::from_u64(id), store, ready);
-        tokio::spawn(replication::serve(
-            listener,
-            cfg,
-            Arc::new(Metrics::default()),
-            stop.clone(),
-        ));
+        let me = NodeId::from_u64(id);
+        let serving = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    _ = serving.cancelled() => return,
+                    accepted = listener.accept() => accepted.expect("accept"),
+                };
+                tokio::spawn(async move {
+                    let Ok(mut stream) = transport::accept(stream, None, me).await else {
+                        return;
+                    };
+                    while let Some(Ok(frame)) = stream.next().await {
+                        let Ok((_, FrameBody::Ping(nonce))) = wire::decode_frame(&frame, "c")
+                        else {
+                            return;
+                        };
+                        let pong = wire::encode_frame("c", me, &FrameBody::Pong(nonce));
+                        if stream.send(pong).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
         (addr, stop)
     }
 
@@ -651,118 +539,5 @@ mod tests {
         .await;
         assert_eq!(verdict, Verdict::NoAnswer);
         stop.cancel();
-    }
-}
-
-#[cfg(test)]
-mod strangers {
-    use super::*;
-    use crate::membership::MemberInfo;
-
-    const INTERVAL: Duration = Duration::from_millis(100);
-    const TIMEOUT: Duration = Duration::from_millis(250);
-
-    fn hb(id: u64, seq: u64, announce: Announce) -> Heartbeat {
-        Heartbeat {
-            info: MemberInfo {
-                id: NodeId::from_u64(id),
-                name: format!("n{id}"),
-                http: "127.0.0.1:1".parse().unwrap(),
-                replication: "127.0.0.1:2".parse().unwrap(),
-                incarnation: 1,
-            },
-            announce,
-            seq,
-        }
-    }
-
-    fn alive(id: u64, seq: u64) -> Heartbeat {
-        hb(id, seq, Announce::Alive)
-    }
-
-    #[test]
-    fn a_stranger_is_admitted_with_its_newest_heartbeat_once_it_answers() {
-        let t0 = Instant::now();
-        let mut s = Strangers::new(INTERVAL, TIMEOUT);
-        assert_eq!(
-            s.heard(alive(1, 1), t0),
-            Some((NodeId::from_u64(1), "127.0.0.1:2".parse().unwrap()))
-        );
-        // One proof at a time; later heartbeats only refresh what will be admitted.
-        assert_eq!(s.heard(alive(1, 3), t0), None);
-        assert_eq!(s.heard(alive(1, 2), t0), None);
-        let admitted = s.proved(NodeId::from_u64(1), Verdict::Answered, t0);
-        assert_eq!(admitted.map(|r| r.map(|hb| hb.seq)), Some(Ok(3)));
-        assert_eq!(s.proved(NodeId::from_u64(1), Verdict::Answered, t0), None);
-    }
-
-    #[test]
-    fn a_failed_proof_is_tried_again_one_interval_later() {
-        let t0 = Instant::now();
-        let mut s = Strangers::new(INTERVAL, TIMEOUT);
-        assert!(s.heard(alive(1, 1), t0).is_some());
-        assert!(matches!(
-            s.proved(NodeId::from_u64(1), Verdict::Refused, t0),
-            Some(Err(_))
-        ));
-        assert_eq!(s.heard(alive(1, 2), t0 + INTERVAL / 2), None);
-        s.tick(t0 + INTERVAL);
-        assert!(s.heard(alive(1, 3), t0 + INTERVAL).is_some());
-    }
-
-    #[test]
-    fn a_stranger_that_leaves_during_its_proof_is_not_admitted_by_it() {
-        let t0 = Instant::now();
-        let mut s = Strangers::new(INTERVAL, TIMEOUT);
-        assert!(s.heard(alive(1, 1), t0).is_some());
-        assert_eq!(s.heard(hb(1, 2, Announce::Leaving), t0), None);
-        assert_eq!(
-            s.heard(alive(1, 3), t0),
-            None,
-            "no second proof while the first runs"
-        );
-        assert_eq!(s.proving.len(), 1, "its place is kept until the verdict");
-        assert_eq!(s.proved(NodeId::from_u64(1), Verdict::Answered, t0), None);
-        assert_eq!(
-            s.heard(alive(1, 3), t0),
-            None,
-            "turned away for an interval"
-        );
-        // A leave from a sender never heard starts nothing.
-        assert_eq!(s.heard(hb(2, 1, Announce::Leaving), t0), None);
-    }
-
-    #[test]
-    fn many_senders_that_fail_their_proof_do_not_keep_a_live_one_out() {
-        // Replayed heartbeats of many dead nodes: each proof is refused at once. Failed
-        // ones must not hold the places of proofs under way.
-        let t0 = Instant::now();
-        let mut s = Strangers::new(INTERVAL, TIMEOUT);
-        let mut now = t0;
-        for round in 0..20u64 {
-            for dead in 1000..1000 + 2 * MAX_STRANGERS as u64 {
-                if let Some((id, _)) = s.heard(alive(dead, round), now) {
-                    s.proved(id, Verdict::Refused, now);
-                }
-            }
-            now += INTERVAL / 4;
-            s.tick(now);
-        }
-        assert!(
-            s.heard(alive(1, 1), now).is_some(),
-            "the live sender waits for nothing"
-        );
-    }
-
-    #[test]
-    fn a_proof_without_a_verdict_gives_its_place_back() {
-        let t0 = Instant::now();
-        let mut s = Strangers::new(INTERVAL, TIMEOUT);
-        for id in 0..MAX_STRANGERS as u64 {
-            assert!(s.heard(alive(id + 10, 1), t0).is_some());
-        }
-        assert_eq!(s.heard(alive(1, 1), t0), None, "all places taken");
-        s.tick(t0 + TIMEOUT * 2 + INTERVAL);
-        assert!(s.heard(alive(1, 1), t0 + TIMEOUT * 2 + INTERVAL).is_some());
     }
 }

@@ -10,19 +10,21 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::balancer::choice::registry::Registry;
-use crate::config::{Config, ConfigError};
-use crate::heartbeat::{self, HeartbeatConfig, MembershipView, Peers};
-use crate::membership::{MemberInfo, NodeId};
+use crate::config::Config;
+use crate::heartbeat::{self, HeartbeatConfig, Peers};
+use crate::membership::{MemberInfo, MembershipView, NodeId};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::transport::Datagrams;
+use crate::wire::key_file::KeyFileError;
+use crate::wire::seal::ClusterKey;
 
 /// Why discovery could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
     /// The cluster key could not be read.
     #[error(transparent)]
-    Key(#[from] ConfigError),
+    Key(#[from] KeyFileError),
     #[error("cannot bind the multicast address {group} on interface {interface}: {source}")]
     Multicast {
         group: std::net::SocketAddrV4,
@@ -40,7 +42,7 @@ pub fn start(
     stop: CancellationToken,
 ) -> Result<(), DiscoveryError> {
     let m = &config.membership;
-    let key = config.cluster.key()?;
+    let key = ClusterKey::read_file_if_set(config.cluster.key_file.as_deref())?;
     if key.is_none() && !m.interface.is_loopback() {
         warn!(
             interface = %m.interface,

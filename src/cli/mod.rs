@@ -4,6 +4,7 @@ mod http;
 mod status;
 mod up;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -118,6 +119,8 @@ pub enum CliError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
+    Key(#[from] crate::wire::key_file::KeyFileError),
+    #[error(transparent)]
     Node(#[from] NodeError),
     #[error(transparent)]
     Balancer(#[from] BalancerError),
@@ -206,20 +209,34 @@ async fn run_balancer(args: BalancerArgs) -> Result<ExitCode, CliError> {
 /// started by `up`, tied to that parent's life.
 fn serve_until_signal(parent_pid: Option<i32>) -> Result<Shutdown, CliError> {
     let shutdown = Shutdown::new();
-    let on_signal = shutdown.clone();
     let signals = shutdown::signal_listener().map_err(|source| CliError::Io {
         context: "cannot install signal handlers".into(),
         source,
     })?;
-    tokio::spawn(async move {
-        let name = signals.await;
-        info!(signal = name, "stopping");
-        on_signal.trigger();
-    });
+    trigger_on(&shutdown, signals);
     if let Some(parent) = parent_pid {
         tie_to_parent(parent)?;
     }
     Ok(shutdown)
+}
+
+/// Triggers `shutdown` when `signal` resolves (with the signal's name). The task is owned
+/// by the shutdown like every task, so it also ends when something else triggers it: the
+/// drain then does not wait out its grace for a signal that never comes.
+fn trigger_on<S>(shutdown: &Shutdown, signal: S)
+where
+    S: Future<Output = &'static str> + Send + 'static,
+{
+    let on_signal = shutdown.clone();
+    shutdown.spawn(async move {
+        tokio::select! {
+            name = signal => {
+                info!(signal = name, "stopping");
+                on_signal.trigger();
+            }
+            () = on_signal.triggered() => {}
+        }
+    });
 }
 
 /// Makes the kernel kill this process when its parent dies (PR_SET_PDEATHSIG), even if it
@@ -235,4 +252,36 @@ fn tie_to_parent(parent: i32) -> Result<(), CliError> {
         return Err(CliError::Up(format!("the parent process {parent} is gone")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_signal_triggers_the_shutdown_and_its_task_is_drained() {
+        let shutdown = Shutdown::new();
+        let (send, received) = tokio::sync::oneshot::channel::<()>();
+        trigger_on(&shutdown, async move {
+            let _ = received.await;
+            "SIGTERM"
+        });
+        assert!(!shutdown.token().is_cancelled());
+        send.send(()).expect("the task waits for the signal");
+        shutdown.triggered().await;
+        assert!(shutdown.drain(Duration::from_secs(1)).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_signal_task_ends_when_the_shutdown_comes_from_elsewhere() {
+        let shutdown = Shutdown::new();
+        trigger_on(&shutdown, std::future::pending());
+        shutdown.trigger();
+        assert!(
+            shutdown.drain(Duration::from_secs(5)).await,
+            "the drain waited for a signal that never comes"
+        );
+    }
 }

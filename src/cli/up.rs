@@ -55,7 +55,7 @@ struct Spawned {
 pub async fn run(args: UpArgs) -> Result<ExitCode, CliError> {
     let base = Config::load(args.common.config.as_deref(), &args.common.overrides(&[]))?;
     // A bad key file stops here, with its one line, rather than in every child.
-    base.cluster.key()?;
+    crate::wire::seal::ClusterKey::read_file_if_set(base.cluster.key_file.as_deref())?;
     let n = usize::from(args.nodes);
     let multicast = if base.is_set("membership.multicast") {
         base.membership.multicast

@@ -3,11 +3,17 @@
 //! Inputs are method calls carrying the current `Instant` (heartbeats, verification
 //! verdicts, clock ticks); outputs are [`Event`]s the async driver acts on. Nothing here
 //! sleeps, opens sockets or reads the clock, so every timing rule is tested with injected
-//! time.
+//! time. The parts: the member table and its timing rules (`table`), the admission of
+//! senders not yet known under a cluster key (`strangers`), and the snapshot readers
+//! take of it ([`MembershipView`]).
 
+mod strangers;
 mod table;
+mod view;
 
+pub(crate) use strangers::Strangers;
 pub use table::{DropReason, Event, MAX_MEMBERS, Member, MemberTable, MemberView, Timing, Verdict};
+pub use view::MembershipView;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -7,7 +7,7 @@ pub mod status;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError};
-use crate::heartbeat::{self, HeartbeatConfig, MembershipView, Peers};
-use crate::membership::{MemberInfo, NodeId};
+use crate::heartbeat::{self, HeartbeatConfig, Peers};
+use crate::membership::{MemberInfo, MembershipView, NodeId};
 use crate::metrics::Metrics;
 use crate::replication::transfer::{self, Transfer};
 use crate::replication::{self, InboundConfig, ReplicationConfig, Replicator};
@@ -29,6 +29,8 @@ use crate::transport::{self, Datagrams};
 pub enum NodeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Key(#[from] crate::wire::key_file::KeyFileError),
     #[error(
         "node.replication: {addr} is announced to static members on other hosts, which cannot reach it; use this host's address (or set membership.interface when binding 0.0.0.0)"
     )]
@@ -91,10 +93,7 @@ impl Shared {
     }
 }
 
-/// Milliseconds since the Unix epoch: the clock of session times.
-pub fn now_ms() -> u64 {
-    unix_ms()
-}
+pub use crate::clock::now_ms;
 
 /// How long shutdown waits for tasks to finish before giving up on them.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
@@ -105,7 +104,7 @@ const RESOLVE_EVERY: Duration = Duration::from_secs(10);
 
 /// Runs a node until `shutdown` is triggered, then leaves the cluster and returns.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
-    let key = config.cluster.key()?;
+    let key = crate::wire::seal::ClusterKey::read_file_if_set(config.cluster.key_file.as_deref())?;
     let open_files = crate::limits::raise_open_files_logged();
     let membership = &config.membership;
     let replication_listener = bind_tcp("replication", config.node.replication).await?;
@@ -172,7 +171,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
         name: config.node.name.clone(),
         http: http_addr,
         replication: replication_addr,
-        incarnation: unix_ms(),
+        incarnation: now_ms(),
     };
     let metrics = Arc::new(Metrics::default());
     let max_inactive = u32::try_from(config.sessions.max_inactive_s).unwrap_or(u32::MAX);
@@ -352,11 +351,4 @@ fn advertised(bound: SocketAddr, interface: IpAddr) -> SocketAddr {
     } else {
         bound
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }

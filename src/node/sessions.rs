@@ -12,7 +12,7 @@
 //! Attribute values are client data: they are never logged.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Body;
@@ -106,18 +106,8 @@ struct Done<R> {
 }
 
 /// Replicates the delta of an update (before the response: sync replication) and decides
-/// the cookie. `Ok(None)`: no session and none made. `Err`: the store refused (session
-/// limit), nothing changed.
-async fn finish<R>(
-    shared: &Shared,
-    visit: &Visit,
-    outcome: Result<Option<Update<R>>, StoreError>,
-) -> Result<Option<Done<R>>, Response> {
-    let update = match outcome {
-        Ok(Some(update)) => update,
-        Ok(None) => return Ok(None),
-        Err(e) => return Err(store_error(&e)),
-    };
+/// the cookie.
+async fn finish<R>(shared: &Shared, visit: &Visit, update: Update<R>) -> Done<R> {
     if let Some(delta) = update.delta {
         shared.replicator.replicate(delta).await;
     }
@@ -131,11 +121,11 @@ async fn finish<R>(
     } else {
         None
     };
-    Ok(Some(Done {
+    Done {
         id: update.id,
         value: update.value,
         cookie,
-    }))
+    }
 }
 
 fn session_cookie(value: &str) -> Option<HeaderValue> {
@@ -177,19 +167,20 @@ async fn page(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -
         Ok(v) => v,
         Err(r) => return r,
     };
-    let outcome = shared.store.update(visit.id(), true, visit.now_ms, |s| {
-        let hits = s.get(HITS).map_or(0, |v| parse_count(v)).saturating_add(1);
-        let stored = s.set(HITS, Bytes::from(hits.to_string()));
-        PageView {
-            hits,
-            created_ms: s.created_ms(),
-            stored,
-        }
-    });
-    let done = match finish(&shared, &visit, outcome).await {
-        Ok(Some(done)) => done,
-        Ok(None) => return plain(StatusCode::INTERNAL_SERVER_ERROR, "no session was made"),
-        Err(r) => return r,
+    let outcome = shared
+        .store
+        .update_or_create(visit.id(), visit.now_ms, |s| {
+            let hits = s.get(HITS).map_or(0, |v| parse_count(v)).saturating_add(1);
+            let stored = s.set(HITS, Bytes::from(hits.to_string()));
+            PageView {
+                hits,
+                created_ms: s.created_ms(),
+                stored,
+            }
+        });
+    let done = match outcome {
+        Ok(update) => finish(&shared, &visit, update).await,
+        Err(e) => return store_error(&e),
     };
     let response = match &done.value.stored {
         Err(e) => store_error(e),
@@ -217,8 +208,10 @@ fn parse_count(value: &[u8]) -> u64 {
 fn render_page(node: &str, session: &str, created_ms: u64, hits: u64) -> String {
     let node = escape_html(node);
     let session = escape_html(session);
-    let machine = rfc3339(created_ms);
-    let human = human_utc(created_ms);
+    let created = match (rfc3339(created_ms), human_utc(created_ms)) {
+        (Some(machine), Some(human)) => format!(r#"<time datetime="{machine}">{human}</time>"#),
+        _ => format!("{created_ms} ms after 1970-01-01 UTC"),
+    };
     format!(
         r#"<!doctype html>
 <html lang="en">
@@ -237,7 +230,7 @@ th {{ font-weight: normal; color: #666; }}
 <table>
 <tr><th>Node</th><td id="node">{node}</td></tr>
 <tr><th>Session</th><td id="session"><code>{session}</code></td></tr>
-<tr><th>Created on</th><td id="created"><time datetime="{machine}">{human}</time></td></tr>
+<tr><th>Created on</th><td id="created">{created}</td></tr>
 <tr><th>Hits</th><td id="hits">{hits}</td></tr>
 </table>
 <p>Reload the page to count another hit.</p>
@@ -262,70 +255,23 @@ fn escape_html(s: &str) -> String {
     out
 }
 
-/// UTC calendar fields of a Unix time in milliseconds.
-struct Utc {
-    year: i64,
-    month: u32,
-    day: u32,
-    hour: u64,
-    minute: u64,
-    second: u64,
-    milli: u64,
+/// `ms` after the epoch in RFC 3339, UTC, with milliseconds: `2023-11-14T22:13:20.123Z`.
+/// `None` past the year 9999, which RFC 3339 cannot write: only a clock or a member gone
+/// wrong says so, and the page must still render.
+fn rfc3339(ms: u64) -> Option<String> {
+    use std::fmt::Write as _;
+    let time = UNIX_EPOCH.checked_add(Duration::from_millis(ms))?;
+    let mut out = String::with_capacity(24);
+    write!(out, "{}", humantime::format_rfc3339_millis(time)).ok()?;
+    Some(out)
 }
 
-fn utc(ms: u64) -> Utc {
-    let secs = ms / 1000;
-    let of_day = secs % 86_400;
-    // u64::MAX / 86_400_000 fits an i64 easily.
-    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
-    let (year, month, day) = civil_from_days(days);
-    Utc {
-        year,
-        month,
-        day,
-        hour: of_day / 3600,
-        minute: of_day % 3600 / 60,
-        second: of_day % 60,
-        milli: ms % 1000,
-    }
-}
-
-/// `2023-11-14T22:13:20.000Z`
-fn rfc3339(ms: u64) -> String {
-    let t = utc(ms);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year, t.month, t.day, t.hour, t.minute, t.second, t.milli
-    )
-}
-
-/// `2023-11-14 22:13:20 UTC`
-fn human_utc(ms: u64) -> String {
-    let t = utc(ms);
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-        t.year, t.month, t.day, t.hour, t.minute, t.second
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11], March first
-    let day = doy - (153 * mp + 2) / 5 + 1; // [1, 31]
-    let month = if mp < 10 { mp + 3 } else { mp - 9 }; // [1, 12]
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    // Both are in range by construction.
-    (
-        year,
-        u32::try_from(month).unwrap_or(1),
-        u32::try_from(day).unwrap_or(1),
-    )
+/// `2023-11-14 22:13:20 UTC`: the RFC 3339 form, read by people.
+fn human_utc(ms: u64) -> Option<String> {
+    let machine = rfc3339(ms)?;
+    let (date, rest) = machine.split_once('T')?;
+    let time = rest.get(..8)?;
+    Some(format!("{date} {time} UTC"))
 }
 
 // ---- GET /session --------------------------------------------------------------------------
@@ -357,32 +303,36 @@ async fn document(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Ur
         Err(r) => return r,
     };
     let route = shared.me.name.clone();
-    let outcome = shared.store.update(visit.id(), true, visit.now_ms, |s| {
-        let mut text = Vec::new();
-        let mut binary = Vec::new();
-        for (name, value) in s.attributes() {
-            match std::str::from_utf8(value) {
-                Ok(v) => text.push((name.to_string(), v.to_string())),
-                Err(_) => binary.push((name.to_string(), base64(value))),
+    let outcome = shared
+        .store
+        .update_or_create(visit.id(), visit.now_ms, |s| {
+            let mut text = Vec::new();
+            let mut binary = Vec::new();
+            for (name, value) in s.attributes() {
+                match std::str::from_utf8(value) {
+                    Ok(v) => text.push((name.to_string(), v.to_string())),
+                    Err(_) => binary.push((name.to_string(), base64(value))),
+                }
             }
+            SessionDoc {
+                id: id::cookie_value(s.id(), &route),
+                node: route.clone(),
+                created_ms: s.created_ms(),
+                last_accessed_ms: s.last_accessed_ms(),
+                max_inactive_s: s.max_inactive_s(),
+                attributes: Pairs(text),
+                binary_attributes: Pairs(binary),
+            }
+        });
+    match outcome {
+        Ok(update) => {
+            let done = finish(&shared, &visit, update).await;
+            with_cookie(
+                no_store(axum::Json(done.value).into_response()),
+                done.cookie,
+            )
         }
-        SessionDoc {
-            id: id::cookie_value(s.id(), &route),
-            node: route.clone(),
-            created_ms: s.created_ms(),
-            last_accessed_ms: s.last_accessed_ms(),
-            max_inactive_s: s.max_inactive_s(),
-            attributes: Pairs(text),
-            binary_attributes: Pairs(binary),
-        }
-    });
-    match finish(&shared, &visit, outcome).await {
-        Ok(Some(done)) => with_cookie(
-            no_store(axum::Json(done.value).into_response()),
-            done.cookie,
-        ),
-        Ok(None) => plain(StatusCode::INTERNAL_SERVER_ERROR, "no session was made"),
-        Err(r) => r,
+        Err(e) => store_error(&e),
     }
 }
 
@@ -431,13 +381,14 @@ async fn get_attribute(
     let Some(name) = attribute_name(&uri) else {
         return bad_name(&shared);
     };
-    let outcome = shared
-        .store
-        .update(visit.id(), false, visit.now_ms, |s| s.get(&name).cloned());
-    let done = match finish(&shared, &visit, outcome).await {
-        Ok(Some(done)) => done,
-        Ok(None) => return plain(StatusCode::NOT_FOUND, "no session"),
-        Err(r) => return r,
+    let outcome = visit.id().and_then(|id| {
+        shared
+            .store
+            .update(id, visit.now_ms, |s| s.get(&name).cloned())
+    });
+    let done = match outcome {
+        Some(update) => finish(&shared, &visit, update).await,
+        None => return plain(StatusCode::NOT_FOUND, "no session"),
     };
     let response = match done.value {
         None => plain(StatusCode::NOT_FOUND, "no such attribute"),
@@ -471,17 +422,17 @@ async fn put_attribute(State(shared): State<Arc<Shared>>, request: Request) -> R
     };
     let outcome = shared
         .store
-        .update(visit.id(), true, visit.now_ms, |s| s.set(&name, value));
-    match finish(&shared, &visit, outcome).await {
-        Ok(Some(done)) => {
+        .update_or_create(visit.id(), visit.now_ms, |s| s.set(&name, value));
+    match outcome {
+        Ok(update) => {
+            let done = finish(&shared, &visit, update).await;
             let response = match done.value {
                 Ok(()) => StatusCode::NO_CONTENT.into_response(),
                 Err(e) => store_error(&e),
             };
             with_cookie(response, done.cookie)
         }
-        Ok(None) => plain(StatusCode::INTERNAL_SERVER_ERROR, "no session was made"),
-        Err(r) => r,
+        Err(e) => store_error(&e),
     }
 }
 
@@ -523,13 +474,15 @@ async fn delete_attribute(
     let Some(name) = attribute_name(&uri) else {
         return bad_name(&shared);
     };
-    let outcome = shared
-        .store
-        .update(visit.id(), false, visit.now_ms, |s| s.remove(&name));
-    match finish(&shared, &visit, outcome).await {
-        Ok(Some(done)) => with_cookie(StatusCode::NO_CONTENT.into_response(), done.cookie),
-        Ok(None) => StatusCode::NO_CONTENT.into_response(),
-        Err(r) => r,
+    let outcome = visit
+        .id()
+        .and_then(|id| shared.store.update(id, visit.now_ms, |s| s.remove(&name)));
+    match outcome {
+        Some(update) => {
+            let done = finish(&shared, &visit, update).await;
+            with_cookie(StatusCode::NO_CONTENT.into_response(), done.cookie)
+        }
+        None => StatusCode::NO_CONTENT.into_response(),
     }
 }
 
@@ -589,7 +542,7 @@ async fn method_not_allowed() -> Response {
 mod tests {
     use super::*;
     use crate::config::ReplicationMode;
-    use crate::heartbeat::MembershipView;
+    use crate::membership::MembershipView;
     use crate::membership::{MemberInfo, NodeId};
     use crate::metrics::Metrics;
     use crate::replication::{ReplicationConfig, Replicator};
@@ -721,13 +674,21 @@ mod tests {
 
     #[test]
     fn times_are_written_in_utc_on_the_gregorian_calendar() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
-        assert_eq!(rfc3339(4_107_542_399_999), "2100-02-28T23:59:59.999Z");
-        assert_eq!(human_utc(1_700_000_000_999), "2023-11-14 22:13:20 UTC");
-        // Far beyond any real clock, still no panic.
-        let _ = rfc3339(u64::MAX);
+        let machine = |ms| rfc3339(ms).expect("in range");
+        assert_eq!(machine(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(machine(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(machine(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(machine(4_107_542_399_999), "2100-02-28T23:59:59.999Z");
+        assert_eq!(machine(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+        assert_eq!(
+            human_utc(1_700_000_000_999).as_deref(),
+            Some("2023-11-14 22:13:20 UTC")
+        );
+        assert_eq!(human_utc(0).as_deref(), Some("1970-01-01 00:00:00 UTC"));
+        // Far beyond any real clock: no date, and no panic.
+        assert_eq!(rfc3339(253_402_300_800_000), None);
+        assert_eq!(rfc3339(u64::MAX), None);
+        assert_eq!(human_utc(u64::MAX), None);
     }
 
     #[test]
@@ -746,6 +707,18 @@ mod tests {
         assert!(html.contains("<code>ABC.n1</code>"));
         assert!(html.contains(r#"<time datetime="2023-11-14T22:13:20.000Z">"#));
         assert!(html.contains(r#"<td id="hits">7</td>"#));
+    }
+
+    #[test]
+    fn a_creation_time_past_the_year_9999_is_shown_in_milliseconds() {
+        let html = render_page("n1", "ABC.n1", u64::MAX, 1);
+        assert!(
+            html.contains(&format!(
+                r#"<td id="created">{} ms after 1970-01-01 UTC</td>"#,
+                u64::MAX
+            )),
+            "{html}"
+        );
     }
 
     #[test]

@@ -14,9 +14,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use super::chunk::chunk;
+use super::entropy;
+use crate::clock;
 use crate::membership::NodeId;
 use crate::metrics::Metrics;
-use crate::session::{Delta, SessionStore};
+use crate::session::SessionStore;
 use crate::throttle::LogThrottle;
 use crate::transport::{self, FramedStream};
 use crate::wire::seal::{ClusterKey, SealError};
@@ -302,7 +305,7 @@ async fn on_frame(
             .await
             .map_err(|_| Closed);
     }
-    for answer in answer(cfg, metrics, sender, body) {
+    for answer in answer(cfg, metrics, sender, body, clock::now_ms()) {
         match answer {
             FrameBody::Ack(seq) => *ack = Some(ack.map_or(seq, |a: u64| a.max(seq))),
             other => feed(stream, cfg, metrics, &other)
@@ -378,18 +381,14 @@ async fn send_state(
     send(stream, cfg, metrics, &last).await
 }
 
-/// Most sessions in one state-transfer batch, and most bytes (about) in one frame.
-const BATCH_SESSIONS: usize = 2_000;
-const BATCH_BYTES: usize = 4 * 1024 * 1024;
-
 /// What a received frame asks of this node, as the frames to send back.
 fn answer(
     cfg: &InboundConfig,
     metrics: &Metrics,
     sender: NodeId,
     body: FrameBody,
+    now_ms: u64,
 ) -> Vec<FrameBody> {
-    let now = crate::node::now_ms();
     match body {
         FrameBody::Ping(nonce) => {
             metrics.replication.pings_answered.inc();
@@ -398,7 +397,7 @@ fn answer(
         FrameBody::Deltas { seq, deltas } => {
             metrics.replication.deltas_received.add(deltas.len() as u64);
             for delta in &deltas {
-                cfg.store.apply(delta, now);
+                cfg.store.apply(delta, now_ms);
             }
             // seq 0: an answer to a pull, not to be acknowledged.
             if seq == 0 {
@@ -416,17 +415,13 @@ fn answer(
         // Still joining: the state transfer brings everything, and once ready this node
         // starts an exchange with every member itself.
         FrameBody::Digest(_) if !cfg.ready.load(Ordering::Relaxed) => Vec::new(),
-        FrameBody::Digest(theirs) => {
-            let mine = cfg.store.digest();
-            theirs
-                .iter()
-                .filter(|(shard, hash)| mine.get(*shard as usize).is_none_or(|m| m.1 != *hash))
-                .map(|(shard, _)| FrameBody::ShardEntries {
-                    shard: *shard,
-                    entries: cfg.store.shard_entries(*shard),
-                })
-                .collect()
-        }
+        FrameBody::Digest(theirs) => entropy::differing_shards(&cfg.store.digest(), &theirs)
+            .into_iter()
+            .map(|shard| FrameBody::ShardEntries {
+                shard,
+                entries: cfg.store.shard_entries(shard),
+            })
+            .collect(),
         FrameBody::Pull(ids) => chunk(cfg.store.export(&ids))
             .into_iter()
             .map(|deltas| FrameBody::Deltas { seq: 0, deltas })
@@ -436,30 +431,6 @@ fn answer(
             Vec::new()
         }
     }
-}
-
-/// Splits deltas into frames of at most BATCH_SESSIONS sessions and about BATCH_BYTES.
-pub(crate) fn chunk(deltas: Vec<Delta>) -> Vec<Vec<Delta>> {
-    let mut out = Vec::new();
-    let mut current = Vec::new();
-    let mut bytes = 0;
-    for d in deltas {
-        let size = 64
-            + d.attributes
-                .iter()
-                .map(|a| a.name.len() + a.value.as_ref().map_or(0, |v| v.len()) + 24)
-                .sum::<usize>();
-        if !current.is_empty() && (current.len() >= BATCH_SESSIONS || bytes + size > BATCH_BYTES) {
-            out.push(std::mem::take(&mut current));
-            bytes = 0;
-        }
-        bytes += size;
-        current.push(d);
-    }
-    if !current.is_empty() {
-        out.push(current);
-    }
-    out
 }
 
 /// A stream that failed: a frame that failed authentication, or one that cannot be read.
@@ -493,7 +464,7 @@ fn reject(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::SessionId;
+    use crate::session::{Delta, SessionId};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
@@ -611,7 +582,7 @@ mod tests {
         let ids: Vec<SessionId> = (0..3).map(|_| SessionId::random()).collect();
         let mut bytes = Vec::new();
         for (seq, id) in (1..).zip(&ids) {
-            let now = crate::node::now_ms();
+            let now = clock::now_ms();
             let body = FrameBody::Deltas {
                 seq,
                 deltas: vec![Delta::new(*id, now, now)],

@@ -3,6 +3,8 @@
 //! the store's versioned merge. The same port answers the failure detector's pings, serves
 //! state transfers to joining nodes and anti-entropy digests.
 
+mod chunk;
+mod entropy;
 mod inbound;
 mod outbound;
 pub mod transfer;
@@ -11,7 +13,7 @@ pub use inbound::{InboundConfig, serve};
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
@@ -20,9 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::clock;
 use crate::config::ReplicationMode;
-use crate::heartbeat::MembershipView;
-use crate::membership::{MemberInfo, MemberState, NodeId};
+use crate::membership::{MemberInfo, MemberState, MembershipView, NodeId};
 use crate::metrics::Metrics;
 use crate::session::{Delta, SessionStore};
 use crate::wire;
@@ -76,9 +78,37 @@ pub(crate) struct Context {
     pub metrics: Arc<Metrics>,
     suspicions: mpsc::Sender<NodeId>,
     ready: Arc<AtomicBool>,
+    /// Woken when a link has taken everything from its queue, or links went away: what
+    /// [`Replicator::flush`] waits for.
+    drained: Notify,
+    /// How many flushes are waiting on `drained`. Almost always zero: a link that empties
+    /// its queue then pays one load, not the lock `notify_waiters` takes (shared by every
+    /// link).
+    flushers: AtomicUsize,
 }
 
 impl Context {
+    /// Called by a link after it took from its queue (and wrote what it took): wakes the
+    /// waiting flushes once the queue is empty (a busy queue wakes nobody, and with no
+    /// flush waiting an empty one wakes nobody either).
+    pub fn taken(&self, queue: &mpsc::Receiver<outbound::Outgoing>) {
+        if !queue.is_empty() {
+            return;
+        }
+        // Pairs with the fence in `flush`: this link emptied the queue, then reads the
+        // count; a flush counted itself, then reads the queues. With a SeqCst fence
+        // between each write and the read after it, one of the two reads sees the other
+        // side's write: either the flush sees this queue empty, or this link sees the
+        // flush counted and wakes it. (The queue's own atomics are not SeqCst, hence
+        // fences rather than SeqCst on the count alone.) A counted flush that has not made
+        // its `Notified` yet loses nothing: the one it makes is either woken by this call
+        // or made after it (tokio's Notify orders the two), and then reads this queue empty.
+        fence(Ordering::SeqCst);
+        if self.flushers.load(Ordering::SeqCst) > 0 {
+            self.drained.notify_waiters();
+        }
+    }
+
     /// Tells membership that `id` may be gone (a broken link, a missing ack); it verifies.
     pub fn suspect(&self, id: NodeId) {
         let _ = self.suspicions.try_send(id);
@@ -181,6 +211,8 @@ impl Replicator {
                 metrics,
                 suspicions,
                 ready: Arc::new(AtomicBool::new(false)),
+                drained: Notify::new(),
+                flushers: AtomicUsize::new(0),
             }),
             cfg: Arc::new(cfg),
             links: Arc::new(RwLock::new(HashMap::new())),
@@ -286,11 +318,34 @@ impl Replicator {
         }
     }
 
-    /// Waits (at most `limit`) until every queue is empty, before leaving the cluster.
+    /// Waits (at most `limit`) until every queue is empty, before leaving the cluster. When
+    /// it has to wait, a link wakes it only after the batch that emptied its queue is
+    /// written to the socket (not yet acknowledged): the link that empties last has its
+    /// deltas on the wire when this returns. A batch that another link took and is still
+    /// writing at that moment is not waited for, nor is one being written when it starts.
     pub async fn flush(&self, limit: Duration) {
+        // Counted for as long as this flush waits (a timeout or a dropped future included),
+        // so links wake it; counted before the queues are read (see `Context::taken`).
+        struct Counted<'a>(&'a AtomicUsize);
+        impl Drop for Counted<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.ctx.flushers.fetch_add(1, Ordering::SeqCst);
+        let _counted = Counted(&self.ctx.flushers);
+        fence(Ordering::SeqCst);
         let _ = tokio::time::timeout(limit, async {
-            while self.queued() > 0 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            loop {
+                // Registered before the queues are looked at, so a link that empties its
+                // queue in between still wakes this wait.
+                let drained = self.ctx.drained.notified();
+                tokio::pin!(drained);
+                drained.as_mut().enable();
+                if self.queued() == 0 {
+                    return;
+                }
+                drained.await;
             }
         })
         .await;
@@ -315,7 +370,7 @@ impl Replicator {
                 changed = view.changed() => if changed.is_err() { break },
                 _ = access.tick() => self.send_access(),
                 _ = sweep.tick() => {
-                    let stats = self.ctx.store.sweep(crate::node::now_ms());
+                    let stats = self.ctx.store.sweep(clock::now_ms());
                     if stats.expired > 0 || stats.purged > 0 {
                         debug!(expired = stats.expired, purged = stats.purged, "swept sessions");
                     }
@@ -325,6 +380,7 @@ impl Replicator {
         for (_, link) in self.links.write().drain() {
             link.stop.cancel();
         }
+        self.ctx.drained.notify_waiters();
         tasks.close();
         tasks.wait().await;
     }
@@ -336,6 +392,7 @@ impl Replicator {
         tasks: &TaskTracker,
     ) {
         let mut links = self.links.write();
+        let before = links.len();
         links.retain(|id, link| {
             let keep = members.iter().any(|(m, _)| m.id == *id);
             if !keep {
@@ -343,6 +400,10 @@ impl Replicator {
             }
             keep
         });
+        if links.len() < before {
+            // A member's queue left with it.
+            self.ctx.drained.notify_waiters();
+        }
         for (info, alive) in members {
             if let Some(link) = links.get_mut(&info.id) {
                 link.alive = alive;
@@ -433,6 +494,112 @@ mod tests {
         let acks = Acks::new(Vec::new());
         assert!(acks.all.notified().now_or_never().is_some());
     }
+
+    /// A replicator with one link whose queue the test holds (as the link task would)
+    /// and one delta queued on it.
+    fn with_one_queued_delta() -> (Replicator, mpsc::Receiver<Outgoing>) {
+        let cfg = ReplicationConfig::new(
+            "c".into(),
+            NodeId::from_u64(1),
+            ReplicationMode::Async,
+            Duration::from_secs(1),
+        );
+        let (suspicions, _) = mpsc::channel(1);
+        let store = SessionStore::new(NodeId::from_u64(1), Default::default(), 60);
+        let replicator = Replicator::new(cfg, store, Arc::new(Metrics::default()), suspicions);
+        let (tx, rx) = mpsc::channel(4);
+        tx.try_send(Outgoing::Access(Arc::new(Vec::new())))
+            .expect("room in the queue");
+        replicator.links.write().insert(
+            NodeId::from_u64(2),
+            Link {
+                alive: true,
+                tx,
+                resync: Arc::new(AtomicBool::new(false)),
+                stop: CancellationToken::new(),
+            },
+        );
+        (replicator, rx)
+    }
+
+    /// Starts `flush(limit)`; the handle answers how long it waited.
+    fn flushing(replicator: &Replicator, limit: Duration) -> tokio::task::JoinHandle<Duration> {
+        let replicator = replicator.clone();
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            replicator.flush(limit).await;
+            started.elapsed()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_with_nothing_queued_returns_at_once() {
+        let (replicator, mut rx) = with_one_queued_delta();
+        rx.try_recv().expect("the queued delta");
+        assert_eq!(replicator.queued(), 0);
+        let waited = flushing(&replicator, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(waited, Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_returns_the_moment_a_link_takes_the_last_queued_delta() {
+        let (replicator, mut rx) = with_one_queued_delta();
+        let flush = flushing(&replicator, Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!flush.is_finished(), "a delta is still queued");
+        rx.try_recv().expect("the queued delta");
+        replicator.ctx.taken(&rx);
+        assert_eq!(flush.await.unwrap(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_returns_when_the_member_with_a_delta_still_queued_leaves() {
+        let (replicator, _rx) = with_one_queued_delta();
+        let flush = flushing(&replicator, Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());
+        replicator.sync_links(Vec::new(), &stop, &tasks);
+        assert_eq!(flush.await.unwrap(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_gives_up_at_its_limit_when_no_link_takes_its_queue() {
+        let (replicator, _rx) = with_one_queued_delta();
+        let waited = flushing(&replicator, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(waited, Duration::from_secs(2));
+        assert_eq!(replicator.queued(), 1);
+    }
+
+    /// Links wake flushes only while one is counted: a count left behind would make every
+    /// later batch take the Notify's lock again.
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_is_counted_as_waiting_only_until_it_ends_however_it_ends() {
+        let (replicator, mut rx) = with_one_queued_delta();
+        let flushers = || replicator.ctx.flushers.load(Ordering::SeqCst);
+        // At its limit.
+        let flush = flushing(&replicator, Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(flushers(), 1);
+        flush.await.unwrap();
+        assert_eq!(flushers(), 0);
+        // Dropped while it waits.
+        let flush = flushing(&replicator, Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(flushers(), 1);
+        flush.abort();
+        assert!(flush.await.unwrap_err().is_cancelled());
+        assert_eq!(flushers(), 0);
+        // Woken by the link that emptied its queue.
+        let flush = flushing(&replicator, Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(flushers(), 1);
+        rx.try_recv().expect("the queued delta");
+        replicator.ctx.taken(&rx);
+        flush.await.unwrap();
+        assert_eq!(flushers(), 0);
+    }
 }
 
 /// Links against a relay that sends them to another node than meant, with and without a
@@ -446,7 +613,6 @@ mod relayed_links {
     use crate::wire::seal::{ClusterKey, Hello};
     use bytes::Bytes;
     use std::net::SocketAddr;
-    use std::sync::atomic::AtomicUsize;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
@@ -471,6 +637,18 @@ mod relayed_links {
     ) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        serve_on(listener, me, store, key, stop);
+        addr
+    }
+
+    /// Serves `me`'s replication port on `listener`.
+    fn serve_on(
+        listener: TcpListener,
+        me: NodeId,
+        store: SessionStore,
+        key: Option<ClusterKey>,
+        stop: &CancellationToken,
+    ) {
         let mut cfg = InboundConfig::new("c".into(), me, store, Arc::new(AtomicBool::new(true)));
         cfg.key = key;
         tokio::spawn(serve(
@@ -479,7 +657,6 @@ mod relayed_links {
             Arc::new(Metrics::default()),
             stop.clone(),
         ));
-        addr
     }
 
     /// A plain byte relay (no key): every connection to it is piped to `to`.
@@ -498,23 +675,31 @@ mod relayed_links {
         addr
     }
 
-    /// A's replicator, with B alive at `b_addr` as A sees it.
+    /// A's replicator (in sync mode), with B alive at `b_addr` as A sees it.
     fn replicator_of_a(
         b_addr: SocketAddr,
         key: Option<ClusterKey>,
         stop: &CancellationToken,
     ) -> (Replicator, SessionStore, mpsc::Receiver<NodeId>) {
-        let mut cfg =
-            ReplicationConfig::new("c".into(), A, ReplicationMode::Sync, Duration::from_secs(2));
+        replicator_of_a_in(ReplicationMode::Sync, b_addr, key, stop)
+    }
+
+    fn replicator_of_a_in(
+        mode: ReplicationMode,
+        b_addr: SocketAddr,
+        key: Option<ClusterKey>,
+        stop: &CancellationToken,
+    ) -> (Replicator, SessionStore, mpsc::Receiver<NodeId>) {
+        let mut cfg = ReplicationConfig::new("c".into(), A, mode, Duration::from_secs(2));
         cfg.key = key;
         let (suspicions, suspected) = mpsc::channel(100_000);
         let store = store(A);
         let replicator =
             Replicator::new(cfg, store.clone(), Arc::new(Metrics::default()), suspicions);
         replicator.set_ready();
-        let view = MembershipView {
-            taken_at: std::time::Instant::now(),
-            members: vec![MemberView {
+        let view = MembershipView::new(
+            std::time::Instant::now(),
+            vec![MemberView {
                 info: MemberInfo {
                     id: B,
                     name: "b".into(),
@@ -525,7 +710,7 @@ mod relayed_links {
                 state: MemberState::Alive,
                 last_heard: Duration::ZERO,
             }],
-        };
+        );
         let (keep, view) = watch::channel(view);
         tokio::spawn(replicator.clone().run(view, stop.clone()));
         // The view's sender must outlive the test: dropping it would end the links.
@@ -546,7 +731,7 @@ mod relayed_links {
     }
 
     fn delta(id: SessionId) -> Delta {
-        let now = crate::node::now_ms();
+        let now = clock::now_ms();
         let mut d = Delta::new(id, now, now);
         d.attributes.push(AttributeChange {
             name: "x".into(),
@@ -560,7 +745,7 @@ mod relayed_links {
     }
 
     /// Where a relay without the key sends A's link to B.
-    #[derive(Clone, Copy)]
+    #[derive(Clone, Copy, Debug)]
     enum Relay {
         /// Nowhere: A reaches B.
         None,
@@ -602,28 +787,89 @@ mod relayed_links {
     /// for B's: the write returned at once, B never had it, and nobody was suspected.
     #[tokio::test]
     async fn a_link_relayed_to_another_node_is_not_taken_for_the_member() {
-        for relay in [Relay::IntoA, Relay::ToC] {
-            for key in [Some(key()), None] {
-                let keyed = key.is_some();
-                let (on_b, suspected) = write_through(relay, key).await;
-                assert!(!on_b);
-                assert!(
-                    suspected,
-                    "keyed {keyed}: the member behind the relay is suspected"
-                );
-            }
+        let cases = [Relay::IntoA, Relay::ToC]
+            .into_iter()
+            .flat_map(|relay| [(relay, Some(key())), (relay, None)]);
+        // Each case waits out the ack timeout: all at once, they wait it once.
+        let outcomes = futures_util::future::join_all(cases.map(|(relay, key)| async move {
+            let keyed = key.is_some();
+            (relay, keyed, write_through(relay, key).await)
+        }))
+        .await;
+        for (relay, keyed, (on_b, suspected)) in outcomes {
+            assert!(!on_b, "{relay:?}, keyed {keyed}: B got the write");
+            assert!(
+                suspected,
+                "{relay:?}, keyed {keyed}: the member behind the relay is suspected"
+            );
         }
+    }
+
+    /// The other flush tests play the link by hand; here a real one, to a real replication
+    /// port, must wake the flush when it has sent what was queued.
+    #[tokio::test]
+    async fn a_flush_is_woken_by_a_real_link_that_sends_the_queued_deltas() {
+        let stop = CancellationToken::new();
+        // B's port answers only once the flush waits: until then A's link is held in the
+        // key's handshake (it needs B's hello), so the deltas stay queued.
+        let b_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let b_addr = b_listener.local_addr().unwrap();
+        let b_store = store(B);
+        let (replicator, _, _suspected) =
+            replicator_of_a_in(ReplicationMode::Async, b_addr, Some(key()), &stop);
+        linked(&replicator).await;
+        let ids: Vec<SessionId> = (0..3).map(|_| SessionId::random()).collect();
+        for id in &ids {
+            replicator.replicate(delta(*id)).await;
+        }
+        assert_eq!(
+            replicator.queued(),
+            3,
+            "the link took deltas before B answered"
+        );
+        let flush = {
+            let replicator = replicator.clone();
+            tokio::spawn(async move { replicator.flush(Duration::from_secs(60)).await })
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while replicator.ctx.flushers.load(Ordering::SeqCst) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the flush did not start within 5 s"
+            );
+            tokio::task::yield_now().await;
+        }
+        serve_on(b_listener, B, b_store.clone(), Some(key()), &stop);
+        let woken = tokio::time::timeout(Duration::from_secs(5), flush).await;
+        assert!(
+            woken.is_ok(),
+            "the flush was not woken within 5 s of B answering; {} still queued",
+            replicator.queued()
+        );
+        assert_eq!(replicator.queued(), 0);
+        // And what was sent is B's.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while b_store.export(&ids).len() < ids.len() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "B holds {} of the 3 sessions after 5 s",
+                b_store.export(&ids).len()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.cancel();
     }
 
     #[tokio::test]
     async fn a_peer_that_completes_the_hello_then_closes_is_not_redialled_in_a_loop() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
+        let (accepted, mut accepts) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::Relaxed);
+                // Noted before the connection can fail, so the gaps below are never
+                // shorter than the link's pauses.
+                let _ = accepted.send(tokio::time::Instant::now());
                 tokio::spawn(async move {
                     // What B with another key does: its hello, then close at the first frame.
                     let _ = s.write_all(&Hello::new(B.as_u64(), 0).encode()).await;
@@ -634,10 +880,23 @@ mod relayed_links {
         });
         let stop = CancellationToken::new();
         let _a = replicator_of_a(addr, Some(key()), &stop);
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut at = Vec::new();
+        while at.len() < 5 {
+            match tokio::time::timeout_at(deadline, accepts.recv()).await {
+                Ok(Some(instant)) => at.push(instant),
+                _ => panic!("{} connections within 10 s, expected 5", at.len()),
+            }
+        }
         stop.cancel();
-        let n = accepted.load(Ordering::Relaxed);
-        // Backing off from 50 ms, doubling to 2 s: about 6 attempts in 2 s.
-        assert!(n <= 12, "{n} connections in 2 s");
+        // Backing off from 50 ms, doubling (up to 2 s).
+        for (i, pause_ms) in [50, 100, 200, 400].into_iter().enumerate() {
+            let gap = at[i + 1] - at[i];
+            assert!(
+                gap >= Duration::from_millis(pause_ms),
+                "attempt {} came {gap:?} after the one before, expected at least {pause_ms} ms",
+                i + 2
+            );
+        }
     }
 }

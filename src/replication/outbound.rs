@@ -3,22 +3,27 @@
 //! again after a reconnect (the merge is idempotent), and every reconnect or overflow is
 //! followed by an anti-entropy exchange so nothing missed stays missed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use super::chunk::chunk;
+use super::entropy::{self, Repair};
 use super::{AckHandle, Context};
-use crate::membership::MemberInfo;
+use crate::clock;
+use crate::membership::{MemberInfo, NodeId};
 use crate::session::SessionId;
 use crate::transport;
-use crate::wire::{self, FrameBody};
+use crate::wire::{self, FrameBody, WireError};
 
 /// What a link sends.
 pub(crate) enum Outgoing {
@@ -53,7 +58,22 @@ struct Batch {
 
 enum Outcome {
     Stopped,
-    Down(String),
+    Down(LinkError),
+}
+
+/// Why a link went down; it is dialled again either way.
+#[derive(Debug, Error)]
+pub(crate) enum LinkError {
+    #[error("closed by the peer")]
+    Closed,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// Not the member this link is for (a restart on its port, or traffic sent
+    /// elsewhere): its acknowledgements mean nothing.
+    #[error("answered by {answered}, not {expected}")]
+    WrongPeer { answered: NodeId, expected: NodeId },
+    #[error("bad frame: {0}")]
+    BadFrame(WireError),
 }
 
 /// Runs the link to `peer` until `stop`.
@@ -151,21 +171,19 @@ impl Link<'_> {
                 _ = stop.cancelled() => return Outcome::Stopped,
                 frame = self.stream.next() => {
                     let body = match frame {
-                        None => return Outcome::Down("closed by the peer".into()),
-                        Some(Err(e)) => return Outcome::Down(e.to_string()),
+                        None => return Outcome::Down(LinkError::Closed),
+                        Some(Err(e)) => return Outcome::Down(e.into()),
                         Some(Ok(bytes)) => {
                             self.ctx.metrics.replication.bytes_received.add(self.stream.codec().wire_len(bytes.len()));
                             match wire::decode_frame(&bytes, &self.ctx.cluster) {
                                 Ok((sender, body)) if sender == self.peer.id => body,
                                 Ok((sender, _)) => {
-                                    // Not the member this link is for (a restart on its
-                                    // port, or traffic sent elsewhere): its acks mean nothing.
                                     self.ctx.metrics.replication.errors.inc();
-                                    return Outcome::Down(format!("answered by {sender}, not {}", self.peer.id));
+                                    return Outcome::Down(LinkError::WrongPeer { answered: sender, expected: self.peer.id });
                                 }
                                 Err(e) => {
                                     self.ctx.metrics.replication.errors.inc();
-                                    return Outcome::Down(format!("bad frame: {e}"));
+                                    return Outcome::Down(LinkError::BadFrame(e));
                                 }
                             }
                         }
@@ -176,7 +194,10 @@ impl Link<'_> {
                 }
                 item = rx.recv(), if self.unacked.len() < WINDOW => {
                     let Some(first) = item else { return Outcome::Stopped };
-                    if let Err(e) = self.send_batch(first, rx).await {
+                    let sent = self.send_batch(first, rx).await;
+                    // Sent or not, what was taken is out of the queue (kept for resending).
+                    self.ctx.taken(rx);
+                    if let Err(e) = sent {
                         return Outcome::Down(e);
                     }
                 }
@@ -194,18 +215,18 @@ impl Link<'_> {
         }
     }
 
-    async fn send(&mut self, body: &FrameBody) -> Result<(), String> {
+    async fn send(&mut self, body: &FrameBody) -> Result<(), LinkError> {
         let bytes = wire::encode_frame(&self.ctx.cluster, self.ctx.me, body);
         self.send_bytes(bytes).await
     }
 
-    async fn send_bytes(&mut self, bytes: Bytes) -> Result<(), String> {
+    async fn send_bytes(&mut self, bytes: Bytes) -> Result<(), LinkError> {
         self.ctx
             .metrics
             .replication
             .bytes_sent
             .add(self.stream.codec().wire_len(bytes.len()));
-        self.stream.send(bytes).await.map_err(|e| e.to_string())
+        Ok(self.stream.send(bytes).await?)
     }
 
     /// Sends `first` and whatever else is queued already, as one Deltas frame (and one
@@ -214,7 +235,7 @@ impl Link<'_> {
         &mut self,
         first: Outgoing,
         rx: &mut mpsc::Receiver<Outgoing>,
-    ) -> Result<(), String> {
+    ) -> Result<(), LinkError> {
         // Let the request handlers that are ready to run queue their deltas first: under load
         // they then share this frame (and its write, and the peer's ack) instead of each
         // paying for its own. Idle, this costs one trip through the scheduler.
@@ -254,7 +275,7 @@ impl Link<'_> {
         &mut self,
         deltas: Vec<Bytes>,
         acks: Vec<AckHandle>,
-    ) -> Result<(), String> {
+    ) -> Result<(), LinkError> {
         *self.seq += 1;
         let seq = *self.seq;
         let frame = wire::encode_deltas_frame(&self.ctx.cluster, self.ctx.me, seq, deltas);
@@ -266,7 +287,7 @@ impl Link<'_> {
         self.send_bytes(frame).await
     }
 
-    async fn on_answer(&mut self, body: FrameBody) -> Result<(), String> {
+    async fn on_answer(&mut self, body: FrameBody) -> Result<(), LinkError> {
         match body {
             FrameBody::Ack(seq) => {
                 // Dropping a batch releases the writers waiting for it.
@@ -277,7 +298,7 @@ impl Link<'_> {
             FrameBody::ShardEntries { shard, entries } => self.reconcile(shard, entries).await?,
             FrameBody::Deltas { deltas, .. } => {
                 // Sessions we pulled.
-                let now = crate::node::now_ms();
+                let now = clock::now_ms();
                 self.ctx
                     .metrics
                     .replication
@@ -297,24 +318,16 @@ impl Link<'_> {
     /// Anti-entropy for one shard whose digests differ: send what the peer misses or holds
     /// differently, and pull what we miss or hold differently. The merge sorts out which
     /// side is newer, so sending both ways is safe.
-    async fn reconcile(&mut self, shard: u32, theirs: Vec<(SessionId, u64)>) -> Result<(), String> {
-        let mine: HashMap<SessionId, u64> =
-            self.ctx.store.shard_entries(shard).into_iter().collect();
-        let theirs: HashMap<SessionId, u64> = theirs.into_iter().collect();
-        let push: Vec<SessionId> = mine
-            .iter()
-            .filter(|(id, h)| theirs.get(*id) != Some(*h))
-            .map(|(id, _)| *id)
-            .collect();
-        let pull: Vec<SessionId> = theirs
-            .iter()
-            .filter(|(id, h)| mine.get(*id) != Some(*h))
-            .map(|(id, _)| *id)
-            .collect();
+    async fn reconcile(
+        &mut self,
+        shard: u32,
+        theirs: Vec<(SessionId, u64)>,
+    ) -> Result<(), LinkError> {
+        let Repair { push, pull } = entropy::repair(&self.ctx.store.shard_entries(shard), &theirs);
         if !push.is_empty() || !pull.is_empty() {
             debug!(peer = %self.peer.name, shard, push = push.len(), pull = pull.len(), "anti-entropy");
         }
-        for deltas in super::inbound::chunk(self.ctx.store.export(&push)) {
+        for deltas in chunk(self.ctx.store.export(&push)) {
             let deltas = deltas.iter().map(wire::encode_delta).collect();
             self.send_deltas(deltas, Vec::new()).await?;
         }

@@ -2,18 +2,20 @@
 //! batches, and merges them; deltas that arrive meanwhile go through the same merge, so
 //! their order does not matter. If the member fails mid-way, the next one is asked.
 
+use std::io;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use thiserror::Error;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::heartbeat::MembershipView;
-use crate::membership::{MemberInfo, MemberState, NodeId};
+use crate::clock;
+use crate::membership::{MemberInfo, MemberState, MembershipView, NodeId};
 use crate::session::SessionStore;
 use crate::transport;
 use crate::wire::seal::ClusterKey;
-use crate::wire::{self, FrameBody};
+use crate::wire::{self, FrameBody, WireError};
 
 /// How a transfer ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +30,24 @@ pub enum Transfer {
     },
     /// Every member failed; the node serves what it has and anti-entropy fills the rest.
     Failed,
+}
+
+/// Why one member's transfer failed; the next member is asked.
+#[derive(Debug, Error)]
+pub(crate) enum TransferError {
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("no data for {0:?}")]
+    Stalled(Duration),
+    #[error("closed before the end")]
+    Closed,
+    /// Another node answers at the member's address: its state is not the member's.
+    #[error("answered by {answered}, not {expected}")]
+    WrongPeer { answered: NodeId, expected: NodeId },
+    #[error("bad frame: {0}")]
+    BadFrame(WireError),
 }
 
 /// The longest silence of a member in the middle of a transfer.
@@ -85,14 +105,13 @@ async fn from_member(
     me: NodeId,
     store: &SessionStore,
     member: &MemberInfo,
-) -> Result<usize, String> {
+) -> Result<usize, TransferError> {
     let mut stream = tokio::time::timeout(
         STALL,
         transport::connect(member.replication, key, me, member.id),
     )
     .await
-    .map_err(|_| "connect timed out".to_string())?
-    .map_err(|e| e.to_string())?;
+    .map_err(|_| TransferError::ConnectTimeout)??;
     let request = rand::random::<u64>();
     stream
         .send(wire::encode_frame(
@@ -100,19 +119,21 @@ async fn from_member(
             me,
             &FrameBody::StateRequest(request),
         ))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let mut sessions = 0;
     loop {
         let frame = match tokio::time::timeout(STALL, stream.next()).await {
-            Err(_) => return Err(format!("no data for {STALL:?}")),
-            Ok(None) => return Err("closed before the end".into()),
-            Ok(Some(Err(e))) => return Err(e.to_string()),
+            Err(_) => return Err(TransferError::Stalled(STALL)),
+            Ok(None) => return Err(TransferError::Closed),
+            Ok(Some(Err(e))) => return Err(e.into()),
             Ok(Some(Ok(frame))) => frame,
         };
         match wire::decode_frame(&frame, cluster) {
             Ok((sender, _)) if sender != member.id => {
-                return Err(format!("answered by {sender}, not {}", member.id));
+                return Err(TransferError::WrongPeer {
+                    answered: sender,
+                    expected: member.id,
+                });
             }
             Ok((
                 _,
@@ -122,7 +143,7 @@ async fn from_member(
                     done,
                 },
             )) if r == request => {
-                let now = crate::node::now_ms();
+                let now = clock::now_ms();
                 for d in &batch {
                     store.apply(d, now);
                 }
@@ -132,7 +153,7 @@ async fn from_member(
                 }
             }
             Ok(_) => {}
-            Err(e) => return Err(format!("bad frame: {e}")),
+            Err(e) => return Err(TransferError::BadFrame(e)),
         }
     }
 }
@@ -140,14 +161,13 @@ async fn from_member(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::heartbeat::MembershipView;
-    use crate::membership::{MemberInfo, MemberView};
+    use crate::membership::MemberView;
     use crate::metrics::Metrics;
     use crate::replication::{InboundConfig, serve};
     use bytes::Bytes;
     use std::sync::Arc;
-    use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
+    use tokio::task::JoinHandle;
     use tokio_util::sync::CancellationToken;
 
     fn member(id: u64, name: &str, replication: std::net::SocketAddr) -> MemberView {
@@ -166,10 +186,7 @@ mod tests {
 
     /// A node (id 9) joining a cluster of `members`: its store, and how the transfer went.
     async fn join(members: Vec<MemberView>) -> (SessionStore, Transfer) {
-        let view = MembershipView {
-            taken_at: std::time::Instant::now(),
-            members,
-        };
+        let view = MembershipView::new(std::time::Instant::now(), members);
         let (_tx, rx) = watch::channel(view);
         let joiner = SessionStore::new(NodeId::from_u64(9), Default::default(), 60);
         let outcome = run(
@@ -192,7 +209,7 @@ mod tests {
         let store = SessionStore::new(NodeId::from_u64(id), Default::default(), 60);
         for i in 0..sessions {
             store
-                .update(None, true, 1, |s| s.set("i", Bytes::from(i.to_string())))
+                .update_or_create(None, 1, |s| s.set("i", Bytes::from(i.to_string())))
                 .unwrap();
         }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -226,17 +243,70 @@ mod tests {
         stop.cancel();
     }
 
+    /// What asking member `id` at `addr` alone gives a joiner (id 9).
+    async fn ask(id: u64, addr: std::net::SocketAddr) -> Result<usize, TransferError> {
+        let joiner = SessionStore::new(NodeId::from_u64(9), Default::default(), 60);
+        let member = member(id, "asked", addr).info;
+        from_member("c", None, NodeId::from_u64(9), &joiner, &member).await
+    }
+
     #[tokio::test]
-    async fn a_member_that_fails_mid_transfer_is_replaced_by_the_next_one() {
-        // A member that takes the request and dies.
-        let dying = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let dying_addr = dying.local_addr().unwrap();
-        tokio::spawn(async move {
-            if let Ok((mut s, _)) = dying.accept().await {
-                let mut buf = [0u8; 64];
-                let _ = s.read(&mut buf).await;
-            }
+    async fn a_transfer_answered_by_another_node_fails_naming_both() {
+        let (addr, _, stop) = member_with_sessions(2, 3).await;
+        let failed = ask(3, addr).await;
+        assert!(
+            matches!(failed, Err(TransferError::WrongPeer { answered, expected })
+                if answered == NodeId::from_u64(2) && expected == NodeId::from_u64(3)),
+            "{failed:?}"
+        );
+        let text = failed.unwrap_err().to_string();
+        for id in [NodeId::from_u64(2), NodeId::from_u64(3)] {
+            assert!(text.contains(&id.to_string()), "{id} not in {text:?}");
+        }
+        stop.cancel();
+    }
+
+    /// A member (id `id`) that takes one whole frame, then closes without answering; the
+    /// handle says whether that frame was a state request.
+    async fn takes_the_request_then_closes(id: u64) -> (std::net::SocketAddr, JoinHandle<bool>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let taken = tokio::spawn(async move {
+            let Ok((s, _)) = listener.accept().await else {
+                return false;
+            };
+            let Ok(mut stream) = transport::accept(s, None, NodeId::from_u64(id)).await else {
+                return false;
+            };
+            let frame = stream.next().await;
+            frame.and_then(Result::ok).is_some_and(|f| {
+                matches!(
+                    wire::decode_frame(&f, "c"),
+                    Ok((_, FrameBody::StateRequest(_)))
+                )
+            })
         });
+        (addr, taken)
+    }
+
+    #[tokio::test]
+    async fn a_member_that_takes_the_request_and_closes_without_a_batch_fails_the_transfer() {
+        let (addr, taken) = takes_the_request_then_closes(1).await;
+        let failed = ask(1, addr).await;
+        assert!(matches!(failed, Err(TransferError::Closed)), "{failed:?}");
+        assert!(taken.await.unwrap(), "the member got no state request");
+    }
+
+    #[tokio::test]
+    async fn a_member_that_sends_every_batch_gives_its_count() {
+        let (addr, _, stop) = member_with_sessions(2, 3).await;
+        assert_eq!(ask(2, addr).await.unwrap(), 3);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_member_that_closes_after_the_request_is_replaced_by_the_next_one() {
+        let (dying_addr, taken) = takes_the_request_then_closes(1).await;
         let (good_addr, full, stop) = member_with_sessions(2, 5000).await;
         let members = vec![member(1, "dying", dying_addr), member(2, "good", good_addr)];
         let (joiner, outcome) = join(members).await;
@@ -246,6 +316,10 @@ mod tests {
         );
         assert_eq!(joiner.len(), 5000);
         assert_eq!(joiner.digest(), full.digest());
+        assert!(
+            taken.await.unwrap(),
+            "the dying member got no state request"
+        );
         stop.cancel();
     }
 

@@ -11,12 +11,11 @@
 //! let b = SessionStore::new(NodeId::from_u64(2), Limits::default(), 1800);
 //! // A request on node a: make a session and set an attribute; one delta says it all.
 //! let done = a
-//!     .update(None, true, 1_000, |s| s.set("user", Bytes::from_static(b"ada")))
-//!     .expect("within limits")
-//!     .expect("created");
+//!     .update_or_create(None, 1_000, |s| s.set("user", Bytes::from_static(b"ada")))
+//!     .expect("within limits");
 //! // Replicate it: node b now serves the same session.
 //! b.apply(done.delta.as_ref().expect("a change"), 1_001);
-//! let user = b.update(Some(done.id), false, 1_002, |s| s.get("user").cloned()).unwrap().unwrap();
+//! let user = b.update(done.id, 1_002, |s| s.get("user").cloned()).expect("live on b");
 //! assert_eq!(user.value, Some(Bytes::from_static(b"ada")));
 //! ```
 

@@ -82,7 +82,7 @@ pub enum Applied {
     Ended,
 }
 
-/// The result of [`SessionStore::update`].
+/// The result of [`SessionStore::update`] and [`SessionStore::update_or_create`].
 #[derive(Debug)]
 pub struct Update<R> {
     pub id: SessionId,
@@ -269,49 +269,71 @@ impl SessionStore {
         self.len() == 0
     }
 
-    /// Runs `f` on the live session `id`, touching it; when there is none (no id, unknown,
-    /// expired or invalidated) and `create` is true, on a new session with a fresh id
-    /// instead (never the client's: no session fixation). `Ok(None)`: no session and
-    /// `create` false. The delta holds everything the request changed, the creation
-    /// included.
+    /// Runs `f` on the live session `id`, touching it. `None` when there is none (unknown,
+    /// expired or invalidated): a read or a removal has nothing to act on, and makes no
+    /// session for it. The delta holds everything `f` changed; `None` when it only read.
     pub fn update<R>(
         &self,
-        id: Option<SessionId>,
-        create: bool,
+        id: SessionId,
         now_ms: u64,
         f: impl FnOnce(&mut SessionMut<'_>) -> R,
-    ) -> Result<Option<Update<R>>, StoreError> {
-        if let Some(id) = id {
-            let mut guard = self.inner.shard(&id).write();
-            let shard = &mut *guard;
-            if let Some(Entry::Live(state)) = shard.entries.get_mut(&id) {
-                if now_ms <= state.expires_at_ms() {
-                    if now_ms > state.last_access_ms {
-                        state.last_access_ms = now_ms;
-                    }
-                    shard.accessed.insert(id, state.last_access_ms);
-                    let mut s = SessionMut {
-                        id,
-                        delta: Delta::new(id, state.created_ms, state.last_access_ms),
-                        state,
-                        inner: &self.inner,
-                        changed: false,
-                    };
-                    let value = f(&mut s);
-                    let delta = s.changed.then_some(s.delta);
-                    return Ok(Some(Update {
-                        id,
-                        created: false,
-                        value,
-                        delta,
-                    }));
-                }
-            }
+    ) -> Option<Update<R>> {
+        self.update_live(id, now_ms, f).ok()
+    }
+
+    /// As [`SessionStore::update`] on the live session `id`; when there is none (no id,
+    /// unknown, expired or invalidated), `f` runs on a new session with a fresh id instead,
+    /// never the client's (no session fixation), and the delta holds the creation too.
+    /// `Err` only when a new session would pass the session limit; then nothing changed.
+    pub fn update_or_create<R>(
+        &self,
+        id: Option<SessionId>,
+        now_ms: u64,
+        f: impl FnOnce(&mut SessionMut<'_>) -> R,
+    ) -> Result<Update<R>, StoreError> {
+        let f = match id {
+            Some(id) => match self.update_live(id, now_ms, f) {
+                Ok(update) => return Ok(update),
+                Err(f) => f,
+            },
+            None => f,
+        };
+        self.create(now_ms, f)
+    }
+
+    /// `f` on the live session `id`, or `f` back when there is none, so that
+    /// [`SessionStore::update_or_create`] can still hand it to a new session.
+    fn update_live<R, F>(&self, id: SessionId, now_ms: u64, f: F) -> Result<Update<R>, F>
+    where
+        F: FnOnce(&mut SessionMut<'_>) -> R,
+    {
+        let mut guard = self.inner.shard(&id).write();
+        let shard = &mut *guard;
+        let Some(Entry::Live(state)) = shard.entries.get_mut(&id) else {
+            return Err(f);
+        };
+        if now_ms > state.expires_at_ms() {
+            return Err(f);
         }
-        if !create {
-            return Ok(None);
+        if now_ms > state.last_access_ms {
+            state.last_access_ms = now_ms;
         }
-        self.create(now_ms, f).map(Some)
+        shard.accessed.insert(id, state.last_access_ms);
+        let mut s = SessionMut {
+            id,
+            delta: Delta::new(id, state.created_ms, state.last_access_ms),
+            state,
+            inner: &self.inner,
+            changed: false,
+        };
+        let value = f(&mut s);
+        let delta = s.changed.then_some(s.delta);
+        Ok(Update {
+            id,
+            created: false,
+            value,
+            delta,
+        })
     }
 
     fn create<R>(

@@ -29,9 +29,7 @@ fn contents(s: &SessionStore) -> Vec<Delta> {
 }
 
 fn read(s: &SessionStore, id: SessionId, name: &str, now: u64) -> Option<Bytes> {
-    s.update(Some(id), false, now, |m| m.get(name).cloned())
-        .ok()
-        .flatten()
+    s.update(id, now, |m| m.get(name).cloned())
         .and_then(|u| u.value)
 }
 
@@ -39,8 +37,7 @@ fn read(s: &SessionStore, id: SessionId, name: &str, now: u64) -> Option<Bytes> 
 fn a_created_session_and_its_first_attribute_travel_in_one_delta() {
     let a = store(1);
     let done = a
-        .update(None, true, 100, |s| s.set("x", b("1")))
-        .unwrap()
+        .update_or_create(None, 100, |s| s.set("x", b("1")))
         .unwrap();
     assert!(done.created);
     let delta = done.delta.unwrap();
@@ -54,11 +51,8 @@ fn a_created_session_and_its_first_attribute_travel_in_one_delta() {
 #[test]
 fn a_delta_that_overtakes_the_creation_still_lands() {
     let a = store(1);
-    let created = a.update(None, true, 100, |_| ()).unwrap().unwrap();
-    let changed = a
-        .update(Some(created.id), false, 110, |s| s.set("x", b("v")))
-        .unwrap()
-        .unwrap();
+    let created = a.update_or_create(None, 100, |_| ()).unwrap();
+    let changed = a.update(created.id, 110, |s| s.set("x", b("v"))).unwrap();
     let b2 = store(2);
     // The change arrives first (Tomcat dropped it as "unknown session").
     b2.apply(changed.delta.as_ref().unwrap(), 111);
@@ -70,12 +64,9 @@ fn a_delta_that_overtakes_the_creation_still_lands() {
 #[test]
 fn a_read_only_request_makes_no_delta_but_is_recorded_as_an_access() {
     let a = store(1);
-    let id = a.update(None, true, 100, |_| ()).unwrap().unwrap().id;
+    let id = a.update_or_create(None, 100, |_| ()).unwrap().id;
     a.take_accessed();
-    let read = a
-        .update(Some(id), false, 150, |s| s.get("nothing").is_some())
-        .unwrap()
-        .unwrap();
+    let read = a.update(id, 150, |s| s.get("nothing").is_some()).unwrap();
     assert!(read.delta.is_none());
     assert_eq!(a.take_accessed(), vec![(id, 150)]);
     assert!(a.take_accessed().is_empty());
@@ -85,14 +76,29 @@ fn a_read_only_request_makes_no_delta_but_is_recorded_as_an_access() {
 fn unknown_or_absent_ids_make_a_fresh_session_never_the_clients_id() {
     let a = store(1);
     let forged = SessionId::from_bytes([7; 16]);
-    let done = a.update(Some(forged), true, 100, |_| ()).unwrap().unwrap();
+    let done = a.update_or_create(Some(forged), 100, |_| ()).unwrap();
     assert!(done.created);
     assert_ne!(done.id, forged);
-    assert!(
-        a.update(Some(forged), false, 100, |_| ())
-            .unwrap()
-            .is_none()
-    );
+    assert!(a.update(forged, 100, |_| ()).is_none());
+    assert_eq!(a.len(), 1, "a plain update makes no session");
+}
+
+#[test]
+fn update_or_create_of_a_live_session_changes_that_session_and_makes_no_other() {
+    let a = store(1);
+    let first = a.update_or_create(None, 100, |_| ()).unwrap();
+    let again = a
+        .update_or_create(Some(first.id), 110, |s| s.set("x", b("1")))
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.id, first.id);
+    assert_eq!(again.value, Ok(()));
+    assert_eq!(a.len(), 1);
+    assert_eq!(read(&a, first.id, "x", 120), Some(b("1")));
+    // A delta of a change only: the creation is not sent again.
+    let delta = again.delta.unwrap();
+    assert_eq!(delta.max_inactive, None);
+    assert_eq!(delta.attributes.len(), 1);
 }
 
 #[test]
@@ -104,53 +110,34 @@ fn limits_give_clear_errors_and_change_nothing() {
         max_name_bytes: 8,
     };
     let a = SessionStore::new(NodeId::from_u64(1), limits, 60);
-    let id = a.update(None, true, 1, |_| ()).unwrap().unwrap().id;
+    let id = a.update_or_create(None, 1, |_| ()).unwrap().id;
     assert_eq!(
-        a.update(None, true, 2, |_| ()).unwrap_err(),
+        a.update_or_create(None, 2, |_| ()).unwrap_err(),
         StoreError::TooManySessions { max: 1 }
     );
-    let too_big = a
-        .update(Some(id), false, 3, |s| s.set("a", b("12345")))
-        .unwrap()
-        .unwrap();
+    let too_big = a.update(id, 3, |s| s.set("a", b("12345"))).unwrap();
     assert_eq!(
         too_big.value,
         Err(StoreError::ValueTooLarge { len: 5, max: 4 })
     );
     assert!(too_big.delta.is_none());
-    let first = a
-        .update(Some(id), false, 4, |s| s.set("a", b("1")))
-        .unwrap()
-        .unwrap();
+    let first = a.update(id, 4, |s| s.set("a", b("1"))).unwrap();
     assert_eq!(first.value, Ok(()));
-    let second = a
-        .update(Some(id), false, 5, |s| s.set("b", b("2")))
-        .unwrap()
-        .unwrap();
+    let second = a.update(id, 5, |s| s.set("b", b("2"))).unwrap();
     assert_eq!(second.value, Err(StoreError::TooManyAttributes { max: 1 }));
     // Replacing an existing attribute is not a new one.
-    let again = a
-        .update(Some(id), false, 6, |s| s.set("a", b("3")))
-        .unwrap()
-        .unwrap();
+    let again = a.update(id, 6, |s| s.set("a", b("3"))).unwrap();
     assert_eq!(again.value, Ok(()));
-    let bad = a
-        .update(Some(id), false, 7, |s| s.set("", b("x")))
-        .unwrap()
-        .unwrap();
+    let bad = a.update(id, 7, |s| s.set("", b("x"))).unwrap();
     assert_eq!(bad.value, Err(StoreError::BadName { max: 8 }));
 }
 
 #[test]
 fn a_session_past_its_interval_is_not_served_and_is_swept_after_the_slack() {
     let a = store(1);
-    let id = a.update(None, true, 0, |_| ()).unwrap().unwrap().id;
-    assert!(a.update(Some(id), false, 60_000, |_| ()).unwrap().is_some());
-    assert!(
-        a.update(Some(id), false, 120_001, |_| ())
-            .unwrap()
-            .is_none()
-    );
+    let id = a.update_or_create(None, 0, |_| ()).unwrap().id;
+    assert!(a.update(id, 60_000, |_| ()).is_some());
+    assert!(a.update(id, 120_001, |_| ()).is_none());
     assert_eq!(a.sweep(120_001 + EXPIRY_SLACK_MS - 1).expired, 0);
     assert_eq!(a.sweep(120_001 + EXPIRY_SLACK_MS).expired, 1);
     assert_eq!(a.len(), 0);
@@ -159,7 +146,7 @@ fn a_session_past_its_interval_is_not_served_and_is_swept_after_the_slack() {
 #[test]
 fn access_from_another_member_keeps_a_session_alive() {
     let a = store(1);
-    let id = a.update(None, true, 0, |_| ()).unwrap().unwrap().id;
+    let id = a.update_or_create(None, 0, |_| ()).unwrap().id;
     for t in (10_000..200_000).step_by(10_000) {
         assert!(a.touch(id, t));
         assert_eq!(a.sweep(t + 1).expired, 0);
@@ -170,14 +157,8 @@ fn access_from_another_member_keeps_a_session_alive() {
 #[test]
 fn tombstones_stop_late_deltas_from_resurrecting_an_invalidated_session() {
     let a = store(1);
-    let done = a
-        .update(None, true, 0, |s| s.set("x", b("1")))
-        .unwrap()
-        .unwrap();
-    let late = a
-        .update(Some(done.id), false, 5, |s| s.set("x", b("2")))
-        .unwrap()
-        .unwrap();
+    let done = a.update_or_create(None, 0, |s| s.set("x", b("1"))).unwrap();
+    let late = a.update(done.id, 5, |s| s.set("x", b("2"))).unwrap();
     let end = a.invalidate(done.id, 10).unwrap();
     let b2 = store(2);
     b2.apply(done.delta.as_ref().unwrap(), 11);
@@ -196,10 +177,7 @@ fn tombstones_stop_late_deltas_from_resurrecting_an_invalidated_session() {
 #[test]
 fn an_expired_session_is_replaced_only_by_a_whole_session_with_newer_activity() {
     let a = store(1);
-    let done = a
-        .update(None, true, 0, |s| s.set("x", b("1")))
-        .unwrap()
-        .unwrap();
+    let done = a.update_or_create(None, 0, |s| s.set("x", b("1"))).unwrap();
     let expire_at = 60_000 + EXPIRY_SLACK_MS + 1;
     assert_eq!(a.sweep(expire_at).expired, 1);
     // A late change alone cannot rebuild it.
@@ -217,15 +195,13 @@ fn an_expired_session_is_replaced_only_by_a_whole_session_with_newer_activity() 
 fn concurrent_writes_of_one_attribute_converge_to_the_same_value_everywhere() {
     let a = store(1);
     let b2 = store(2);
-    let created = a.update(None, true, 0, |_| ()).unwrap().unwrap();
+    let created = a.update_or_create(None, 0, |_| ()).unwrap();
     b2.apply(created.delta.as_ref().unwrap(), 0);
     let on_a = a
-        .update(Some(created.id), false, 1, |s| s.set("x", b("from a")))
-        .unwrap()
+        .update(created.id, 1, |s| s.set("x", b("from a")))
         .unwrap();
     let on_b = b2
-        .update(Some(created.id), false, 1, |s| s.set("x", b("from b")))
-        .unwrap()
+        .update(created.id, 1, |s| s.set("x", b("from b")))
         .unwrap();
     a.apply(on_b.delta.as_ref().unwrap(), 2);
     b2.apply(on_a.delta.as_ref().unwrap(), 2);
@@ -238,22 +214,16 @@ fn concurrent_writes_of_one_attribute_converge_to_the_same_value_everywhere() {
 fn a_write_after_seeing_a_remote_write_wins_over_it() {
     let a = store(1);
     let b2 = store(2);
-    let created = a.update(None, true, 0, |_| ()).unwrap().unwrap();
+    let created = a.update_or_create(None, 0, |_| ()).unwrap();
     b2.apply(created.delta.as_ref().unwrap(), 0);
     for i in 0..5 {
         let w = b2
-            .update(Some(created.id), false, 1, |s| {
-                s.set("x", Bytes::from(vec![i]))
-            })
-            .unwrap()
+            .update(created.id, 1, |s| s.set("x", Bytes::from(vec![i])))
             .unwrap();
         a.apply(w.delta.as_ref().unwrap(), 1);
     }
     // a's clock moved past b's writes, so a's next write is newer even with a lower id.
-    let w = a
-        .update(Some(created.id), false, 2, |s| s.set("x", b("a")))
-        .unwrap()
-        .unwrap();
+    let w = a.update(created.id, 2, |s| s.set("x", b("a"))).unwrap();
     b2.apply(w.delta.as_ref().unwrap(), 3);
     assert_eq!(read(&b2, created.id, "x", 4), Some(b("a")));
 }
@@ -358,8 +328,7 @@ fn digests_find_exactly_the_sessions_that_differ() {
     let mut ids = Vec::new();
     for i in 0..50u8 {
         let done = a
-            .update(None, true, 0, |s| s.set("i", Bytes::from(vec![i])))
-            .unwrap()
+            .update_or_create(None, 0, |s| s.set("i", Bytes::from(vec![i])))
             .unwrap();
         b2.apply(done.delta.as_ref().unwrap(), 0);
         ids.push(done.id);
@@ -369,9 +338,9 @@ fn digests_find_exactly_the_sessions_that_differ() {
     a.touch(ids[0], 99);
     assert_eq!(a.digest(), b2.digest());
     // One change on a, one session only on b, one invalidated on b.
-    a.update(Some(ids[1]), false, 1, |s| s.set("i", b("changed")))
-        .unwrap();
-    let only_b = b2.update(None, true, 1, |_| ()).unwrap().unwrap().id;
+    let changed = a.update(ids[1], 1, |s| s.set("i", b("changed")));
+    assert!(changed.is_some_and(|u| u.value.is_ok()));
+    let only_b = b2.update_or_create(None, 1, |_| ()).unwrap().id;
     b2.invalidate(ids[2], 1);
     let differing: Vec<u32> = a
         .digest()

@@ -6,6 +6,7 @@
 
 mod datagram;
 mod frame;
+pub mod key_file;
 pub mod seal;
 
 pub use datagram::{MAGIC, MAX_DATAGRAM, decode_datagram, encode_heartbeat};

@@ -1,0 +1,77 @@
+//! `[sessions]`: a cookie name browsers accept, and bounds on lifetimes and sizes so one
+//! client cannot make a node hold without limit.
+
+use super::super::schema::SessionsConfig;
+use super::{ConfigError, check_range, invalid, is_token, render_str};
+
+pub(super) fn check(s: &SessionsConfig) -> Result<(), ConfigError> {
+    if !is_token(&s.cookie) {
+        return Err(invalid(
+            "sessions.cookie",
+            format!(
+                "must be a non-empty cookie name token (letters, digits and !#$%&'*+-.^_`|~), got {}",
+                render_str(&s.cookie)
+            ),
+        ));
+    }
+    check_range(
+        "sessions.max_inactive_s",
+        s.max_inactive_s,
+        1,
+        31_536_000,
+        " seconds",
+    )?;
+    check_range("sessions.ack_timeout_ms", s.ack_timeout_ms, 10, 60_000, "")?;
+    check_range("sessions.max_sessions", s.max_sessions, 1, 100_000_000, "")?;
+    check_range("sessions.max_attributes", s.max_attributes, 1, 100_000, "")?;
+    check_range(
+        "sessions.max_value_bytes",
+        s.max_value_bytes,
+        1,
+        8 * 1024 * 1024,
+        "",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::testing::{invalid_key, load, load_with};
+
+    #[test]
+    fn a_bad_cookie_name_is_rejected() {
+        invalid_key(load("[sessions]\ncookie = \"\"\n"), "sessions.cookie");
+        invalid_key(load("[sessions]\ncookie = \"a;b\"\n"), "sessions.cookie");
+        let text = invalid_key(load("[sessions]\ncookie = \"a b\"\n"), "sessions.cookie");
+        assert!(text.contains("\"a b\""), "{text}");
+        load("[sessions]\ncookie = \"SID\"\n").unwrap();
+    }
+
+    #[test]
+    fn out_of_range_session_numbers_name_the_key() {
+        invalid_key(
+            load("[sessions]\nmax_inactive_s = 0\n"),
+            "sessions.max_inactive_s",
+        );
+        let text = invalid_key(
+            load("[sessions]\nmax_inactive_s = 31536001\n"),
+            "sessions.max_inactive_s",
+        );
+        assert!(text.contains("between 1 and 31536000 seconds"), "{text}");
+        let cases = [
+            ("ack_timeout_ms", 10, 60_000),
+            ("max_sessions", 1, 100_000_000),
+            ("max_attributes", 1, 100_000),
+            ("max_value_bytes", 1, 8 * 1024 * 1024),
+        ];
+        for (name, min, max) in cases {
+            let key = format!("sessions.{name}");
+            for bad in [min - 1, max + 1] {
+                let text = invalid_key(load_with("", &[&format!("{key}={bad}")]), &key);
+                assert!(text.contains(&format!("got {bad}")), "{text}");
+            }
+            for good in [min, max] {
+                load_with("", &[&format!("{key}={good}")]).unwrap();
+            }
+        }
+    }
+}
