@@ -1,16 +1,25 @@
 //! The balancer in front of real nodes: distribution by weights, sticky routes, failover
-//! on kill -9 without a failed request, discovery from the heartbeats, 503 without members.
+//! on kill -9 without a failed request, discovery from the heartbeats, 503 without members;
+//! and in front of members the tests play (`common::fake_member`), for what real nodes
+//! would not do, seen byte for byte (`common::raw_http`).
 
 mod common;
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::fake_member::{
+    Behaviour, CHUNKED_ANSWER, ForeignBackend, IdShape, RawMember, echo_member, slow_member,
+    upgrading_member,
+};
+use common::raw_http::{
+    KeepAlive, assert_one_line_answer, raw_exchange, read_answers, read_until_closed, two_writes,
+};
 use common::{BalancerProc, Browser, Cluster, FAST, NodeProc, exchange, free_port, wait_until};
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -40,7 +49,6 @@ fn answered_by(addr: SocketAddr) -> String {
         .to_string()
 }
 
-/// The hits counter of the test page.
 /// Three converged nodes n1..n3 and a balancer that discovered all of them.
 fn three_nodes_behind_a_balancer(name: &str) -> (Cluster, Vec<NodeProc>, BalancerProc) {
     let cluster = Cluster::new(name);
@@ -57,6 +65,7 @@ fn three_nodes_behind_a_balancer(name: &str) -> (Cluster, Vec<NodeProc>, Balance
     (cluster, nodes, b)
 }
 
+/// The hits counter of the test page.
 fn hits(page: &str) -> u64 {
     let at = page.find("id=\"hits\">").expect("hits cell") + "id=\"hits\">".len();
     page[at..]
@@ -120,6 +129,85 @@ fn a_session_sticks_to_its_route() {
         );
         assert_eq!(hits(&a.text()), i + 1);
         assert_eq!(browser.cookie.as_deref(), Some(cookie.as_str()));
+    }
+}
+
+#[test]
+fn sessions_of_a_backend_that_is_not_deltacast_stick_whatever_their_ids_look_like() {
+    let cluster = Cluster::new("bal-foreign");
+    let backends = [
+        ForeignBackend::start("node0", IdShape::Jetty),
+        ForeignBackend::start("A", IdShape::Short),
+        ForeignBackend::start("r3", IdShape::QuotedUuid),
+    ];
+    let mut args = vec!["--set".to_string(), "balancer.discover=false".to_string()];
+    for backend in &backends {
+        args.extend(["--member".to_string(), backend.member_arg()]);
+    }
+    let b = balancer(&cluster, &args);
+    // Requests without a session go round the members (equal weights): one session from
+    // each backend, its cookie as the backend wrote it.
+    let mut sessions: HashMap<String, String> = HashMap::new();
+    wait_until(
+        Duration::from_secs(10),
+        "a session from every backend",
+        || {
+            let a = exchange(b.addr, "GET", "/", None, b"")?;
+            sessions.insert(a.text().trim().to_string(), a.set_cookie?);
+            (sessions.len() == backends.len()).then_some(())
+        },
+    );
+    assert!(
+        sessions["node0"].starts_with("JSESSIONID=node0k3s9x"),
+        "{sessions:?}"
+    );
+    assert!(sessions["A"].starts_with("JSESSIONID=x"), "{sessions:?}");
+    assert!(
+        sessions["r3"].starts_with("JSESSIONID=\"123e4567-"),
+        "{sessions:?}"
+    );
+    for (route, cookie) in &sessions {
+        let answered = |what: &str, body: &[u8]| {
+            let text = String::from_utf8_lossy(body).trim().to_string();
+            assert_eq!(&text, route, "{what} with {cookie} left {route}");
+        };
+        // The fast path (GET) and the hyper path (a POST with a body) alike.
+        for i in 0..10 {
+            let a = exchange(b.addr, "GET", &format!("/page/{i}"), Some(cookie), b"")
+                .expect("an answer");
+            answered("a GET", &a.body);
+            assert_eq!(
+                a.set_cookie, None,
+                "the session went to a backend that did not know it"
+            );
+            let a = exchange(b.addr, "POST", "/form", Some(cookie), b"item=1").expect("an answer");
+            answered("a POST", &a.body);
+        }
+        // Among other cookies in one field, in a second Cookie field, and in the path.
+        let among = format!(
+            "GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nCookie: theme=dark.blue; {cookie}; lang=en\r\n\r\n"
+        );
+        answered(
+            "a cookie among others",
+            &raw_exchange(b.addr, among.as_bytes()).1,
+        );
+        let second = format!(
+            "GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nCookie: theme=dark.blue\r\nCookie: {cookie}\r\n\r\n"
+        );
+        answered(
+            "a second Cookie field",
+            &raw_exchange(b.addr, second.as_bytes()).1,
+        );
+        let value = cookie["JSESSIONID=".len()..].trim_matches('"');
+        let path = format!(
+            "GET /cart;jsessionid={value}?q=1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        );
+        answered("a path parameter", &raw_exchange(b.addr, path.as_bytes()).1);
+    }
+    let status = b.status().expect("status");
+    for m in status["members"].as_array().expect("members") {
+        assert_eq!(m["state"], "ok", "{status}");
+        assert_eq!(m["errors"], 0, "{status}");
     }
 }
 
@@ -217,11 +305,18 @@ fn new_members_are_used_quickly_and_dropped_ones_no_more() {
         (answered_by(b.addr) == "n2").then_some(())
     });
     assert!(started.elapsed() < Duration::from_secs(3));
-    // The balancer only listens: the nodes never list it as a member.
+    // The balancer only listens: the nodes never list it as a member, however many
+    // heartbeats go round.
     wait_until(STARTUP, "n1 sees n2", || {
         (n1.members("")? == ["n2"]).then_some(())
     });
-    std::thread::sleep(Duration::from_millis(500));
+    let heard = |n: &NodeProc| n.status()?["membership"]["heartbeats_received"].as_u64();
+    let before = heard(&n1).expect("n1's heartbeat count");
+    wait_until(
+        Duration::from_secs(10),
+        "n1 hears five more heartbeats",
+        || (heard(&n1)? >= before + 5).then_some(()),
+    );
     assert_eq!(n1.members("").unwrap(), ["n2"]);
     assert_eq!(n2.members("").unwrap(), ["n1"]);
     drop(n2);
@@ -278,52 +373,6 @@ fn a_dead_static_member_is_put_in_error_and_skipped() {
     assert!(n9["errors"].as_u64().unwrap() >= 1);
 }
 
-/// Sends raw bytes on a new connection and reads until the balancer closes it: the status,
-/// the head (lower case) and the body.
-fn raw_answer(addr: SocketAddr, request: &[u8]) -> (u16, String, String) {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    // The balancer may answer and close before it read everything (a head over its limit).
-    let _ = stream.write_all(request);
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-        }
-    }
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no answer to {:?}: {text:?}", preview(request)));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    (status, head.to_ascii_lowercase(), body.to_string())
-}
-
-fn preview(request: &[u8]) -> String {
-    String::from_utf8_lossy(&request[..request.len().min(60)]).into_owned()
-}
-
-/// The answer has `status` and a one-line text body ending with a newline.
-fn assert_one_line_answer(addr: SocketAddr, request: &[u8], status: u16) {
-    let (got, head, body) = raw_answer(addr, request);
-    let what = preview(request);
-    assert_eq!(got, status, "{what:?} got {head}");
-    assert!(
-        head.contains("content-type: text/plain"),
-        "{what:?}: {head}"
-    );
-    assert!(body.ends_with('\n') && body.len() > 1, "{what:?}: {body:?}");
-    assert_eq!(body.lines().count(), 1, "{what:?}: {body:?}");
-}
-
 #[test]
 fn malformed_and_oversized_requests_get_one_line_answers_and_others_are_still_served() {
     let cluster = Cluster::new("bal-bad");
@@ -376,66 +425,6 @@ fn malformed_and_oversized_requests_get_one_line_answers_and_others_are_still_se
     // And the balancer still serves, old and new connections alike.
     assert_eq!(calm.get("/balancer-manager/status").0, 200);
     assert_eq!(answered_by(b.addr), "n1");
-}
-
-/// A kept-alive connection that sends one GET at a time and reads its answer (by its
-/// Content-Length).
-struct KeepAlive {
-    stream: TcpStream,
-}
-
-impl KeepAlive {
-    fn open(addr: SocketAddr) -> KeepAlive {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        KeepAlive { stream }
-    }
-
-    fn send(&mut self, path: &str) {
-        self.stream
-            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .expect("send");
-    }
-
-    /// Reads one answer: status and body.
-    fn answer(&mut self) -> std::io::Result<(u16, Vec<u8>)> {
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            if self.stream.read(&mut byte)? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("a status");
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("a content-length");
-        let mut body = vec![0u8; length];
-        self.stream.read_exact(&mut body)?;
-        Ok((status, body))
-    }
-
-    fn get(&mut self, path: &str) -> (u16, Vec<u8>) {
-        self.send(path);
-        self.answer().expect("an answer")
-    }
-
-    /// `/balancer-manager/status` on this connection.
-    fn status(&mut self) -> Value {
-        let (code, body) = self.get("/balancer-manager/status");
-        assert_eq!(code, 200);
-        serde_json::from_slice(&body).expect("JSON")
-    }
 }
 
 #[test]
@@ -552,93 +541,6 @@ fn a_slowloris_client_is_closed_and_does_not_hurt_others() {
     );
 }
 
-/// A member that answers every request with its head and body as it received them, plus
-/// hop-by-hop headers the balancer must not pass back. Runs until the test process ends.
-fn echo_member() -> SocketAddr {
-    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                while let Some((head, body)) = read_request(&mut stream) {
-                    let mut answer = head.into_bytes();
-                    answer.extend_from_slice(b"\r\n\r\n");
-                    answer.extend_from_slice(&body);
-                    let top = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-End: 1\r\n\r\n",
-                        answer.len()
-                    );
-                    if stream.write_all(top.as_bytes()).is_err()
-                        || stream.write_all(&answer).is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
-/// Reads one HTTP/1.1 request (Content-Length or chunked body); None at the end.
-fn read_request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
-    let mut raw = Vec::new();
-    let mut byte = [0u8; 1];
-    while !raw.ends_with(b"\r\n\r\n") {
-        if stream.read(&mut byte).ok()? == 0 {
-            return None;
-        }
-        raw.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&raw[..raw.len() - 4]).into_owned();
-    let lower = head.to_ascii_lowercase();
-    let mut body = Vec::new();
-    if let Some(len) = lower
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse::<usize>().ok())
-    {
-        body.resize(len, 0);
-        stream.read_exact(&mut body).ok()?;
-    } else if lower.contains("transfer-encoding: chunked") {
-        loop {
-            let mut line = Vec::new();
-            while !line.ends_with(b"\r\n") {
-                stream.read_exact(&mut byte).ok()?;
-                line.push(byte[0]);
-            }
-            let size = usize::from_str_radix(String::from_utf8_lossy(&line).trim(), 16).ok()?;
-            let mut chunk = vec![0u8; size + 2];
-            stream.read_exact(&mut chunk).ok()?;
-            if size == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..size]);
-        }
-    }
-    Some((head, body))
-}
-
-/// Sends `request` on a new connection and returns the whole answer (head, body).
-fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (String, Vec<u8>) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    stream.write_all(request).expect("send");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read");
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a head");
-    (
-        String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase(),
-        raw[split + 4..].to_vec(),
-    )
-}
-
 #[test]
 fn headers_are_rewritten_and_bodies_stream_both_ways() {
     let cluster = Cluster::new("bal-echo");
@@ -696,37 +598,6 @@ fn headers_are_rewritten_and_bodies_stream_both_ways() {
     assert!(m["bytes_in"].as_u64().unwrap() >= 300_005);
     assert!(m["bytes_out"].as_u64().unwrap() >= 300_005);
     assert_eq!(m["busy"], 0);
-}
-
-/// A member that switches every request to an "echo" protocol and echoes bytes back.
-fn upgrading_member() -> SocketAddr {
-    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let Some((head, _)) = read_request(&mut stream) else {
-                    return;
-                };
-                if !head.to_ascii_lowercase().contains("upgrade: echo") {
-                    let _ =
-                        stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
-                    return;
-                }
-                let _ = stream.write_all(
-                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
-                );
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
 
 #[test]
@@ -840,240 +711,9 @@ fn an_idle_keep_alive_connection_is_closed() {
     );
 }
 
-/// What a [`RawMember`] does with a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Behaviour {
-    /// Reads everything, never answers.
-    Silent,
-    /// Answers the first request with `Content-Length: 100` and 10 bytes of it, then
-    /// nothing more.
-    CutOff,
-    /// Answers every request (a head without a body) `200 ok`.
-    Healthy,
-    /// Answers every request with a chunked body, `hello world` in two chunks and a trailer.
-    Chunked,
-    /// Answers in HTTP/1.0, the body ending with the connection, and closes it.
-    UntilClose,
-    /// Answers `200 ok` as if it kept the connection, then closes it (a member whose
-    /// keep-alive timeout ran out).
-    ClosesAfterAnswer,
-    /// Answers `200 ok`, then, once the answer surely went on, sends a second answer
-    /// nobody asked for (`evil`) on the same connection.
-    LateBytes,
-}
-
-/// The chunked answer of [`Behaviour::Chunked`], as it goes over the wire.
-const CHUNKED_ANSWER: &[u8] = b"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n";
-
-/// A member played by the test on a raw socket, one thread per connection. It counts the
-/// connections it accepted and those the balancer closed, and keeps every byte it
-/// received. Dropping it stops it and joins all its threads.
-struct RawMember {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    accepted: Arc<AtomicU64>,
-    closed: Arc<AtomicU64>,
-    /// Late bytes written ([`Behaviour::LateBytes`]).
-    late: Arc<AtomicU64>,
-    received: Arc<std::sync::Mutex<Vec<u8>>>,
-    acceptor: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RawMember {
-    fn start(behaviour: Behaviour) -> RawMember {
-        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let stop = Arc::new(AtomicBool::new(false));
-        let accepted = Arc::new(AtomicU64::new(0));
-        let closed = Arc::new(AtomicU64::new(0));
-        let late = Arc::new(AtomicU64::new(0));
-        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let acceptor = {
-            let (stop, accepted, closed, late, received) = (
-                stop.clone(),
-                accepted.clone(),
-                closed.clone(),
-                late.clone(),
-                received.clone(),
-            );
-            std::thread::spawn(move || {
-                let mut threads = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((stream, _)) => {
-                            accepted.fetch_add(1, Ordering::Relaxed);
-                            let (stop, closed, late, received) =
-                                (stop.clone(), closed.clone(), late.clone(), received.clone());
-                            threads.push(std::thread::spawn(move || {
-                                serve_raw(stream, behaviour, &stop, &late, &received);
-                                // Ended by the balancer, not by the test stopping it.
-                                if !stop.load(Ordering::Relaxed) {
-                                    closed.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }));
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                    }
-                }
-                for thread in threads {
-                    let _ = thread.join();
-                }
-            })
-        };
-        RawMember {
-            addr,
-            stop,
-            accepted,
-            closed,
-            late,
-            received,
-            acceptor: Some(acceptor),
-        }
-    }
-
-    /// `route=http://addr`, for `--member`.
-    fn member_arg(&self, route: &str) -> String {
-        format!("{route}=http://{}", self.addr)
-    }
-
-    fn received(&self) -> String {
-        let bytes = self.received.lock().unwrap_or_else(|e| e.into_inner());
-        String::from_utf8_lossy(&bytes).into_owned()
-    }
-
-    /// Waits (bounded) until the balancer closed `n` of its connections.
-    fn wait_closed(&self, n: u64) {
-        wait_until(
-            Duration::from_secs(10),
-            "the balancer closes the member's connections",
-            || (self.closed.load(Ordering::Relaxed) >= n).then_some(()),
-        );
-    }
-}
-
-impl Drop for RawMember {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
-    }
-}
-
-/// One connection of a [`RawMember`], until the balancer closes it or the test stops.
-fn serve_raw(
-    mut stream: TcpStream,
-    behaviour: Behaviour,
-    stop: &AtomicBool,
-    late: &AtomicU64,
-    received: &std::sync::Mutex<Vec<u8>>,
-) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
-    let mut pending = Vec::new();
-    let mut answered = false;
-    let mut buf = [0u8; 16 * 1024];
-    while !stop.load(Ordering::Relaxed) {
-        let n = match stream.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue;
-            }
-            Err(_) => return,
-        };
-        received
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(&buf[..n]);
-        pending.extend_from_slice(&buf[..n]);
-        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-            pending.drain(..end + 4);
-            let answer: &[u8] = match behaviour {
-                Behaviour::Silent => b"",
-                Behaviour::CutOff if !answered => {
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789"
-                }
-                Behaviour::CutOff => b"",
-                Behaviour::Healthy | Behaviour::ClosesAfterAnswer | Behaviour::LateBytes => {
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
-                }
-                Behaviour::Chunked => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                Behaviour::UntilClose => {
-                    b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nbye\n"
-                }
-            };
-            answered = true;
-            if stream.write_all(answer).is_err() {
-                return;
-            }
-            if matches!(behaviour, Behaviour::Chunked) && stream.write_all(CHUNKED_ANSWER).is_err()
-            {
-                return;
-            }
-            if matches!(
-                behaviour,
-                Behaviour::UntilClose | Behaviour::ClosesAfterAnswer
-            ) {
-                return;
-            }
-            if matches!(behaviour, Behaviour::LateBytes) {
-                // Late enough for the balancer to have pooled the connection.
-                std::thread::sleep(Duration::from_millis(100));
-                if stream
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nevil\n")
-                    .is_err()
-                {
-                    return;
-                }
-                late.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
 /// A session cookie whose route sends a request to the member `route`.
 fn routed_to(route: &str) -> String {
     format!("JSESSIONID=0123456789ABCDEF0123456789ABCDEF.{route}")
-}
-
-/// Sends `request` on a new connection, then reads until the balancer closes it (the
-/// client keeps its side open): what it read and how long the balancer took to close.
-fn read_until_closed(addr: SocketAddr, request: &[u8]) -> (Vec<u8>, Duration) {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    stream.write_all(request).expect("send");
-    let started = Instant::now();
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                panic!(
-                    "still open after 10 s; read {:?}",
-                    String::from_utf8_lossy(&raw)
-                )
-            }
-            // Reset: closed too.
-            Err(_) => break,
-        }
-    }
-    (raw, started.elapsed())
 }
 
 /// The member timeout fired: not before 1 s (`timeout_s = 1`), and well within 5 s.
@@ -1129,7 +769,7 @@ fn a_member_that_never_answers_gets_504_and_a_healthy_one_still_serves() {
     wait_until(
         Duration::from_secs(5),
         "the second request reaches the silent member",
-        || (silent.accepted.load(Ordering::Relaxed) >= 2).then_some(()),
+        || (silent.accepted() >= 2).then_some(()),
     );
     for _ in 0..5 {
         let a = exchange(b.addr, "GET", "/fast", Some(&routed_to("h1")), b"").expect("answer");
@@ -1219,7 +859,7 @@ fn a_client_that_stops_sending_its_body_gets_408_and_frees_the_member_connection
     );
     assert_timed_out_after_1_s(took);
     assert_408(&raw);
-    assert_eq!(silent.accepted.load(Ordering::Relaxed), 0);
+    assert_eq!(silent.accepted(), 0);
 
     // A large one streams to the member as it comes: the member connection is dropped.
     let (raw, took) = read_until_closed(
@@ -1237,29 +877,6 @@ fn a_client_that_stops_sending_its_body_gets_408_and_frees_the_member_connection
     assert_eq!(s1["state"], "ok", "{s1}");
     assert_eq!(s1["errors"], 0, "{s1}");
     assert_eq!(s1["busy"], 0, "{s1}");
-}
-
-/// Reads from `stream` until `want` answers ending in `end` came, or the deadline.
-fn read_answers(stream: &mut TcpStream, end: &[u8], want: usize) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("read timeout");
-    while got.windows(end.len()).filter(|w| *w == end).count() < want {
-        assert!(
-            Instant::now() < deadline,
-            "{want} answers did not come: {}",
-            String::from_utf8_lossy(&got)
-        );
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(_) => {}
-        }
-    }
-    String::from_utf8_lossy(&got).into_owned()
 }
 
 #[test]
@@ -1308,11 +925,7 @@ fn chunked_close_delimited_and_bodiless_answers_pass_whole_and_requests_with_bod
         !answers.to_ascii_lowercase().contains("connection: close"),
         "{answers}"
     );
-    assert_eq!(
-        chunked.accepted.load(Ordering::Relaxed),
-        1,
-        "one member connection for both"
-    );
+    assert_eq!(chunked.accepted(), 1, "one member connection for both");
 
     // HEAD: the answer's head only, though it declares a length.
     client.write_all(get("h", "HEAD").as_bytes()).expect("send");
@@ -1397,7 +1010,7 @@ fn a_pooled_connection_the_member_closed_is_replaced_without_an_error() {
         );
     }
     // Every request found the pooled connection closed and took a new one.
-    assert!(closing.accepted.load(Ordering::Relaxed) >= 20);
+    assert!(closing.accepted() >= 20);
     let status = b.status().expect("status");
     assert_eq!(status["members"][0]["state"], "ok", "{status}");
     assert_eq!(status["members"][0]["errors"], 0, "{status}");
@@ -1424,66 +1037,11 @@ fn bytes_a_member_sends_after_its_answer_never_reach_the_next_client() {
         wait_until(
             Duration::from_secs(5),
             "the member sent its late bytes",
-            || (member.late.load(Ordering::Relaxed) > i).then_some(()),
+            || (member.late() > i).then_some(()),
         );
     }
     // Connections with late bytes are dropped, not used again.
-    assert!(member.accepted.load(Ordering::Relaxed) >= 3);
-}
-
-/// A member that reads one request head per connection, waits `delay`, answers `answer`,
-/// and closes if `close`.
-fn slow_member(delay: Duration, answer: &'static [u8], close: bool) -> SocketAddr {
-    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                        got.drain(..end + 4);
-                        std::thread::sleep(delay);
-                        if s.write_all(answer).is_err() {
-                            return;
-                        }
-                        if close {
-                            return;
-                        }
-                    }
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
-/// Sends `first`, then `later` after a pause, and reads until the end: the bytes and
-/// whether the end was a reset.
-fn two_writes(addr: SocketAddr, first: &[u8], later: &[u8]) -> (String, bool) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(first).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    s.write_all(later).unwrap();
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return (String::from_utf8_lossy(&raw).into_owned(), false),
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                return (String::from_utf8_lossy(&raw).into_owned(), true);
-            }
-            Err(e) => panic!("{e}; read {:?}", String::from_utf8_lossy(&raw)),
-        }
-    }
+    assert!(member.accepted() >= 3);
 }
 
 /// A balancer in front of a `slow_member` answering `answer` (closing after it if

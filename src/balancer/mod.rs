@@ -1,83 +1,66 @@
-//! The built-in HTTP balancer, in the style of Apache mod_proxy_balancer: the pure choice of
-//! a member ([`select`]), a member's health with hysteresis ([`member`]), the members and
-//! their figures ([`registry`]), the proxy ([`proxy`]) and its connections to the members
-//! ([`pool`]), the bound on how long a member may keep a request waiting ([`timeout`]),
-//! the manager paths ([`manager`]), the client connections with their limits ([`conn`]),
-//! the fast path that forwards the common bodiless requests without hyper ([`fast`], with
-//! [`chunked`] to find where a chunked answer ends), and the workers that serve them, one
-//! thread per core ([`worker`]).
-//! Members are static (`[[balancer.member]]`) and/or discovered from the heartbeats, which
-//! the balancer listens to as an observer (it never sends one).
+//! The built-in HTTP balancer, in the style of Apache mod_proxy_balancer. The folder, from
+//! the inside out (each part uses only those above it in this list):
+//!
+//! - [`choice`]: which member, and whether it may take requests — the pure lbmethods and
+//!   stickiness, health with hysteresis, the members and their figures;
+//! - [`rules`]: the one rulebook of a proxied request — the fields that cross, the route a
+//!   request sticks to, the attempts over the members (a pure stepper), the one-line
+//!   answers; pure;
+//! - [`net`]: sockets below HTTP — the listeners, client sockets, the connection limit;
+//! - [`http`]: the HTTP handling — the fast path over raw sockets and the hyper path, both
+//!   driven by the rulebook, and the connections to the members;
+//! - [`worker`]: the workers, one thread and runtime per core, that accept connections and
+//!   hand them to the HTTP handling;
+//! - [`discovery`]: members learnt from the heartbeats, which the balancer listens to as
+//!   an observer (it never sends one);
+//! - this module: [`run`], which puts them together.
+//!
+//! Members are static (`[[balancer.member]]`) and/or discovered.
 
-pub mod chunked;
-pub mod client;
-pub mod conn;
-pub mod fast;
-pub mod manager;
-pub mod member;
-pub mod pool;
-pub mod proxy;
-pub mod registry;
-pub mod select;
-pub mod timeout;
-pub mod tunnel;
+pub mod choice;
+pub mod discovery;
+pub mod http;
+pub mod net;
+pub mod rules;
+#[cfg(test)]
+mod testing;
 pub mod worker;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::{Request, Response};
 use thiserror::Error;
-use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError};
-use crate::heartbeat::{self, HeartbeatConfig, Peers};
 use crate::limits;
-use crate::membership::{MemberInfo, MembershipView, NodeId};
-use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::transport::UdpDatagrams;
 
-use conn::ConnectionLimit;
-use proxy::{Peer, ProxyBody};
-use registry::Registry;
-use timeout::MemberTimeout;
-use worker::{Worker, Workers};
+use choice::registry::Registry;
+use discovery::DiscoveryError;
+use http::timeout::MemberTimeout;
+use net::limit::ConnectionLimit;
+use net::listener::bind_group;
+use rules::sticky;
+use worker::{DRAIN_GRACE, Shared, WorkerError, Workers};
 
-pub use select::{Candidate, Selector, Stickiness};
+pub use choice::select::{Candidate, Selector, Stickiness};
 
 #[derive(Debug, Error)]
 pub enum BalancerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Key(#[from] crate::wire::key_file::KeyFileError),
-    #[error("cannot start balancer worker {index}: {source}")]
-    Worker {
-        index: usize,
-        source: std::io::Error,
-    },
+    Worker(#[from] WorkerError),
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
     #[error("cannot bind the {what} address {addr}: {source}")]
     Bind {
         what: &'static str,
         addr: String,
         source: std::io::Error,
     },
-}
-
-/// How long shutdown waits for requests in flight.
-const DRAIN_GRACE: Duration = Duration::from_secs(5);
-
-/// What every worker reads.
-pub struct Shared {
-    registry: Arc<Registry>,
-    config: Config,
-    limit: ConnectionLimit,
-    timeout: Arc<MemberTimeout>,
 }
 
 /// Runs the balancer until `shutdown` is triggered.
@@ -90,7 +73,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), BalancerError
 pub async fn run_reporting(
     config: Config,
     shutdown: Shutdown,
-    listening: impl FnOnce(SocketAddr),
+    listening: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), BalancerError> {
     config.validate()?;
     let b = &config.balancer;
@@ -136,19 +119,24 @@ pub async fn run_reporting(
     let registry = Arc::new(Registry::new(b.lbmethod, &b.member));
     let stop = CancellationToken::new();
     if b.discover {
-        start_discovery(&config, registry.clone(), &shutdown, stop.clone())?;
+        discovery::start(&config, registry.clone(), &shutdown, stop.clone())?;
     }
     let shared = Arc::new(Shared {
         registry,
-        config: config.clone(),
-        limit: ConnectionLimit::new(usize::try_from(max_connections).unwrap_or(usize::MAX)),
+        limit: Arc::new(ConnectionLimit::new(
+            usize::try_from(max_connections).unwrap_or(usize::MAX),
+        )),
         timeout: Arc::new(MemberTimeout::new(Duration::from_secs(b.timeout_s))),
+        sticky: sticky::Rule {
+            sticky: b.sticky.clone(),
+            cookie: config.sessions.cookie.clone(),
+        },
     });
     let workers = match Workers::start(listeners, &shared, &shutdown) {
         Ok(workers) => workers,
         Err(e) => {
             stop.cancel();
-            return Err(e);
+            return Err(e.into());
         }
     };
     listening(listen);
@@ -225,191 +213,6 @@ pub fn choose_max_connections(
         }
         _ => MaxConnections::Fits(configured),
     }
-}
-
-/// The listening sockets, one per worker, in one SO_REUSEPORT group: the kernel spreads
-/// new connections over them (nginx's `reuseport`), so no worker is woken for a
-/// connection another one takes. Each is bound with SO_REUSEADDR, as tokio's
-/// `TcpListener::bind` does, so a restart is not refused while old connections linger in
-/// TIME_WAIT, and has TCP_NODELAY, which Linux passes on to the connections it accepts
-/// (a worker checks that on its first one).
-fn bind_group(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
-    if addr.port() != 0 {
-        // A socket outside the group is refused while anything listens there, also a
-        // group of another process, which SO_REUSEPORT alone would silently join.
-        drop(bind(addr, false)?);
-    }
-    let first = bind(addr, true)?;
-    let addr = first.local_addr()?;
-    let mut group = vec![first];
-    for _ in 1..count {
-        group.push(bind(addr, true)?);
-    }
-    Ok(group)
-}
-
-fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(reuse_port)?;
-    socket.set_tcp_nodelay(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    Ok(socket.into())
-}
-
-/// The listen backlog of each worker (tokio's default).
-const LISTEN_BACKLOG: i32 = 1024;
-
-async fn handle(worker: &Worker, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
-    let shared = &worker.shared;
-    if proxy::headers_too_large(req.headers()) {
-        return proxy::plain(
-            hyper::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "request header fields too large",
-        );
-    }
-    if let Some(problem) = proxy::host_problem(req.version(), req.headers()) {
-        return proxy::plain(hyper::StatusCode::BAD_REQUEST, problem);
-    }
-    let path = req.uri().path();
-    if req.method() == hyper::Method::POST && path == manager::MEMBER_PATH {
-        return set_member(shared, req).await;
-    }
-    if manager::is_manager_path(path) {
-        let members: Vec<_> = shared
-            .registry
-            .members()
-            .iter()
-            .map(|m| m.status())
-            .collect();
-        let connections = manager::Connections {
-            open: shared.limit.open(),
-            max: shared.limit.max(),
-            limit_reached: shared.limit.reached(),
-        };
-        return manager::answer(req.method(), path, &members, &connections);
-    }
-    proxy::forward(
-        &shared.registry,
-        &worker.pool,
-        &shared.config.balancer.sticky,
-        &shared.config.sessions.cookie,
-        req,
-        peer,
-        &worker.shutdown,
-    )
-    .await
-}
-
-/// `POST /balancer-manager/member`: drain, disable or enable a member (same origin only).
-async fn set_member(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
-    use http_body_util::{BodyExt, Limited};
-    use hyper::StatusCode;
-    if !manager::same_origin(req.headers()) {
-        return proxy::plain(
-            StatusCode::FORBIDDEN,
-            "forbidden: not posted from this page",
-        );
-    }
-    let Ok(form) = Limited::new(req.into_body(), 4096).collect().await else {
-        return proxy::plain(StatusCode::PAYLOAD_TOO_LARGE, "payload too large");
-    };
-    let form = String::from_utf8_lossy(&form.to_bytes()).into_owned();
-    let Some((route, admin)) = manager::parse_action(&form) else {
-        return proxy::plain(
-            StatusCode::BAD_REQUEST,
-            "bad request: expected route=ROUTE&action=drain|disable|enable",
-        );
-    };
-    if !shared.registry.set_admin(&route, admin) {
-        return proxy::plain(StatusCode::NOT_FOUND, "no member with that route");
-    }
-    info!(%route, ?admin, "member state set from the manager page");
-    manager::back_to_page()
-}
-
-/// Joins the multicast group as an observer and keeps the registry's discovered members
-/// equal to the members the heartbeats show (route = name, url = http://<http addr>).
-fn start_discovery(
-    config: &Config,
-    registry: Arc<Registry>,
-    shutdown: &Shutdown,
-    stop: CancellationToken,
-) -> Result<(), BalancerError> {
-    let m = &config.membership;
-    let key = crate::wire::seal::ClusterKey::read_file_if_set(config.cluster.key_file.as_deref())?;
-    if key.is_none() && !m.interface.is_loopback() {
-        warn!(
-            interface = %m.interface,
-            "discovering members from unauthenticated heartbeats: anyone on the network can announce a member and receive traffic; set cluster.key_file (see `deltacast keygen`)"
-        );
-    }
-    let datagrams = UdpDatagrams::multicast(m.multicast, m.interface, m.ttl).map_err(|source| {
-        BalancerError::Bind {
-            what: "multicast",
-            addr: format!("{} on interface {}", m.multicast, m.interface),
-            source,
-        }
-    })?;
-    let nowhere = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
-    let me = MemberInfo {
-        id: NodeId::random(),
-        name: String::new(),
-        http: nowhere,
-        replication: nowhere,
-        incarnation: 0,
-    };
-    let mut hb = HeartbeatConfig::new(
-        config.cluster.name.clone(),
-        me,
-        config.heartbeat(),
-        config.drop_after(),
-    );
-    hb.observer = true;
-    hb.key = key;
-    let (view_tx, mut view_rx) = watch::channel(MembershipView::empty());
-    let (suspicions_tx, suspicions_rx) = mpsc::channel(1);
-    shutdown.spawn(heartbeat::run(
-        hb,
-        datagrams,
-        Peers::Group,
-        Arc::new(Metrics::default()),
-        view_tx,
-        suspicions_rx,
-        stop.clone(),
-    ));
-    shutdown.spawn(async move {
-        // Nobody suspects members here; the sender lives as long as the task.
-        let _suspicions = suspicions_tx;
-        let mut last: Vec<(String, String)> = Vec::new();
-        loop {
-            let found = discovered(&view_rx.borrow_and_update());
-            if found != last {
-                info!(members = ?found, "discovered members");
-                registry.set_discovered(&found);
-                last = found;
-            }
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                changed = view_rx.changed() => if changed.is_err() { break },
-            }
-        }
-    });
-    Ok(())
-}
-
-/// The (route, url) of each member of a view, sorted by route.
-pub fn discovered(view: &MembershipView) -> Vec<(String, String)> {
-    let mut found: Vec<(String, String)> = view
-        .members
-        .iter()
-        .map(|m| (m.info.name.clone(), format!("http://{}", m.info.http)))
-        .collect();
-    found.sort();
-    found
 }
 
 #[cfg(test)]

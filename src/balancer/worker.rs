@@ -4,6 +4,8 @@
 //! one thread from start to end: no request is handed from one thread to another and no
 //! worker wakes another. What the workers share (the members with their health and
 //! figures, the connection limit) sits behind atomics and short locks in [`Shared`].
+//! Each connection is served by the fast path first, and handed to hyper (the
+//! [`Service`]) at its first request the fast path does not take.
 
 use std::convert::Infallible;
 use std::num::NonZero;
@@ -13,23 +15,48 @@ use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, Interest};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::runtime::Runtime;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::client::ClientSocket;
-use super::conn::{self, ClientIo, Exchange};
-use super::fast::{self, Rewind};
-use super::pool::Pool;
-use super::proxy::Peer;
-use super::{BalancerError, DRAIN_GRACE, Shared, handle};
+use crate::balancer::choice::registry::Registry;
+use crate::balancer::http::conn::{self, ClientIo, Exchange};
+use crate::balancer::http::fast::{self, BufferPool};
+use crate::balancer::http::pool::Pool;
+use crate::balancer::http::service::Service;
+use crate::balancer::http::timeout::MemberTimeout;
+use crate::balancer::http::upstream::Upstream;
+use crate::balancer::net::client::ClientSocket;
+use crate::balancer::net::limit::{self, ConnectionLimit};
+use crate::balancer::net::listener::Listener;
+use crate::balancer::net::rewind::Rewind;
+use crate::balancer::rules::{Peer, sticky};
 use crate::shutdown::Shutdown;
 use crate::throttle::LogThrottle;
 
 /// How often a worker closes the connections to members that were idle too long.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long shutdown waits for requests in flight.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// A worker that could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start balancer worker {index}: {source}")]
+pub struct WorkerError {
+    pub index: usize,
+    pub source: std::io::Error,
+}
+
+/// What every worker reads.
+pub struct Shared {
+    pub registry: Arc<Registry>,
+    pub limit: Arc<ConnectionLimit>,
+    pub timeout: Arc<MemberTimeout>,
+    pub sticky: sticky::Rule,
+}
 
 /// One worker per core the process may use.
 pub fn count() -> usize {
@@ -37,14 +64,15 @@ pub fn count() -> usize {
 }
 
 /// What the connections of one worker read.
-pub struct Worker {
-    pub shared: Arc<Shared>,
-    /// This worker's idle connections to the members.
-    pub pool: Arc<Pool>,
+struct Worker {
+    /// The hyper path's entry, and what forwarding reads on this worker (its own
+    /// connections to the members among it).
+    service: Service,
     /// This worker's spare buffers for the fast path.
-    pub buffers: fast::BufferPool,
+    buffers: BufferPool,
+    limit: Arc<ConnectionLimit>,
     /// Triggered with the balancer's; owns this worker's tasks.
-    pub shutdown: Shutdown,
+    shutdown: Shutdown,
 }
 
 /// What the requests of one client connection read.
@@ -66,7 +94,7 @@ impl Workers {
         listeners: Vec<std::net::TcpListener>,
         shared: &Arc<Shared>,
         shutdown: &Shutdown,
-    ) -> Result<Workers, BalancerError> {
+    ) -> Result<Workers, WorkerError> {
         let workers = shutdown.child();
         let mut threads = Vec::with_capacity(listeners.len());
         for (index, listener) in listeners.into_iter().enumerate() {
@@ -108,8 +136,8 @@ fn start_one(
     listener: std::net::TcpListener,
     shared: &Arc<Shared>,
     workers: &Shutdown,
-) -> Result<JoinHandle<()>, BalancerError> {
-    let failed = |source| BalancerError::Worker { index, source };
+) -> Result<JoinHandle<()>, WorkerError> {
+    let failed = |source| WorkerError { index, source };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -129,15 +157,19 @@ fn start_one(
 /// One worker's thread: serves until shutdown, then drains its connections.
 fn run(runtime: Runtime, listener: Listener, shared: Arc<Shared>, shutdown: Shutdown) {
     runtime.block_on(async move {
-        let worker = Arc::new(Worker {
+        let upstream = Upstream {
+            registry: shared.registry.clone(),
             pool: Arc::new(Pool::new(shared.timeout.clone())),
-            buffers: fast::BufferPool::default(),
-            shared,
+            sticky: shared.sticky.clone(),
+        };
+        let worker = Arc::new(Worker {
+            service: Service::new(upstream, shared.limit.clone(), shutdown.clone()),
+            buffers: BufferPool::default(),
+            limit: shared.limit.clone(),
             shutdown: shutdown.clone(),
         });
-        let sweeper = tokio::spawn(sweep(worker.clone()));
+        shutdown.spawn(sweep(worker.clone()));
         accept_loop(&listener, &worker).await;
-        sweeper.abort();
         drop(listener);
         if !shutdown.drain(DRAIN_GRACE).await {
             warn!("some connections did not finish within {DRAIN_GRACE:?}; closing them");
@@ -145,51 +177,18 @@ fn run(runtime: Runtime, listener: Listener, shared: Arc<Shared>, shutdown: Shut
     });
 }
 
-/// Closes, now and then, the pooled connections idle for too long or to members gone.
+/// Closes, now and then, the pooled connections idle for too long or to members gone,
+/// until shutdown.
 async fn sweep(worker: Arc<Worker>) {
     let mut interval = tokio::time::interval(SWEEP_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let upstream = &worker.service.upstream;
     loop {
-        interval.tick().await;
-        let members = worker.shared.registry.members();
-        worker.pool.sweep(&members, Instant::now());
-    }
-}
-
-/// A worker's listening socket. The connections it accepts are std streams, not yet
-/// registered with the runtime (see [`ClientSocket`]).
-struct Listener {
-    /// The socket; mio accepts with `SOCK_NONBLOCK | SOCK_CLOEXEC` in one system call.
-    socket: mio::net::TcpListener,
-    /// A second descriptor of the same socket, registered with the runtime for its
-    /// readiness. tokio offers readiness and `try_io` on a stream but not on a listener,
-    /// and registering a descriptor of one's own takes unsafe code (`AsyncFd::register`);
-    /// a listening socket is readable when a connection waits, whatever type holds it.
-    ready: tokio::net::TcpStream,
-}
-
-impl Listener {
-    /// Must be called within the runtime.
-    fn new(listener: std::net::TcpListener) -> std::io::Result<Listener> {
-        let duplicate = std::os::fd::OwnedFd::from(listener.try_clone()?);
-        let ready = tokio::net::TcpStream::from_std(std::net::TcpStream::from(duplicate))?;
-        Ok(Listener {
-            socket: mio::net::TcpListener::from_std(listener),
-            ready,
-        })
-    }
-
-    /// The next connection (non-blocking, close-on-exec) and its peer's address.
-    async fn accept(&self) -> std::io::Result<(std::net::TcpStream, std::net::SocketAddr)> {
-        loop {
-            self.ready.readable().await?;
-            match self
-                .ready
-                .try_io(Interest::READABLE, || self.socket.accept())
-            {
-                Ok((stream, peer)) => return Ok((stream.into(), peer)),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+        tokio::select! {
+            _ = worker.shutdown.triggered() => break,
+            _ = interval.tick() => {
+                let members = upstream.registry.members();
+                upstream.pool.sweep(&members, Instant::now());
             }
         }
     }
@@ -200,8 +199,8 @@ impl Listener {
 /// next ones wait in its listen backlog.
 async fn accept_loop(listener: &Listener, worker: &Arc<Worker>) {
     let shutdown = &worker.shutdown;
-    let limit = &worker.shared.limit;
-    let mut accept_errors = LogThrottle::new(conn::LIMIT_LOG_INTERVAL);
+    let limit = &worker.limit;
+    let mut accept_errors = LogThrottle::new(limit::LIMIT_LOG_INTERVAL);
     // Whether accepted connections come without the listener's TCP_NODELAY (known after
     // the first one), so each needs it set: one system call per connection saved where
     // they inherit it.
@@ -252,7 +251,9 @@ async fn accept_loop(listener: &Listener, worker: &Arc<Worker>) {
             let mut stream = ClientSocket::new(stream);
             // The common requests are forwarded by the fast path; the first one it does not
             // take hands the connection, with what was read of it, to hyper.
-            let (read, head_by) = match fast::serve(&worker, &mut stream, &peer, &token).await {
+            let upstream = &worker.service.upstream;
+            let served = fast::serve(upstream, &worker.buffers, &mut stream, &peer, &token).await;
+            let (read, head_by) = match served {
                 fast::Outcome::Done => return,
                 fast::Outcome::HandOff { read, head_by } => (read, head_by),
             };
@@ -303,7 +304,7 @@ async fn serve_hyper<S>(
         client.exchange.request();
         let client = client.clone();
         async move {
-            let response = handle(&client.worker, req, &client.peer).await;
+            let response = client.worker.service.handle(req, &client.peer).await;
             Ok::<_, Infallible>(client.exchange.response(response))
         }
     });

@@ -6,6 +6,9 @@
 
 #![allow(dead_code)]
 
+pub mod fake_member;
+pub mod raw_http;
+
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::fs::File;

@@ -1,6 +1,5 @@
-//! One client connection of the balancer: how hyper serves it (timeouts, buffer limit), its
-//! slot under `balancer.max_connections`, and a one-line text answer to a request hyper
-//! cannot parse.
+//! A client connection of the balancer on the hyper path: how hyper serves it (timeouts,
+//! buffer limit), and a one-line text answer to a request hyper cannot parse.
 //!
 //! hyper answers a request head it cannot parse by itself (400, 431 or 414, with
 //! `content-length: 0`) and gives no hook to add a body. [`ClientIo`] sits between hyper
@@ -17,22 +16,21 @@ use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::server::conn::http1;
 use hyper::{Response, StatusCode};
 use hyper_util::rt::TokioTimer;
-use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
 use tracing::debug;
 
-use crate::throttle::LogThrottle;
+use crate::balancer::rules::refusal::{CONTENT_TYPE, Refusal};
 
 /// After our answer to a bad head, how long (at most) and how many bytes the rest of the
 /// request is read and dropped before the socket closes: closing with unread bytes would
@@ -68,13 +66,14 @@ pub fn http1() -> http1::Builder {
 // The answer to a head hyper could not parse
 
 /// The one-line body of each status hyper answers a bad head with.
-fn error_line(status: StatusCode) -> &'static str {
-    match status {
-        StatusCode::BAD_REQUEST => "bad request: malformed request",
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "request header fields too large",
-        StatusCode::URI_TOO_LONG => "URI too long",
-        _ => "bad request",
-    }
+fn error_line(status: StatusCode) -> String {
+    let refusal = match status {
+        StatusCode::BAD_REQUEST => Refusal::MalformedHead,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => Refusal::HeadersTooLarge,
+        StatusCode::URI_TOO_LONG => Refusal::TargetTooLong,
+        _ => return "bad request".to_string(),
+    };
+    refusal.to_string()
 }
 
 /// Our answer in place of hyper's bodiless answer `hyper_answer` (a whole response head):
@@ -100,7 +99,7 @@ pub fn error_answer(hyper_answer: &[u8]) -> Option<Vec<u8>> {
     });
     let body = format!("{}\n", error_line(status));
     let mut answer = format!(
-        "{version} {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n",
+        "{version} {} {}\r\ncontent-type: {CONTENT_TYPE}\r\ncontent-length: {}\r\nconnection: close\r\n",
         status.as_str(),
         status.canonical_reason().unwrap_or(""),
         body.len()
@@ -370,89 +369,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// The connection limit
-
-/// `balancer.max_connections`: a slot per open client connection. At the limit the
-/// balancer stops accepting (new clients wait in the kernel's listen backlog, as with
-/// HAProxy's `maxconn`; a worker holds at most one accepted connection until a slot frees),
-/// and says so in the log at most once per interval.
-#[derive(Debug)]
-pub struct ConnectionLimit {
-    slots: Arc<Semaphore>,
-    max: usize,
-    reached: AtomicU64,
-    throttle: Mutex<LogThrottle<()>>,
-    /// Times reached since the last log line.
-    unlogged: AtomicU64,
-}
-
-/// How often "connection limit reached" may be logged.
-pub const LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-impl ConnectionLimit {
-    pub fn new(max: usize) -> ConnectionLimit {
-        ConnectionLimit {
-            slots: Arc::new(Semaphore::new(max)),
-            max,
-            reached: AtomicU64::new(0),
-            throttle: Mutex::new(LogThrottle::new(LIMIT_LOG_INTERVAL)),
-            unlogged: AtomicU64::new(0),
-        }
-    }
-
-    /// A slot if one is free now; None when every slot is taken.
-    pub fn try_slot(&self) -> Option<OwnedSemaphorePermit> {
-        let slot = self.slots.clone().try_acquire_owned().ok()?;
-        self.taken();
-        Some(slot)
-    }
-
-    /// Waits for a free slot (None only if the limit is closed, which it never is).
-    pub async fn slot(&self) -> Option<OwnedSemaphorePermit> {
-        let slot = self.slots.clone().acquire_owned().await.ok()?;
-        self.taken();
-        Some(slot)
-    }
-
-    /// Counts the limit reached when the slot just taken was the last.
-    fn taken(&self) {
-        if self.full() {
-            self.reached.fetch_add(1, Ordering::Relaxed);
-            self.unlogged.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Every slot is taken.
-    pub fn full(&self) -> bool {
-        self.slots.available_permits() == 0
-    }
-
-    /// Whether the limit being reached at `now` should be logged; if so, how many times
-    /// it was reached since the last line.
-    pub fn log_due(&self, now: Instant) -> Option<u64> {
-        if self.throttle.lock().allow(&(), now) {
-            Some(self.unlogged.swap(0, Ordering::Relaxed))
-        } else {
-            None
-        }
-    }
-
-    /// Client connections open now.
-    pub fn open(&self) -> usize {
-        self.max.saturating_sub(self.slots.available_permits())
-    }
-
-    pub fn max(&self) -> usize {
-        self.max
-    }
-
-    /// How many times every slot got taken.
-    pub fn reached(&self) -> u64 {
-        self.reached.load(Ordering::Relaxed)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -675,51 +591,5 @@ mod tests {
             waited >= HEADER_READ_TIMEOUT && waited < HEADER_READ_TIMEOUT * 2,
             "closed after {waited:?}"
         );
-    }
-
-    #[test]
-    fn the_limit_counts_open_connections_and_times_it_was_reached() {
-        let limit = ConnectionLimit::new(2);
-        let a = limit.try_slot().unwrap();
-        assert_eq!(limit.reached(), 0);
-        let _b = limit.try_slot().unwrap();
-        assert_eq!(limit.open(), 2);
-        assert!(limit.full());
-        assert_eq!(limit.reached(), 1);
-        assert!(limit.try_slot().is_none());
-        assert!(limit.try_slot().is_none());
-        assert_eq!(limit.reached(), 1, "counted once per time it fills up");
-        drop(a);
-        assert_eq!(limit.open(), 1);
-        assert!(!limit.full());
-        assert!(limit.try_slot().is_some());
-        assert_eq!(limit.reached(), 2);
-        assert_eq!(limit.max(), 2);
-    }
-
-    #[tokio::test]
-    async fn a_slot_waited_for_comes_when_one_is_freed() {
-        use futures_util::FutureExt;
-        let limit = ConnectionLimit::new(1);
-        let held = limit.try_slot().unwrap();
-        let waiting = limit.slot();
-        tokio::pin!(waiting);
-        assert!(waiting.as_mut().now_or_never().is_none());
-        drop(held);
-        assert!(waiting.await.is_some());
-        assert_eq!(limit.reached(), 2);
-    }
-
-    #[test]
-    fn reaching_the_limit_is_logged_once_per_interval_with_a_count() {
-        let limit = ConnectionLimit::new(1);
-        let t0 = Instant::now();
-        drop(limit.try_slot().unwrap());
-        assert_eq!(limit.log_due(t0), Some(1));
-        drop(limit.try_slot().unwrap());
-        drop(limit.try_slot().unwrap());
-        assert_eq!(limit.log_due(t0 + Duration::from_secs(1)), None);
-        assert_eq!(limit.log_due(t0 + LIMIT_LOG_INTERVAL), Some(2));
-        assert_eq!(limit.reached(), 3);
     }
 }

@@ -20,9 +20,9 @@ use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::proxy::{OutBody, Upload};
-use super::registry::Member;
-use super::timeout::MemberTimeout;
+use crate::balancer::choice::registry::Member;
+use crate::balancer::http::body::{OutBody, Upload};
+use crate::balancer::http::timeout::MemberTimeout;
 
 /// How long a connection to a member may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -219,7 +219,8 @@ impl MemberConn {
 /// Only that worker uses it; the lock is never contended.
 pub struct Pool {
     idle: Mutex<HashMap<u64, Vec<Idle>>>,
-    /// Idle connections of the fast path (`fast.rs`), which speaks HTTP/1.1 on them itself.
+    /// Idle connections of the fast path ([`super::fast`]), which speaks HTTP/1.1 on them
+    /// itself.
     raw: Mutex<HashMap<u64, Vec<Idle<TcpStream>>>>,
     timeout: Arc<MemberTimeout>,
 }
@@ -343,11 +344,16 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use super::super::proxy::OutBody;
+    use crate::balancer::http::body::OutBody;
+    use crate::balancer::testing::{
+        CHUNKED, T, bounded, client_request, member as test_member, silent_member, streamed,
+    };
     use bytes::Bytes;
     use http_body_util::Full;
     use hyper::body::Body;
+    use hyper::header::{self, HeaderValue};
     use hyper::service::service_fn;
+    use tokio::io::AsyncWriteExt;
 
     fn pool() -> Pool {
         Pool::new(Arc::new(MemberTimeout::new(Duration::from_secs(60))))
@@ -483,5 +489,61 @@ mod tests {
         let member = Member::new("gone", &format!("http://{addr}"), 1, true);
         let e = pool().checkout(&member).await.err().unwrap();
         assert!(matches!(e, ConnectError::Connect { .. }), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_that_never_answers_times_out_after_the_timeout() {
+        let mut conn = silent_member().await;
+        let mut request = Request::new(OutBody::empty(&test_member()));
+        request
+            .headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("m"));
+        let start = tokio::time::Instant::now();
+        let result = bounded(conn.send(request, T)).await;
+        assert!(matches!(result, Err(SendError::TimedOut(t)) if t == T));
+        assert_eq!(start.elapsed(), T);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upload_that_keeps_moving_is_not_cut_and_the_time_counts_from_its_end() {
+        let (incoming, mut client) = client_request(CHUNKED).await;
+        let (request, upload) = streamed(incoming, &test_member());
+        let mut conn = silent_member().await;
+        let start = tokio::time::Instant::now();
+        // Four chunks, each a little within the timeout of the one before: 32 s in all.
+        let step = T * 8 / 10;
+        let sender = tokio::spawn(async move {
+            for _ in 0..4 {
+                tokio::time::sleep(step).await;
+                client.write_all(b"3\r\nabc\r\n").await.unwrap();
+            }
+            client.write_all(b"0\r\n\r\n").await.unwrap();
+            client
+        });
+        let result = bounded(conn.send(request, T)).await;
+        assert!(matches!(result, Err(SendError::TimedOut(_))));
+        assert_eq!(start.elapsed(), step * 4 + T);
+        assert!(upload.answer(T).is_none(), "not the client's fault");
+        assert_eq!(upload.moves(), (4, false));
+        drop(sender.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_sending_its_body_gets_408_not_the_member_504() {
+        let (incoming, mut client) = client_request(CHUNKED).await;
+        let (request, upload) = streamed(incoming, &test_member());
+        let mut conn = silent_member().await;
+        let start = tokio::time::Instant::now();
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            client.write_all(b"3\r\nabc\r\n").await.unwrap();
+            client
+        });
+        let result = bounded(conn.send(request, T)).await;
+        assert!(matches!(result, Err(SendError::Failed(_))));
+        assert_eq!(start.elapsed(), Duration::from_secs(1) + T);
+        let answer = upload.answer(T).expect("the client's fault");
+        assert_eq!(answer, crate::balancer::rules::Refusal::ClientTimedOut(T));
+        drop(sender.await.unwrap());
     }
 }

@@ -323,7 +323,7 @@ impl Iterator for Order<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balancer::member::RETRY_MIN;
+    use crate::balancer::choice::member::RETRY_MIN;
 
     fn fixed(route: &str, port: u16, loadfactor: u32) -> BalancerMember {
         BalancerMember {

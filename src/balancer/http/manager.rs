@@ -5,9 +5,9 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Response, StatusCode};
 use serde::Serialize;
 
-use super::member::Admin;
-use super::proxy::{ProxyBody, full, plain};
-use super::registry::MemberStatus;
+use crate::balancer::choice::member::Admin;
+use crate::balancer::choice::registry::MemberStatus;
+use crate::balancer::http::answer::{ProxyBody, full, plain};
 
 /// The path a member's admin state is posted to (`route=R&action=drain|disable|enable`).
 pub const MEMBER_PATH: &str = "/balancer-manager/member";

@@ -1,0 +1,92 @@
+//! The hyper path's entry: a request of a client connection that hyper serves has its
+//! limits checked (header size, Host), the manager's paths are answered here (never
+//! proxied), and everything else is forwarded by the proxy.
+
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode, Version};
+use tracing::info;
+
+use crate::balancer::http::answer::{self, ProxyBody, plain};
+use crate::balancer::http::manager;
+use crate::balancer::http::proxy;
+use crate::balancer::http::upstream::Upstream;
+use crate::balancer::net::limit::ConnectionLimit;
+use crate::balancer::rules::{self, Peer, Refusal};
+use crate::shutdown::Shutdown;
+
+/// What the requests hyper serves on one worker read.
+pub struct Service {
+    pub upstream: Upstream,
+    /// The client connections, for the manager's figures.
+    limit: Arc<ConnectionLimit>,
+    /// Owns the tasks requests leave behind (tunnels).
+    shutdown: Shutdown,
+}
+
+impl Service {
+    pub fn new(upstream: Upstream, limit: Arc<ConnectionLimit>, shutdown: Shutdown) -> Service {
+        Service {
+            upstream,
+            limit,
+            shutdown,
+        }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+        if rules::headers_too_large(proxy::headers_size(req.headers())) {
+            return answer::refusal(Refusal::HeadersTooLarge);
+        }
+        let hosts = req.headers().get_all(hyper::header::HOST).iter().count();
+        if let Some(problem) = rules::host_problem(req.version() == Version::HTTP_11, hosts) {
+            return answer::refusal(problem);
+        }
+        let path = req.uri().path();
+        if req.method() == Method::POST && path == manager::MEMBER_PATH {
+            return self.set_member(req).await;
+        }
+        if manager::is_manager_path(path) {
+            let members: Vec<_> = self
+                .upstream
+                .registry
+                .members()
+                .iter()
+                .map(|m| m.status())
+                .collect();
+            let connections = manager::Connections {
+                open: self.limit.open(),
+                max: self.limit.max(),
+                limit_reached: self.limit.reached(),
+            };
+            return manager::answer(req.method(), path, &members, &connections);
+        }
+        proxy::forward(&self.upstream, req, peer, &self.shutdown).await
+    }
+
+    /// `POST /balancer-manager/member`: drain, disable or enable a member (same origin only).
+    async fn set_member(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        if !manager::same_origin(req.headers()) {
+            return plain(
+                StatusCode::FORBIDDEN,
+                "forbidden: not posted from this page",
+            );
+        }
+        let Ok(form) = Limited::new(req.into_body(), 4096).collect().await else {
+            return plain(StatusCode::PAYLOAD_TOO_LARGE, "payload too large");
+        };
+        let form = String::from_utf8_lossy(&form.to_bytes()).into_owned();
+        let Some((route, admin)) = manager::parse_action(&form) else {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "bad request: expected route=ROUTE&action=drain|disable|enable",
+            );
+        };
+        if !self.upstream.registry.set_admin(&route, admin) {
+            return plain(StatusCode::NOT_FOUND, "no member with that route");
+        }
+        info!(%route, ?admin, "member state set from the manager page");
+        manager::back_to_page()
+    }
+}
