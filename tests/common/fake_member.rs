@@ -12,97 +12,84 @@ use std::time::Duration;
 use super::raw_http::read_request;
 use super::wait_until;
 
-/// A member that answers every request with its head and body as it received them, plus
-/// hop-by-hop headers the balancer must not pass back. Runs until the test process ends.
-pub fn echo_member() -> SocketAddr {
+/// Serves each connection of a new listener on 127.0.0.1 (port 0) from a thread of its own,
+/// until the test process ends; returns the listener's address.
+fn serve_each(handle: impl Fn(TcpStream) + Send + Copy + 'static) -> SocketAddr {
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
     let addr = listener.local_addr().expect("addr");
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                while let Some((head, body)) = read_request(&mut stream) {
-                    let mut answer = head.into_bytes();
-                    answer.extend_from_slice(b"\r\n\r\n");
-                    answer.extend_from_slice(&body);
-                    let top = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-End: 1\r\n\r\n",
-                        answer.len()
-                    );
-                    if stream.write_all(top.as_bytes()).is_err()
-                        || stream.write_all(&answer).is_err()
-                    {
-                        return;
-                    }
-                }
-            });
+            let Ok(stream) = stream else { continue };
+            std::thread::spawn(move || handle(stream));
         }
     });
     addr
 }
 
+/// A member that answers every request with its head and body as it received them, plus
+/// hop-by-hop headers the balancer must not pass back. Runs until the test process ends.
+pub fn echo_member() -> SocketAddr {
+    serve_each(|mut stream| {
+        while let Some((head, body)) = read_request(&mut stream) {
+            let mut answer = head.into_bytes();
+            answer.extend_from_slice(b"\r\n\r\n");
+            answer.extend_from_slice(&body);
+            let top = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-End: 1\r\n\r\n",
+                answer.len()
+            );
+            if stream.write_all(top.as_bytes()).is_err() || stream.write_all(&answer).is_err() {
+                return;
+            }
+        }
+    })
+}
+
 /// A member that switches every request to an "echo" protocol and echoes bytes back.
 pub fn upgrading_member() -> SocketAddr {
-    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let Some((head, _)) = read_request(&mut stream) else {
-                    return;
-                };
-                if !head.to_ascii_lowercase().contains("upgrade: echo") {
-                    let _ =
-                        stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
-                    return;
-                }
-                let _ = stream.write_all(
-                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
-                );
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            });
+    serve_each(|mut stream| {
+        let Some((head, _)) = read_request(&mut stream) else {
+            return;
+        };
+        if !head.to_ascii_lowercase().contains("upgrade: echo") {
+            let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+            return;
         }
-    });
-    addr
+        let _ = stream.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        );
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                return;
+            }
+        }
+    })
 }
 
 /// A member that reads one request head per connection, waits `delay`, answers `answer`,
 /// and closes if `close`.
 pub fn slow_member(delay: Duration, answer: &'static [u8], close: bool) -> SocketAddr {
-    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                        got.drain(..end + 4);
-                        std::thread::sleep(delay);
-                        if s.write_all(answer).is_err() {
-                            return;
-                        }
-                        if close {
-                            return;
-                        }
-                    }
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
+    serve_each(move |mut s| {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                got.drain(..end + 4);
+                std::thread::sleep(delay);
+                if s.write_all(answer).is_err() {
+                    return;
                 }
-            });
+                if close {
+                    return;
+                }
+            }
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
         }
-    });
-    addr
+    })
 }
 
 /// What a [`RawMember`] does with a connection.
