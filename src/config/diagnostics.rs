@@ -107,6 +107,13 @@ pub(super) fn hint(normalized: &str) -> Option<&'static str> {
         "sessions.max_sessions" | "sessions.max_attributes" | "sessions.max_value_bytes" => {
             "expected a whole number"
         }
+        "sessions.max_bytes" => "expected a whole number of bytes from 1024 to 1099511627776",
+        "sessions.url_tracking" => "expected true or false",
+        "node.max_connections" => "expected a whole number from 1 to 1000000",
+        "balancer.manager_allow" => {
+            "expected a list of address ranges like [\"127.0.0.0/8\", \"::1/128\"] or 10.0.0.0/8,192.168.1.5"
+        }
+        "balancer.manager_allow[]" => "expected an address range like \"10.0.0.0/8\" or an address",
         "sessions.replication" => "expected one of \"sync\", \"async\"",
         "balancer.lbmethod" => "expected one of \"byrequests\", \"bytraffic\", \"bybusyness\"",
         "balancer.sticky" => {

@@ -11,11 +11,13 @@
 //! - `overrides`: `--set`, `--member` and the dedicated flags, applied to the TOML table
 //!   before it is deserialized, so a flag and a file line meet the same checks.
 //! - `diagnostics`: turning TOML and serde errors into the one-line messages.
+//! - `allow`: address ranges (CIDR) for `balancer.manager_allow`.
 //! - `validate/`: the ranges and formats the types alone do not enforce, one file per section.
 //!
 //! The key file is only a path here: reading and checking it is the seal's business
 //! (`ClusterKey::read_file`), so configuration stays free of cryptography.
 
+mod allow;
 mod diagnostics;
 mod overrides;
 mod schema;
@@ -28,6 +30,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use allow::IpRange;
 pub use overrides::{Override, OverrideValue};
 pub use schema::{
     BalancerConfig, BalancerMember, ClusterConfig, Config, LbMethod, MembershipConfig, NodeConfig,

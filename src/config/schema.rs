@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use toml::Table;
 
+use super::allow::IpRange;
 use super::validate::is_token;
 
 /// The whole configuration. `PartialEq` compares the settings only, not which keys were set.
@@ -90,6 +91,9 @@ pub struct NodeConfig {
     pub name: String,
     pub http: SocketAddr,
     pub replication: SocketAddr,
+    /// HTTP client connections open at once at most; at the limit, new ones wait in the
+    /// listen backlog until one closes. Unset, fitted to the open file limit.
+    pub max_connections: u64,
 }
 
 impl Default for NodeConfig {
@@ -98,6 +102,7 @@ impl Default for NodeConfig {
             name: "n1".to_string(),
             http: SocketAddr::from(([127, 0, 0, 1], 8081)),
             replication: SocketAddr::from(([127, 0, 0, 1], 4001)),
+            max_connections: 10_000,
         }
     }
 }
@@ -116,6 +121,11 @@ pub struct SessionsConfig {
     pub max_attributes: u64,
     /// Largest attribute value in bytes (larger: 413).
     pub max_value_bytes: u64,
+    /// All attribute bytes (names and values) this node holds at most (a write beyond: 507).
+    pub max_bytes: u64,
+    /// Take the session id from a `;jsessionid=` path parameter too. Off, only the cookie
+    /// names a session: a link cannot fix a victim's session (OWASP).
+    pub url_tracking: bool,
 }
 
 impl Default for SessionsConfig {
@@ -128,6 +138,8 @@ impl Default for SessionsConfig {
             max_sessions: 1_000_000,
             max_attributes: 64,
             max_value_bytes: 65_536,
+            max_bytes: 256 * 1024 * 1024,
+            url_tracking: false,
         }
     }
 }
@@ -146,6 +158,9 @@ pub struct BalancerConfig {
     /// for each next chunk of its answer's body, and for each next chunk of the client's
     /// body on its way to it (HAProxy's `timeout server`, mod_proxy's `timeout`).
     pub timeout_s: u64,
+    /// Client addresses (the TCP peer's; X-Forwarded-For is never trusted) that may open
+    /// `/balancer-manager`; others get 403.
+    pub manager_allow: Vec<IpRange>,
     pub member: Vec<BalancerMember>,
 }
 
@@ -158,6 +173,11 @@ impl Default for BalancerConfig {
             discover: true,
             max_connections: 10_000,
             timeout_s: 60,
+            manager_allow: vec![
+                IpRange::new([127, 0, 0, 0].into(), 8).unwrap_or_else(|| unreachable!()),
+                IpRange::new(std::net::Ipv6Addr::LOCALHOST.into(), 128)
+                    .unwrap_or_else(|| unreachable!()),
+            ],
             member: Vec::new(),
         }
     }
@@ -345,6 +365,11 @@ mod tests {
         assert!(c.balancer.discover);
         assert_eq!(c.balancer.max_connections, 10_000);
         assert_eq!(c.balancer.timeout_s, 60);
+        let allow: Vec<String> = c.balancer.manager_allow.iter().map(|r| r.to_string()).collect();
+        assert_eq!(allow, ["127.0.0.0/8", "::1/128"]);
+        assert_eq!(c.node.max_connections, 10_000);
+        assert_eq!(c.sessions.max_bytes, 268_435_456);
+        assert!(!c.sessions.url_tracking);
         assert!(c.balancer.member.is_empty());
     }
 

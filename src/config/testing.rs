@@ -21,6 +21,7 @@ static_members = []           # Vec<String>, each "host:port" (host name or IP, 
 name = "n1"                   # 1..=64 chars of [A-Za-z0-9_-] (it is the route suffix after the last '.', so no dots)
 http = "127.0.0.1:8081"       # SocketAddr (port 0 allowed: bind any free port)
 replication = "127.0.0.1:4001"# SocketAddr (port 0 allowed)
+max_connections = 10000       # u64, 1..=1000000
 
 [sessions]
 cookie = "JSESSIONID"         # non-empty RFC 6265 cookie-name token
@@ -29,6 +30,8 @@ ack_timeout_ms = 1000
 max_sessions = 1000000
 max_attributes = 64
 max_value_bytes = 65536
+max_bytes = 268435456         # u64, 1024..=2^40
+url_tracking = false
 replication = "sync"          # enum ReplicationMode { Sync, Async }, lowercase "sync" | "async"
 
 [balancer]
@@ -38,6 +41,7 @@ sticky = "route"              # enum Sticky { Route, None, SourceIp, Header(Stri
 discover = true
 max_connections = 10000       # u64, 1..=1000000
 timeout_s = 60                # u64, 1..=3600
+manager_allow = ["127.0.0.0/8", "::1/128"]  # CIDR ranges or bare addresses
 # [[balancer.member]]         # Vec<BalancerMember { url: String, route: String, loadfactor: u32 }>
 # url = "http://127.0.0.1:8081"  # must be http://host:port with optional trailing '/'
 # route = "n1"                   # same rules as node.name

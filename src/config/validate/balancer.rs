@@ -140,6 +140,31 @@ mod tests {
     }
 
     #[test]
+    fn manager_allow_takes_ranges_and_bare_addresses_and_names_a_bad_one() {
+        let config = load("[balancer]\nmanager_allow = [\"10.0.0.0/8\", \"192.168.1.5\"]\n").unwrap();
+        let allow: Vec<String> = config
+            .balancer
+            .manager_allow
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        assert_eq!(allow, ["10.0.0.0/8", "192.168.1.5/32"]);
+        let config = load_with("", &["balancer.manager_allow=10.0.0.0/8, ::1"]).unwrap();
+        assert_eq!(config.balancer.manager_allow.len(), 2);
+        let config = load("[balancer]\nmanager_allow = []\n").unwrap();
+        assert!(config.balancer.manager_allow.is_empty());
+        let text = invalid_key(
+            load("[balancer]\nmanager_allow = [\"10.0.0.0/33\"]\n"),
+            "balancer.manager_allow[0]",
+        );
+        assert!(text.contains("10.0.0.0/33"), "{text}");
+        invalid_key(
+            load_with("", &["balancer.manager_allow=localhost"]),
+            "balancer.manager_allow[0]",
+        );
+    }
+
+    #[test]
     fn a_bad_member_url_names_the_member() {
         let member = |url: &str| format!("[[balancer.member]]\nurl = \"{url}\"\nroute = \"n1\"\n");
         for bad in [

@@ -2,10 +2,17 @@
 //! addresses are typed already, and port 0 (bind any free port) is allowed.
 
 use super::super::schema::NodeConfig;
-use super::{ConfigError, check_route_name};
+use super::{ConfigError, check_range, check_route_name};
 
 pub(super) fn check(node: &NodeConfig) -> Result<(), ConfigError> {
-    check_route_name("node.name", &node.name)
+    check_route_name("node.name", &node.name)?;
+    check_range(
+        "node.max_connections",
+        node.max_connections,
+        1,
+        1_000_000,
+        "",
+    )
 }
 
 #[cfg(test)]

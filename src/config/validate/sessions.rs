@@ -30,7 +30,8 @@ pub(super) fn check(s: &SessionsConfig) -> Result<(), ConfigError> {
         1,
         8 * 1024 * 1024,
         "",
-    )
+    )?;
+    check_range("sessions.max_bytes", s.max_bytes, 1024, 1 << 40, " bytes")
 }
 
 #[cfg(test)]
@@ -57,11 +58,12 @@ mod tests {
             "sessions.max_inactive_s",
         );
         assert!(text.contains("between 1 and 31536000 seconds"), "{text}");
-        let cases = [
+        let cases: [(&str, u64, u64); 5] = [
             ("ack_timeout_ms", 10, 60_000),
             ("max_sessions", 1, 100_000_000),
             ("max_attributes", 1, 100_000),
             ("max_value_bytes", 1, 8 * 1024 * 1024),
+            ("max_bytes", 1024, 1 << 40),
         ];
         for (name, min, max) in cases {
             let key = format!("sessions.{name}");
