@@ -155,3 +155,102 @@ fn status_prints_a_table_of_the_node_and_its_members_and_raw_json_on_request() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("cannot reach"), "{stderr}");
 }
+
+/// A server that answers every request with `head` and then sends `chunk` every `pause`
+/// until the client goes away; the number of body bytes it got out, in all.
+struct HostileServer {
+    addr: std::net::SocketAddr,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HostileServer {
+    fn start(head: &'static str, chunk: &'static [u8], pause: Duration) -> HostileServer {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let sent = std::sync::Arc::new(AtomicU64::new(0));
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (counter, stopped) = (sent.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopped.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let (counter, stopped) = (counter.clone(), stopped.clone());
+                std::thread::spawn(move || {
+                    let mut request = [0u8; 4096];
+                    let _ = conn.read(&mut request);
+                    if conn.write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                    while !stopped.load(Ordering::Relaxed) && conn.write_all(chunk).is_ok() {
+                        counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        if !pause.is_zero() {
+                            std::thread::sleep(pause);
+                        }
+                    }
+                });
+            }
+        });
+        HostileServer { addr, sent, stop }
+    }
+}
+
+impl Drop for HostileServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Wake the accept loop so its thread ends.
+        let _ = std::net::TcpStream::connect(self.addr);
+    }
+}
+
+#[test]
+fn status_reads_at_most_a_megabyte_of_a_server_that_declares_a_terabyte() {
+    static MIB: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+    let server = HostileServer::start(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000000000\r\n\r\n",
+        &MIB,
+        Duration::ZERO,
+    );
+    let started = std::time::Instant::now();
+    let (code, stdout, stderr) = run_cli(&["status", &format!("http://{}", server.addr)]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("more than 1048576 bytes"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    // What left the server is what the client read, plus what the sockets' buffers hold
+    // (a few MiB on loopback); unbounded reading took gigabytes in these seconds.
+    let sent = server.sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(sent < 64 * 1024 * 1024, "the client took {sent} bytes");
+}
+
+#[test]
+fn status_gives_up_on_a_server_that_never_ends_its_answer() {
+    let server = HostileServer::start(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"1\r\n \r\n",
+        Duration::from_millis(200),
+    );
+    let started = std::time::Instant::now();
+    let (code, _, stderr) = run_cli(&["status", &format!("http://{}", server.addr)]);
+    let took = started.elapsed();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("in time"), "{stderr}");
+    // One deadline of 5 s for the whole command (both of its questions); before, each
+    // question had 5 s of its own.
+    assert!(took >= Duration::from_secs(4), "{took:?}");
+    assert!(took < Duration::from_millis(9500), "{took:?}");
+}
+
+#[test]
+fn status_of_an_out_of_range_port_is_an_invalid_url_not_a_refused_connection() {
+    let (code, _, stderr) = run_cli(&["status", "http://127.0.0.1:99999"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("invalid URL"), "{stderr}");
+}

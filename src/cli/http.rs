@@ -1,13 +1,23 @@
 //! A small HTTP/1.1 GET client for the commands that read `/status`.
+//!
+//! It is pointed at whatever URL an operator types, so it trusts nothing it is sent: an
+//! answer is read up to [`MAX_ANSWER`] bytes, and the caller gives one deadline for the
+//! whole exchange (connect, head and body), so a server that never ends its answer, or
+//! declares a terabyte, costs a few seconds and a megabyte, not the machine.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Limited};
 use hyper::Uri;
+use hyper::body::Body;
 use hyper_util::rt::TokioIo;
 use thiserror::Error;
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+/// The largest answer body read: a `/status` of thousands of members is far below this.
+pub const MAX_ANSWER: usize = 1024 * 1024;
 
 #[derive(Debug, Error)]
 pub enum HttpError {
@@ -17,10 +27,12 @@ pub enum HttpError {
     Connect { url: String, reason: String },
     #[error("{url} answered {status}")]
     Status { url: String, status: u16 },
-    #[error("{url} did not answer within {0:?}", .timeout)]
-    Timeout { url: String, timeout: Duration },
+    #[error("{url} did not send its whole answer in time")]
+    Timeout { url: String },
     #[error("unexpected answer from {url}: {reason}")]
     Body { url: String, reason: String },
+    #[error("{url} answered with more than {limit} bytes; not a status document")]
+    TooLarge { url: String, limit: usize },
 }
 
 /// `url` with `path` in place of its path (and query), e.g. a base URL plus `/status`.
@@ -33,6 +45,14 @@ pub fn with_path(url: &str, path: &str) -> Result<Uri, HttpError> {
         return Err(bad());
     }
     let authority = uri.authority().ok_or_else(bad)?.clone();
+    // `Uri` takes any digits as a port, and one beyond 65535 reads back as none at all,
+    // which would quietly become port 80.
+    let after_host = authority.as_str().rsplit(']').next().unwrap_or_default();
+    if let Some((_, port)) = after_host.rsplit_once(':') {
+        if !matches!(port.parse::<u16>(), Ok(1..)) {
+            return Err(bad());
+        }
+    }
     Uri::builder()
         .scheme("http")
         .authority(authority)
@@ -41,15 +61,21 @@ pub fn with_path(url: &str, path: &str) -> Result<Uri, HttpError> {
         .map_err(|_| bad())
 }
 
-/// GETs `uri` and returns the body of a 2xx answer.
+/// GETs `uri` and returns the body of a 2xx answer, if all of it came within `timeout`.
 pub async fn get(uri: &Uri, timeout: Duration) -> Result<Bytes, HttpError> {
     let url = uri.to_string();
     tokio::time::timeout(timeout, get_inner(uri, &url))
         .await
-        .map_err(|_| HttpError::Timeout {
-            url: url.clone(),
-            timeout,
-        })?
+        .map_err(|_| HttpError::Timeout { url: url.clone() })?
+}
+
+/// Ends the connection's task when the exchange ends, however it ends.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn get_inner(uri: &Uri, url: &str) -> Result<Bytes, HttpError> {
@@ -68,7 +94,10 @@ async fn get_inner(uri: &Uri, url: &str) -> Result<Bytes, HttpError> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| connect_err(e.to_string()))?;
-    tokio::spawn(conn);
+    let _conn = AbortOnDrop(tokio::spawn(async move {
+        // Its errors reach the exchange through `send_request` and the body.
+        let _ = conn.await;
+    }));
     let authority = uri.authority().map(|a| a.as_str()).unwrap_or(host);
     let request = hyper::Request::get(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
         .header(hyper::header::HOST, authority)
@@ -89,13 +118,26 @@ async fn get_inner(uri: &Uri, url: &str) -> Result<Bytes, HttpError> {
             status: status.as_u16(),
         });
     }
-    let body = response
-        .into_body()
+    let too_large = || HttpError::TooLarge {
+        url: url.to_string(),
+        limit: MAX_ANSWER,
+    };
+    let body = response.into_body();
+    if body.size_hint().lower() > MAX_ANSWER as u64 {
+        return Err(too_large());
+    }
+    let body = Limited::new(body, MAX_ANSWER)
         .collect()
         .await
-        .map_err(|e| HttpError::Body {
-            url: url.to_string(),
-            reason: e.to_string(),
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                HttpError::Body {
+                    url: url.to_string(),
+                    reason: e.to_string(),
+                }
+            }
         })?;
     Ok(body.to_bytes())
 }
@@ -110,11 +152,24 @@ mod tests {
         assert_eq!(uri.to_string(), "http://127.0.0.1:8081/status");
         let uri = with_path("http://localhost:8081/anything?x=1", "/status").unwrap();
         assert_eq!(uri.to_string(), "http://localhost:8081/status");
+        let uri = with_path("http://[::1]:8081", "/status").unwrap();
+        assert_eq!(uri.port_u16(), Some(8081));
+        with_path("http://localhost", "/status").unwrap();
     }
 
     #[test]
     fn bad_urls_are_rejected() {
-        for url in ["", "127.0.0.1:8081", "https://x:1", "ftp://x", "http://"] {
+        for url in [
+            "",
+            "127.0.0.1:8081",
+            "https://x:1",
+            "ftp://x",
+            "http://",
+            "http://127.0.0.1:99999",
+            "http://127.0.0.1:0",
+            "http://[::1]:70000",
+            "http://x:",
+        ] {
             assert!(with_path(url, "/status").is_err(), "{url}");
         }
     }

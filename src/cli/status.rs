@@ -9,10 +9,21 @@ use super::http::{self, HttpError};
 use super::{CliError, StatusArgs};
 use crate::node::status::StatusDoc;
 
+/// How long the whole command may take, both questions together.
+const DEADLINE: Duration = Duration::from_secs(5);
+
 pub async fn run(args: StatusArgs) -> Result<ExitCode, CliError> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
     // A balancer proxies /status to a node: ask for its own document first.
     let manager = http::with_path(&args.url, "/balancer-manager/status")?;
-    if let Ok(body) = http::get(&manager, Duration::from_secs(5)).await {
+    let uri = http::with_path(&args.url, "/status")?;
+    let first = http::get(&manager, left()).await;
+    if let Err(e @ (HttpError::TooLarge { .. } | HttpError::Timeout { .. })) = first {
+        // The same server would do it again for /status: say so now.
+        return Err(e.into());
+    }
+    if let Ok(body) = first {
         if let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&body) {
             if let Some(members) = doc["members"].as_array() {
                 if args.json {
@@ -24,8 +35,7 @@ pub async fn run(args: StatusArgs) -> Result<ExitCode, CliError> {
             }
         }
     }
-    let uri = http::with_path(&args.url, "/status")?;
-    let body = http::get(&uri, Duration::from_secs(5)).await?;
+    let body = http::get(&uri, left()).await?;
     if args.json {
         println!("{}", String::from_utf8_lossy(&body));
         return Ok(ExitCode::SUCCESS);
