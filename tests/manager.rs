@@ -41,7 +41,9 @@ fn state_of_n1(b: &BalancerProc) -> String {
 
 /// A POST of `form` to the member path with `host` and, if given, `origin`.
 fn post(addr: SocketAddr, host: &str, origin: Option<&str>, form: &str) -> (u16, String) {
-    let origin = origin.map(|o| format!("Origin: {o}\r\n")).unwrap_or_default();
+    let origin = origin
+        .map(|o| format!("Origin: {o}\r\n"))
+        .unwrap_or_default();
     let request = format!(
         "POST /balancer-manager/member HTTP/1.1\r\nHost: {host}\r\n{origin}Connection: close\r\n\
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
@@ -134,7 +136,10 @@ fn the_pages_own_form_with_its_nonce_still_works() {
     let nonce = scrape_nonce(&page);
     assert_eq!(nonce.len(), 32, "128 bits in hex: {nonce}");
     let form = format!("route=n1&action=drain&nonce={nonce}");
-    assert_eq!(post(b.addr, &host, Some(&format!("http://{host}")), &form).0, 303);
+    assert_eq!(
+        post(b.addr, &host, Some(&format!("http://{host}")), &form).0,
+        303
+    );
     assert_eq!(state_of_n1(&b), "draining");
     // Without an Origin (an old browser, curl with the nonce) the nonce alone decides.
     let form = format!("route=n1&action=enable&nonce={nonce}");

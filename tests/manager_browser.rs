@@ -74,8 +74,8 @@ impl BalancerProc {
     /// Sets a member's admin state the way the page's form does, from the page's origin,
     /// with the nonce its forms carry.
     fn post_admin(&self, route: &str, action: &str) -> u16 {
-        let (_, page) = common::http(self.addr, "GET", "/balancer-manager", b"")
-            .expect("the manager page");
+        let (_, page) =
+            common::http(self.addr, "GET", "/balancer-manager", b"").expect("the manager page");
         let page = String::from_utf8_lossy(&page);
         let marker = "name=\"nonce\" value=\"";
         let start = page.find(marker).expect("the page's forms carry a nonce") + marker.len();

@@ -23,8 +23,8 @@ use tracing::{debug, warn};
 
 use crate::balancer::choice::registry::Registry;
 use crate::balancer::http::conn::{self, ClientIo, Exchange};
-use crate::balancer::http::manager;
 use crate::balancer::http::fast::{self, BufferPool};
+use crate::balancer::http::manager;
 use crate::balancer::http::pool::Pool;
 use crate::balancer::http::service::Service;
 use crate::balancer::http::timeout::MemberTimeout;

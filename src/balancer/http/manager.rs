@@ -215,7 +215,10 @@ pub fn answer(
     }
     let (body, kind) = match path.trim_end_matches('/') {
         "/balancer-manager/status" => (status_json(members, connections), "application/json"),
-        "/balancer-manager" => (page_html(members, connections, guard.nonce()), "text/html; charset=utf-8"),
+        "/balancer-manager" => (
+            page_html(members, connections, guard.nonce()),
+            "text/html; charset=utf-8",
+        ),
         _ => return plain(StatusCode::NOT_FOUND, "not found"),
     };
     let mut r = Response::new(full(Bytes::from(body)));
