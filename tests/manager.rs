@@ -3,7 +3,6 @@
 //! `balancer.manager_allow` gets 403 for everything under the prefix, which never reaches
 //! a member. Real balancer processes, raw sockets.
 
-#[allow(dead_code)]
 mod common;
 
 use std::net::SocketAddr;
