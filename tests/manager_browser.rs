@@ -71,9 +71,16 @@ impl BalancerProc {
         format!("http://{}/balancer-manager", self.addr)
     }
 
-    /// Sets a member's admin state the way the page's form does, from the page's origin.
+    /// Sets a member's admin state the way the page's form does, from the page's origin,
+    /// with the nonce its forms carry.
     fn post_admin(&self, route: &str, action: &str) -> u16 {
-        let form = format!("route={route}&action={action}");
+        let (_, page) =
+            common::http(self.addr, "GET", "/balancer-manager", b"").expect("the manager page");
+        let page = String::from_utf8_lossy(&page);
+        let marker = "name=\"nonce\" value=\"";
+        let start = page.find(marker).expect("the page's forms carry a nonce") + marker.len();
+        let nonce = &page[start..start + page[start..].find('"').expect("closing quote")];
+        let form = format!("route={route}&action={action}&nonce={nonce}");
         let request = format!(
             "POST /balancer-manager/member HTTP/1.1\r\nHost: {a}\r\nOrigin: http://{a}\r\n\
              Connection: close\r\nContent-Type: application/x-www-form-urlencoded\r\n\

@@ -120,6 +120,10 @@ pub async fn run_reporting(
     let stop = CancellationToken::new();
     if b.discover {
         discovery::start(&config, registry.clone(), &shutdown, stop.clone())?;
+    } else if b.member.is_empty() {
+        warn!(
+            "balancer.discover is false and no [[balancer.member]] is configured: every request will get 503"
+        );
     }
     let shared = Arc::new(Shared {
         registry,
@@ -131,6 +135,7 @@ pub async fn run_reporting(
             sticky: b.sticky.clone(),
             cookie: config.sessions.cookie.clone(),
         },
+        manager: Arc::new(http::manager::Guard::new(b.manager_allow.clone())),
     });
     let workers = match Workers::start(listeners, &shared, &shutdown) {
         Ok(workers) => workers,

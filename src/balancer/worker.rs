@@ -24,6 +24,7 @@ use tracing::{debug, warn};
 use crate::balancer::choice::registry::Registry;
 use crate::balancer::http::conn::{self, ClientIo, Exchange};
 use crate::balancer::http::fast::{self, BufferPool};
+use crate::balancer::http::manager;
 use crate::balancer::http::pool::Pool;
 use crate::balancer::http::service::Service;
 use crate::balancer::http::timeout::MemberTimeout;
@@ -56,6 +57,7 @@ pub struct Shared {
     pub limit: Arc<ConnectionLimit>,
     pub timeout: Arc<MemberTimeout>,
     pub sticky: sticky::Rule,
+    pub manager: Arc<manager::Guard>,
 }
 
 /// One worker per core the process may use.
@@ -163,7 +165,12 @@ fn run(runtime: Runtime, listener: Listener, shared: Arc<Shared>, shutdown: Shut
             sticky: shared.sticky.clone(),
         };
         let worker = Arc::new(Worker {
-            service: Service::new(upstream, shared.limit.clone(), shutdown.clone()),
+            service: Service::new(
+                upstream,
+                shared.limit.clone(),
+                shutdown.clone(),
+                shared.manager.clone(),
+            ),
             buffers: BufferPool::default(),
             limit: shared.limit.clone(),
             shutdown: shutdown.clone(),

@@ -1,9 +1,17 @@
 //! The reserved `/balancer-manager` paths: the members as JSON (SPEC) and as an HTML page.
+//!
+//! Who may use them ([`Guard`]): only TCP peers in `balancer.manager_allow` (a forwarded-for
+//! header is the client's word, so it is never read), and a change only with the nonce the
+//! page's forms carry, so that a page of another site (CSRF, DNS rebinding) cannot post one.
+
+use std::net::IpAddr;
 
 use bytes::Bytes;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Response, StatusCode};
 use serde::Serialize;
+
+use crate::config::IpRange;
 
 use crate::balancer::choice::member::Admin;
 use crate::balancer::choice::registry::MemberStatus;
@@ -12,10 +20,58 @@ use crate::balancer::http::answer::{ProxyBody, full, plain};
 /// The path a member's admin state is posted to (`route=R&action=drain|disable|enable`).
 pub const MEMBER_PATH: &str = "/balancer-manager/member";
 
-/// A form's `route` and admin action; None when it is not one.
-pub fn parse_action(form: &str) -> Option<(String, Admin)> {
+/// Who may open the manager, and the nonce a change must carry; one per balancer.
+pub struct Guard {
+    allow: Vec<IpRange>,
+    /// 128 bits from the OS CSPRNG, as hex: made at start, shown only in the page's forms
+    /// (never in the JSON), so only a client that could read the page can post a change.
+    nonce: String,
+}
+
+impl Guard {
+    pub fn new(allow: Vec<IpRange>) -> Guard {
+        use rand::TryRngCore as _;
+        let mut b = [0u8; 16];
+        if rand::rngs::OsRng.try_fill_bytes(&mut b).is_err() {
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut b);
+        }
+        Guard::with_nonce(allow, b.iter().map(|x| format!("{x:02x}")).collect())
+    }
+
+    fn with_nonce(allow: Vec<IpRange>, nonce: String) -> Guard {
+        Guard { allow, nonce }
+    }
+
+    /// Whether the TCP peer `ip` may open anything under [`PREFIX`].
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        self.allow.iter().any(|r| r.contains(ip))
+    }
+
+    /// Whether a posted change carries the page's nonce, compared in constant time so its
+    /// bytes cannot be guessed one by one from the answer's timing.
+    pub fn nonce_matches(&self, posted: &str) -> bool {
+        let (a, b) = (self.nonce.as_bytes(), posted.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+    }
+
+    pub fn nonce(&self) -> &str {
+        &self.nonce
+    }
+}
+
+/// A posted change: the member's route, the admin state, and the page's nonce.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Action {
+    pub route: String,
+    pub admin: Admin,
+    pub nonce: String,
+}
+
+/// A form's `route`, admin action and `nonce`; None when it is not one.
+pub fn parse_action(form: &str) -> Option<Action> {
     let mut route = None;
     let mut admin = None;
+    let mut nonce = String::new();
     for pair in form.split('&') {
         let (k, v) = pair.split_once('=')?;
         let v = percent_encoding::percent_decode_str(&v.replace('+', " "))
@@ -24,6 +80,7 @@ pub fn parse_action(form: &str) -> Option<(String, Admin)> {
             .into_owned();
         match k {
             "route" => route = Some(v),
+            "nonce" => nonce = v,
             "action" => {
                 admin = Some(match v.as_str() {
                     "drain" => Admin::Draining,
@@ -35,23 +92,25 @@ pub fn parse_action(form: &str) -> Option<(String, Admin)> {
             _ => {}
         }
     }
-    Some((route?, admin?))
+    Some(Action {
+        route: route?,
+        admin: admin?,
+        nonce,
+    })
 }
 
-/// Whether a POST comes from a page of this origin: its `Origin` (or, without one, its
-/// `Referer`) must be `http://<Host>`; a request with neither is refused.
-pub fn same_origin(headers: &HeaderMap) -> bool {
+/// Whether a POST's `Origin`, if it sent one, is the page's own (`http://<Host>`). A
+/// client that sends none (curl, an old browser) is judged by the nonce alone.
+pub fn origin_is_own(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
     let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
         return false;
     };
-    let own = format!("http://{host}");
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        return origin.to_str().is_ok_and(|o| o == own);
-    }
-    headers
-        .get(header::REFERER)
-        .and_then(|r| r.to_str().ok())
-        .is_some_and(|r| r == own || r.starts_with(&format!("{own}/")))
+    origin
+        .to_str()
+        .is_ok_and(|o| o.strip_prefix("http://") == Some(host))
 }
 
 /// 303 back to the page.
@@ -97,7 +156,7 @@ pub fn status_json(members: &[MemberStatus], connections: &Connections) -> Strin
 }
 
 /// The members table, refreshing itself every 2 s.
-pub fn page_html(members: &[MemberStatus], connections: &Connections) -> String {
+pub fn page_html(members: &[MemberStatus], connections: &Connections, nonce: &str) -> String {
     let mut rows = String::new();
     for m in members {
         let route = escape(&m.route);
@@ -107,7 +166,8 @@ pub fn page_html(members: &[MemberStatus], connections: &Connections) -> String 
             .collect();
         rows.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"state-{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-<td><form method=\"post\" action=\"{MEMBER_PATH}\"><input type=\"hidden\" name=\"route\" value=\"{route}\">{buttons}</form></td></tr>\n",
+<td><form method=\"post\" action=\"{MEMBER_PATH}\"><input type=\"hidden\" name=\"route\" value=\"{route}\">\
+<input type=\"hidden\" name=\"nonce\" value=\"{nonce}\">{buttons}</form></td></tr>\n",
             route,
             escape(&m.url),
             m.loadfactor,
@@ -148,13 +208,17 @@ pub fn answer(
     path: &str,
     members: &[MemberStatus],
     connections: &Connections,
+    guard: &Guard,
 ) -> Response<ProxyBody> {
     if method != Method::GET && method != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     }
     let (body, kind) = match path.trim_end_matches('/') {
         "/balancer-manager/status" => (status_json(members, connections), "application/json"),
-        "/balancer-manager" => (page_html(members, connections), "text/html; charset=utf-8"),
+        "/balancer-manager" => (
+            page_html(members, connections, guard.nonce()),
+            "text/html; charset=utf-8",
+        ),
         _ => return plain(StatusCode::NOT_FOUND, "not found"),
     };
     let mut r = Response::new(full(Bytes::from(body)));
@@ -203,37 +267,68 @@ mod tests {
     #[test]
     fn admin_forms_are_parsed() {
         assert_eq!(
-            parse_action("route=n1&action=drain"),
-            Some(("n1".into(), Admin::Draining))
+            parse_action("route=n1&action=drain&nonce=ab"),
+            Some(Action {
+                route: "n1".into(),
+                admin: Admin::Draining,
+                nonce: "ab".into()
+            })
         );
         assert_eq!(
             parse_action("action=enable&route=n%32"),
-            Some(("n2".into(), Admin::Active))
+            Some(Action {
+                route: "n2".into(),
+                admin: Admin::Active,
+                nonce: String::new()
+            })
         );
         assert_eq!(parse_action("route=n1&action=explode"), None);
         assert_eq!(parse_action("route=n1"), None);
     }
 
     #[test]
-    fn only_same_origin_posts_are_accepted() {
+    fn an_origin_if_sent_must_be_the_pages_own() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
-        assert!(!same_origin(&h), "no origin, no referer");
-        h.insert(
-            header::REFERER,
-            HeaderValue::from_static("http://127.0.0.1:8080/balancer-manager"),
-        );
-        assert!(same_origin(&h));
+        assert!(origin_is_own(&h), "no origin: the nonce decides");
         h.insert(
             header::ORIGIN,
             HeaderValue::from_static("http://evil.example"),
         );
-        assert!(!same_origin(&h), "the origin wins over the referer");
+        assert!(!origin_is_own(&h));
         h.insert(
             header::ORIGIN,
             HeaderValue::from_static("http://127.0.0.1:8080"),
         );
-        assert!(same_origin(&h));
+        assert!(origin_is_own(&h));
+        h.remove(header::HOST);
+        assert!(!origin_is_own(&h), "an origin but no host to match");
+    }
+
+    #[test]
+    fn only_the_exact_nonce_matches() {
+        let guard = Guard::with_nonce(Vec::new(), "00ff".into());
+        assert!(guard.nonce_matches("00ff"));
+        assert!(!guard.nonce_matches("00fe"));
+        assert!(!guard.nonce_matches("00f"));
+        assert!(!guard.nonce_matches(""));
+    }
+
+    #[test]
+    fn the_nonce_is_128_random_bits_in_hex() {
+        let (a, b) = (Guard::new(Vec::new()), Guard::new(Vec::new()));
+        assert_eq!(a.nonce().len(), 32);
+        assert!(a.nonce().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a.nonce(), b.nonce());
+    }
+
+    #[test]
+    fn only_peers_in_the_allowed_ranges_are_let_in() {
+        let lo = IpRange::new("127.0.0.0".parse().unwrap(), 8).unwrap();
+        let guard = Guard::with_nonce(vec![lo], String::new());
+        assert!(guard.allows("127.0.0.1".parse().unwrap()));
+        assert!(!guard.allows("10.0.0.1".parse().unwrap()));
+        assert!(!Guard::with_nonce(Vec::new(), String::new()).allows("127.0.0.1".parse().unwrap()));
     }
 
     #[test]
@@ -253,7 +348,8 @@ mod tests {
             max: 10,
             limit_reached: 0,
         };
-        let html = page_html(&[m], &connections);
+        let html = page_html(&[m], &connections, "c0ffee");
+        assert!(html.contains("name=\"nonce\" value=\"c0ffee\""));
         assert!(html.contains("3 open of 10"));
         assert!(html.contains("http-equiv=\"refresh\""));
         assert!(html.contains("&lt;b&gt;"));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, Version};
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::balancer::http::answer::{self, ProxyBody, plain};
 use crate::balancer::http::manager;
@@ -24,14 +24,22 @@ pub struct Service {
     limit: Arc<ConnectionLimit>,
     /// Owns the tasks requests leave behind (tunnels).
     shutdown: Shutdown,
+    /// Who may open the manager, and its nonce.
+    manager: Arc<manager::Guard>,
 }
 
 impl Service {
-    pub fn new(upstream: Upstream, limit: Arc<ConnectionLimit>, shutdown: Shutdown) -> Service {
+    pub fn new(
+        upstream: Upstream,
+        limit: Arc<ConnectionLimit>,
+        shutdown: Shutdown,
+        manager: Arc<manager::Guard>,
+    ) -> Service {
         Service {
             upstream,
             limit,
             shutdown,
+            manager,
         }
     }
 
@@ -44,6 +52,13 @@ impl Service {
             return answer::refusal(problem);
         }
         let path = req.uri().path();
+        if manager::is_manager_path(path) && !self.manager.allows(peer.ip) {
+            debug!(peer = %peer.ip, "manager refused: the peer is not in balancer.manager_allow");
+            return plain(
+                StatusCode::FORBIDDEN,
+                "forbidden: this address may not open the balancer-manager",
+            );
+        }
         if req.method() == Method::POST && path == manager::MEMBER_PATH {
             return self.set_member(req).await;
         }
@@ -60,14 +75,15 @@ impl Service {
                 max: self.limit.max(),
                 limit_reached: self.limit.reached(),
             };
-            return manager::answer(req.method(), path, &members, &connections);
+            return manager::answer(req.method(), path, &members, &connections, &self.manager);
         }
         proxy::forward(&self.upstream, req, peer, &self.shutdown).await
     }
 
-    /// `POST /balancer-manager/member`: drain, disable or enable a member (same origin only).
+    /// `POST /balancer-manager/member`: drain, disable or enable a member (from the page's
+    /// own form only: its nonce, and its origin if the client names one).
     async fn set_member(&self, req: Request<Incoming>) -> Response<ProxyBody> {
-        if !manager::same_origin(req.headers()) {
+        if !manager::origin_is_own(req.headers()) {
             return plain(
                 StatusCode::FORBIDDEN,
                 "forbidden: not posted from this page",
@@ -77,12 +93,23 @@ impl Service {
             return plain(StatusCode::PAYLOAD_TOO_LARGE, "payload too large");
         };
         let form = String::from_utf8_lossy(&form.to_bytes()).into_owned();
-        let Some((route, admin)) = manager::parse_action(&form) else {
+        let Some(manager::Action {
+            route,
+            admin,
+            nonce,
+        }) = manager::parse_action(&form)
+        else {
             return plain(
                 StatusCode::BAD_REQUEST,
-                "bad request: expected route=ROUTE&action=drain|disable|enable",
+                "bad request: expected route=ROUTE&action=drain|disable|enable&nonce=NONCE",
             );
         };
+        if !self.manager.nonce_matches(&nonce) {
+            return plain(
+                StatusCode::FORBIDDEN,
+                "forbidden: not posted from this page (no or a stale nonce)",
+            );
+        }
         if !self.upstream.registry.set_admin(&route, admin) {
             return plain(StatusCode::NOT_FOUND, "no member with that route");
         }
