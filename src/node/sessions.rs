@@ -89,12 +89,32 @@ async fn begin(shared: &Shared, headers: &HeaderMap, uri: &Uri) -> Result<Visit,
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok());
-    let client = id::find_in_cookie_headers(cookies, &shared.cookie)
-        .or_else(|| id::find_in_path(uri.path()));
+    let path = shared
+        .url_tracking
+        .then(|| id::find_in_path(uri.path()))
+        .flatten();
+    let client = choose(
+        id::cookies_in_headers(cookies, &shared.cookie).chain(path),
+        |id| shared.store.contains(id),
+    );
     Ok(Visit {
         client,
         now_ms: now_ms(),
     })
+}
+
+/// The first candidate that names a live session, as Tomcat does: a stale or planted
+/// cookie ahead of the live one must not cost the client its session. Else the first
+/// candidate, whose route still tells whether the cookie needs re-issuing.
+fn choose(
+    mut candidates: impl Iterator<Item = CookieValue>,
+    live: impl Fn(SessionId) -> bool,
+) -> Option<CookieValue> {
+    let first = candidates.next()?;
+    if live(first.id) {
+        return Some(first);
+    }
+    candidates.find(|c| live(c.id)).or(Some(first))
 }
 
 /// What a request did to a session, replicated.
@@ -522,7 +542,9 @@ fn plain(status: StatusCode, message: &str) -> Response {
 
 fn store_error(e: &StoreError) -> Response {
     let status = match e {
-        StoreError::TooManySessions { .. } | StoreError::TooManyAttributes { .. } => {
+        StoreError::TooManySessions { .. }
+        | StoreError::TooManyAttributes { .. }
+        | StoreError::OverBudget { .. } => {
             StatusCode::INSUFFICIENT_STORAGE
         }
         StoreError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -582,6 +604,7 @@ mod tests {
             store,
             replicator,
             cookie: "JSESSIONID".to_string(),
+            url_tracking: false,
             state: watch::channel(state).0,
         })
     }
