@@ -544,9 +544,7 @@ fn store_error(e: &StoreError) -> Response {
     let status = match e {
         StoreError::TooManySessions { .. }
         | StoreError::TooManyAttributes { .. }
-        | StoreError::OverBudget { .. } => {
-            StatusCode::INSUFFICIENT_STORAGE
-        }
+        | StoreError::OverBudget { .. } => StatusCode::INSUFFICIENT_STORAGE,
         StoreError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         StoreError::BadName { .. } => StatusCode::BAD_REQUEST,
     };
@@ -774,5 +772,48 @@ mod tests {
             Some("")
         );
         assert_eq!(name("/session/attributes/%FF"), None);
+    }
+
+    #[test]
+    fn the_first_cookie_that_names_a_live_session_wins() {
+        let value = |s: &str| id::parse_cookie_value(s).expect("a valid value");
+        let unknown = value("00000000000000000000000000000001.n1");
+        let live = value("00000000000000000000000000000002.n2");
+        let other_live = value("00000000000000000000000000000003.n1");
+        let (live_id, other_id) = (live.id, other_live.id);
+        let is_live = |id: SessionId| id == live_id || id == other_id;
+        let chosen = choose(
+            [unknown.clone(), live.clone(), other_live.clone()].into_iter(),
+            is_live,
+        );
+        assert_eq!(chosen, Some(live.clone()));
+        assert_eq!(
+            choose([other_live.clone(), live].into_iter(), is_live),
+            Some(other_live)
+        );
+        // None live: the first, so a fresh session replaces it.
+        assert_eq!(
+            choose([unknown.clone()].into_iter(), is_live),
+            Some(unknown)
+        );
+        assert_eq!(choose(std::iter::empty(), is_live), None);
+    }
+
+    #[test]
+    fn every_session_cookie_of_every_cookie_header_is_a_candidate() {
+        let headers = [
+            "JSESSIONID=00000000000000000000000000000001.n1; JSESSIONID=bad",
+            "x=1; JSESSIONID=00000000000000000000000000000002",
+        ];
+        let found: Vec<String> = id::cookies_in_headers(headers, "JSESSIONID")
+            .map(|c| c.id.to_string())
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "00000000000000000000000000000001",
+                "00000000000000000000000000000002"
+            ]
+        );
     }
 }
