@@ -1,8 +1,10 @@
 //! The session endpoints of a node: the classic test page, the session document and the
 //! attribute API (SPEC "Node HTTP endpoints").
 //!
-//! Every request finds its session the same way: the session cookie from all `Cookie`
-//! headers, else a `;jsessionid=` path parameter (Tomcat's URL rewriting). The id without
+//! Every request finds its session the same way: the first session cookie, from all
+//! `Cookie` headers, that names a live session, then (only with `sessions.url_tracking`,
+//! against fixation by link) a `;jsessionid=` path parameter (Tomcat's URL rewriting); with
+//! none live, the first of them, for its route. The id without
 //! its route is the key; an unknown, expired, invalidated or malformed id is never an
 //! error, it just means "no session". A request that changed its session replicates the
 //! delta before the response leaves, which is what makes sync replication true. The cookie
