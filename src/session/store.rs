@@ -535,9 +535,15 @@ impl SessionStore {
                     self.inner.live.fetch_sub(1, Ordering::Relaxed);
                     return Applied::Ended;
                 }
-                let before = state_bytes(state);
-                let merged = state.merge(delta);
-                self.inner.account(before, state_bytes(state));
+                // Most deltas from peers carry only access times: no bytes to recount.
+                let merged = if delta.attributes.is_empty() {
+                    state.merge(delta)
+                } else {
+                    let before = state_bytes(state);
+                    let merged = state.merge(delta);
+                    self.inner.account(before, state_bytes(state));
+                    merged
+                };
                 if merged {
                     Applied::Changed
                 } else {
