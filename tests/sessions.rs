@@ -526,8 +526,8 @@ fn unknown_or_malformed_cookies_get_a_fresh_session_never_an_error() {
 }
 
 #[test]
-fn the_jsessionid_path_parameter_finds_the_session() {
-    let node = start("path-param", &[]);
+fn with_url_tracking_on_the_jsessionid_path_parameter_finds_the_session() {
+    let node = start("path-param", &["--set", "sessions.url_tracking=true"]);
     let cookie = put(&node, "user", None, b"ada").issued();
     let hex = cookie.strip_suffix(".n1").expect("route n1");
 
@@ -704,4 +704,160 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 12: session ids from links, several cookies, the byte budget.
+
+#[test]
+fn with_url_tracking_off_a_linked_session_is_neither_served_nor_set_as_the_cookie() {
+    let node = start("url-tracking-off", &[]);
+    // The attacker's own session, planted in a link.
+    let planted = put(&node, "user", None, b"mallory").issued();
+
+    let read = get(
+        &node,
+        &format!("/session/attributes/user;jsessionid={planted}"),
+        None,
+    );
+    read.assert_error(404);
+    assert!(read.set_cookies().is_empty(), "{read:?}");
+
+    // The endpoints stay reachable with the parameter; the victim gets a fresh session.
+    let doc = get(&node, &format!("/session;jsessionid={planted}"), None);
+    assert_eq!(doc.code, 200, "{doc:?}");
+    let fresh = doc.issued();
+    assert_ne!(fresh, planted);
+    assert_eq!(doc.json()["id"], fresh.as_str());
+    let page = get(&node, &format!("/;jsessionid={planted}"), None);
+    assert_eq!(page.code, 200, "{page:?}");
+    assert_ne!(page.issued(), planted);
+    let set = request(
+        &node,
+        "PUT",
+        &format!("/session/attributes/cart;jsessionid={planted}"),
+        &[],
+        b"1",
+    );
+    assert_eq!(set.code, 204, "{set:?}");
+    assert_ne!(set.issued(), planted);
+    attribute(&node, "cart", &planted).assert_error(404);
+
+    // Nor can a link end someone's session.
+    let ended = send(
+        &node,
+        "POST",
+        &format!("/session/invalidate;jsessionid={planted}"),
+        None,
+    );
+    assert_eq!(ended.code, 204, "{ended:?}");
+    assert_eq!(attribute(&node, "user", &planted).body, b"mallory");
+}
+
+#[test]
+fn of_several_session_cookies_the_first_that_names_a_live_session_wins() {
+    let node = start("several-cookies", &[]);
+    let live = put(&node, "user", None, b"ada").issued();
+    let unknown = "0123456789ABCDEF0123456789ABCDEF.n1";
+
+    let one_field = format!("JSESSIONID={unknown}; JSESSIONID={live}");
+    let read = request(&node, "GET", "/session/attributes/user", &[&one_field], b"");
+    assert_eq!(read.code, 200, "{read:?}");
+    assert_eq!(read.body, b"ada");
+    assert!(read.set_cookies().is_empty(), "{read:?}");
+
+    let (first, second) = (jar(unknown), jar(&live));
+    let two_fields = request(
+        &node,
+        "GET",
+        "/session/attributes/user",
+        &[&first, &second],
+        b"",
+    );
+    assert_eq!(two_fields.code, 200, "{two_fields:?}");
+    assert_eq!(two_fields.body, b"ada");
+
+    // A write goes to the live session too, not to a fresh one.
+    let write = request(&node, "PUT", "/session/attributes/x", &[&one_field], b"1");
+    assert_eq!(write.code, 204, "{write:?}");
+    assert!(write.set_cookies().is_empty(), "{write:?}");
+    assert_eq!(attribute(&node, "x", &live).body, b"1");
+    assert_eq!(active_sessions(&node), Some(1));
+}
+
+fn session_bytes(node: &NodeProc) -> Option<(u64, u64)> {
+    let status = node.status()?;
+    let sessions = &status["sessions"];
+    Some((
+        sessions["bytes"].as_u64()?,
+        sessions["refused_over_budget"].as_u64()?,
+    ))
+}
+
+#[test]
+fn writes_past_sessions_max_bytes_get_507_change_nothing_and_are_counted() {
+    let node = start("max-bytes", &["--set", "sessions.max_bytes=1024"]);
+    let value = [b'v'; 500];
+    // "a0" + 500 bytes each: two fit in 1024, a third does not.
+    let cookie = put(&node, "a0", None, &value).issued();
+    assert_eq!(put(&node, "a1", Some(&cookie), &value).code, 204);
+    assert_eq!(session_bytes(&node), Some((1004, 0)));
+
+    put(&node, "a2", Some(&cookie), &value).assert_error(507);
+    attribute(&node, "a2", &cookie).assert_error(404);
+    // Another session is no way around it.
+    let other = get(&node, "/session", None).issued();
+    put(&node, "b", Some(&other), &value).assert_error(507);
+    assert_eq!(session_bytes(&node), Some((1004, 2)));
+
+    // A removal frees the value (the name stays, as the removal's version).
+    let removed = send(&node, "DELETE", "/session/attributes/a0", Some(&cookie));
+    assert_eq!(removed.code, 204, "{removed:?}");
+    assert_eq!(session_bytes(&node), Some((504, 2)));
+    assert_eq!(put(&node, "a2", Some(&cookie), &value).code, 204);
+    assert_eq!(attribute(&node, "a2", &cookie).body, value);
+    assert_eq!(session_bytes(&node), Some((1006, 2)));
+
+    // Invalidation gives everything back.
+    let ended = send(&node, "POST", "/session/invalidate", Some(&cookie));
+    assert_eq!(ended.code, 204, "{ended:?}");
+    assert_eq!(session_bytes(&node), Some((0, 2)));
+}
+
+#[test]
+fn a_replica_counts_the_same_bytes_as_the_node_that_took_the_writes() {
+    let cluster = Cluster::new("max-bytes-pair");
+    let args: Vec<&str> = FAST
+        .iter()
+        .chain(&["--set", "sessions.max_bytes=1024"])
+        .copied()
+        .collect();
+    let n1 = cluster.node("n1", &args);
+    let n2 = cluster.node("n2", &args);
+    common::wait_converged(&[&n1, &n2], STARTUP);
+    for node in [&n1, &n2] {
+        wait_until(STARTUP, "the node is ready", || {
+            (node.status()?["node"]["state"] == "ready").then_some(())
+        });
+    }
+    let value = [b'v'; 300];
+    let cookie = put(&n1, "a", None, &value).issued();
+    assert_eq!(put(&n1, "b", Some(&cookie), &value).code, 204);
+    assert_eq!(put(&n1, "a", Some(&cookie), b"short").code, 204);
+    let removed = send(&n1, "DELETE", "/session/attributes/b", Some(&cookie));
+    assert_eq!(removed.code, 204, "{removed:?}");
+    // a: 1 + 5, b: 1 (its removal).
+    assert_eq!(session_bytes(&n1), Some((7, 0)));
+    wait_until(STARTUP, "the replica holds the same bytes", || {
+        (session_bytes(&n2)? == (7, 0)).then_some(())
+    });
+    // The replica's budget holds for its own clients.
+    let local = put(&n2, "big", Some(&cookie), &[b'x'; 1020]);
+    local.assert_error(507);
+    assert_eq!(session_bytes(&n2), Some((7, 1)));
+    let ended = send(&n1, "POST", "/session/invalidate", Some(&cookie));
+    assert_eq!(ended.code, 204, "{ended:?}");
+    wait_until(STARTUP, "the replica frees the bytes", || {
+        (session_bytes(&n2)?.0 == 0).then_some(())
+    });
 }

@@ -217,7 +217,10 @@ mod tests {
                 state: "suspect".into(),
                 last_heard_ms: 1_300,
             }],
-            sessions: SessionsStatus { active: 0 },
+            sessions: SessionsStatus {
+                active: 0,
+                ..SessionsStatus::default()
+            },
             replication: ReplicationStatus {
                 mode: "sync".into(),
                 deltas_sent: 0,

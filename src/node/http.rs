@@ -63,6 +63,8 @@ pub(super) fn status_doc(shared: &Shared) -> StatusDoc {
             .collect(),
         sessions: SessionsStatus {
             active: shared.store.len() as u64,
+            bytes: shared.store.bytes(),
+            refused_over_budget: shared.store.refused_over_budget(),
         },
         replication: ReplicationStatus {
             mode: shared.replicator.mode().to_string(),

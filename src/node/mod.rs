@@ -73,6 +73,8 @@ pub struct Shared {
     pub replicator: Replicator,
     /// Name of the session cookie (sessions.cookie).
     pub cookie: String,
+    /// Whether a `;jsessionid=` path parameter may name the session (sessions.url_tracking).
+    pub url_tracking: bool,
     state: watch::Sender<NodeState>,
 }
 
@@ -390,6 +392,7 @@ async fn launch<D: Datagrams>(
         store,
         replicator: replicator.clone(),
         cookie: config.sessions.cookie.clone(),
+        url_tracking: config.sessions.url_tracking,
         state: watch::channel(NodeState::Joining).0,
     });
     info!(
@@ -511,6 +514,7 @@ fn limits(config: &Config) -> Limits {
         max_sessions: size(s.max_sessions),
         max_attributes: size(s.max_attributes),
         max_value_bytes: size(s.max_value_bytes),
+        max_bytes: s.max_bytes,
         ..Limits::default()
     }
 }

@@ -1,8 +1,10 @@
 //! The session endpoints of a node: the classic test page, the session document and the
 //! attribute API (SPEC "Node HTTP endpoints").
 //!
-//! Every request finds its session the same way: the session cookie from all `Cookie`
-//! headers, else a `;jsessionid=` path parameter (Tomcat's URL rewriting). The id without
+//! Every request finds its session the same way: the first session cookie, from all
+//! `Cookie` headers, that names a live session, then (only with `sessions.url_tracking`,
+//! against fixation by link) a `;jsessionid=` path parameter (Tomcat's URL rewriting); with
+//! none live, the first of them, for its route. The id without
 //! its route is the key; an unknown, expired, invalidated or malformed id is never an
 //! error, it just means "no session". A request that changed its session replicates the
 //! delta before the response leaves, which is what makes sync replication true. The cookie
@@ -89,12 +91,32 @@ async fn begin(shared: &Shared, headers: &HeaderMap, uri: &Uri) -> Result<Visit,
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok());
-    let client = id::find_in_cookie_headers(cookies, &shared.cookie)
-        .or_else(|| id::find_in_path(uri.path()));
+    let path = shared
+        .url_tracking
+        .then(|| id::find_in_path(uri.path()))
+        .flatten();
+    let client = choose(
+        id::cookies_in_headers(cookies, &shared.cookie).chain(path),
+        |id| shared.store.contains(id),
+    );
     Ok(Visit {
         client,
         now_ms: now_ms(),
     })
+}
+
+/// The first candidate that names a live session, as Tomcat does: a stale or planted
+/// cookie ahead of the live one must not cost the client its session. Else the first
+/// candidate, whose route still tells whether the cookie needs re-issuing.
+fn choose(
+    mut candidates: impl Iterator<Item = CookieValue>,
+    live: impl Fn(SessionId) -> bool,
+) -> Option<CookieValue> {
+    let first = candidates.next()?;
+    if live(first.id) {
+        return Some(first);
+    }
+    candidates.find(|c| live(c.id)).or(Some(first))
 }
 
 /// What a request did to a session, replicated.
@@ -522,9 +544,9 @@ fn plain(status: StatusCode, message: &str) -> Response {
 
 fn store_error(e: &StoreError) -> Response {
     let status = match e {
-        StoreError::TooManySessions { .. } | StoreError::TooManyAttributes { .. } => {
-            StatusCode::INSUFFICIENT_STORAGE
-        }
+        StoreError::TooManySessions { .. }
+        | StoreError::TooManyAttributes { .. }
+        | StoreError::OverBudget { .. } => StatusCode::INSUFFICIENT_STORAGE,
         StoreError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         StoreError::BadName { .. } => StatusCode::BAD_REQUEST,
     };
@@ -582,6 +604,7 @@ mod tests {
             store,
             replicator,
             cookie: "JSESSIONID".to_string(),
+            url_tracking: false,
             state: watch::channel(state).0,
         })
     }
@@ -751,5 +774,48 @@ mod tests {
             Some("")
         );
         assert_eq!(name("/session/attributes/%FF"), None);
+    }
+
+    #[test]
+    fn the_first_cookie_that_names_a_live_session_wins() {
+        let value = |s: &str| id::parse_cookie_value(s).expect("a valid value");
+        let unknown = value("00000000000000000000000000000001.n1");
+        let live = value("00000000000000000000000000000002.n2");
+        let other_live = value("00000000000000000000000000000003.n1");
+        let (live_id, other_id) = (live.id, other_live.id);
+        let is_live = |id: SessionId| id == live_id || id == other_id;
+        let chosen = choose(
+            [unknown.clone(), live.clone(), other_live.clone()].into_iter(),
+            is_live,
+        );
+        assert_eq!(chosen, Some(live.clone()));
+        assert_eq!(
+            choose([other_live.clone(), live].into_iter(), is_live),
+            Some(other_live)
+        );
+        // None live: the first, so a fresh session replaces it.
+        assert_eq!(
+            choose([unknown.clone()].into_iter(), is_live),
+            Some(unknown)
+        );
+        assert_eq!(choose(std::iter::empty(), is_live), None);
+    }
+
+    #[test]
+    fn every_session_cookie_of_every_cookie_header_is_a_candidate() {
+        let headers = [
+            "JSESSIONID=00000000000000000000000000000001.n1; JSESSIONID=bad",
+            "x=1; JSESSIONID=00000000000000000000000000000002",
+        ];
+        let found: Vec<String> = id::cookies_in_headers(headers, "JSESSIONID")
+            .map(|c| c.id.to_string())
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "00000000000000000000000000000001",
+                "00000000000000000000000000000002"
+            ]
+        );
     }
 }

@@ -44,6 +44,12 @@ pub struct MemberStatus {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct SessionsStatus {
     pub active: u64,
+    /// Attribute bytes (names and values) held now, against `sessions.max_bytes`.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Writes from clients refused (507) because they would have passed `max_bytes`.
+    #[serde(default)]
+    pub refused_over_budget: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

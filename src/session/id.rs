@@ -194,12 +194,21 @@ pub fn find_in_cookie_headers<'a>(
     headers: impl IntoIterator<Item = &'a str>,
     name: &str,
 ) -> Option<CookieValue> {
+    cookies_in_headers(headers, name).next()
+}
+
+/// Every session cookie `name` that parses, in the order of the `Cookie` headers and of
+/// the pairs within each: a node tries them in turn for one that names a live session.
+pub fn cookies_in_headers<'a>(
+    headers: impl IntoIterator<Item = &'a str>,
+    name: &str,
+) -> impl Iterator<Item = CookieValue> {
     headers
         .into_iter()
         .flat_map(|header| header.split(';'))
         .filter_map(|pair| pair.split_once('='))
-        .filter(|(n, _)| n.trim() == name)
-        .find_map(|(_, v)| parse_cookie_value(v.trim()))
+        .filter(move |(n, _)| n.trim() == name)
+        .filter_map(|(_, v)| parse_cookie_value(v.trim()))
 }
 
 /// Finds `;jsessionid=VALUE` (path parameter, name matched case-insensitively, as Tomcat's URL

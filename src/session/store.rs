@@ -29,6 +29,8 @@ pub struct Limits {
     pub max_attributes: usize,
     pub max_value_bytes: usize,
     pub max_name_bytes: usize,
+    /// All attribute bytes (names and values) this node holds, in every session.
+    pub max_bytes: u64,
 }
 
 impl Default for Limits {
@@ -38,6 +40,7 @@ impl Default for Limits {
             max_attributes: 64,
             max_value_bytes: 64 * 1024,
             max_name_bytes: 256,
+            max_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -52,6 +55,8 @@ pub enum StoreError {
     ValueTooLarge { len: usize, max: usize },
     #[error("attribute name must be 1 to {max} bytes")]
     BadName { max: usize },
+    #[error("this node holds its limit of {max} attribute bytes")]
+    OverBudget { max: u64 },
 }
 
 /// How a session ended; kept as a tombstone for [`TOMBSTONE_TTL_MS`].
@@ -114,6 +119,25 @@ struct Inner {
     shards: Box<[RwLock<Shard>]>,
     clock: AtomicU64,
     live: AtomicUsize,
+    /// Attribute bytes held (see [`state_bytes`]); kept exact on every path that changes a
+    /// session, one atomic for the store so a write checks the budget without a lock.
+    bytes: AtomicU64,
+    /// Local writes refused because they would have passed `max_bytes`.
+    refused: AtomicU64,
+}
+
+/// What a session costs the budget: every attribute's name (removals keep theirs, as
+/// versions) and value.
+fn state_bytes(state: &SessionState) -> u64 {
+    state
+        .attributes
+        .iter()
+        .map(|a| attribute_bytes(&a.name, a.value.as_ref()))
+        .sum()
+}
+
+fn attribute_bytes(name: &str, value: Option<&Bytes>) -> u64 {
+    (name.len() + value.map_or(0, Bytes::len)) as u64
 }
 
 /// A cheap-to-clone handle on one node's sessions.
@@ -185,18 +209,42 @@ impl SessionMut<'_> {
                 max: limits.max_attributes,
             });
         }
+        let before = self.held(name);
+        let after = attribute_bytes(name, Some(&value));
+        // Reserved before the change, in one step, so concurrent writes on other shards
+        // cannot pass the budget together.
+        if after > before && !self.inner.reserve(after - before) {
+            self.inner.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(StoreError::OverBudget {
+                max: limits.max_bytes,
+            });
+        }
         // A compact copy: the caller's value may be a slice of a much larger buffer (an
         // HTTP read buffer), which the session would otherwise keep alive.
         self.change(name, Some(Bytes::copy_from_slice(&value)));
+        if after < before {
+            self.inner.release(before - after);
+        }
         Ok(())
+    }
+
+    /// The budget bytes the attribute `name` holds now (0 when the session never had it).
+    fn held(&self, name: &str) -> u64 {
+        self.state
+            .attributes
+            .iter()
+            .find(|a| *a.name == *name)
+            .map_or(0, |a| attribute_bytes(&a.name, a.value.as_ref()))
     }
 
     /// Removes an attribute; false when it had no value.
     pub fn remove(&mut self, name: &str) -> bool {
-        if self.state.get(name).is_none() {
+        let Some(value) = self.state.get(name) else {
             return false;
-        }
+        };
+        let freed = value.len() as u64;
         self.change(name, None);
+        self.inner.release(freed);
         true
     }
 
@@ -235,6 +283,35 @@ impl Inner {
     fn observe(&self, counter: u64) {
         self.clock.fetch_max(counter, Ordering::Relaxed);
     }
+
+    /// Takes `n` bytes of the budget; false (and nothing taken) when that would pass it.
+    fn reserve(&self, n: u64) -> bool {
+        let max = self.limits.max_bytes;
+        self.bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(n).filter(|total| *total <= max)
+            })
+            .is_ok()
+    }
+
+    /// Counts bytes a replicated change brought: never refused (a member that refused
+    /// what another accepted would diverge from it), even past the budget.
+    fn charge(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn release(&self, n: u64) {
+        self.bytes.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Accounts a change of a session from `before` to `after` budget bytes.
+    fn account(&self, before: u64, after: u64) {
+        if after > before {
+            self.charge(after - before);
+        } else {
+            self.release(before - after);
+        }
+    }
 }
 
 impl SessionStore {
@@ -248,6 +325,8 @@ impl SessionStore {
                 shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
                 clock: AtomicU64::new(0),
                 live: AtomicUsize::new(0),
+                bytes: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
             }),
         }
     }
@@ -267,6 +346,16 @@ impl SessionStore {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Attribute bytes (names and values) held in live sessions, against `max_bytes`.
+    pub fn bytes(&self) -> u64 {
+        self.inner.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Local writes refused for the byte budget since the start.
+    pub fn refused_over_budget(&self) -> u64 {
+        self.inner.refused.load(Ordering::Relaxed)
     }
 
     /// Runs `f` on the live session `id`, touching it. `None` when there is none (unknown,
@@ -398,6 +487,7 @@ impl SessionStore {
         };
         let mut delta = Delta::new(id, state.created_ms, state.last_access_ms);
         delta.invalidated = true;
+        self.inner.release(state_bytes(state));
         shard.entries.insert(
             id,
             Entry::Ended {
@@ -427,12 +517,14 @@ impl SessionStore {
                     return Applied::Ended;
                 }
                 let state = SessionState::from_delta(delta, self.inner.default_max_inactive_s);
+                self.inner.charge(state_bytes(&state));
                 entries.insert(delta.id, Entry::Live(state));
                 self.inner.live.fetch_add(1, Ordering::Relaxed);
                 Applied::Created
             }
             Some(Entry::Live(state)) => {
                 if delta.invalidated {
+                    self.inner.release(state_bytes(state));
                     entries.insert(
                         delta.id,
                         Entry::Ended {
@@ -443,7 +535,16 @@ impl SessionStore {
                     self.inner.live.fetch_sub(1, Ordering::Relaxed);
                     return Applied::Ended;
                 }
-                if state.merge(delta) {
+                // Most deltas from peers carry only access times: no bytes to recount.
+                let merged = if delta.attributes.is_empty() {
+                    state.merge(delta)
+                } else {
+                    let before = state_bytes(state);
+                    let merged = state.merge(delta);
+                    self.inner.account(before, state_bytes(state));
+                    merged
+                };
+                if merged {
                     Applied::Changed
                 } else {
                     Applied::Unchanged
@@ -459,6 +560,7 @@ impl SessionStore {
                     return Applied::Ended;
                 }
                 let state = SessionState::from_delta(delta, self.inner.default_max_inactive_s);
+                self.inner.charge(state_bytes(&state));
                 entries.insert(delta.id, Entry::Live(state));
                 self.inner.live.fetch_add(1, Ordering::Relaxed);
                 Applied::Created
@@ -499,6 +601,7 @@ impl SessionStore {
             shard.entries.retain(|_, entry| match entry {
                 Entry::Live(state) => {
                     if now_ms > state.expires_at_ms().saturating_add(EXPIRY_SLACK_MS) {
+                        self.inner.release(state_bytes(state));
                         *entry = Entry::Ended {
                             how: Ended::Expired {
                                 last_access_ms: state.last_access_ms,

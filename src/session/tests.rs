@@ -108,6 +108,7 @@ fn limits_give_clear_errors_and_change_nothing() {
         max_attributes: 1,
         max_value_bytes: 4,
         max_name_bytes: 8,
+        ..Limits::default()
     };
     let a = SessionStore::new(NodeId::from_u64(1), limits, 60);
     let id = a.update_or_create(None, 1, |_| ()).unwrap().id;
@@ -314,6 +315,8 @@ proptest! {
             other.apply(d, 1);
         }
         prop_assert_eq!(contents(&forward), contents(&other));
+        prop_assert_eq!(forward.bytes(), recount(&forward));
+        prop_assert_eq!(other.bytes(), recount(&other));
         for s in 0..3u8 {
             let id = SessionId::from_bytes([s; 16]);
             prop_assert_eq!(forward.contains(id), other.contains(id));
@@ -377,4 +380,157 @@ fn digests_find_exactly_the_sessions_that_differ() {
         all
     };
     assert!(without_access(&a) == without_access(&b2));
+}
+
+// ---------------------------------------------------------------------------------------
+// The byte budget (sessions.max_bytes): exact on every path, refused only for local writes.
+
+/// The budget bytes of every live session, counted from scratch.
+fn recount(s: &SessionStore) -> u64 {
+    contents(s)
+        .iter()
+        .flat_map(|d| &d.attributes)
+        .map(|a| (a.name.len() + a.value.as_ref().map_or(0, Bytes::len)) as u64)
+        .sum()
+}
+
+fn budget(node: u64, max_bytes: u64) -> SessionStore {
+    let limits = Limits {
+        max_bytes,
+        ..Limits::default()
+    };
+    SessionStore::new(NodeId::from_u64(node), limits, 60)
+}
+
+#[test]
+fn set_overwrite_and_remove_keep_the_byte_count_exact() {
+    let a = store(1);
+    let id = a
+        .update_or_create(None, 1, |s| s.set("name", b("12345")))
+        .unwrap()
+        .id;
+    assert_eq!(a.bytes(), 9);
+    a.update(id, 2, |s| s.set("name", b("1"))).unwrap();
+    assert_eq!(a.bytes(), 5);
+    a.update(id, 3, |s| s.set("other", b("123"))).unwrap();
+    assert_eq!(a.bytes(), 13);
+    // A removal keeps the name (its version stops late sets) and frees the value.
+    assert!(a.update(id, 4, |s| s.remove("name")).unwrap().value);
+    assert_eq!(a.bytes(), 12);
+    a.update(id, 5, |s| s.set("name", b("12"))).unwrap();
+    assert_eq!(a.bytes(), 14);
+    assert_eq!(a.bytes(), recount(&a));
+}
+
+#[test]
+fn a_write_past_the_budget_is_refused_counted_and_changes_nothing() {
+    let a = budget(1, 10);
+    let id = a
+        .update_or_create(None, 1, |s| s.set("a", b("123456789")))
+        .unwrap()
+        .id;
+    assert_eq!(a.bytes(), 10);
+    let refused = a.update(id, 2, |s| s.set("b", b("1"))).unwrap();
+    assert_eq!(refused.value, Err(StoreError::OverBudget { max: 10 }));
+    assert!(refused.delta.is_none());
+    let grown = a.update(id, 3, |s| s.set("a", b("1234567890"))).unwrap();
+    assert_eq!(grown.value, Err(StoreError::OverBudget { max: 10 }));
+    assert_eq!(read(&a, id, "a", 4), Some(b("123456789")));
+    assert_eq!((a.bytes(), a.refused_over_budget()), (10, 2));
+    // Shrinking is always allowed, and frees room.
+    let shrunk = a.update(id, 5, |s| s.set("a", b("1234567"))).unwrap();
+    assert_eq!(shrunk.value, Ok(()));
+    assert_eq!(
+        a.update(id, 6, |s| s.set("b", b("1"))).unwrap().value,
+        Ok(())
+    );
+    assert_eq!(a.bytes(), 10);
+}
+
+#[test]
+fn invalidation_and_expiry_free_a_sessions_bytes() {
+    let a = store(1);
+    let one = a
+        .update_or_create(None, 1, |s| s.set("x", b("123")))
+        .unwrap()
+        .id;
+    a.update_or_create(None, 1_000_000, |s| s.set("y", b("12")))
+        .unwrap();
+    assert_eq!(a.bytes(), 7);
+    a.invalidate(one, 2).unwrap();
+    assert_eq!(a.bytes(), 3);
+    a.sweep(1_000_000 + 60_000 + EXPIRY_SLACK_MS + 1);
+    assert_eq!(a.bytes(), 0);
+}
+
+#[test]
+fn remote_deltas_are_counted_never_refused_and_hold_off_local_writes_until_under() {
+    let a = store(1);
+    let id = a
+        .update_or_create(None, 1, |s| s.set("big", b("123456789")))
+        .unwrap();
+    let created = id.delta.unwrap();
+    let replica = budget(2, 10);
+    assert_eq!(replica.apply(&created, 2), Applied::Created);
+    assert_eq!(replica.bytes(), 12);
+    // Over the budget by replication: the replica keeps what the cluster holds...
+    let grown = a.update(id.id, 3, |s| s.set("more", b("1"))).unwrap();
+    replica.apply(grown.delta.as_ref().unwrap(), 4);
+    assert_eq!(replica.bytes(), 17);
+    // ...and refuses local growth, while shrinking still goes through.
+    let local = replica.update(id.id, 5, |s| s.set("m", b(""))).unwrap();
+    assert_eq!(local.value, Err(StoreError::OverBudget { max: 10 }));
+    assert_eq!(replica.refused_over_budget(), 1);
+    let removed = a.update(id.id, 6, |s| s.remove("big")).unwrap();
+    replica.apply(removed.delta.as_ref().unwrap(), 7);
+    assert_eq!(replica.bytes(), 8);
+    assert_eq!(
+        replica
+            .update(id.id, 8, |s| s.set("m", b("1")))
+            .unwrap()
+            .value,
+        Ok(())
+    );
+    assert_eq!(replica.bytes(), recount(&replica));
+    // An overwrite and an invalidation from elsewhere.
+    let overwrite = a.update(id.id, 9, |s| s.set("more", b("12345"))).unwrap();
+    replica.apply(overwrite.delta.as_ref().unwrap(), 10);
+    assert_eq!(replica.bytes(), recount(&replica));
+    replica.apply(&a.invalidate(id.id, 11).unwrap(), 12);
+    assert_eq!(replica.bytes(), 0);
+}
+
+#[test]
+fn state_transfer_and_a_revived_session_are_counted_once() {
+    let a = store(1);
+    for i in 0..20u64 {
+        a.update_or_create(None, 1 + i, |s| {
+            s.set("k", Bytes::from(vec![0; i as usize]))
+        })
+        .unwrap();
+    }
+    let joiner = store(2);
+    for shard in 0..a.shard_count() {
+        for d in a.export_shard(shard) {
+            joiner.apply(&d, 100);
+            // A second copy (anti-entropy after the transfer) adds nothing.
+            joiner.apply(&d, 101);
+        }
+    }
+    assert_eq!(joiner.bytes(), a.bytes());
+    assert_eq!(joiner.bytes(), recount(&a));
+    // Expired here, then brought back whole with newer activity (a healed partition).
+    let id = a
+        .update_or_create(None, 200, |s| s.set("r", b("1234")))
+        .unwrap();
+    joiner.apply(id.delta.as_ref().unwrap(), 200);
+    let before = joiner.bytes();
+    joiner.sweep(200 + 60_000 + EXPIRY_SLACK_MS + 1);
+    assert_eq!(joiner.bytes(), 0);
+    // The access at 50 s never reached the joiner, which expired the session meanwhile.
+    a.update(id.id, 50_200, |_| ()).unwrap();
+    let revived = a.export(&[id.id]).pop().unwrap();
+    assert_eq!(joiner.apply(&revived, 200_000), Applied::Created);
+    assert_eq!(joiner.bytes(), 5);
+    assert!(before > 5);
 }
