@@ -1,4 +1,4 @@
-//! A client connection of the balancer on the hyper path: how hyper serves it (timeouts,
+//! A client connection on the hyper path (the balancer's and the node's): how hyper serves it (timeouts,
 //! buffer limit), and a one-line text answer to a request hyper cannot parse.
 //!
 //! hyper answers a request head it cannot parse by itself (400, 431 or 414, with
@@ -30,7 +30,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
 use tracing::debug;
 
-use crate::balancer::rules::refusal::{CONTENT_TYPE, Refusal};
+/// The type of every one-line answer (as the balancer's refusals).
+pub const CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
 /// After our answer to a bad head, how long (at most) and how many bytes the rest of the
 /// request is read and dropped before the socket closes: closing with unread bytes would
@@ -67,13 +68,13 @@ pub fn http1() -> http1::Builder {
 
 /// The one-line body of each status hyper answers a bad head with.
 fn error_line(status: StatusCode) -> String {
-    let refusal = match status {
-        StatusCode::BAD_REQUEST => Refusal::MalformedHead,
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => Refusal::HeadersTooLarge,
-        StatusCode::URI_TOO_LONG => Refusal::TargetTooLong,
-        _ => return "bad request".to_string(),
-    };
-    refusal.to_string()
+    match status {
+        StatusCode::BAD_REQUEST => "bad request: malformed request",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "request header fields too large",
+        StatusCode::URI_TOO_LONG => "URI too long",
+        _ => "bad request",
+    }
+    .to_string()
 }
 
 /// Our answer in place of hyper's bodiless answer `hyper_answer` (a whole response head):
