@@ -72,6 +72,7 @@ fn error_line(status: StatusCode) -> String {
         StatusCode::BAD_REQUEST => "bad request: malformed request",
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "request header fields too large",
         StatusCode::URI_TOO_LONG => "URI too long",
+        StatusCode::HTTP_VERSION_NOT_SUPPORTED => "HTTP version not supported",
         _ => "bad request",
     }
     .to_string()
@@ -112,6 +113,19 @@ pub fn error_answer(hyper_answer: &[u8]) -> Option<Vec<u8>> {
     answer.push_str("\r\n");
     answer.push_str(&body);
     Some(answer.into_bytes())
+}
+
+/// How an HTTP/2 client with prior knowledge begins (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// The answer to the HTTP/2 preface: this listener speaks HTTP/1.1 only.
+fn h2_answer() -> Vec<u8> {
+    let body = format!("{}\n", error_line(StatusCode::HTTP_VERSION_NOT_SUPPORTED));
+    format!(
+        "HTTP/1.1 505 HTTP Version Not Supported\r\ncontent-type: {CONTENT_TYPE}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// Where one connection is between requests, as far as its writes are concerned.
@@ -320,7 +334,20 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        if self.answer.is_some() {
+            // After our answer hyper reads nothing more (the rest is lingered away).
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.stream).poll_read(cx, buf))?;
+        if !self.exchange.started() && before == 0 && buf.filled().starts_with(H2_PREFACE) {
+            // hyper closes on the HTTP/2 preface without a word: answer 505 in one line,
+            // and show hyper the end of the stream, so it shuts down (writing our answer).
+            debug!("answering the HTTP/2 preface on an HTTP/1 connection");
+            self.answer = Some((Bytes::from(h2_answer()), 0));
+            buf.set_filled(0);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
