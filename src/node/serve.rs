@@ -28,7 +28,13 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// Accepts and serves until `stop`, then lets open connections finish (at most
 /// [`DRAIN_GRACE`]). At the limit it stops accepting: new clients wait in the listen
-/// backlog until a connection closes (an idle one does within the header-read timeout).
+/// backlog until a connection closes. So that an idle flood cannot hold every slot for the
+/// whole idle timeout, reaching the limit also asks every idle connection to close (as
+/// nginx's `ngx_drain_connections` closes reusable keep-alive connections): one serving a
+/// request finishes it first; one that has not sent a request yet is left to the header-read
+/// timeout (it might be the client about to send one). The limit is only drained for a
+/// client that is waiting: the loop accepts first and holds that one connection until a
+/// slot frees.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -36,23 +42,9 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(0u64);
     let mut accept_errors = LogThrottle::new(crate::serve::limit::LIMIT_LOG_INTERVAL);
     loop {
-        let slot = match limit.try_slot() {
-            Some(slot) => slot,
-            None => {
-                if let Some(times) = limit.log_due(Instant::now()) {
-                    warn!(
-                        max_connections = limit.max(),
-                        times, "node.max_connections reached; new clients wait"
-                    );
-                }
-                tokio::select! {
-                    slot = limit.slot() => match slot { Some(s) => s, None => break },
-                    _ = stop.cancelled() => break,
-                }
-            }
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -67,11 +59,30 @@ pub async fn serve(
             },
             _ = stop.cancelled() => break,
         };
+        let slot = match limit.try_slot() {
+            Some(slot) => slot,
+            None => {
+                if let Some(times) = limit.log_due(Instant::now()) {
+                    warn!(
+                        max_connections = limit.max(),
+                        times, "node.max_connections reached; new clients wait"
+                    );
+                }
+                drain_tx.send_modify(|n| *n += 1);
+                tokio::select! {
+                    slot = limit.slot() => match slot { Some(s) => s, None => break },
+                    _ = stop.cancelled() => break,
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let stop = stop.clone();
+        let mut drain = drain_rx.clone();
+        drain.mark_unchanged();
         tracker.spawn(async move {
             let exchange = Exchange::new();
+            let idle = exchange.clone();
             let io = ClientIo::new(stream, exchange.clone(), Some(slot));
             let service = service_fn(move |req: Request<Incoming>| {
                 exchange.request();
@@ -90,15 +101,30 @@ pub async fn serve(
             });
             let conn = conn::http1().serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        debug!(%peer, error = %e, "client connection ended");
+            let mut watching = true;
+            loop {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            debug!(%peer, error = %e, "client connection ended");
+                        }
+                        break;
                     }
-                }
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(DRAIN_GRACE, conn).await;
+                    changed = drain.changed(), if watching => {
+                        if changed.is_err() {
+                            watching = false;
+                        } else if idle.idle() && idle.started() {
+                            debug!(%peer, "idle connection closed to make room");
+                            conn.as_mut().graceful_shutdown();
+                            let _ = tokio::time::timeout(DRAIN_GRACE, conn).await;
+                            break;
+                        }
+                    }
+                    _ = stop.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(DRAIN_GRACE, conn).await;
+                        break;
+                    }
                 }
             }
         });

@@ -195,6 +195,12 @@ impl Exchange {
         self.started.load(Ordering::Acquire)
     }
 
+    /// Whether nothing of this connection is being served now: closing it loses nothing
+    /// (an idle keep-alive connection, or one whose head has not come yet).
+    pub fn idle(&self) -> bool {
+        self.between_requests()
+    }
+
     fn between_requests(&self) -> bool {
         self.state.load(Ordering::Acquire) == BETWEEN
     }
