@@ -43,6 +43,7 @@ pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod replication;
+pub mod serve;
 pub mod session;
 pub mod shutdown;
 pub mod throttle;

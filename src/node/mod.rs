@@ -2,6 +2,7 @@
 //! replication port and HTTP, and takes them down in order on shutdown.
 
 pub mod http;
+mod serve;
 pub mod sessions;
 pub mod status;
 
@@ -21,6 +22,7 @@ use crate::membership::{MemberInfo, MembershipView, NodeId};
 use crate::metrics::Metrics;
 use crate::replication::transfer::{self, Transfer};
 use crate::replication::{self, InboundConfig, ReplicationConfig, Replicator};
+use crate::serve::limit::ConnectionLimit;
 use crate::session::{Limits, SessionStore};
 use crate::shutdown::Shutdown;
 use crate::transport::{self, Datagrams, Listener, Streams, UdpDatagrams};
@@ -453,15 +455,15 @@ async fn launch<D: Datagrams>(
             .clone()
             .run(view_rx.clone(), cluster_stop.clone()),
     );
-    let server = axum::serve(http_listener, http::router(shared.clone())).with_graceful_shutdown({
-        let http_stop = http_stop.clone();
-        async move { http_stop.cancelled().await }
-    });
-    let http_task = shutdown.spawn(async move {
-        if let Err(e) = server.await {
-            warn!(error = %e, "http server failed");
-        }
-    });
+    let limit = Arc::new(ConnectionLimit::new(node_max_connections(
+        &config, open_files,
+    )));
+    let http_task = shutdown.spawn(serve::serve(
+        http_listener,
+        http::router(shared.clone()),
+        limit,
+        http_stop.clone(),
+    ));
     // Join: take every session from a member before serving sessions.
     let joining = shared.clone();
     let wait_for_members = config.heartbeat() * 2;
@@ -492,6 +494,45 @@ async fn launch<D: Datagrams>(
             cluster_stop,
         },
     })
+}
+
+/// Descriptors the node holds besides its HTTP clients: listeners, the replication links
+/// to and from each member, the membership socket, logs; generous, since running out of
+/// descriptors stalls replication too.
+const NODE_RESERVED_FILES: u64 = 256;
+
+/// `node.max_connections`, fitted to the open file limit when unset (one descriptor per
+/// client connection, plus [`NODE_RESERVED_FILES`]); a set value is kept, with a warning
+/// when the open file limit cannot hold it.
+fn node_max_connections(config: &Config, open_files: Option<u64>) -> usize {
+    let configured = config.node.max_connections;
+    let max = fit_max_connections(
+        configured,
+        config.is_set("node.max_connections"),
+        open_files,
+    );
+    if max != configured {
+        info!(
+            max_connections = max,
+            "node.max_connections is not set and the open file limit cannot hold the default; using what it can"
+        );
+    } else if let Some(soft) = open_files.filter(|soft| configured + NODE_RESERVED_FILES > *soft) {
+        warn!(
+            max_connections = configured,
+            open_files = soft,
+            "the open file limit is below what node.max_connections may need; raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) or lower node.max_connections"
+        );
+    }
+    usize::try_from(max).unwrap_or(usize::MAX)
+}
+
+fn fit_max_connections(configured: u64, set: bool, open_files: Option<u64>) -> u64 {
+    match open_files {
+        Some(soft) if !set && configured + NODE_RESERVED_FILES > soft => {
+            soft.saturating_sub(NODE_RESERVED_FILES).max(1)
+        }
+        _ => configured,
+    }
 }
 
 /// The cluster key of `cluster.key_file`, if one is set.

@@ -14,7 +14,7 @@
 pub mod answer;
 pub mod attempt;
 pub mod body;
-pub mod conn;
+pub use crate::serve::conn;
 pub mod fast;
 pub mod manager;
 pub mod pool;

@@ -4,6 +4,6 @@
 //! ([`limit`]).
 
 pub mod client;
-pub mod limit;
+pub use crate::serve::limit;
 pub mod listener;
 pub mod rewind;

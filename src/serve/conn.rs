@@ -1,4 +1,4 @@
-//! A client connection of the balancer on the hyper path: how hyper serves it (timeouts,
+//! A client connection on the hyper path (the balancer's and the node's): how hyper serves it (timeouts,
 //! buffer limit), and a one-line text answer to a request hyper cannot parse.
 //!
 //! hyper answers a request head it cannot parse by itself (400, 431 or 414, with
@@ -30,7 +30,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
 use tracing::debug;
 
-use crate::balancer::rules::refusal::{CONTENT_TYPE, Refusal};
+/// The type of every one-line answer (as the balancer's refusals).
+pub const CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
 /// After our answer to a bad head, how long (at most) and how many bytes the rest of the
 /// request is read and dropped before the socket closes: closing with unread bytes would
@@ -67,13 +68,14 @@ pub fn http1() -> http1::Builder {
 
 /// The one-line body of each status hyper answers a bad head with.
 fn error_line(status: StatusCode) -> String {
-    let refusal = match status {
-        StatusCode::BAD_REQUEST => Refusal::MalformedHead,
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => Refusal::HeadersTooLarge,
-        StatusCode::URI_TOO_LONG => Refusal::TargetTooLong,
-        _ => return "bad request".to_string(),
-    };
-    refusal.to_string()
+    match status {
+        StatusCode::BAD_REQUEST => "bad request: malformed request",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "request header fields too large",
+        StatusCode::URI_TOO_LONG => "URI too long",
+        StatusCode::HTTP_VERSION_NOT_SUPPORTED => "HTTP version not supported",
+        _ => "bad request",
+    }
+    .to_string()
 }
 
 /// Our answer in place of hyper's bodiless answer `hyper_answer` (a whole response head):
@@ -111,6 +113,19 @@ pub fn error_answer(hyper_answer: &[u8]) -> Option<Vec<u8>> {
     answer.push_str("\r\n");
     answer.push_str(&body);
     Some(answer.into_bytes())
+}
+
+/// How an HTTP/2 client with prior knowledge begins (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// The answer to the HTTP/2 preface: this listener speaks HTTP/1.1 only.
+fn h2_answer() -> Vec<u8> {
+    let body = format!("{}\n", error_line(StatusCode::HTTP_VERSION_NOT_SUPPORTED));
+    format!(
+        "HTTP/1.1 505 HTTP Version Not Supported\r\ncontent-type: {CONTENT_TYPE}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// Where one connection is between requests, as far as its writes are concerned.
@@ -178,6 +193,12 @@ impl Exchange {
     /// Whether hyper has parsed a request head on this connection yet.
     pub fn started(&self) -> bool {
         self.started.load(Ordering::Acquire)
+    }
+
+    /// Whether nothing of this connection is being served now: closing it loses nothing
+    /// (an idle keep-alive connection, or one whose head has not come yet).
+    pub fn idle(&self) -> bool {
+        self.between_requests()
     }
 
     fn between_requests(&self) -> bool {
@@ -319,7 +340,20 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        if self.answer.is_some() {
+            // After our answer hyper reads nothing more (the rest is lingered away).
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.stream).poll_read(cx, buf))?;
+        if !self.exchange.started() && before == 0 && buf.filled().starts_with(H2_PREFACE) {
+            // hyper closes on the HTTP/2 preface without a word: answer 505 in one line,
+            // and show hyper the end of the stream, so it shuts down (writing our answer).
+            debug!("answering the HTTP/2 preface on an HTTP/1 connection");
+            self.answer = Some((Bytes::from(h2_answer()), 0));
+            buf.set_filled(0);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
