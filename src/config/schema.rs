@@ -365,12 +365,7 @@ mod tests {
         assert!(c.balancer.discover);
         assert_eq!(c.balancer.max_connections, 10_000);
         assert_eq!(c.balancer.timeout_s, 60);
-        let allow: Vec<String> = c
-            .balancer
-            .manager_allow
-            .iter()
-            .map(|r| r.to_string())
-            .collect();
+        let allow: Vec<String> = c.balancer.manager_allow.iter().map(|r| r.to_string()).collect();
         assert_eq!(allow, ["127.0.0.0/8", "::1/128"]);
         assert_eq!(c.node.max_connections, 10_000);
         assert_eq!(c.sessions.max_bytes, 268_435_456);

@@ -141,8 +141,7 @@ mod tests {
 
     #[test]
     fn manager_allow_takes_ranges_and_bare_addresses_and_names_a_bad_one() {
-        let config =
-            load("[balancer]\nmanager_allow = [\"10.0.0.0/8\", \"192.168.1.5\"]\n").unwrap();
+        let config = load("[balancer]\nmanager_allow = [\"10.0.0.0/8\", \"192.168.1.5\"]\n").unwrap();
         let allow: Vec<String> = config
             .balancer
             .manager_allow
