@@ -231,12 +231,20 @@ fn a_malformed_chunk_is_502_before_the_head_went_out_and_a_cut_answer_after_on_b
 
 #[test]
 fn an_unrequested_switch_of_protocols_is_502_on_both_paths() {
-    for (path, request) in PATHS {
+    // Asked for `echo`, switched to `evil` (RFC 9110 §7.8): unrequested as well.
+    let other: (&str, &[u8]) = (
+        "hyper, another protocol",
+        b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    );
+    for (path, request) in PATHS.into_iter().chain([other]) {
         // A member of its own for each: the first 502 puts it in error for a while.
         let member = RawMember::start(Behaviour::Answers(
             b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: evil\r\n\r\nevil bytes",
         ));
-        let (_c, b) = balancer_for(&format!("frame-101-{path}"), &member.member_arg("m"));
+        let (_c, b) = balancer_for(
+            &format!("frame-101-{}", path.len()),
+            &member.member_arg("m"),
+        );
         let got = answer(b.addr, request, path);
         got.assert_one_line(502, path);
         assert!(

@@ -31,17 +31,21 @@ const READ_AHEAD: usize = 64 * 1024;
 /// the fast path's), or why it is in doubt.
 pub fn framing<B>(
     answer: &Response<B>,
-    asked: framing::Asked,
+    asked: framing::Asked<'_>,
 ) -> Result<framing::Framing, framing::Doubt> {
-    let mut fields = framing::AnswerFields::default();
+    let mut fields = framing::AnswerFields::new(asked);
     let headers = answer.headers();
-    for name in [header::CONTENT_LENGTH, header::TRANSFER_ENCODING] {
+    for name in [
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
         for value in headers.get_all(&name) {
             fields.field(name.as_str(), value.as_bytes());
         }
     }
     let http_1_0 = answer.version() == hyper::Version::HTTP_10;
-    fields.framing(answer.status().as_u16(), http_1_0, asked)
+    fields.framing(answer.status().as_u16(), http_1_0)
 }
 
 /// The body of an answer to a client: one of ours, whole, or a member's, streamed.

@@ -185,6 +185,7 @@ pub async fn forward(
         Err(refusal) => return answer::refusal(refusal),
     }
     let upgrade = upgrade_protocol(req.headers());
+    let asked_upgrade = upgrade.clone();
     let mut client_side = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -230,7 +231,7 @@ pub async fn forward(
     let mut tunnels = false;
     let asked = framing::Asked {
         head: parts.method == hyper::Method::HEAD,
-        upgrade: request.upgrade,
+        upgrade: asked_upgrade.as_ref().map(HeaderValue::as_bytes),
     };
     loop {
         let fresh = match next {

@@ -40,7 +40,9 @@ pub struct Framing {
 /// Why an answer's framing is in doubt: it is not passed on (502).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Doubt {
-    /// A `101` to a request that asked for no upgrade (RFC 9110 §15.2.2).
+    /// A `101` to a request that asked for no upgrade (RFC 9110 §15.2.2), or to a
+    /// protocol it did not ask for (§7.8: the server "MUST NOT switch to a protocol that
+    /// was not indicated by the client").
     UnrequestedSwitch,
     /// A `Content-Length` that is not a number.
     BadLength,
@@ -73,17 +75,21 @@ impl fmt::Display for Doubt {
 
 /// What the request asked that decides how its answer is read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Asked {
+pub struct Asked<'a> {
     /// `HEAD`: the answer has no body whatever its fields say.
     pub head: bool,
-    /// It asked to switch protocols: a `101` is its answer.
-    pub upgrade: bool,
+    /// The protocols it asked to switch to (its `Upgrade` field, with `Connection:
+    /// upgrade`): a `101` to one of them is its answer.
+    pub upgrade: Option<&'a [u8]>,
 }
 
 /// The framing fields of an answer head, gathered one field at a time (no allocation):
 /// each path feeds it the fields it parsed, then asks [`AnswerFields::framing`].
 #[derive(Clone, Copy, Debug, Default)]
-pub struct AnswerFields {
+pub struct AnswerFields<'a> {
+    asked: Asked<'a>,
+    /// The answer's `Upgrade` named only protocols asked for (and was there).
+    switch_asked: Option<bool>,
     length: Option<u64>,
     doubt: Option<Doubt>,
     /// `Transfer-Encoding` fields seen.
@@ -93,10 +99,23 @@ pub struct AnswerFields {
     chunked_first: bool,
 }
 
-impl AnswerFields {
+impl<'a> AnswerFields<'a> {
+    /// The fields of the answer to a request that asked `asked`.
+    pub fn new(asked: Asked<'a>) -> AnswerFields<'a> {
+        AnswerFields {
+            asked,
+            ..AnswerFields::default()
+        }
+    }
+
     /// Notes one header field (any: those that do not frame the body are skipped).
     pub fn field(&mut self, name: &str, value: &[u8]) {
-        if name.eq_ignore_ascii_case("content-length") {
+        if name.eq_ignore_ascii_case("upgrade") {
+            let asked = self.asked.upgrade.unwrap_or_default();
+            let named =
+                protocols(value).all(|p| protocols(asked).any(|a| a.eq_ignore_ascii_case(p)));
+            self.switch_asked = Some(self.switch_asked.unwrap_or(true) && named);
+        } else if name.eq_ignore_ascii_case("content-length") {
             match content_length(value) {
                 Some(n) if self.length.is_some_and(|l| l != n) => {
                     self.doubt.get_or_insert(Doubt::ConflictingLengths);
@@ -120,11 +139,12 @@ impl AnswerFields {
         }
     }
 
-    /// How the answer with these fields, `status` and version (`http_1_0`), to a request
-    /// that asked `asked`, is framed; or why it is in doubt.
-    pub fn framing(&self, status: u16, http_1_0: bool, asked: Asked) -> Result<Framing, Doubt> {
+    /// How the answer with these fields, `status` and version (`http_1_0`) is framed; or
+    /// why it is in doubt.
+    pub fn framing(&self, status: u16, http_1_0: bool) -> Result<Framing, Doubt> {
+        let asked = self.asked;
         if status == 101 {
-            if !asked.upgrade {
+            if asked.upgrade.is_none() || self.switch_asked != Some(true) {
                 return Err(Doubt::UnrequestedSwitch);
             }
             return Ok(Framing {
@@ -164,6 +184,14 @@ impl AnswerFields {
             reusable: !both && body != Body::UntilClose,
         })
     }
+}
+
+/// The protocols of an `Upgrade` value, without blanks.
+fn protocols(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|p| !p.is_empty())
 }
 
 /// A `Content-Length` value: digits only, blanks around them allowed (RFC 9110 §8.6).
@@ -277,8 +305,8 @@ pub fn http2_preface(read: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn fields(pairs: &[(&str, &str)]) -> AnswerFields {
-        let mut f = AnswerFields::default();
+    fn fields<'a>(pairs: &[(&str, &str)], asked: Asked<'a>) -> AnswerFields<'a> {
+        let mut f = AnswerFields::new(asked);
         for (n, v) in pairs {
             f.field(n, v.as_bytes());
         }
@@ -287,11 +315,11 @@ mod tests {
 
     const GET: Asked = Asked {
         head: false,
-        upgrade: false,
+        upgrade: None,
     };
 
     fn framing(pairs: &[(&str, &str)], status: u16) -> Result<Framing, Doubt> {
-        fields(pairs).framing(status, false, GET)
+        fields(pairs, GET).framing(status, false)
     }
 
     #[test]
@@ -346,10 +374,10 @@ mod tests {
         }
         let head = Asked {
             head: true,
-            upgrade: false,
+            upgrade: None,
         };
-        let f = fields(&[("content-length", "9")])
-            .framing(200, false, head)
+        let f = fields(&[("content-length", "9")], head)
+            .framing(200, false)
             .unwrap();
         assert_eq!(f.body, Body::None);
         assert!(f.reusable && f.length_passed);
@@ -391,8 +419,11 @@ mod tests {
         for (pairs, status, doubt) in cases {
             assert_eq!(framing(pairs, status), Err(doubt), "{pairs:?}");
         }
-        let http10 = fields(&[("transfer-encoding", "chunked"), ("content-length", "3")]);
-        assert_eq!(http10.framing(200, true, GET), Err(Doubt::CodingInHttp10));
+        let http10 = fields(
+            &[("transfer-encoding", "chunked"), ("content-length", "3")],
+            GET,
+        );
+        assert_eq!(http10.framing(200, true), Err(Doubt::CodingInHttp10));
         // Equal lengths twice are one length.
         assert_eq!(
             framing(&[("content-length", "2"), ("content-length", " 2")], 200)
@@ -403,14 +434,31 @@ mod tests {
     }
 
     #[test]
-    fn a_switch_is_an_answer_only_to_a_request_that_asked_for_one() {
+    fn a_switch_is_an_answer_only_to_a_request_that_asked_for_it() {
         let upgrade = Asked {
             head: false,
-            upgrade: true,
+            upgrade: Some(b"websocket, h2c"),
         };
-        let f = fields(&[]).framing(101, false, upgrade).unwrap();
+        let f = fields(&[("upgrade", "WebSocket")], upgrade)
+            .framing(101, false)
+            .unwrap();
         assert_eq!(f.body, Body::None);
         assert!(!f.reusable);
+        for answered in [
+            &[][..],
+            &[("upgrade", "evil")],
+            &[("upgrade", "websocket, evil")],
+        ] {
+            assert_eq!(
+                fields(answered, upgrade).framing(101, false),
+                Err(Doubt::UnrequestedSwitch),
+                "{answered:?}"
+            );
+        }
+        assert_eq!(
+            fields(&[("upgrade", "websocket")], GET).framing(101, false),
+            Err(Doubt::UnrequestedSwitch)
+        );
     }
 
     #[test]

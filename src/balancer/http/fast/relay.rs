@@ -101,14 +101,14 @@ fn parse_answer(
     let (Some(version), Some(code)) = (res.version, res.code) else {
         return Err("malformed answer head");
     };
-    let mut framing_fields = AnswerFields::default();
+    // This path asks for no upgrade: the rulebook refuses every switch.
+    let mut framing_fields = AnswerFields::new(Expects {
+        head: asked.head,
+        upgrade: None,
+    });
     if code == 101 {
-        let asked = Expects {
-            head: asked.head,
-            upgrade: false,
-        };
         return Err(framing_fields
-            .framing(code, version == 0, asked)
+            .framing(code, version == 0)
             .err()
             .map_or("switching protocols", Doubt::as_str));
     }
@@ -140,12 +140,8 @@ fn parse_answer(
             }
         }
     }
-    let asked_framing = Expects {
-        head: asked.head,
-        upgrade: false,
-    };
     let framing = framing_fields
-        .framing(code, version == 0, asked_framing)
+        .framing(code, version == 0)
         .map_err(Doubt::as_str)?;
     let client_closes = asked.close || framing.body == Body::UntilClose;
     client_head.clear();
