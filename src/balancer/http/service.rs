@@ -40,7 +40,7 @@ impl Service {
             return answer::refusal(Refusal::HeadersTooLarge);
         }
         let hosts = req.headers().get_all(hyper::header::HOST);
-        let host = hosts.iter().last().map_or(&b""[..], |h| h.as_bytes());
+        let host = hosts.iter().next_back().map_or(&b""[..], |h| h.as_bytes());
         let http_1_1 = req.version() == Version::HTTP_11;
         if let Some(problem) = rules::host_problem(http_1_1, hosts.iter().count(), host) {
             return answer::refusal(problem);

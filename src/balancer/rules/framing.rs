@@ -385,7 +385,8 @@ mod tests {
 
     #[test]
     fn doubtful_answers_are_refused() {
-        let cases: [(&[(&str, &str)], u16, Doubt); 10] = [
+        type Fields<'a> = &'a [(&'a str, &'a str)];
+        let cases: [(Fields, u16, Doubt); 10] = [
             (&[], 101, Doubt::UnrequestedSwitch),
             (
                 &[("content-length", "1"), ("content-length", "2")],
