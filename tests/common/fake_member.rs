@@ -112,6 +112,12 @@ pub enum Behaviour {
     /// Answers `200 ok`, then, once the answer surely went on, sends a second answer
     /// nobody asked for (`evil`) on the same connection.
     LateBytes,
+    /// Answers every request with these bytes as they are: a member's own framing, right
+    /// or wrong.
+    Answers(&'static [u8]),
+    /// Answers the first request with the first bytes, then, once the test calls
+    /// [`RawMember::go`], with the second: an answer that goes wrong after its head went on.
+    AnswersInTwo(&'static [u8], &'static [u8]),
 }
 
 /// The chunked answer of [`Behaviour::Chunked`], as it goes over the wire.
@@ -127,6 +133,8 @@ pub struct RawMember {
     closed: Arc<AtomicU64>,
     /// Late bytes written ([`Behaviour::LateBytes`]).
     late: Arc<AtomicU64>,
+    /// The second part may go ([`Behaviour::AnswersInTwo`]).
+    go: Arc<AtomicBool>,
     received: Arc<std::sync::Mutex<Vec<u8>>>,
     acceptor: Option<std::thread::JoinHandle<()>>,
 }
@@ -140,13 +148,15 @@ impl RawMember {
         let accepted = Arc::new(AtomicU64::new(0));
         let closed = Arc::new(AtomicU64::new(0));
         let late = Arc::new(AtomicU64::new(0));
+        let go = Arc::new(AtomicBool::new(false));
         let received = Arc::new(std::sync::Mutex::new(Vec::new()));
         let acceptor = {
-            let (stop, accepted, closed, late, received) = (
+            let (stop, accepted, closed, late, go, received) = (
                 stop.clone(),
                 accepted.clone(),
                 closed.clone(),
                 late.clone(),
+                go.clone(),
                 received.clone(),
             );
             std::thread::spawn(move || {
@@ -155,10 +165,20 @@ impl RawMember {
                     match listener.accept() {
                         Ok((stream, _)) => {
                             accepted.fetch_add(1, Ordering::Relaxed);
-                            let (stop, closed, late, received) =
-                                (stop.clone(), closed.clone(), late.clone(), received.clone());
+                            let (stop, closed, late, go, received) = (
+                                stop.clone(),
+                                closed.clone(),
+                                late.clone(),
+                                go.clone(),
+                                received.clone(),
+                            );
                             threads.push(std::thread::spawn(move || {
-                                serve_raw(stream, behaviour, &stop, &late, &received);
+                                let flags = Flags {
+                                    stop: &stop,
+                                    late: &late,
+                                    go: &go,
+                                };
+                                serve_raw(stream, behaviour, flags, &received);
                                 // Ended by the balancer, not by the test stopping it.
                                 if !stop.load(Ordering::Relaxed) {
                                     closed.fetch_add(1, Ordering::Relaxed);
@@ -179,9 +199,20 @@ impl RawMember {
             accepted,
             closed,
             late,
+            go,
             received,
             acceptor: Some(acceptor),
         }
+    }
+
+    /// Lets the second part of its answers go ([`Behaviour::AnswersInTwo`]).
+    pub fn go(&self) {
+        self.go.store(true, Ordering::Relaxed);
+    }
+
+    /// Connections the balancer closed so far.
+    pub fn closed(&self) -> u64 {
+        self.closed.load(Ordering::Relaxed)
     }
 
     /// Connections it accepted so far.
@@ -223,14 +254,23 @@ impl Drop for RawMember {
     }
 }
 
+/// What the test and a [`RawMember`]'s connections share: stop, the late answers written,
+/// and whether a second part may go.
+#[derive(Clone, Copy)]
+pub struct Flags<'a> {
+    pub stop: &'a AtomicBool,
+    pub late: &'a AtomicU64,
+    pub go: &'a AtomicBool,
+}
+
 /// One connection of a [`RawMember`], until the balancer closes it or the test stops.
 pub fn serve_raw(
     mut stream: TcpStream,
     behaviour: Behaviour,
-    stop: &AtomicBool,
-    late: &AtomicU64,
+    flags: Flags<'_>,
     received: &std::sync::Mutex<Vec<u8>>,
 ) {
+    let Flags { stop, late, go } = flags;
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
     let mut pending = Vec::new();
@@ -270,7 +310,11 @@ pub fn serve_raw(
                 Behaviour::UntilClose => {
                     b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nbye\n"
                 }
+                Behaviour::Answers(answer) => answer,
+                Behaviour::AnswersInTwo(first, _) if !answered => first,
+                Behaviour::AnswersInTwo(..) => b"",
             };
+            let first = !answered;
             answered = true;
             if stream.write_all(answer).is_err() {
                 return;
@@ -278,6 +322,17 @@ pub fn serve_raw(
             if matches!(behaviour, Behaviour::Chunked) && stream.write_all(CHUNKED_ANSWER).is_err()
             {
                 return;
+            }
+            if let (Behaviour::AnswersInTwo(_, second), true) = (behaviour, first) {
+                while !go.load(Ordering::Relaxed) {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                if stream.write_all(second).is_err() {
+                    return;
+                }
             }
             if matches!(
                 behaviour,

@@ -1,6 +1,7 @@
 //! The answers the balancer gives a client on the hyper path: its own one-line ones, and a
 //! member's, whose body streams from the member connection as the client reads it.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,8 +20,33 @@ use crate::balancer::http::attempt::Busy;
 use crate::balancer::http::body::BoxError;
 use crate::balancer::http::pool::{MemberConn, Pool};
 use crate::balancer::http::timeout::{ChunkTimer, Stall, Stalled};
-use crate::balancer::rules::Refusal;
 use crate::balancer::rules::refusal::CONTENT_TYPE;
+use crate::balancer::rules::{Refusal, framing};
+
+/// The most body bytes read ahead of the head ([`MemberBody::read_ready`]): about what the
+/// fast path reads with a head.
+const READ_AHEAD: usize = 64 * 1024;
+
+/// How a member's answer is framed, as the rulebook reads its head (the same reading as
+/// the fast path's), or why it is in doubt.
+pub fn framing<B>(
+    answer: &Response<B>,
+    asked: framing::Asked<'_>,
+) -> Result<framing::Framing, framing::Doubt> {
+    let mut fields = framing::AnswerFields::new(asked);
+    let headers = answer.headers();
+    for name in [
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        for value in headers.get_all(&name) {
+            fields.field(name.as_str(), value.as_bytes());
+        }
+    }
+    let http_1_0 = answer.version() == hyper::Version::HTTP_10;
+    fields.framing(answer.status().as_u16(), http_1_0)
+}
 
 /// The body of an answer to a client: one of ours, whole, or a member's, streamed.
 pub enum ProxyBody {
@@ -62,7 +88,18 @@ impl Body for ProxyBody {
 /// One of the balancer's own one-line answers.
 pub fn refusal(refusal: Refusal) -> Response<ProxyBody> {
     let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::BAD_GATEWAY);
-    plain(status, &refusal.to_string())
+    let mut answer = plain(status, &refusal.to_string());
+    if let Some(allow) = refusal.allow() {
+        answer
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
+    if refusal.closes() {
+        answer
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    answer
 }
 
 /// A plain one-line answer.
@@ -84,8 +121,14 @@ pub fn full(bytes: Bytes) -> ProxyBody {
 /// cuts the answer off when the member sends no next chunk within the member timeout.
 pub struct MemberBody {
     inner: Incoming,
+    /// Frames read before the head went out ([`MemberBody::read_ready`]), passed on first.
+    early: VecDeque<Frame<Bytes>>,
+    /// `inner` ended while being read ahead.
+    ended: bool,
     /// None once given back (or given up).
     conn: Option<MemberConn>,
+    /// The framing allows the connection another request (see [`framing::Framing`]).
+    reusable: bool,
     pool: Arc<Pool>,
     member: Arc<Member>,
     timer: ChunkTimer,
@@ -94,10 +137,12 @@ pub struct MemberBody {
 
 impl MemberBody {
     /// The answer body `inner` of `member`, read on `conn`, each wait for its next chunk
-    /// bounded by `after`; the member is `busy` until it is dropped.
+    /// bounded by `after`; the member is `busy` until it is dropped. `reusable`: the
+    /// answer's framing lets the connection go back to the pool once read whole.
     pub fn new(
         inner: Incoming,
         conn: MemberConn,
+        reusable: bool,
         pool: Arc<Pool>,
         member: Arc<Member>,
         after: Duration,
@@ -105,7 +150,10 @@ impl MemberBody {
     ) -> MemberBody {
         MemberBody {
             inner,
+            early: VecDeque::new(),
+            ended: false,
             conn: Some(conn),
+            reusable,
             pool,
             member,
             timer: ChunkTimer::new(after),
@@ -113,26 +161,51 @@ impl MemberBody {
         }
     }
 
+    /// Reads what of the body is there already, without waiting (at most [`READ_AHEAD`]
+    /// bytes), before the head goes to the client: a body that is malformed in what came
+    /// with the head is then answered 502 rather than an answer cut off before its first
+    /// byte, as the fast path judges the bytes that came with the head before it writes
+    /// any. What is read is passed on first.
+    pub async fn read_ready(&mut self) -> Result<(), BoxError> {
+        std::future::poll_fn(|cx| {
+            let mut read = 0;
+            while read < READ_AHEAD {
+                match self.poll_member(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        read += frame.data_ref().map_or(0, Bytes::len);
+                        self.early.push_back(frame);
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                    Poll::Ready(None) => {
+                        self.ended = true;
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await
+    }
+
     /// Back to the pool if the connection is idle: its request was written whole and its
     /// answer read whole. Otherwise it is closed.
     fn release(&mut self) {
         if let Some(conn) = self.conn.take() {
-            if conn.is_idle() {
+            if self.reusable && conn.is_idle() {
                 self.pool.release(&self.member, conn);
             }
         }
     }
 }
 
-impl Body for MemberBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
+impl MemberBody {
+    /// The next frame from the member connection.
+    fn poll_member(
+        &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
+        let this = self;
         let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
         if polled.is_pending() {
             if let Some(conn) = &mut this.conn {
@@ -172,12 +245,50 @@ impl Body for MemberBody {
         polled.map(|frame| frame.map(|f| f.map_err(|e| -> BoxError { Box::new(e) })))
     }
 
+    /// The data bytes read ahead and not yet passed on.
+    fn early_bytes(&self) -> u64 {
+        self.early
+            .iter()
+            .map(|f| f.data_ref().map_or(0, |d| d.len() as u64))
+            .sum()
+    }
+}
+
+impl Body for MemberBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(frame) = self.early.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        self.poll_member(cx)
+    }
+
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.early.is_empty() && (self.ended || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        // The frames read ahead are no longer in `inner`'s.
+        let early = self.early_bytes();
+        let rest = if self.ended {
+            SizeHint::with_exact(0)
+        } else {
+            self.inner.size_hint()
+        };
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + early);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + early);
+        }
+        hint
     }
 }
 
@@ -224,6 +335,7 @@ mod tests {
         let mut body = MemberBody::new(
             response.into_body(),
             conn,
+            true,
             pool,
             member.clone(),
             T,

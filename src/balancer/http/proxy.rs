@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::http::uri::PathAndQuery;
@@ -27,7 +27,7 @@ use crate::balancer::http::tunnel;
 use crate::balancer::http::upstream::Upstream;
 use crate::balancer::rules::fields::{self, ADDED, Crossing, Source, Token};
 use crate::balancer::rules::stepper::{self, Move, Outcome as Attempted, Stepper};
-use crate::balancer::rules::{self, Peer, Refusal};
+use crate::balancer::rules::{self, Peer, Refusal, framing};
 use crate::shutdown::Shutdown;
 
 /// Removes the fields that stay on their connection ([`fields::hop_by_hop`]), and those
@@ -143,6 +143,16 @@ fn member_request(
             headers.insert(header::HOST, host);
         }
     }
+    if body.size_hint().exact().is_none() && !body.is_end_stream() {
+        // A body of unknown length (chunked from the client) goes on chunked whatever the
+        // method: hyper would send a GET's, HEAD's or DELETE's as no body at all, where
+        // one with a length keeps it (request framing does not depend on the method,
+        // RFC 9112 §6; nginx and HAProxy forward both).
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = parts.uri.clone();
@@ -162,7 +172,20 @@ pub async fn forward(
     let pool = &upstream.pool;
     let timeout = pool.timeout();
     let mut req = req;
+    // An absolute-form target's authority is the request's Host (RFC 9112 §3.2.2).
+    let uri = req.uri();
+    match framing::target_host(uri.scheme_str(), uri.authority().map(|a| a.as_str())) {
+        Ok(None) => {}
+        Ok(Some(host)) => match HeaderValue::from_str(host) {
+            Ok(host) => {
+                req.headers_mut().insert(header::HOST, host);
+            }
+            Err(_) => return answer::refusal(Refusal::BadTarget),
+        },
+        Err(refusal) => return answer::refusal(refusal),
+    }
     let upgrade = upgrade_protocol(req.headers());
+    let asked_upgrade = upgrade.clone();
     let mut client_side = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -204,8 +227,12 @@ pub async fn forward(
     let mut member: Option<Arc<Member>> = None;
     let mut busy: Option<Busy> = None;
     let mut attempt: Option<Attempt> = None;
-    let mut answered: Option<(Response<Incoming>, MemberConn)> = None;
+    let mut answered: Option<(Response<Incoming>, MemberConn, framing::Framing)> = None;
     let mut tunnels = false;
+    let asked = framing::Asked {
+        head: parts.method == hyper::Method::HEAD,
+        upgrade: asked_upgrade.as_ref().map(HeaderValue::as_bytes),
+    };
     loop {
         let fresh = match next {
             Move::Send(to) => {
@@ -229,11 +256,18 @@ pub async fn forward(
         };
         let Some(to) = &member else { break };
         let attempted = match sending.send(pool, to, fresh).await {
-            Ok((response, conn)) => {
-                let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-                answered = Some((response, conn));
-                Attempted::Answered { switching }
-            }
+            Ok((response, conn)) => match answer::framing(&response, asked) {
+                Ok(framed) => {
+                    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                    answered = Some((response, conn, framed));
+                    Attempted::Answered { switching }
+                }
+                // Not passed on, and its connection closed, as on the fast path.
+                Err(doubt) => {
+                    debug!(member = %to.route, error = %doubt, "member failed");
+                    Attempted::Failed { reached: true }
+                }
+            },
             Err(attempted) => attempted,
         };
         let decision = steps.after(attempted);
@@ -242,7 +276,8 @@ pub async fn forward(
         }
         next = decision.next;
     }
-    let (Some(member), Some(busy), Some((response, conn))) = (member, busy, answered) else {
+    let (Some(member), Some(busy), Some((response, conn, framed))) = (member, busy, answered)
+    else {
         return answer::refusal(Refusal::NoAnswer);
     };
     if let (true, Some(client_side)) = (tunnels, client_side.take()) {
@@ -250,7 +285,28 @@ pub async fn forward(
     }
     let (mut head, body) = response.into_parts();
     strip_hop_by_hop(&mut head.headers);
-    let body = MemberBody::new(body, conn, pool.clone(), member, timeout.after(), busy);
+    if !framed.length_passed {
+        // Transfer-Encoding won (RFC 9112 §6.3): its Content-Length is not passed on.
+        head.headers.remove(header::CONTENT_LENGTH);
+    }
+    let route = member.clone();
+    let mut body = MemberBody::new(
+        body,
+        conn,
+        framed.reusable,
+        pool.clone(),
+        member,
+        timeout.after(),
+        busy,
+    );
+    if let Err(e) = body.read_ready().await {
+        // Nothing went to the client yet: a whole answer of ours instead.
+        debug!(member = %route.route, error = %e, "malformed answer; 502");
+        route
+            .errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return answer::refusal(Refusal::MemberFailed);
+    }
     Response::from_parts(head, ProxyBody::Member(body))
 }
 

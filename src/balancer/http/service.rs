@@ -14,7 +14,7 @@ use crate::balancer::http::manager;
 use crate::balancer::http::proxy;
 use crate::balancer::http::upstream::Upstream;
 use crate::balancer::net::limit::ConnectionLimit;
-use crate::balancer::rules::{self, Peer, Refusal};
+use crate::balancer::rules::{self, Peer, Refusal, framing};
 use crate::shutdown::Shutdown;
 
 /// What the requests hyper serves on one worker read.
@@ -47,9 +47,14 @@ impl Service {
         if rules::headers_too_large(proxy::headers_size(req.headers())) {
             return answer::refusal(Refusal::HeadersTooLarge);
         }
-        let hosts = req.headers().get_all(hyper::header::HOST).iter().count();
-        if let Some(problem) = rules::host_problem(req.version() == Version::HTTP_11, hosts) {
+        let hosts = req.headers().get_all(hyper::header::HOST);
+        let host = hosts.iter().next_back().map_or(&b""[..], |h| h.as_bytes());
+        let http_1_1 = req.version() == Version::HTTP_11;
+        if let Some(problem) = rules::host_problem(http_1_1, hosts.iter().count(), host) {
             return answer::refusal(problem);
+        }
+        if let Some(refusal) = framing::method_refused(req.method().as_str()) {
+            return answer::refusal(refusal);
         }
         let path = req.uri().path();
         if manager::is_manager_path(path) && !self.manager.allows(peer.ip) {

@@ -8,11 +8,14 @@
 //! - [`fields`]: hop-by-hop fields, `Connection` tokens, the fields this hop adds
 //!   (`X-Forwarded-*`, `Via`);
 //! - [`sticky`]: the member a request is sticky to (session route, hashed key);
+//! - [`framing`]: how a member's answer is framed, or why it is in doubt (502); the
+//!   Host a request has, the methods never forwarded;
 //! - [`refusal`]: the balancer's own answers (502, 503, 504, 408, ...), one line each;
 //! - [`stepper`]: the attempts of one request: which member next, once more on a fresh
 //!   connection, pass the answer on, tunnel, or answer the client.
 
 pub mod fields;
+pub mod framing;
 pub mod refusal;
 pub mod stepper;
 pub mod sticky;
@@ -46,12 +49,15 @@ pub fn body_too_large(declared: Option<u64>) -> bool {
     declared.is_some_and(|len| len > MAX_BODY)
 }
 
-/// What is wrong with a request's `Host` fields, given how many it has: HTTP/1.1
-/// requires exactly one, and no request may carry two (RFC 9112 §3.2: answered 400).
-pub fn host_problem(http_1_1: bool, hosts: usize) -> Option<Refusal> {
+/// What is wrong with a request's `Host` fields, given how many it has and the value of
+/// the last: HTTP/1.1 requires exactly one, no request may carry two, and its value must
+/// be a host (RFC 9112 §3.2: answered 400; see [`framing::valid_host`]).
+pub fn host_problem(http_1_1: bool, hosts: usize, value: &[u8]) -> Option<Refusal> {
     match hosts {
         0 if http_1_1 => Some(Refusal::NoHost),
-        0 | 1 => None,
+        0 => None,
+        1 if framing::valid_host(value) => None,
+        1 => Some(Refusal::BadHost),
         _ => Some(Refusal::SeveralHosts),
     }
 }
@@ -82,12 +88,13 @@ mod tests {
 
     #[test]
     fn a_request_needs_one_host_and_http_1_0_may_have_none() {
-        assert_eq!(host_problem(true, 1), None);
-        assert_eq!(host_problem(false, 1), None);
-        assert_eq!(host_problem(false, 0), None);
-        assert_eq!(host_problem(true, 0), Some(Refusal::NoHost));
-        assert_eq!(host_problem(true, 2), Some(Refusal::SeveralHosts));
-        assert_eq!(host_problem(false, 2), Some(Refusal::SeveralHosts));
+        assert_eq!(host_problem(true, 1, b"h"), None);
+        assert_eq!(host_problem(false, 1, b"h:80"), None);
+        assert_eq!(host_problem(false, 0, b""), None);
+        assert_eq!(host_problem(true, 0, b""), Some(Refusal::NoHost));
+        assert_eq!(host_problem(true, 2, b"h"), Some(Refusal::SeveralHosts));
+        assert_eq!(host_problem(false, 2, b"h"), Some(Refusal::SeveralHosts));
+        assert_eq!(host_problem(true, 1, b"a, b"), Some(Refusal::BadHost));
     }
 
     #[test]

@@ -36,9 +36,29 @@ pub enum Refusal {
     NoHost,
     /// 400: more than one Host.
     SeveralHosts,
+    /// 400: a Host that is not a host (`Host: a, b`).
+    BadHost,
+    /// 400: an absolute request target that cannot be forwarded (another scheme than
+    /// http(s), userinfo, no host).
+    BadTarget,
+    /// 405: a method never forwarded (CONNECT); the answer lists the others in `Allow`.
+    MethodNotAllowed,
+    /// 505: the HTTP/2 connection preface, to an HTTP/1.1 balancer.
+    Http2,
 }
 
 impl Refusal {
+    /// The `Allow` field of the answer, for a 405 (RFC 9110 §15.5.6 requires one).
+    pub fn allow(self) -> Option<&'static str> {
+        (self == Refusal::MethodNotAllowed).then_some(super::framing::ALLOW)
+    }
+
+    /// Whether the client connection is closed after this answer: what follows a CONNECT
+    /// or an HTTP/2 preface is not an HTTP/1.1 request.
+    pub fn closes(self) -> bool {
+        matches!(self, Refusal::MethodNotAllowed | Refusal::Http2)
+    }
+
     pub fn status(self) -> u16 {
         match self {
             Refusal::NoMember => 503,
@@ -49,7 +69,11 @@ impl Refusal {
             Refusal::BodyBroken
             | Refusal::NoHost
             | Refusal::SeveralHosts
+            | Refusal::BadHost
+            | Refusal::BadTarget
             | Refusal::MalformedHead => 400,
+            Refusal::MethodNotAllowed => 405,
+            Refusal::Http2 => 505,
             Refusal::HeadersTooLarge => 431,
             Refusal::TargetTooLong => 414,
         }
@@ -59,12 +83,14 @@ impl Refusal {
     pub fn reason(self) -> &'static str {
         match self.status() {
             400 => "Bad Request",
+            405 => "Method Not Allowed",
             408 => "Request Timeout",
             413 => "Payload Too Large",
             414 => "URI Too Long",
             431 => "Request Header Fields Too Large",
             502 => "Bad Gateway",
             503 => "Service Unavailable",
+            505 => "HTTP Version Not Supported",
             _ => "Gateway Timeout",
         }
     }
@@ -94,6 +120,16 @@ impl fmt::Display for Refusal {
             Refusal::TargetTooLong => f.write_str("URI too long"),
             Refusal::NoHost => f.write_str("bad request: an HTTP/1.1 request needs a Host header"),
             Refusal::SeveralHosts => f.write_str("bad request: more than one Host header"),
+            Refusal::BadHost => f.write_str("bad request: the Host header is not a host"),
+            Refusal::BadTarget => {
+                f.write_str("bad request: the request target cannot be forwarded")
+            }
+            Refusal::MethodNotAllowed => {
+                f.write_str("method not allowed: CONNECT is not forwarded")
+            }
+            Refusal::Http2 => {
+                f.write_str("HTTP version not supported: this balancer speaks HTTP/1.1")
+            }
         }
     }
 }
@@ -150,6 +186,26 @@ mod tests {
                 400,
                 "bad request: more than one Host header",
             ),
+            (
+                Refusal::BadHost,
+                400,
+                "bad request: the Host header is not a host",
+            ),
+            (
+                Refusal::BadTarget,
+                400,
+                "bad request: the request target cannot be forwarded",
+            ),
+            (
+                Refusal::MethodNotAllowed,
+                405,
+                "method not allowed: CONNECT is not forwarded",
+            ),
+            (
+                Refusal::Http2,
+                505,
+                "HTTP version not supported: this balancer speaks HTTP/1.1",
+            ),
         ];
         for (refusal, status, line) in all {
             assert_eq!(refusal.status(), status);
@@ -160,5 +216,15 @@ mod tests {
         assert_eq!(Refusal::NoMember.reason(), "Service Unavailable");
         assert_eq!(Refusal::NoAnswer.reason(), "Bad Gateway");
         assert_eq!(Refusal::MemberTimedOut(second).reason(), "Gateway Timeout");
+        assert_eq!(Refusal::MethodNotAllowed.reason(), "Method Not Allowed");
+        assert_eq!(Refusal::Http2.reason(), "HTTP Version Not Supported");
+        assert!(
+            Refusal::MethodNotAllowed
+                .allow()
+                .is_some_and(|a| a.contains("GET"))
+        );
+        assert!(Refusal::NoHost.allow().is_none());
+        assert!(Refusal::Http2.closes() && Refusal::MethodNotAllowed.closes());
+        assert!(!Refusal::NoHost.closes());
     }
 }

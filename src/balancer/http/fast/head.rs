@@ -7,7 +7,7 @@ use httparse::Status;
 use crate::balancer::choice::select::Stickiness;
 use crate::balancer::http::manager;
 use crate::balancer::rules::fields::{self, ADDED, Named, Source, Token};
-use crate::balancer::rules::{self, Peer, sticky};
+use crate::balancer::rules::{self, Peer, Refusal, framing, sticky};
 
 /// Most header fields of a head handled here (hyper's limit too: beyond, its 431).
 pub const MAX_HEADERS: usize = 100;
@@ -33,6 +33,9 @@ pub enum Prepared<K> {
     Partial,
     Ready(Request<K>),
     HandOff,
+    /// Answered by the balancer itself, and the connection closed: what follows is not an
+    /// HTTP/1.1 request (a CONNECT's tunnel, an HTTP/2 connection).
+    Refuse(Refusal),
 }
 
 /// Parses the request head at the start of `buf` and, when the fast path takes it, writes
@@ -50,13 +53,17 @@ pub fn prepare<K>(
     let head_len = match req.parse(buf) {
         Ok(Status::Complete(n)) => n,
         Ok(Status::Partial) => return Prepared::Partial,
+        Err(_) if framing::http2_preface(buf) => return Prepared::Refuse(Refusal::Http2),
         Err(_) => return Prepared::HandOff,
     };
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Prepared::HandOff;
     };
     if !matches!(method, "GET" | "HEAD" | "OPTIONS" | "DELETE") || !target.starts_with('/') {
-        return Prepared::HandOff;
+        return match framing::method_refused(method) {
+            Some(refusal) => Prepared::Refuse(refusal),
+            None => Prepared::HandOff,
+        };
     }
     let path = target.split_once('?').map_or(target, |(p, _)| p);
     if manager::is_manager_path(path) {
@@ -100,7 +107,7 @@ pub fn prepare<K>(
             }
         }
     }
-    if rules::host_problem(true, hosts).is_some() || rules::headers_too_large(size) {
+    if rules::host_problem(true, hosts, host).is_some() || rules::headers_too_large(size) {
         return Prepared::HandOff;
     }
     out.clear();
@@ -226,6 +233,7 @@ mod tests {
             "GET / HTTP/1.0\r\nHost: h\r\n\r\n",
             "GET / HTTP/1.1\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a, b\r\n\r\n",
             "GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n",
             "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
             "GET /balancer-manager HTTP/1.1\r\nHost: h\r\n\r\n",
@@ -250,6 +258,18 @@ mod tests {
             prepared("GET / HTTP/1.1\r\nHost: h\r\n", Sticky::Route).0,
             Prepared::Partial
         ));
+        for (head, refusal) in [
+            (
+                "CONNECT other.example:443 HTTP/1.1\r\nHost: other.example:443\r\n\r\n",
+                Refusal::MethodNotAllowed,
+            ),
+            ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Refusal::Http2),
+        ] {
+            assert!(
+                matches!(prepared(head, Sticky::Route).0, Prepared::Refuse(r) if r == refusal),
+                "{head:?}"
+            );
+        }
         // Bodiless requests with an empty body declared, and DELETE, are taken.
         ready("GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n");
         ready("DELETE /x HTTP/1.1\r\nHost: h\r\n\r\n");

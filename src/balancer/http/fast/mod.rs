@@ -155,6 +155,11 @@ async fn serve_with(
                             head_by: None,
                         };
                     }
+                    Prepared::Refuse(refusal) => {
+                        refuse(client, refusal, true).await;
+                        let _ = client.shutdown().await;
+                        return Outcome::Done;
+                    }
                     Prepared::Partial if buf.len() >= MAX_FAST_HEAD => {
                         return Outcome::HandOff {
                             read: Bytes::copy_from_slice(buf),
@@ -244,9 +249,13 @@ async fn forward(
         return refuse(client, Refusal::NoAnswer, asked.close).await;
     };
     // The member stays busy until its answer went through.
-    let whole = pass_answer(pool, client, &member, conn, answer, head, client_head).await;
+    let passed = pass_answer(pool, client, &member, conn, answer, head, client_head).await;
     drop(busy);
-    whole && !asked.close
+    match passed {
+        Ok(whole) => whole && !asked.close,
+        // Nothing of the answer went out: the client gets a whole answer of ours instead.
+        Err(refusal) => refuse(client, refusal, asked.close).await,
+    }
 }
 
 /// One attempt on `member`: the request head written on a pooled connection (or a new
@@ -302,11 +311,13 @@ async fn exchange(
 async fn refuse(client: &mut ClientSocket, refusal: Refusal, close: bool) -> bool {
     let line = refusal.to_string();
     let connection = if close { "connection: close\r\n" } else { "" };
+    let allow = refusal.allow().map(|a| format!("allow: {a}\r\n"));
     let text = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: {CONTENT_TYPE}\r\ncontent-length: {}\r\n{connection}\r\n{line}\n",
+        "HTTP/1.1 {} {}\r\ncontent-type: {CONTENT_TYPE}\r\ncontent-length: {}\r\n{}{connection}\r\n{line}\n",
         refusal.status(),
         refusal.reason(),
         line.len() + 1,
+        allow.as_deref().unwrap_or(""),
     );
     if close {
         let _ = client.write_last(text.as_bytes()).await;

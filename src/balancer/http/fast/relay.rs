@@ -18,24 +18,17 @@ use crate::balancer::http::fast::chunked::ChunkedEnd;
 use crate::balancer::http::pool::Pool;
 use crate::balancer::http::timeout::Stall;
 use crate::balancer::net::client::ClientSocket;
+use crate::balancer::rules::Refusal;
 use crate::balancer::rules::fields::{self, Crossing, Named, Token};
+use crate::balancer::rules::framing::{AnswerFields, Asked as Expects, Body, Doubt};
 
 /// Largest answer head accepted from a member.
 const MAX_ANSWER_HEAD: usize = 64 * 1024;
 
-/// How the body of an answer ends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Framing {
-    None,
-    Length(u64),
-    Chunked,
-    UntilClose,
-}
-
 /// An answer head from a member, and the head for the client written from it.
 pub struct Answer {
     head_len: usize,
-    framing: Framing,
+    framing: Body,
     /// The member connection may carry another request after this answer.
     member_keeps: bool,
     /// The client connection closes after this answer.
@@ -108,8 +101,16 @@ fn parse_answer(
     let (Some(version), Some(code)) = (res.version, res.code) else {
         return Err("malformed answer head");
     };
+    // This path asks for no upgrade: the rulebook refuses every switch.
+    let mut framing_fields = AnswerFields::new(Expects {
+        head: asked.head,
+        upgrade: None,
+    });
     if code == 101 {
-        return Err("switching protocols without an upgrade asked");
+        return Err(framing_fields
+            .framing(code, version == 0)
+            .err()
+            .map_or("switching protocols", Doubt::as_str));
     }
     if (100..200).contains(&code) {
         // An interim answer (103 Early Hints, say): optional for the client, not passed on.
@@ -119,27 +120,13 @@ fn parse_answer(
         return Err("bad status code");
     }
     let mut close = version == 0;
-    let mut length: Option<u64> = None;
-    let mut chunked = None;
     let mut named = Named::default();
     let mut dated = false;
     for h in res.headers.iter() {
         let name = h.name;
         dated |= name.eq_ignore_ascii_case("date");
-        if name.eq_ignore_ascii_case("content-length") {
-            let digits = h.value.trim_ascii();
-            let n = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
-                .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
-                .flatten()
-                .ok_or("bad content-length")?;
-            if length.is_some_and(|l| l != n) {
-                return Err("conflicting content-length");
-            }
-            length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            let last = h.value.rsplit(|b| *b == b',').next().unwrap_or(b"");
-            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case("connection") {
+        framing_fields.field(name, h.value);
+        if name.eq_ignore_ascii_case("connection") {
             let value = std::str::from_utf8(h.value).map_err(|_| "bad connection field")?;
             for token in fields::connection_tokens(value) {
                 match token {
@@ -153,17 +140,10 @@ fn parse_answer(
             }
         }
     }
-    let framing = if asked.head || code == 204 || code == 304 {
-        Framing::None
-    } else {
-        match (chunked, length) {
-            (Some(true), _) => Framing::Chunked,
-            (Some(false), _) => Framing::UntilClose,
-            (None, Some(n)) => Framing::Length(n),
-            (None, None) => Framing::UntilClose,
-        }
-    };
-    let client_closes = asked.close || framing == Framing::UntilClose;
+    let framing = framing_fields
+        .framing(code, version == 0)
+        .map_err(Doubt::as_str)?;
+    let client_closes = asked.close || framing.body == Body::UntilClose;
     client_head.clear();
     client_head.extend_from_slice(b"HTTP/1.1 ");
     client_head.extend_from_slice(&[
@@ -177,8 +157,8 @@ fn parse_answer(
     for h in res.headers.iter() {
         let name = h.name;
         // With Transfer-Encoding, a Content-Length is wrong (RFC 9112 §6.3): not passed on.
-        let framing_conflict = chunked.is_some() && name.eq_ignore_ascii_case("content-length");
-        if fields::answered(name, &named, Crossing::Relayed) && !framing_conflict {
+        let dropped = !framing.length_passed && name.eq_ignore_ascii_case("content-length");
+        if fields::answered(name, &named, Crossing::Relayed) && !dropped {
             write_field(client_head, name.as_bytes(), h.value);
         }
     }
@@ -193,8 +173,8 @@ fn parse_answer(
     client_head.extend_from_slice(b"\r\n");
     Ok(Some(Parsed::Final(Answer {
         head_len,
-        framing,
-        member_keeps: !close && framing != Framing::UntilClose,
+        framing: framing.body,
+        member_keeps: !close && framing.reusable,
         client_closes,
     })))
 }
@@ -208,7 +188,9 @@ enum Parsed {
 
 /// Passes a member's answer (its head read into `answer`, the client's written into
 /// `client_head`) on to the client, and the member connection back to the pool when it
-/// may carry another request. Whether the answer went through whole.
+/// may carry another request. Whether the answer went through whole; or, when its body
+/// is malformed in what came with the head (nothing went out yet), the answer the client
+/// gets instead (502), as on the hyper path.
 pub async fn pass_answer(
     pool: &Pool,
     client: &mut ClientSocket,
@@ -217,7 +199,7 @@ pub async fn pass_answer(
     answer: &mut BytesMut,
     head: Answer,
     out: &mut Vec<u8>,
-) -> bool {
+) -> Result<bool, Refusal> {
     let timeout = pool.timeout();
     answer.advance(head.head_len);
     let mut chunks = ChunkedEnd::default();
@@ -225,17 +207,18 @@ pub async fn pass_answer(
     let mut counted = 0;
     // The body bytes still to come (for a length), and whether the body is whole.
     let (mut left, mut whole) = match head.framing {
-        Framing::None => (0, true),
-        Framing::Length(n) => (n, n == 0),
-        Framing::Chunked | Framing::UntilClose => (0, false),
+        Body::None => (0, true),
+        Body::Length(n) => (n, n == 0),
+        Body::Chunked | Body::UntilClose => (0, false),
     };
     let mut extra = false;
+    let mut sent_any = false;
     loop {
         // What of the bytes read belongs to the body (`out` holds the head at first).
         let pending: &[u8] = answer;
         let take = match head.framing {
-            Framing::None => 0,
-            Framing::Length(_) => {
+            Body::None => 0,
+            Body::Length(_) => {
                 let take = usize::try_from(left)
                     .unwrap_or(usize::MAX)
                     .min(pending.len());
@@ -243,25 +226,30 @@ pub async fn pass_answer(
                 whole = left == 0;
                 take
             }
-            Framing::Chunked => match chunks.feed(pending) {
+            Body::Chunked => match chunks.feed(pending) {
                 Ok(take) => {
                     whole = chunks.done();
                     take
                 }
                 Err(e) => {
+                    member.errors.fetch_add(1, Ordering::Relaxed);
+                    if !sent_any {
+                        debug!(member = %member.route, error = %e, "malformed answer; 502");
+                        return Err(Refusal::MemberFailed);
+                    }
                     debug!(member = %member.route, error = %e, "answer cut off");
                     // What came before goes out; the connection is closed.
                     let _ = client.write_all(out).await;
-                    return false;
+                    return Ok(false);
                 }
             },
-            Framing::UntilClose => pending.len(),
+            Body::UntilClose => pending.len(),
         };
         extra |= take < pending.len();
         out.extend_from_slice(&pending[..take]);
         // The body's bytes, as the hyper path counts them: a chunked one without framing.
         let body_bytes = match head.framing {
-            Framing::Chunked => {
+            Body::Chunked => {
                 let data = chunks.data();
                 let new = data - counted;
                 counted = data;
@@ -276,8 +264,9 @@ pub async fn pass_answer(
             client.write_all(out).await
         };
         if written.is_err() {
-            return false;
+            return Ok(false);
         }
+        sent_any = true;
         out.clear();
         if whole {
             break;
@@ -287,15 +276,15 @@ pub async fn pass_answer(
             answer.reserve(4096);
         }
         match tokio::time::timeout(timeout.after(), conn.read_buf(answer)).await {
-            Ok(Ok(0)) if head.framing == Framing::UntilClose => return false,
+            Ok(Ok(0)) if head.framing == Body::UntilClose => return Ok(false),
             Ok(Ok(0)) | Ok(Err(_)) => {
                 debug!(member = %member.route, "the member's answer ended early; cut off");
-                return false;
+                return Ok(false);
             }
             Err(_) => {
                 member.errors.fetch_add(1, Ordering::Relaxed);
                 timeout.note(Stall::AnswerBody, Some(&member.route));
-                return false;
+                return Ok(false);
             }
             Ok(Ok(_)) => {}
         }
@@ -303,7 +292,7 @@ pub async fn pass_answer(
     if head.member_keeps && !extra {
         pool.release_raw(member, conn);
     }
-    head.framing != Framing::UntilClose
+    Ok(head.framing != Body::UntilClose)
 }
 
 #[cfg(test)]
@@ -367,7 +356,7 @@ mod tests {
             false,
         )
         .unwrap();
-        assert_eq!(a.framing, Framing::Length(5));
+        assert_eq!(a.framing, Body::Length(5));
         assert!(a.member_keeps);
         assert_eq!(
             client,
@@ -379,25 +368,25 @@ mod tests {
             true,
         )
         .unwrap();
-        assert_eq!(a.framing, Framing::Chunked);
+        assert_eq!(a.framing, Body::Chunked);
         assert_eq!(
             client,
             "HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\nconnection: close\r\n\r\n"
         );
         let (a, client) = answer_of("HTTP/1.0 200 OK\r\n\r\nbody", false, false).unwrap();
-        assert_eq!(a.framing, Framing::UntilClose);
+        assert_eq!(a.framing, Body::UntilClose);
         assert!(!a.member_keeps);
         assert_eq!(client, "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n");
         let (a, _) =
             answer_of("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true, false).unwrap();
-        assert_eq!(a.framing, Framing::None, "an answer to HEAD has no body");
+        assert_eq!(a.framing, Body::None, "an answer to HEAD has no body");
         let (a, _) = answer_of(
             "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
             false,
             false,
         )
         .unwrap();
-        assert_eq!(a.framing, Framing::None);
+        assert_eq!(a.framing, Body::None);
         let (a, _) = answer_of(
             "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
             false,
@@ -405,13 +394,15 @@ mod tests {
         )
         .unwrap();
         assert!(!a.member_keeps);
-        let (a, _) = answer_of(
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
-            false,
-            false,
-        )
-        .unwrap();
-        assert_eq!(a.framing, Framing::UntilClose);
+        // A transfer coding nobody asked for (the balancer sends no TE): refused.
+        assert!(
+            answer_of(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                false,
+                false,
+            )
+            .is_err()
+        );
         assert_eq!(
             answer_of("HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n", false, false).err(),
             Some("interim")
@@ -431,14 +422,15 @@ mod tests {
     }
 
     #[test]
-    fn a_content_length_beside_transfer_encoding_is_not_passed_on() {
+    fn a_content_length_beside_transfer_encoding_is_not_passed_on_nor_the_connection_kept() {
         let (a, client) = answer_of(
             "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
             false,
             false,
         )
         .unwrap();
-        assert_eq!(a.framing, Framing::Chunked);
+        assert_eq!(a.framing, Body::Chunked);
+        assert!(!a.member_keeps);
         assert_eq!(
             client,
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -453,7 +445,7 @@ mod tests {
             false,
         )
         .unwrap();
-        assert_eq!(a.framing, Framing::Length(3));
+        assert_eq!(a.framing, Body::Length(3));
         assert_eq!(client, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n");
         let many = format!(
             "HTTP/1.1 200 OK\r\nConnection: {}\r\nContent-Length: 0\r\n\r\n",
@@ -477,6 +469,6 @@ mod tests {
             false,
         )
         .unwrap();
-        assert_eq!(a.framing, Framing::Length(7));
+        assert_eq!(a.framing, Body::Length(7));
     }
 }
