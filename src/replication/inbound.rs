@@ -20,7 +20,7 @@ use crate::membership::NodeId;
 use crate::metrics::Metrics;
 use crate::session::SessionStore;
 use crate::throttle::LogThrottle;
-use crate::transport::{self, FramedStream, Listener, Stream};
+use crate::transport::{self, FrameBudget, FrameLimits, FramedStream, Listener, Stream};
 use crate::wire::seal::{ClusterKey, SealError};
 use crate::wire::{self, FrameBody};
 
@@ -32,24 +32,34 @@ pub struct InboundConfig {
     pub store: SessionStore,
     /// Digests are answered only once this node holds the cluster's state.
     pub ready: Arc<AtomicBool>,
-    /// A connection whose first frame does not arrive within this is closed (a client that
-    /// connects and says nothing must not hold a slot for long).
+    /// A connection that has not proven itself within this is closed and counted: a client
+    /// that connects and says nothing must not hold a slot for long. With a key, the
+    /// handshake proves it; without, its first frame, which must be valid.
     pub first_frame_timeout: Duration,
-    /// A connection that sends nothing for this long is closed.
+    /// A proven connection that sends nothing for this long is closed.
     pub idle_timeout: Duration,
     /// At most this many inbound connections at once; more are closed at accept.
     pub max_connections: usize,
     /// At most this many of them from one address, so that one host cannot take every
     /// slot (a member needs one link, and a few short ones for checks and transfers).
     pub max_per_address: usize,
+    /// At most this many of them from one address not proven yet. A member proves a
+    /// connection in its first round trip, so even a host running several members has only
+    /// a few at a time; a host that opens connections and says nothing reaches this long
+    /// before [`InboundConfig::max_per_address`].
+    pub max_unproven_per_address: usize,
+    /// How frames still arriving are bounded: the bytes of all of them together, and how
+    /// slowly one may arrive.
+    pub frames: FrameLimits,
     pub log_interval: Duration,
     /// The cluster key: connections begin with its handshake and every frame is sealed.
     pub key: Option<ClusterKey>,
 }
 
 impl InboundConfig {
-    /// The production limits: 5 s for a first frame, 5 min idle (links carry a digest every
-    /// 30 s), 1024 connections.
+    /// The production limits: 5 s to prove a connection, 5 min idle (links carry a digest
+    /// every 30 s), 1024 connections, 16 unproven ones per address, 64 MiB of frames in
+    /// flight.
     pub fn new(
         cluster: String,
         me: NodeId,
@@ -65,6 +75,8 @@ impl InboundConfig {
             idle_timeout: Duration::from_secs(300),
             max_connections: 1024,
             max_per_address: 128,
+            max_unproven_per_address: 16,
+            frames: FrameLimits::default(),
             log_interval: Duration::from_secs(10),
             key: None,
         }
@@ -82,6 +94,8 @@ pub async fn serve(
     let throttle = Arc::new(Mutex::new(LogThrottle::<IpAddr>::new(cfg.log_interval)));
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
     let per_address = Arc::new(PerAddress::default());
+    let unproven_per_address = Arc::new(PerAddress::default());
+    let budget = FrameBudget::new(cfg.frames);
     let connections = TaskTracker::new();
     let mut listener = listener.into();
     loop {
@@ -112,17 +126,26 @@ pub async fn serve(
             }
             continue;
         };
-        let (cfg, metrics, throttle, shutdown) = (
+        let Some(unproven) = unproven_per_address.take(peer.ip(), cfg.max_unproven_per_address)
+        else {
+            metrics.replication.errors.inc();
+            if throttle.lock().allow(&peer.ip(), Instant::now()) {
+                warn!(%peer, max = cfg.max_unproven_per_address, "too many unproven replication connections from this address, closing this one");
+            }
+            continue;
+        };
+        let (cfg, metrics, throttle, shutdown, budget) = (
             cfg.clone(),
             metrics.clone(),
             throttle.clone(),
             shutdown.clone(),
+            budget.clone(),
         );
         connections.spawn(async move {
             let _slot = (slot, from_address);
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                _ = connection(stream, peer, &cfg, &metrics, &throttle) => {}
+                _ = connection(stream, peer, &cfg, &metrics, &throttle, budget, unproven) => {}
             }
         });
     }
@@ -168,17 +191,22 @@ impl Drop for AddressSlot {
     }
 }
 
+/// Serves one accepted connection until it ends. `unproven` holds its place among its
+/// address's unproven connections until it proves itself.
 async fn connection(
     stream: Stream,
     peer: SocketAddr,
     cfg: &InboundConfig,
     metrics: &Metrics,
     throttle: &Mutex<LogThrottle<IpAddr>>,
+    budget: FrameBudget,
+    unproven: AddressSlot,
 ) {
+    let mut unproven = Some(unproven);
     // The handshake (with a key) and the first frame share one deadline: a peer that says
     // nothing useful holds its slot for `first_frame_timeout` at most.
     let first_by = tokio::time::Instant::now() + cfg.first_frame_timeout;
-    let handshake = transport::accept(stream, cfg.key.as_ref(), cfg.me);
+    let handshake = transport::accept_with_budget(stream, cfg.key.as_ref(), cfg.me, budget);
     let mut stream = match tokio::time::timeout_at(first_by, handshake).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) if transport::seal_error(&e) == Some(SealError::WrongPeer) => {
@@ -196,46 +224,64 @@ async fn connection(
             return;
         }
         Err(_) => {
-            debug!(%peer, "no handshake within the first-frame timeout, closing");
+            let error = "no handshake within the first-frame timeout";
+            reject(peer, metrics, throttle, error, "first_frame_timeout");
             return;
         }
     };
     let mut wait = first_by.saturating_duration_since(tokio::time::Instant::now());
+    if cfg.key.is_some() {
+        // The handshake proved the key: a member's link may now idle (a joining node's
+        // has nothing to send until it holds the cluster's state).
+        unproven = None;
+        wait = cfg.idle_timeout;
+    }
     loop {
-        let mut frame = match tokio::time::timeout(wait, stream.next()).await {
+        let frame = match tokio::time::timeout(wait, stream.next()).await {
+            Err(_) if unproven.is_some() => {
+                let error = "no frame within the first-frame timeout";
+                reject(peer, metrics, throttle, error, "first_frame_timeout");
+                return;
+            }
             Err(_) => {
                 debug!(%peer, "replication connection idle, closing");
                 return;
             }
             Ok(None) => return,
-            Ok(Some(Ok(frame))) => {
-                wait = cfg.idle_timeout;
-                frame
-            }
+            Ok(Some(Ok(frame))) => frame,
             Ok(Some(Err(e))) => {
-                // Oversized length prefix, a frame failing authentication or an I/O error:
-                // the stream cannot be resynchronised.
+                // Oversized length prefix, a frame failing authentication, a stall or an
+                // I/O error: the stream cannot be resynchronised.
                 reject_stream(peer, metrics, throttle, &e);
                 return;
             }
         };
-        // Every frame that has already arrived is handled before anything is written back:
-        // acknowledgements are cumulative, so a burst of batches costs one ack and one write.
+        // Every frame that has already arrived is handled before anything is written
+        // back: acknowledgements are cumulative, so a burst of batches costs one ack and
+        // one write.
         let mut ack = None;
         let mut handled_frames = 0;
-        loop {
-            let handled = on_frame(&mut stream, peer, cfg, metrics, throttle, &frame, &mut ack);
-            if handled.await.is_err() {
+        let mut next = Some(frame);
+        while let Some(frame) = next.take() {
+            let handled =
+                on_frame(&mut stream, peer, cfg, metrics, throttle, &frame, &mut ack).await;
+            // Done with it before the stream is read again, where its reservation ends.
+            drop(frame);
+            if handled.is_err() {
                 return;
+            }
+            if unproven.take().is_some() {
+                // A valid frame: proven, this connection may idle like a member's.
+                wait = cfg.idle_timeout;
             }
             handled_frames += 1;
             // A peer that never stops sending still gets its acks at least this often.
             if handled_frames == MAX_FRAMES_PER_ACK {
                 break;
             }
-            frame = match stream.next().now_or_never() {
-                None => break,
-                Some(Some(Ok(next))) => next,
+            next = match stream.next().now_or_never() {
+                None => None,
+                Some(Some(Ok(frame))) => Some(frame),
                 Some(Some(Err(e))) => {
                     reject_stream(peer, metrics, throttle, &e);
                     return;
@@ -442,6 +488,8 @@ fn reject_stream(
 ) {
     let reason = if transport::is_seal_error(e) {
         "unauthenticated"
+    } else if let Some(intake) = transport::intake_error(e) {
+        intake.kind()
     } else {
         "bad stream"
     };
