@@ -669,8 +669,8 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_silent_connection_is_closed_after_the_first_frame_timeout() {
-        let (addr, _metrics, stop) = start().await;
+    async fn a_silent_connection_is_closed_after_the_first_frame_timeout_and_counted() {
+        let (addr, metrics, stop) = start().await;
         let mut silent = TcpStream::connect(addr).await.expect("connect");
         let started = tokio::time::Instant::now();
         let mut buf = [0u8; 8];
@@ -680,6 +680,91 @@ mod tests {
             "closed, not answered"
         );
         assert!(started.elapsed() >= Duration::from_secs(5));
+        assert_eq!(metrics.replication.errors.get(), 1);
+        stop.cancel();
+    }
+
+    /// A connection that proved itself with a ping, kept open.
+    async fn proven(addr: SocketAddr) -> FramedStream {
+        let mut stream = transport::connect(addr, None, NodeId::from_u64(2), NodeId::from_u64(1))
+            .await
+            .expect("connect");
+        let ping = wire::encode_frame("c", NodeId::from_u64(2), &FrameBody::Ping(1));
+        stream.send(ping).await.expect("send");
+        stream.next().await.expect("a pong").expect("ok");
+        stream
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_proven_connection_may_idle_past_the_first_frame_timeout() {
+        let (addr, metrics, stop) = start().await;
+        let mut link = proven(addr).await;
+        let idle = tokio::time::timeout(Duration::from_secs(60), link.next()).await;
+        assert!(idle.is_err(), "still open after a minute: {idle:?}");
+        assert_eq!(metrics.replication.errors.get(), 0);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn silent_connections_from_one_address_reach_their_cap_while_proven_ones_do_not_count() {
+        let (addr, metrics, stop) = start_with(|cfg| {
+            cfg.max_unproven_per_address = 2;
+            cfg.first_frame_timeout = Duration::from_secs(60);
+        })
+        .await;
+        let mut links = Vec::new();
+        for _ in 0..4 {
+            links.push(proven(addr).await);
+        }
+        let silent = [
+            TcpStream::connect(addr).await.expect("connect"),
+            TcpStream::connect(addr).await.expect("connect"),
+        ];
+        // Their places are taken once they are accepted: the next one is closed at once.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while answers_a_ping(addr).await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "a third unproven connection was served"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert!(metrics.replication.errors.get() >= 1);
+        drop(silent);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !answers_a_ping(addr).await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the places were not given back"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_frame_that_stalls_after_a_valid_ping_closes_its_connection_and_is_counted() {
+        let (addr, metrics, stop) = start_with(|cfg| {
+            cfg.frames.grace = Duration::from_millis(300);
+            cfg.frames.silence = Duration::from_millis(300);
+        })
+        .await;
+        let mut raw = TcpStream::connect(addr).await.expect("connect");
+        let ping = wire::encode_frame("c", NodeId::from_u64(2), &FrameBody::Ping(1));
+        let mut bytes = (ping.len() as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&ping);
+        // Then 16 MiB announced, and 100 KiB of it.
+        bytes.extend_from_slice(&(wire::MAX_FRAME as u32).to_be_bytes());
+        bytes.resize(bytes.len() + 100 * 1024, 0);
+        raw.write_all(&bytes).await.expect("write");
+        let started = tokio::time::Instant::now();
+        let mut answer = Vec::new();
+        // Ended (an end of stream or a reset), not held for the idle timeout.
+        let _ended = tokio::time::timeout(Duration::from_secs(30), raw.read_to_end(&mut answer))
+            .await
+            .expect("closed within seconds");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!(metrics.replication.errors.get(), 1);
         stop.cancel();
     }
 

@@ -14,10 +14,11 @@
 //!   slows the peer down, and nothing is lost. A reader that waits longer than
 //!   [`FrameLimits::budget_wait`] gives up and its connection closes.
 //! - A frame must arrive at [`FrameLimits::min_rate`] or faster once it had
-//!   [`FrameLimits::grace`] (counted only while the reader waits for the peer, not while the
-//!   node is busy with the frame before it or waits for the budget): one that trickles in is
-//!   a stall, and its connection closes. So a slow sender holds a reservation for seconds,
-//!   not for the minutes of the idle timeout.
+//!   [`FrameLimits::grace`], and never go [`FrameLimits::silence`] without a byte (both
+//!   counted only while the reader waits for the peer, not while the node is busy with the
+//!   frame before it or waits for the budget): one that trickles in or stops is a stall, and
+//!   its connection closes. So a slow sender holds a reservation for seconds, not for the
+//!   minutes of the idle timeout.
 //!
 //! The reservation of a frame ends when the stream is read again after it was handed out:
 //! the reader of the stream handles one frame before it asks for the next.
@@ -63,9 +64,13 @@ pub struct FrameLimits {
     /// How long any frame may take regardless of its size: a member's frame of a few
     /// kilobytes arrives in a millisecond, even on a loaded machine in well under this.
     pub grace: Duration,
-    /// Longest a frame waits for room in the budget. Frames that hold the budget finish or
-    /// stall within `grace` plus their size at `min_rate` (about 21 s for the largest), so
-    /// a wait longer than that means the budget is being held on purpose.
+    /// Longest a frame may go without a byte: a sender that stops after most of a large
+    /// frame has earned minutes at `min_rate`, not the right to hold its bytes that long.
+    pub silence: Duration,
+    /// Longest a frame waits for room in the budget. A frame holding room stops for at
+    /// most `silence`; one still sending at full speed is done long before this; so a wait
+    /// this long means frames that trickle at the floor hold the budget, and the waiting
+    /// peer had better try again later (a member's link reconnects and sends again).
     pub budget_wait: Duration,
 }
 
@@ -76,7 +81,8 @@ impl Default for FrameLimits {
             per_connection: LARGEST_FRAME,
             min_rate: 1024 * 1024,
             grace: Duration::from_secs(5),
-            budget_wait: Duration::from_secs(30),
+            silence: Duration::from_secs(5),
+            budget_wait: Duration::from_secs(10),
         }
     }
 }
@@ -96,7 +102,8 @@ impl FrameBudget {
         }
     }
 
-    /// Bytes reserved now, by all connections.
+    /// Bytes reserved now, by all connections (with what the frame first in line for room
+    /// was given so far).
     pub fn in_use(&self) -> usize {
         self.limits
             .in_flight
@@ -178,6 +185,8 @@ struct FrameMeter {
     reserved: bool,
     /// Time spent waiting for the peer's bytes of the current frame.
     waited: Duration,
+    /// Of that, since its last byte.
+    silent: Duration,
 }
 
 impl FrameMeter {
@@ -188,6 +197,7 @@ impl FrameMeter {
             have: 0,
             reserved: false,
             waited: Duration::ZERO,
+            silent: Duration::ZERO,
         }
     }
 
@@ -217,6 +227,7 @@ impl FrameMeter {
     /// reservation may end once the frame was handled).
     fn read(&mut self, mut bytes: &[u8]) -> Result<bool, IntakeError> {
         let mut completed_reserved = false;
+        self.silent = Duration::ZERO;
         while !bytes.is_empty() {
             if self.have < 4 {
                 let take = (4 - self.have).min(bytes.len());
@@ -249,10 +260,12 @@ impl FrameMeter {
     /// Counts time spent waiting for the peer's bytes of the current frame.
     fn waited(&mut self, d: Duration) {
         self.waited += d;
+        self.silent += d;
     }
 
     /// How much longer the peer may take before the current frame is a stall: `grace`,
-    /// and one second for each `min_rate` bytes that came. None between frames.
+    /// and one second for each `min_rate` bytes that came, in all; `silence` since the last
+    /// byte. None between frames.
     fn patience(&self, limits: &FrameLimits) -> Option<Duration> {
         if !self.in_frame() {
             return None;
@@ -261,7 +274,8 @@ impl FrameMeter {
             (self.have as u128 * 1_000_000_000 / u128::from(limits.min_rate.max(1)))
                 .min(u128::from(u64::MAX)) as u64,
         );
-        Some((limits.grace + earned).saturating_sub(self.waited))
+        let floor = (limits.grace + earned).saturating_sub(self.waited);
+        Some(floor.min(limits.silence.saturating_sub(self.silent)))
     }
 
     fn stalled(&self) -> IntakeError {
@@ -476,5 +490,324 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Metered<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(self.get_mut().io.get_mut()).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncWriteExt, DuplexStream, duplex};
+    use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * 1024;
+
+    /// Limits small enough to see in a test: 1 MiB in flight, 1 s of grace, 100 KiB/s.
+    fn limits() -> FrameLimits {
+        FrameLimits {
+            in_flight: MIB,
+            per_connection: MIB,
+            min_rate: 100 * KIB as u64,
+            grace: Duration::from_secs(1),
+            silence: Duration::from_secs(2),
+            budget_wait: Duration::from_secs(10),
+        }
+    }
+
+    type Reader = Framed<Metered<DuplexStream>, LengthDelimitedCodec>;
+
+    /// The accepting end of a connection read against `budget`, and the peer's end.
+    fn connection(budget: &FrameBudget) -> (Reader, DuplexStream) {
+        let (ours, theirs) = duplex(4 * MIB);
+        let codec = LengthDelimitedCodec::builder()
+            .max_frame_length(4 * MIB)
+            .new_codec();
+        (
+            Framed::new(Metered::with_budget(ours, budget.clone()), codec),
+            theirs,
+        )
+    }
+
+    fn prefix(len: usize) -> [u8; 4] {
+        (len as u32).to_be_bytes()
+    }
+
+    fn frame(len: usize) -> Vec<u8> {
+        let mut bytes = prefix(len).to_vec();
+        bytes.resize(4 + len, 7);
+        bytes
+    }
+
+    /// Whether `reader` has a frame (or an error) within a moment; reading it counts as
+    /// handing the previous one back.
+    async fn poll_a_moment(reader: &mut Reader) -> Option<io::Result<bytes::BytesMut>> {
+        tokio::time::timeout(Duration::from_millis(10), reader.next())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    #[test]
+    fn small_frames_are_read_without_a_reservation_however_many_come_at_once() {
+        let mut meter = FrameMeter::new(MIB);
+        assert_eq!(meter.next(), Next::Read(FREE_BYTES));
+        let mut burst = Vec::new();
+        for _ in 0..10 {
+            burst.extend(frame(100));
+        }
+        assert_eq!(meter.read(&burst), Ok(false));
+        assert!(!meter.in_frame());
+        assert_eq!(meter.next(), Next::Read(FREE_BYTES));
+    }
+
+    #[test]
+    fn a_large_frame_is_reserved_whole_once_its_length_is_known_and_not_read_further_before() {
+        let mut meter = FrameMeter::new(MIB);
+        let len = 100 * KIB;
+        assert_eq!(meter.read(&prefix(len)[..2]), Ok(false));
+        assert_eq!(
+            meter.next(),
+            Next::Read(FREE_BYTES - 2),
+            "length not known yet"
+        );
+        assert_eq!(meter.read(&prefix(len)[2..]), Ok(false));
+        assert_eq!(meter.next(), Next::Reserve(4 + len));
+        meter.reserve();
+        // The rest of the frame, and the free bytes of whatever follows it.
+        assert_eq!(meter.next(), Next::Read(len + FREE_BYTES));
+        assert_eq!(meter.read(&vec![0; len]), Ok(true), "a reserved frame done");
+        assert_eq!(meter.next(), Next::Read(FREE_BYTES));
+    }
+
+    #[test]
+    fn bytes_after_a_reserved_frame_start_the_next_one_unreserved() {
+        let mut meter = FrameMeter::new(MIB);
+        let len = 20 * KIB;
+        meter.read(&prefix(len)).expect("prefix");
+        meter.reserve();
+        let mut bytes = vec![0; len];
+        bytes.extend(prefix(50 * KIB));
+        bytes.extend([1; 10]);
+        assert_eq!(meter.read(&bytes), Ok(true));
+        assert_eq!(meter.have, 14);
+        assert_eq!(meter.next(), Next::Reserve(4 + 50 * KIB));
+    }
+
+    #[test]
+    fn a_frame_longer_than_a_connection_may_hold_is_refused_at_its_length() {
+        let mut meter = FrameMeter::new(MIB);
+        assert_eq!(
+            meter.read(&prefix(MIB)),
+            Err(IntakeError::TooLong {
+                len: 4 + MIB,
+                max: MIB
+            })
+        );
+    }
+
+    #[test]
+    fn patience_is_the_grace_and_a_second_per_floor_of_bytes_less_the_time_waited() {
+        let limits = limits();
+        let mut meter = FrameMeter::new(MIB);
+        assert_eq!(
+            meter.patience(&limits),
+            None,
+            "between frames: the idle timeout's"
+        );
+        meter.read(&prefix(500 * KIB)).expect("prefix");
+        meter.reserve();
+        meter.read(&vec![0; 200 * KIB - 4]).expect("bytes");
+        // 1 s of grace and 2 s for 200 KiB at 100 KiB/s; but no more than 2 s of silence.
+        assert_eq!(meter.patience(&limits), Some(Duration::from_secs(2)));
+        meter.waited(Duration::from_millis(1500));
+        assert_eq!(meter.patience(&limits), Some(Duration::from_millis(500)));
+        // Ten bytes more: the silence starts over, the floor binds (1.5 s and 0.1 ms).
+        meter.read(&[0; 10]).expect("a byte more");
+        let left = meter.patience(&limits).expect("in a frame");
+        assert!(left > Duration::from_millis(1500) && left < Duration::from_millis(1501));
+        meter.waited(left);
+        assert_eq!(meter.patience(&limits), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_frame_that_stops_is_a_stall_after_the_silence_whatever_it_earned() {
+        let limits = limits();
+        let mut meter = FrameMeter::new(MIB);
+        meter.read(&prefix(1000 * KIB)).expect("prefix");
+        meter.reserve();
+        meter
+            .read(&vec![0; 1000 * KIB - 1])
+            .expect("all but a byte");
+        meter.waited(Duration::from_secs(2));
+        assert_eq!(meter.patience(&limits), Some(Duration::ZERO));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_that_trickles_in_is_a_stall_after_the_grace_and_gives_its_reservation_back() {
+        let budget = FrameBudget::new(limits());
+        let (mut reader, mut peer) = connection(&budget);
+        let started = Instant::now();
+        peer.write_all(&prefix(512 * KIB)).await.expect("write");
+        let trickle = tokio::spawn(async move {
+            // A byte every 100 ms: 10 bytes a second against a floor of 100 KiB/s.
+            while peer.write_all(&[0]).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let e = reader.next().await.expect("an end").expect_err("a stall");
+        assert!(
+            matches!(intake_error(&e), Some(IntakeError::Stalled { .. })),
+            "{e}"
+        );
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(1) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        assert_eq!(
+            budget.in_use(),
+            4 + 512 * KIB,
+            "held until the connection closes"
+        );
+        drop(reader);
+        assert_eq!(budget.in_use(), 0);
+        trickle.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_large_frame_that_keeps_the_floor_arrives_however_long_it_takes() {
+        // The silence never comes into it: no pause is longer than 50 ms.
+        let budget = FrameBudget::new(limits());
+        let (mut reader, mut peer) = connection(&budget);
+        let len = 900 * KIB;
+        let bytes = frame(len);
+        let started = Instant::now();
+        let sender = tokio::spawn(async move {
+            // 10 KiB every 50 ms: 200 KiB/s, twice the floor, 4.5 s for the frame.
+            for piece in bytes.chunks(10 * KIB) {
+                peer.write_all(piece).await.expect("write");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            peer
+        });
+        let got = reader.next().await.expect("a frame").expect("whole");
+        assert_eq!(got.len(), len);
+        assert!(started.elapsed() > Duration::from_secs(4));
+        let _peer = sender.await.expect("sender");
+        assert!(poll_a_moment(&mut reader).await.is_none());
+        assert_eq!(
+            budget.in_use(),
+            0,
+            "given back once the stream is read again"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_budget_makes_the_next_large_frame_wait_and_it_goes_on_once_there_is_room() {
+        let budget = FrameBudget::new(limits());
+        let (mut first, mut first_peer) = connection(&budget);
+        let (mut second, mut second_peer) = connection(&budget);
+        let len = 600 * KIB;
+        // The first frame holds 600 KiB of the 1 MiB while its bytes come.
+        first_peer
+            .write_all(&frame(len)[..300 * KIB])
+            .await
+            .expect("write");
+        assert!(poll_a_moment(&mut first).await.is_none());
+        assert_eq!(budget.in_use(), 4 + len);
+        // The second is all there, but no room for it: it waits, it does not fail.
+        second_peer.write_all(&frame(len)).await.expect("write");
+        assert!(poll_a_moment(&mut second).await.is_none());
+        assert!(
+            second.read_buffer().len() <= FREE_BYTES,
+            "no more than the free bytes read without room"
+        );
+        // The first completes and is handled; reading on gives its reservation back.
+        first_peer
+            .write_all(&frame(len)[300 * KIB..])
+            .await
+            .expect("write");
+        assert_eq!(
+            poll_a_moment(&mut first)
+                .await
+                .expect("frame")
+                .expect("ok")
+                .len(),
+            len
+        );
+        assert!(poll_a_moment(&mut first).await.is_none());
+        let got = tokio::time::timeout(Duration::from_secs(1), second.next())
+            .await
+            .expect("the waiting frame goes on")
+            .expect("a frame")
+            .expect("ok");
+        assert_eq!(got.len(), len);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_that_finds_no_room_within_the_wait_closes_its_connection() {
+        let budget = FrameBudget::new(limits());
+        let (mut holder, mut holder_peer) = connection(&budget);
+        let (mut waiter, mut waiter_peer) = connection(&budget);
+        holder_peer
+            .write_all(&frame(900 * KIB))
+            .await
+            .expect("write");
+        // Read whole but never handled: the reservation stays.
+        assert!(poll_a_moment(&mut holder).await.expect("frame").is_ok());
+        waiter_peer
+            .write_all(&frame(200 * KIB))
+            .await
+            .expect("write");
+        let started = Instant::now();
+        let e = waiter.next().await.expect("an end").expect_err("no room");
+        assert!(
+            matches!(intake_error(&e), Some(IntakeError::NoBudget { .. })),
+            "{e}"
+        );
+        assert!(started.elapsed() >= Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_and_small_frames_hold_none_of_the_budget() {
+        let budget = FrameBudget::new(limits());
+        let mut open = Vec::new();
+        for _ in 0..100 {
+            let (mut reader, mut peer) = connection(&budget);
+            peer.write_all(&frame(1000)).await.expect("write");
+            let mut burst = Vec::new();
+            for _ in 0..5 {
+                burst.extend(frame(100));
+            }
+            peer.write_all(&burst).await.expect("write");
+            for _ in 0..6 {
+                assert!(poll_a_moment(&mut reader).await.expect("frame").is_ok());
+            }
+            assert!(poll_a_moment(&mut reader).await.is_none());
+            open.push((reader, peer));
+        }
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_plain_stream_reads_and_writes_as_its_socket_does() {
+        let (ours, theirs) = duplex(64 * KIB);
+        let mut ours = Framed::new(Metered::plain(ours), LengthDelimitedCodec::new());
+        let mut theirs = Framed::new(theirs, LengthDelimitedCodec::new());
+        ours.send(Bytes::from_static(b"out")).await.expect("send");
+        assert_eq!(
+            &theirs.next().await.expect("a frame").expect("ok")[..],
+            b"out"
+        );
+        theirs
+            .send(Bytes::from(vec![1; 40 * KIB]))
+            .await
+            .expect("send");
+        assert_eq!(
+            ours.next().await.expect("a frame").expect("ok").len(),
+            40 * KIB
+        );
     }
 }

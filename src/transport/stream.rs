@@ -557,6 +557,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_length_announced_is_not_memory_taken_before_its_bytes_come() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut raw = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let mut server = accept(accepted, None, SERVER).await.unwrap();
+        raw.write_all(&(MAX_FRAME as u32).to_be_bytes())
+            .await
+            .unwrap();
+        raw.write_all(&[0u8; 4096]).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while server.read_buffer().len() < 4 + 4096 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the bytes never came"
+            );
+            let next = tokio::time::timeout(Duration::from_millis(10), server.next()).await;
+            assert!(next.is_err(), "no frame yet: {next:?}");
+        }
+        assert!(
+            server.read_buffer().capacity() < 1024 * 1024,
+            "{} bytes taken for 4 KiB of a 16 MiB frame",
+            server.read_buffer().capacity()
+        );
+    }
+
+    #[tokio::test]
     async fn without_keys_frames_are_plain() {
         let (client, server) = pair(None, None).await;
         let (mut client, mut server) = (client.unwrap(), server.unwrap());
