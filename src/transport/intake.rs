@@ -51,9 +51,9 @@ const LARGEST_FRAME: usize = 4 + MAX_FRAME + seal::FRAME_OVERHEAD;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameLimits {
     /// Bytes reserved for frames still arriving, all connections together. Four frames of
-    /// the largest size, or sixteen batches of a state transfer or an anti-entropy push
-    /// (about 4 MiB each) at once: more than a cluster's links send at a time, and what
-    /// every slow or hostile peer together can make the port hold.
+    /// the largest size (64 MiB and a few bytes), or sixteen batches of a state transfer
+    /// or an anti-entropy push (about 4 MiB each) at once: more than a cluster's links send
+    /// at a time, and what every slow or hostile peer together can make the port hold.
     pub in_flight: usize,
     /// Most bytes of one frame (length prefix included): larger ones close the connection.
     pub per_connection: usize,
@@ -77,7 +77,7 @@ pub struct FrameLimits {
 impl Default for FrameLimits {
     fn default() -> FrameLimits {
         FrameLimits {
-            in_flight: 64 * 1024 * 1024,
+            in_flight: 4 * LARGEST_FRAME,
             per_connection: LARGEST_FRAME,
             min_rate: 1024 * 1024,
             grace: Duration::from_secs(5),
