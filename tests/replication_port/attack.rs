@@ -40,6 +40,11 @@ pub struct Ended {
 pub struct Running(Vec<JoinHandle<Ended>>);
 
 impl Running {
+    /// Whether every connection ended (closed by the node, or given up).
+    pub fn finished(&self) -> bool {
+        self.0.iter().all(|t| t.is_finished())
+    }
+
     /// How each connection ended, once all did.
     pub fn wait(self) -> Vec<Ended> {
         self.0
