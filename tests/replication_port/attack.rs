@@ -4,6 +4,9 @@
 //! attacker's pace and then stop. Shared by the test of the port and the figure of the
 //! issue's note (benches/replication_hold.rs).
 
+// Each of the two uses part of it.
+#![allow(dead_code)]
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::thread::JoinHandle;
