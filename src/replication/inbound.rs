@@ -20,7 +20,7 @@ use crate::membership::NodeId;
 use crate::metrics::Metrics;
 use crate::session::SessionStore;
 use crate::throttle::LogThrottle;
-use crate::transport::{self, FramedStream, Listener, Stream};
+use crate::transport::{self, FrameBudget, FrameLimits, FramedStream, Listener, Stream};
 use crate::wire::seal::{ClusterKey, SealError};
 use crate::wire::{self, FrameBody};
 
@@ -32,24 +32,34 @@ pub struct InboundConfig {
     pub store: SessionStore,
     /// Digests are answered only once this node holds the cluster's state.
     pub ready: Arc<AtomicBool>,
-    /// A connection whose first frame does not arrive within this is closed (a client that
-    /// connects and says nothing must not hold a slot for long).
+    /// A connection that has not proven itself within this is closed and counted: a client
+    /// that connects and says nothing must not hold a slot for long. With a key, the
+    /// handshake proves it; without, its first frame, which must be valid.
     pub first_frame_timeout: Duration,
-    /// A connection that sends nothing for this long is closed.
+    /// A proven connection that sends nothing for this long is closed.
     pub idle_timeout: Duration,
     /// At most this many inbound connections at once; more are closed at accept.
     pub max_connections: usize,
     /// At most this many of them from one address, so that one host cannot take every
     /// slot (a member needs one link, and a few short ones for checks and transfers).
     pub max_per_address: usize,
+    /// At most this many of them from one address not proven yet. A member proves a
+    /// connection in its first round trip, so even a host running several members has only
+    /// a few at a time; a host that opens connections and says nothing reaches this long
+    /// before [`InboundConfig::max_per_address`].
+    pub max_unproven_per_address: usize,
+    /// How frames still arriving are bounded: the bytes of all of them together, and how
+    /// slowly one may arrive.
+    pub frames: FrameLimits,
     pub log_interval: Duration,
     /// The cluster key: connections begin with its handshake and every frame is sealed.
     pub key: Option<ClusterKey>,
 }
 
 impl InboundConfig {
-    /// The production limits: 5 s for a first frame, 5 min idle (links carry a digest every
-    /// 30 s), 1024 connections.
+    /// The production limits: 5 s to prove a connection, 5 min idle (links carry a digest
+    /// every 30 s), 1024 connections, 16 unproven ones per address, 64 MiB of frames in
+    /// flight.
     pub fn new(
         cluster: String,
         me: NodeId,
@@ -65,6 +75,8 @@ impl InboundConfig {
             idle_timeout: Duration::from_secs(300),
             max_connections: 1024,
             max_per_address: 128,
+            max_unproven_per_address: 16,
+            frames: FrameLimits::default(),
             log_interval: Duration::from_secs(10),
             key: None,
         }
@@ -82,6 +94,8 @@ pub async fn serve(
     let throttle = Arc::new(Mutex::new(LogThrottle::<IpAddr>::new(cfg.log_interval)));
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
     let per_address = Arc::new(PerAddress::default());
+    let unproven_per_address = Arc::new(PerAddress::default());
+    let budget = FrameBudget::new(cfg.frames);
     let connections = TaskTracker::new();
     let mut listener = listener.into();
     loop {
@@ -112,17 +126,26 @@ pub async fn serve(
             }
             continue;
         };
-        let (cfg, metrics, throttle, shutdown) = (
+        let Some(unproven) = unproven_per_address.take(peer.ip(), cfg.max_unproven_per_address)
+        else {
+            metrics.replication.errors.inc();
+            if throttle.lock().allow(&peer.ip(), Instant::now()) {
+                warn!(%peer, max = cfg.max_unproven_per_address, "too many unproven replication connections from this address, closing this one");
+            }
+            continue;
+        };
+        let (cfg, metrics, throttle, shutdown, budget) = (
             cfg.clone(),
             metrics.clone(),
             throttle.clone(),
             shutdown.clone(),
+            budget.clone(),
         );
         connections.spawn(async move {
             let _slot = (slot, from_address);
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                _ = connection(stream, peer, &cfg, &metrics, &throttle) => {}
+                _ = connection(stream, peer, &cfg, &metrics, &throttle, budget, unproven) => {}
             }
         });
     }
@@ -168,17 +191,22 @@ impl Drop for AddressSlot {
     }
 }
 
+/// Serves one accepted connection until it ends. `unproven` holds its place among its
+/// address's unproven connections until it proves itself.
 async fn connection(
     stream: Stream,
     peer: SocketAddr,
     cfg: &InboundConfig,
     metrics: &Metrics,
     throttle: &Mutex<LogThrottle<IpAddr>>,
+    budget: FrameBudget,
+    unproven: AddressSlot,
 ) {
+    let mut unproven = Some(unproven);
     // The handshake (with a key) and the first frame share one deadline: a peer that says
     // nothing useful holds its slot for `first_frame_timeout` at most.
     let first_by = tokio::time::Instant::now() + cfg.first_frame_timeout;
-    let handshake = transport::accept(stream, cfg.key.as_ref(), cfg.me);
+    let handshake = transport::accept_with_budget(stream, cfg.key.as_ref(), cfg.me, budget);
     let mut stream = match tokio::time::timeout_at(first_by, handshake).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) if transport::seal_error(&e) == Some(SealError::WrongPeer) => {
@@ -196,46 +224,64 @@ async fn connection(
             return;
         }
         Err(_) => {
-            debug!(%peer, "no handshake within the first-frame timeout, closing");
+            let error = "no handshake within the first-frame timeout";
+            reject(peer, metrics, throttle, error, "first_frame_timeout");
             return;
         }
     };
     let mut wait = first_by.saturating_duration_since(tokio::time::Instant::now());
+    if cfg.key.is_some() {
+        // The handshake proved the key: a member's link may now idle (a joining node's
+        // has nothing to send until it holds the cluster's state).
+        unproven = None;
+        wait = cfg.idle_timeout;
+    }
     loop {
-        let mut frame = match tokio::time::timeout(wait, stream.next()).await {
+        let frame = match tokio::time::timeout(wait, stream.next()).await {
+            Err(_) if unproven.is_some() => {
+                let error = "no frame within the first-frame timeout";
+                reject(peer, metrics, throttle, error, "first_frame_timeout");
+                return;
+            }
             Err(_) => {
                 debug!(%peer, "replication connection idle, closing");
                 return;
             }
             Ok(None) => return,
-            Ok(Some(Ok(frame))) => {
-                wait = cfg.idle_timeout;
-                frame
-            }
+            Ok(Some(Ok(frame))) => frame,
             Ok(Some(Err(e))) => {
-                // Oversized length prefix, a frame failing authentication or an I/O error:
-                // the stream cannot be resynchronised.
+                // Oversized length prefix, a frame failing authentication, a stall or an
+                // I/O error: the stream cannot be resynchronised.
                 reject_stream(peer, metrics, throttle, &e);
                 return;
             }
         };
-        // Every frame that has already arrived is handled before anything is written back:
-        // acknowledgements are cumulative, so a burst of batches costs one ack and one write.
+        // Every frame that has already arrived is handled before anything is written
+        // back: acknowledgements are cumulative, so a burst of batches costs one ack and
+        // one write.
         let mut ack = None;
         let mut handled_frames = 0;
-        loop {
-            let handled = on_frame(&mut stream, peer, cfg, metrics, throttle, &frame, &mut ack);
-            if handled.await.is_err() {
+        let mut next = Some(frame);
+        while let Some(frame) = next.take() {
+            let handled =
+                on_frame(&mut stream, peer, cfg, metrics, throttle, &frame, &mut ack).await;
+            // Done with it before the stream is read again, where its reservation ends.
+            drop(frame);
+            if handled.is_err() {
                 return;
+            }
+            if unproven.take().is_some() {
+                // A valid frame: proven, this connection may idle like a member's.
+                wait = cfg.idle_timeout;
             }
             handled_frames += 1;
             // A peer that never stops sending still gets its acks at least this often.
             if handled_frames == MAX_FRAMES_PER_ACK {
                 break;
             }
-            frame = match stream.next().now_or_never() {
-                None => break,
-                Some(Some(Ok(next))) => next,
+            next = match stream.next().now_or_never() {
+                None => None,
+                Some(Some(Ok(frame))) => Some(frame),
                 Some(Some(Err(e))) => {
                     reject_stream(peer, metrics, throttle, &e);
                     return;
@@ -442,6 +488,8 @@ fn reject_stream(
 ) {
     let reason = if transport::is_seal_error(e) {
         "unauthenticated"
+    } else if let Some(intake) = transport::intake_error(e) {
+        intake.kind()
     } else {
         "bad stream"
     };
@@ -621,8 +669,8 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_silent_connection_is_closed_after_the_first_frame_timeout() {
-        let (addr, _metrics, stop) = start().await;
+    async fn a_silent_connection_is_closed_after_the_first_frame_timeout_and_counted() {
+        let (addr, metrics, stop) = start().await;
         let mut silent = TcpStream::connect(addr).await.expect("connect");
         let started = tokio::time::Instant::now();
         let mut buf = [0u8; 8];
@@ -632,6 +680,91 @@ mod tests {
             "closed, not answered"
         );
         assert!(started.elapsed() >= Duration::from_secs(5));
+        assert_eq!(metrics.replication.errors.get(), 1);
+        stop.cancel();
+    }
+
+    /// A connection that proved itself with a ping, kept open.
+    async fn proven(addr: SocketAddr) -> FramedStream {
+        let mut stream = transport::connect(addr, None, NodeId::from_u64(2), NodeId::from_u64(1))
+            .await
+            .expect("connect");
+        let ping = wire::encode_frame("c", NodeId::from_u64(2), &FrameBody::Ping(1));
+        stream.send(ping).await.expect("send");
+        stream.next().await.expect("a pong").expect("ok");
+        stream
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_proven_connection_may_idle_past_the_first_frame_timeout() {
+        let (addr, metrics, stop) = start().await;
+        let mut link = proven(addr).await;
+        let idle = tokio::time::timeout(Duration::from_secs(60), link.next()).await;
+        assert!(idle.is_err(), "still open after a minute: {idle:?}");
+        assert_eq!(metrics.replication.errors.get(), 0);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn silent_connections_from_one_address_reach_their_cap_while_proven_ones_do_not_count() {
+        let (addr, metrics, stop) = start_with(|cfg| {
+            cfg.max_unproven_per_address = 2;
+            cfg.first_frame_timeout = Duration::from_secs(60);
+        })
+        .await;
+        let mut links = Vec::new();
+        for _ in 0..4 {
+            links.push(proven(addr).await);
+        }
+        let silent = [
+            TcpStream::connect(addr).await.expect("connect"),
+            TcpStream::connect(addr).await.expect("connect"),
+        ];
+        // Their places are taken once they are accepted: the next one is closed at once.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while answers_a_ping(addr).await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "a third unproven connection was served"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert!(metrics.replication.errors.get() >= 1);
+        drop(silent);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !answers_a_ping(addr).await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the places were not given back"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_frame_that_stalls_after_a_valid_ping_closes_its_connection_and_is_counted() {
+        let (addr, metrics, stop) = start_with(|cfg| {
+            cfg.frames.grace = Duration::from_millis(300);
+            cfg.frames.silence = Duration::from_millis(300);
+        })
+        .await;
+        let mut raw = TcpStream::connect(addr).await.expect("connect");
+        let ping = wire::encode_frame("c", NodeId::from_u64(2), &FrameBody::Ping(1));
+        let mut bytes = (ping.len() as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&ping);
+        // Then 16 MiB announced, and 100 KiB of it.
+        bytes.extend_from_slice(&(wire::MAX_FRAME as u32).to_be_bytes());
+        bytes.resize(bytes.len() + 100 * 1024, 0);
+        raw.write_all(&bytes).await.expect("write");
+        let started = tokio::time::Instant::now();
+        let mut answer = Vec::new();
+        // Ended (an end of stream or a reset), not held for the idle timeout.
+        let _ended = tokio::time::timeout(Duration::from_secs(30), raw.read_to_end(&mut answer))
+            .await
+            .expect("closed within seconds");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!(metrics.replication.errors.get(), 1);
         stop.cancel();
     }
 

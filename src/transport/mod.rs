@@ -5,6 +5,7 @@
 //! and the real encoding of every byte.
 
 mod datagram;
+pub mod intake;
 pub mod mem;
 mod stream;
 
@@ -13,9 +14,10 @@ use std::io;
 use std::net::SocketAddr;
 
 pub use datagram::{UdpDatagrams, keep_resolving, resolve_peers};
+pub use intake::{FrameBudget, FrameLimits, IntakeError, intake_error};
 pub use stream::{
-    FrameCodec, FramedStream, Listener, Stream, Streams, accept, bind_listener, connect,
-    is_seal_error, seal_error,
+    FrameCodec, FrameTooLong, FramedStream, Listener, Stream, Streams, accept, accept_with_budget,
+    bind_listener, connect, is_seal_error, seal_error,
 };
 
 /// Largest payload of one UDP datagram over IPv4: what a socket refuses to send beyond.

@@ -11,11 +11,13 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::codec::{Decoder, Encoder, Framed, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, Encoder, Framed};
 
+use super::intake::{FrameBudget, Metered};
 use super::mem;
 use crate::membership::NodeId;
 use crate::wire::MAX_FRAME;
@@ -23,7 +25,7 @@ use crate::wire::seal::{
     self, ClusterKey, HELLO_LEN, HELLO_MAGIC, Hello, Role, SealError, StreamSeal,
 };
 
-pub type FramedStream = Framed<Stream, FrameCodec>;
+pub type FramedStream = Framed<Metered<Stream>, FrameCodec>;
 
 /// Where a node's replication connections go: the operating system's TCP, or a host of an
 /// in-memory [`mem::Network`]. A closed set, so an enum: the bytes of every frame take
@@ -53,7 +55,7 @@ impl Streams {
         me: NodeId,
         peer: NodeId,
     ) -> io::Result<FramedStream> {
-        framed(self.open(addr).await?, key, Ends::Client { me, peer }).await
+        framed(self.open(addr).await?, key, Ends::Client { me, peer }, None).await
     }
 }
 
@@ -167,27 +169,33 @@ impl Listener {
 /// Length-delimited frames, sealed when the connection has a key.
 #[derive(Debug)]
 pub struct FrameCodec {
-    length: LengthDelimitedCodec,
     seal: Option<StreamSeal>,
     /// With a key: whether the other end's empty first frame, which proves the key, came.
     proven: bool,
+    /// Longest frame taken now (after the length prefix).
+    max_len: usize,
+}
+
+/// A length prefix beyond what this end takes.
+#[derive(Debug, Error)]
+#[error("frame size too big: {len} bytes, at most {max}")]
+pub struct FrameTooLong {
+    len: usize,
+    max: usize,
 }
 
 impl FrameCodec {
     /// `proven`: whether the other end's proof of the key came already (or there is no key).
     fn new(seal: Option<StreamSeal>, proven: bool) -> FrameCodec {
-        let limit = if proven {
+        let max_len = if proven {
             MAX_FRAME + overhead(&seal)
         } else {
             seal::FRAME_OVERHEAD
         };
         FrameCodec {
-            length: LengthDelimitedCodec::builder()
-                .length_field_length(4)
-                .max_frame_length(limit)
-                .new_codec(),
             seal,
             proven,
+            max_len,
         }
     }
 
@@ -212,9 +220,24 @@ impl Decoder for FrameCodec {
 
     fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
         loop {
-            let Some(mut frame) = self.length.decode(src)? else {
+            let &[a, b, c, d, ..] = &src[..] else {
                 return Ok(None);
             };
+            let len = u32::from_be_bytes([a, b, c, d]) as usize;
+            if len > self.max_len {
+                let e = FrameTooLong {
+                    len,
+                    max: self.max_len,
+                };
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            // No room is reserved for the rest: the buffer grows as the bytes arrive, so a
+            // length announced is not memory taken.
+            if src.len() < 4 + len {
+                return Ok(None);
+            }
+            src.advance(4);
+            let mut frame = src.split_to(len);
             if let Some(seal) = &mut self.seal {
                 seal.open(&mut frame).map_err(invalid)?;
             }
@@ -226,8 +249,7 @@ impl Decoder for FrameCodec {
             }
             // The other end's proof (an authentic empty frame): from now on, any size.
             self.proven = true;
-            self.length
-                .set_max_frame_length(MAX_FRAME + seal::FRAME_OVERHEAD);
+            self.max_len = MAX_FRAME + seal::FRAME_OVERHEAD;
         }
     }
 }
@@ -236,22 +258,21 @@ impl Encoder<Bytes> for FrameCodec {
     type Error = io::Error;
 
     fn encode(&mut self, frame: Bytes, dst: &mut BytesMut) -> io::Result<()> {
-        let Some(seal) = &mut self.seal else {
-            return self.length.encode(frame, dst);
-        };
-        // Sealed where it will be sent: no buffer of its own, no second copy.
         if frame.len() > MAX_FRAME {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("frame of {} bytes exceeds {MAX_FRAME}", frame.len()),
             ));
         }
-        let len = frame.len() + seal::FRAME_OVERHEAD;
+        let len = frame.len() + overhead(&self.seal);
         dst.reserve(4 + len);
         dst.put_u32(len as u32);
         let start = dst.len();
         dst.extend_from_slice(&frame);
-        seal.seal_into(dst, start);
+        // Sealed where it will be sent: no buffer of its own, no second copy.
+        if let Some(seal) = &mut self.seal {
+            seal.seal_into(dst, start);
+        }
         Ok(())
     }
 }
@@ -284,12 +305,18 @@ async fn framed(
     mut stream: Stream,
     key: Option<&ClusterKey>,
     ends: Ends,
+    budget: Option<FrameBudget>,
 ) -> io::Result<FramedStream> {
     if let Stream::Tcp(tcp) = &stream {
         let _ = tcp.set_nodelay(true);
     }
+    // From here on the stream is at a frame's start: the budget counts every byte of them.
+    let metered = |stream| match budget {
+        Some(budget) => Metered::with_budget(stream, budget),
+        None => Metered::plain(stream),
+    };
     let Some(key) = key else {
-        return Ok(Framed::new(stream, FrameCodec::new(None, true)));
+        return Ok(Framed::new(metered(stream), FrameCodec::new(None, true)));
     };
     let mine = match ends {
         Ends::Client { me, peer } => Hello::new(me.as_u64(), peer.as_u64()),
@@ -339,7 +366,7 @@ async fn framed(
     let mut proof = BytesMut::new();
     codec.encode(Bytes::new(), &mut proof)?;
     stream.write_all(&proof).await?;
-    Ok(Framed::new(stream, codec))
+    Ok(Framed::new(metered(stream), codec))
 }
 
 /// The framed stream of a connection this node (`me`) accepted. The caller bounds the time
@@ -349,7 +376,18 @@ pub async fn accept(
     key: Option<&ClusterKey>,
     me: NodeId,
 ) -> io::Result<FramedStream> {
-    framed(stream.into(), key, Ends::Server { me }).await
+    framed(stream.into(), key, Ends::Server { me }, None).await
+}
+
+/// [`accept`] for the replication port: frames are read against `budget` (see
+/// [`super::intake`]), which all connections of the port share.
+pub async fn accept_with_budget(
+    stream: impl Into<Stream>,
+    key: Option<&ClusterKey>,
+    me: NodeId,
+    budget: FrameBudget,
+) -> io::Result<FramedStream> {
+    framed(stream.into(), key, Ends::Server { me }, Some(budget)).await
 }
 
 /// [`Streams::connect`] over TCP.
@@ -516,6 +554,33 @@ mod tests {
             "{refused}"
         );
         assert!(client.read_buffer().capacity() < 64 * 1024);
+    }
+
+    #[tokio::test]
+    async fn a_length_announced_is_not_memory_taken_before_its_bytes_come() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut raw = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let mut server = accept(accepted, None, SERVER).await.unwrap();
+        raw.write_all(&(MAX_FRAME as u32).to_be_bytes())
+            .await
+            .unwrap();
+        raw.write_all(&[0u8; 4096]).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while server.read_buffer().len() < 4 + 4096 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the bytes never came"
+            );
+            let next = tokio::time::timeout(Duration::from_millis(10), server.next()).await;
+            assert!(next.is_err(), "no frame yet: {next:?}");
+        }
+        assert!(
+            server.read_buffer().capacity() < 1024 * 1024,
+            "{} bytes taken for 4 KiB of a 16 MiB frame",
+            server.read_buffer().capacity()
+        );
     }
 
     #[tokio::test]
