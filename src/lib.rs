@@ -20,7 +20,10 @@
 //! - [`replication`]: links per peer, the replication port, state transfer, anti-entropy
 //!   (its comparisons pure, in their own module).
 //! - [`session`]: the session store library (ids, cookies, versioned deltas, merge).
-//! - [`node`]: the composition root of `deltacast node` and its HTTP endpoints.
+//! - [`node`]: the composition root of every node (`deltacast node` and [`Node`]) and its
+//!   HTTP endpoints.
+//! - [`web`]: the library's face for applications: [`Node`], a node inside the app's own
+//!   tokio runtime, and (feature `axum`) the session layer and the `Session` extractor.
 //! - [`balancer`]: the built-in balancer: member choice, health, proxy, discovery, manager,
 //!   client connections and their limits, member connections, one worker thread per core,
 //!   a fast path for the common requests beside hyper.
@@ -28,8 +31,8 @@
 //!
 //! Dependencies point inward: `membership` and `wire` know nothing of tokio or sockets,
 //! `transport` knows nothing of membership rules, `heartbeat` and `replication` know
-//! nothing of `node` (time comes from `clock` or as an argument), and only `node` and
-//! `cli` put the parts together.
+//! nothing of `node` (time comes from `clock` or as an argument), and only `node`, `web`
+//! and `cli` put the parts together.
 
 #![forbid(unsafe_code)]
 
@@ -48,6 +51,11 @@ pub mod session;
 pub mod shutdown;
 pub mod throttle;
 pub mod transport;
+pub mod web;
 pub mod wire;
 
 pub use config::Config;
+pub use node::NodeError;
+pub use web::{Node, NodeBuilder};
+#[cfg(feature = "axum")]
+pub use web::{Session, SessionLayer};

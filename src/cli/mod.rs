@@ -14,7 +14,8 @@ use tracing::info;
 
 use crate::balancer::{self, BalancerError};
 use crate::config::{Config, ConfigError, Override};
-use crate::node::{self, NodeError};
+use crate::node::NodeError;
+use crate::web::Node;
 use crate::shutdown::{self, Shutdown};
 use crate::wire::seal::ClusterKey;
 
@@ -191,17 +192,37 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     }
 }
 
+/// `deltacast node`: a [`Node`] serving its own endpoints, its HTTP answering (and its
+/// addresses reported) while it joins, stopped by a signal.
 async fn run_node(args: NodeArgs) -> Result<ExitCode, CliError> {
     let config = args.load_config()?;
     let shutdown = serve_until_signal(args.parent_pid)?;
-    let node = node::start(config, shutdown).await?;
+    let node = Node::builder(config)
+        .shutdown(shutdown)
+        .node_endpoints()
+        .launch()
+        .await?;
+    report_listening(&node);
+    node.stopped().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the line `deltacast up` and the tests read to learn where a node listens:
+/// `listening node.http=ADDR node.replication=ADDR` on stdout. An app built on [`Node`]
+/// that takes `deltacast node`'s flags prints it too, so it runs where `deltacast node`
+/// runs.
+pub fn report_listening(node: &Node) {
     let addrs = node.addresses();
     up::report_listening(&[
         ("node.http", addrs.http),
         ("node.replication", addrs.replication),
     ]);
-    node.stopped().await;
-    Ok(ExitCode::SUCCESS)
+}
+
+/// The shutdown of a process that serves until SIGTERM or SIGINT (Ctrl-C): give it to
+/// [`crate::NodeBuilder::shutdown`], and [`Node::stopped`] returns once the node left.
+pub fn shutdown_on_signal() -> Result<Shutdown, CliError> {
+    serve_until_signal(None)
 }
 
 async fn run_balancer(args: BalancerArgs) -> Result<ExitCode, CliError> {

@@ -1,5 +1,6 @@
-//! Composition root of `deltacast node`: binds the sockets, starts membership, the
-//! replication port and HTTP, and takes them down in order on shutdown.
+//! Composition root of every node (`deltacast node` and the library's `Node`): binds the
+//! sockets, starts membership, the replication port and HTTP, and takes them down in order
+//! on shutdown.
 
 pub mod http;
 mod serve;
@@ -10,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -28,20 +30,31 @@ use crate::shutdown::Shutdown;
 use crate::transport::{self, Datagrams, Listener, Streams, UdpDatagrams};
 use crate::wire::seal::ClusterKey;
 
+/// Why a node could not start.
 #[derive(Debug, Error)]
 pub enum NodeError {
+    /// The configuration is not valid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The cluster key file (`cluster.key_file`) could not be read.
     #[error(transparent)]
     Key(#[from] crate::wire::key_file::KeyFileError),
+    /// The replication address is loopback while static members live on other hosts.
     #[error(
         "node.replication: {addr} is announced to static members on other hosts, which cannot reach it; use this host's address (or set membership.interface when binding 0.0.0.0)"
     )]
-    Unreachable { addr: SocketAddr },
+    Unreachable {
+        /// The address the node would announce.
+        addr: SocketAddr,
+    },
+    /// A socket could not be bound (or a given listener could not be used).
     #[error("cannot bind the {what} address {addr}: {source}")]
     Bind {
+        /// Which socket: `http`, `replication`, `multicast`, `unicast heartbeat`.
         what: &'static str,
+        /// The address asked for.
         addr: String,
+        /// What the operating system said.
         source: std::io::Error,
     },
 }
@@ -49,12 +62,16 @@ pub enum NodeError {
 /// The node's own lifecycle state, as `/status` shows it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum NodeState {
+    /// Taking the cluster's sessions from a member (state transfer); sessions wait.
     Joining,
+    /// Serving sessions.
     Ready,
+    /// Shutting down: finishing requests, then announcing the leave.
     Leaving,
 }
 
 impl NodeState {
+    /// The name `/status` uses: `joining`, `ready` or `leaving`.
     pub fn as_str(self) -> &'static str {
         match self {
             NodeState::Joining => "joining",
@@ -131,21 +148,38 @@ impl Sockets<UdpDatagrams> {
     /// or with static members the UDP port of the replication port's number. Port 0 is a
     /// free port the kernel picks.
     pub async fn bind(config: &Config) -> Result<Sockets, NodeError> {
+        Sockets::bind_with(config, None, None).await
+    }
+
+    /// As [`Sockets::bind`], taking the HTTP and replication listeners the caller bound
+    /// where it gives them (the rest is bound as the config says). With static members the
+    /// heartbeat socket takes the UDP port of the replication listener's number.
+    pub async fn bind_with(
+        config: &Config,
+        http: Option<TcpListener>,
+        replication: Option<TcpListener>,
+    ) -> Result<Sockets, NodeError> {
         let membership = &config.membership;
         let wanted = config.node.replication;
-        let (replication, heartbeats) = if membership.static_members.is_empty() {
+        let (replication, heartbeats) = if let Some(listener) = replication {
+            let local = listener.local_addr().map_err(|source| NodeError::Bind {
+                what: "replication",
+                addr: "the given listener".to_string(),
+                source,
+            })?;
+            let heartbeats = if membership.static_members.is_empty() {
+                bind_multicast(config)?
+            } else {
+                UdpDatagrams::unicast(local).map_err(|source| NodeError::Bind {
+                    what: "unicast heartbeat",
+                    addr: local.to_string(),
+                    source,
+                })?
+            };
+            (listener, heartbeats)
+        } else if membership.static_members.is_empty() {
             let replication = bind_tcp("replication", wanted).await?;
-            let heartbeats =
-                UdpDatagrams::multicast(membership.multicast, membership.interface, membership.ttl)
-                    .map_err(|source| NodeError::Bind {
-                        what: "multicast",
-                        addr: format!(
-                            "{} on interface {}",
-                            membership.multicast, membership.interface
-                        ),
-                        source,
-                    })?;
-            (replication, heartbeats)
+            (replication, bind_multicast(config)?)
         } else {
             let mut tries = 0;
             loop {
@@ -172,7 +206,10 @@ impl Sockets<UdpDatagrams> {
                 }
             }
         };
-        let http = bind_tcp("http", config.node.http).await?;
+        let http = match http {
+            Some(listener) => listener,
+            None => bind_tcp("http", config.node.http).await?,
+        };
         Ok(Sockets {
             http,
             replication: replication.into(),
@@ -182,11 +219,24 @@ impl Sockets<UdpDatagrams> {
     }
 }
 
+/// The multicast group's socket of `membership.multicast`.
+fn bind_multicast(config: &Config) -> Result<UdpDatagrams, NodeError> {
+    let m = &config.membership;
+    UdpDatagrams::multicast(m.multicast, m.interface, m.ttl).map_err(|source| NodeError::Bind {
+        what: "multicast",
+        addr: format!("{} on interface {}", m.multicast, m.interface),
+        source,
+    })
+}
+
 /// Where a started node can be reached, as it announces itself to the cluster (a wildcard
 /// bind is announced as the membership interface).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Addresses {
+    /// The HTTP address (`node.http`): the node's endpoints, or the app it serves; the
+    /// heartbeats announce it, so `deltacast balancer` proxies to it.
     pub http: SocketAddr,
+    /// The replication port (`node.replication`).
     pub replication: SocketAddr,
 }
 
@@ -197,6 +247,8 @@ pub struct RunningNode {
     addresses: Addresses,
     shared: Arc<Shared>,
     shutdown: Shutdown,
+    /// What the HTTP listener serves besides `/status` and `/metrics`.
+    app: watch::Sender<Option<Router>>,
     stop: Stopping,
 }
 
@@ -210,6 +262,7 @@ struct Stopping {
 }
 
 impl RunningNode {
+    /// Where the node listens, as it announces itself.
     pub fn addresses(&self) -> Addresses {
         self.addresses
     }
@@ -225,10 +278,37 @@ impl RunningNode {
         http::router(self.shared.clone())
     }
 
+    /// The `/status` document, as `GET /status` serves it.
+    pub fn status(&self) -> status::StatusDoc {
+        http::status_doc(&self.shared)
+    }
+
+    /// Serves `app` on the HTTP listener from now on, in place of what it served before;
+    /// `/status` and `/metrics` stay the node's. Requests that arrived before any app was
+    /// given wait for one (at most [`APP_WAIT`]).
+    pub fn serve_app(&self, app: Router) {
+        self.app.send_replace(Some(app));
+    }
+
     /// Waits (at most `limit`) until the node has taken the cluster's sessions and serves
     /// them; false on timeout.
     pub async fn ready(&self, limit: Duration) -> bool {
         self.shared.wait_until_ready(limit).await
+    }
+
+    /// Waits until the node has taken the cluster's sessions, or its shutdown was
+    /// triggered meanwhile (then the join is abandoned).
+    pub async fn joined(&self) {
+        let mut state = self.shared.state.subscribe();
+        tokio::select! {
+            _ = state.wait_for(|s| *s != NodeState::Joining) => {}
+            () = self.shutdown.triggered() => {}
+        }
+    }
+
+    /// The shutdown that stops this node.
+    pub fn shutdown_handle(&self) -> &Shutdown {
+        &self.shutdown
     }
 
     /// Triggers the node's shutdown and waits until it has stopped.
@@ -246,6 +326,8 @@ impl RunningNode {
             shared,
             shutdown,
             stop,
+            // Kept until the HTTP has drained: requests waiting for an app get one.
+            app: _app,
             ..
         } = self;
         shutdown.triggered().await;
@@ -276,30 +358,106 @@ impl RunningNode {
     }
 }
 
-/// Runs a node until `shutdown` is triggered, then leaves the cluster and returns.
-pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), NodeError> {
-    start(config, shutdown).await?.stopped().await;
-    Ok(())
+/// What a node's HTTP listener serves besides `/status` and `/metrics` when it starts.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Serving {
+    /// The node's own endpoints (SPEC "Node HTTP endpoints"), as `deltacast node` does.
+    Endpoints,
+    /// Nothing yet: an app comes with [`RunningNode::serve_app`], and requests wait for it.
+    App,
 }
 
-/// Binds what the config says and starts the node; see [`start_with`].
+/// How long a request waits for the app of a node started with [`Serving::App`].
+pub const APP_WAIT: Duration = Duration::from_secs(10);
+
+/// Binds what the config says and starts the node serving its own endpoints; see
+/// [`start_with`].
 pub async fn start(config: Config, shutdown: Shutdown) -> Result<RunningNode, NodeError> {
     // A bad key file is the error, before any address is bound.
     let key = read_key(&config)?;
     let sockets = Sockets::bind(&config).await?;
-    launch(config, key, sockets, shutdown).await
+    launch(config, key, sockets, shutdown, Serving::Endpoints).await
 }
 
-/// Starts a node on `sockets`: membership, the replication port and HTTP run on tasks of
-/// `shutdown` when this returns; the node joins (takes the sessions of a member) in the
-/// background and serves sessions once it has.
+/// Starts a node on `sockets`, serving its own endpoints: membership, the replication
+/// port and HTTP run on tasks of `shutdown` when this returns; the node joins (takes the
+/// sessions of a member) in the background and serves sessions once it has.
 pub async fn start_with<D: Datagrams>(
     config: Config,
     sockets: Sockets<D>,
     shutdown: Shutdown,
 ) -> Result<RunningNode, NodeError> {
     let key = read_key(&config)?;
-    launch(config, key, sockets, shutdown).await
+    launch(config, key, sockets, shutdown, Serving::Endpoints).await
+}
+
+/// As [`start_with`], binding the listeners not given as the config says, and serving
+/// what `serving` says: the one way every node starts (the library's `Node` and
+/// `deltacast node` included).
+pub async fn start_serving(
+    config: Config,
+    http: Option<TcpListener>,
+    replication: Option<TcpListener>,
+    shutdown: Shutdown,
+    serving: Serving,
+) -> Result<RunningNode, NodeError> {
+    let key = read_key(&config)?;
+    let sockets = Sockets::bind_with(&config, http, replication).await?;
+    launch(config, key, sockets, shutdown, serving).await
+}
+
+/// What the HTTP listener serves: the node's `/status` and `/metrics`, and everything else
+/// handed to the app of the moment (waiting for one, at most [`APP_WAIT`]).
+fn http_router(shared: &Arc<Shared>, app: watch::Receiver<Option<Router>>) -> Router {
+    Router::new().fallback(dispatch).with_state(Dispatch {
+        endpoints: http::router(shared.clone()),
+        app,
+    })
+}
+
+#[derive(Clone)]
+struct Dispatch {
+    endpoints: Router,
+    app: watch::Receiver<Option<Router>>,
+}
+
+async fn dispatch(
+    axum::extract::State(to): axum::extract::State<Dispatch>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    use tower::ServiceExt as _;
+    let path = request.uri().path();
+    let router = if path == "/status" || path == "/metrics" {
+        to.endpoints
+    } else {
+        let current = to.app.borrow().clone();
+        match current {
+            Some(router) => router,
+            None => {
+                let mut app = to.app;
+                let waited = tokio::time::timeout(APP_WAIT, app.wait_for(Option::is_some))
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok().and_then(|router| router.clone()));
+                match waited {
+                    Some(router) => router,
+                    None => {
+                        return (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            [(axum::http::header::RETRY_AFTER, "1")],
+                            "this node does not serve its application yet; try again shortly\n",
+                        )
+                            .into_response();
+                    }
+                }
+            }
+        }
+    };
+    match router.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
 }
 
 async fn launch<D: Datagrams>(
@@ -307,6 +465,7 @@ async fn launch<D: Datagrams>(
     key: Option<ClusterKey>,
     sockets: Sockets<D>,
     shutdown: Shutdown,
+    serving: Serving,
 ) -> Result<RunningNode, NodeError> {
     let open_files = crate::limits::raise_open_files_logged();
     let membership = &config.membership;
@@ -458,9 +617,14 @@ async fn launch<D: Datagrams>(
     let limit = Arc::new(ConnectionLimit::new(node_max_connections(
         &config, open_files,
     )));
+    let initial = match serving {
+        Serving::Endpoints => Some(http::router(shared.clone())),
+        Serving::App => None,
+    };
+    let (app, app_rx) = watch::channel(initial);
     let http_task = shutdown.spawn(serve::serve(
         http_listener,
-        http::router(shared.clone()),
+        http_router(&shared, app_rx),
         limit,
         http_stop.clone(),
     ));
@@ -486,6 +650,7 @@ async fn launch<D: Datagrams>(
         },
         shared,
         shutdown,
+        app,
         stop: Stopping {
             http_stop,
             http_task,

@@ -1,0 +1,461 @@
+//! [`Session`]: one request's handle on its session, extracted by handlers under the
+//! session layer. Reads go to the store (and see the request's own changes); changes are
+//! recorded per attribute and committed, as one delta, after the handler returns.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+use tracing::{debug, warn};
+
+use crate::node::Shared;
+use crate::session::id::{self, CookieValue};
+use crate::session::{SessionId, SessionMut, StoreError, Update};
+
+/// Why a change could not be recorded or committed.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SessionError {
+    /// The value did not serialise as JSON (a map with keys that are not strings, say).
+    #[error("the value of session attribute {name:?} does not serialise as JSON: {reason}")]
+    Serialize {
+        /// The attribute's name.
+        name: String,
+        /// What serde_json said (it never repeats the value).
+        reason: String,
+    },
+    /// The store refused it: a bad name, a value over `sessions.max_value_bytes`, too many
+    /// attributes, sessions or bytes on this node.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The request's changes were already committed (the response has left): a change made
+    /// after that, from a task the handler spawned, say, would be lost, so it is refused.
+    #[error("the request's session changes were already committed")]
+    Committed,
+}
+
+/// One request's session, from the session layer (see [`crate::Node::session_layer`]).
+///
+/// A cheap handle (clones share one request's state); its methods take `&self`. Values
+/// are stored as JSON (serde), per attribute: a request records only what it changes, so
+/// two concurrent requests of one session that set different attributes both keep theirs,
+/// on every member. Everything a request changes (attributes, invalidation, a new id)
+/// becomes one delta when the handler returns, replicated before the response leaves. A
+/// request that only reads sends no delta (its access time travels batched), and one that
+/// never touches its session costs nothing.
+///
+/// A request without a live session has none until it stores something: then the layer
+/// makes one with a fresh id (never one the client sent) and sets the cookie.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Attribute values never appear in logs.
+        f.debug_struct("Session")
+            .field("client", &self.inner.client.as_ref().map(|c| c.id))
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    /// The session the client named (the first of its cookies that is live, else the
+    /// first), or None.
+    client: Option<CookieValue>,
+    /// The one clock reading every store call of the request uses.
+    now_ms: u64,
+    pending: Mutex<Pending>,
+}
+
+/// What the request did so far.
+#[derive(Default)]
+struct Pending {
+    /// Attribute changes in the order first made, the latest value of each; `None` removes.
+    changes: Vec<(String, Option<Bytes>)>,
+    /// The client's session was found live in the store.
+    seen_live: bool,
+    invalidated: bool,
+    change_id: bool,
+    /// The first change that could not be recorded: the request then commits nothing and
+    /// answers with this error.
+    error: Option<SessionError>,
+    committed: bool,
+}
+
+impl Session {
+    pub(crate) fn new(shared: Arc<Shared>, client: Option<CookieValue>, now_ms: u64) -> Session {
+        Session {
+            inner: Arc::new(Inner {
+                shared,
+                client,
+                now_ms,
+                pending: Mutex::new(Pending::default()),
+            }),
+        }
+    }
+
+    /// The value of attribute `name`, decoded from JSON as `T`; `None` when the session or
+    /// the attribute does not exist, or its value does not decode as `T`. Sees the
+    /// request's own changes.
+    pub fn get<T: DeserializeOwned>(&self, name: &str) -> Option<T> {
+        let raw = self.get_bytes(name)?;
+        match serde_json::from_slice(&raw) {
+            Ok(value) => Some(value),
+            Err(e) => {
+                debug!(attribute = name, error = %e, "a session value does not decode as the type asked for");
+                None
+            }
+        }
+    }
+
+    /// The stored bytes of attribute `name` (JSON when [`Session::insert`] wrote it; the
+    /// node's `PUT /session/attributes/{name}` stores the request body as it came).
+    pub fn get_bytes(&self, name: &str) -> Option<Bytes> {
+        let mut pending = self.inner.pending.lock();
+        if let Some((_, value)) = pending.changes.iter().find(|(n, _)| n == name) {
+            return value.clone();
+        }
+        self.read(&mut pending, |s| s.get(name).cloned()).flatten()
+    }
+
+    /// Sets attribute `name` to `value` (as JSON). A value that cannot be stored (it does
+    /// not serialise, or is over a limit) makes the whole request commit nothing and
+    /// answer with the error (`500`, `413`, `400`); use [`Session::try_insert`] to handle
+    /// it yourself.
+    pub fn insert<T: Serialize + ?Sized>(&self, name: &str, value: &T) {
+        if let Err(e) = self.try_insert(name, value) {
+            let mut pending = self.inner.pending.lock();
+            debug!(attribute = name, error = %e, "a session change was refused");
+            if pending.error.is_none() && !pending.committed {
+                pending.error = Some(e);
+            }
+        }
+    }
+
+    /// As [`Session::insert`], returning the error instead (nothing is recorded then,
+    /// and the request goes on).
+    pub fn try_insert<T: Serialize + ?Sized>(&self, name: &str, value: &T) -> Result<(), SessionError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| SessionError::Serialize {
+            name: name.to_string(),
+            reason: e.to_string(),
+        })?;
+        self.try_insert_bytes(name, Bytes::from(bytes))
+    }
+
+    /// Sets attribute `name` to these bytes as they are (no JSON).
+    pub fn try_insert_bytes(&self, name: &str, value: Bytes) -> Result<(), SessionError> {
+        let limits = self.inner.shared.store.limits();
+        if name.is_empty() || name.len() > limits.max_name_bytes {
+            return Err(StoreError::BadName {
+                max: limits.max_name_bytes,
+            }
+            .into());
+        }
+        if value.len() > limits.max_value_bytes {
+            return Err(StoreError::ValueTooLarge {
+                len: value.len(),
+                max: limits.max_value_bytes,
+            }
+            .into());
+        }
+        self.record(name, Some(value))
+    }
+
+    /// Removes attribute `name` (nothing happens when it has no value).
+    pub fn remove(&self, name: &str) {
+        if let Err(e) = self.record(name, None) {
+            debug!(attribute = name, error = %e, "a session change was refused");
+        }
+    }
+
+    /// Gives the session a new id when the request commits (do it at login, against
+    /// session fixation): the attributes move to the new id on every member, the old id is
+    /// dead everywhere, and the response carries the new cookie. Nothing happens for a
+    /// request without a live session (a session it makes gets a fresh id anyway).
+    pub fn change_id(&self) {
+        let mut pending = self.inner.pending.lock();
+        if !pending.committed && !pending.invalidated {
+            pending.change_id = true;
+        }
+    }
+
+    /// Ends the session on every member when the request commits, and clears the cookie.
+    /// From now on the request sees no attributes; anything it stores after this goes to
+    /// a new session (with a new id).
+    pub fn invalidate(&self) {
+        let mut pending = self.inner.pending.lock();
+        if pending.committed {
+            return;
+        }
+        pending.invalidated = true;
+        pending.change_id = false;
+        pending.changes.clear();
+    }
+
+    /// The id of the live session the request has, without its route; `None` when it has
+    /// none yet (one made by this request, or the new id of [`Session::change_id`], is
+    /// known once the response leaves: it is in its cookie).
+    pub fn id(&self) -> Option<SessionId> {
+        let mut pending = self.inner.pending.lock();
+        self.read(&mut pending, |s| s.id())
+    }
+
+    /// When the session was made, in milliseconds since the Unix epoch; `None` without a
+    /// live session.
+    pub fn created_ms(&self) -> Option<u64> {
+        let mut pending = self.inner.pending.lock();
+        self.read(&mut pending, |s| s.created_ms())
+    }
+
+    /// When the session was last accessed (this request included), in milliseconds since
+    /// the Unix epoch; `None` without a live session.
+    pub fn last_accessed_ms(&self) -> Option<u64> {
+        let mut pending = self.inner.pending.lock();
+        self.read(&mut pending, |s| s.last_accessed_ms())
+    }
+
+    /// How long the session lives without access, in seconds; `None` without a live
+    /// session.
+    pub fn max_inactive_s(&self) -> Option<u32> {
+        let mut pending = self.inner.pending.lock();
+        self.read(&mut pending, |s| s.max_inactive_s())
+    }
+
+    /// `f` on the client's live session (touching it: its access time travels batched).
+    fn read<R>(&self, pending: &mut Pending, f: impl FnOnce(&mut SessionMut<'_>) -> R) -> Option<R> {
+        if pending.invalidated {
+            return None;
+        }
+        let id = self.inner.client.as_ref()?.id;
+        let update = self.inner.shared.store.update(id, self.inner.now_ms, f)?;
+        pending.seen_live = true;
+        Some(update.value)
+    }
+
+    fn record(&self, name: &str, value: Option<Bytes>) -> Result<(), SessionError> {
+        let mut pending = self.inner.pending.lock();
+        if pending.committed {
+            warn!(attribute = name, "a session change after the response was dropped");
+            return Err(SessionError::Committed);
+        }
+        match pending.changes.iter_mut().find(|(n, _)| n == name) {
+            Some((_, slot)) => *slot = value,
+            None => pending.changes.push((name.to_string(), value)),
+        }
+        Ok(())
+    }
+
+    /// Commits what the request did (one delta, replicated before this returns) and
+    /// decides the cookie; `response` is the handler's answer, replaced by an error answer
+    /// when the store refuses the changes.
+    pub(crate) async fn commit(&self, response: Response) -> Response {
+        let pending = {
+            let mut guard = self.inner.pending.lock();
+            let taken = std::mem::take(&mut *guard);
+            guard.committed = true;
+            taken
+        };
+        if let Some(e) = pending.error {
+            return error_response(&e);
+        }
+        let shared = &self.inner.shared;
+        let now = self.inner.now_ms;
+        let client = self.inner.client.as_ref().map(|c| c.id);
+        if pending.invalidated {
+            if let Some(delta) = client.and_then(|id| shared.store.invalidate(id, now)) {
+                shared.replicator.replicate(delta).await;
+            }
+            if !stores_a_value(&pending.changes) {
+                let clear = format!(
+                    "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax",
+                    shared.cookie
+                );
+                return with_cookie(response, header_value(&clear));
+            }
+            // What the request stored after the invalidation goes to a new session.
+            return self.write(None, false, &pending.changes, response).await;
+        }
+        if pending.changes.is_empty() && !pending.change_id {
+            // Read or untouched: no delta. A session served here that the cookie says
+            // another node issued (failover) gets the cookie with this node's route.
+            if pending.seen_live && !self.cookie_is_current(client) {
+                if let Some(id) = client {
+                    return with_cookie(response, self.cookie_for(id));
+                }
+            }
+            return response;
+        }
+        self.write(client, pending.change_id, &pending.changes, response)
+            .await
+    }
+
+    /// Applies `changes` to the session `id` (a new one when it is not live and the
+    /// changes store something; with `change_id`, under a new id), replicates the delta
+    /// and sets the cookie.
+    async fn write(
+        &self,
+        id: Option<SessionId>,
+        change_id: bool,
+        changes: &[(String, Option<Bytes>)],
+        response: Response,
+    ) -> Response {
+        let shared = &self.inner.shared;
+        let store = &shared.store;
+        let now = self.inner.now_ms;
+        let creates = stores_a_value(changes);
+        let apply = |s: &mut SessionMut<'_>| apply_changes(s, changes);
+        let outcome: Result<Option<Update<Option<StoreError>>>, StoreError> = match id {
+            Some(id) if change_id => match change_session_id(store, id, now, apply) {
+                Some(update) => Ok(Some(update)),
+                None if creates => store.update_or_create(None, now, apply).map(Some),
+                None => Ok(None),
+            },
+            Some(id) if creates => store.update_or_create(Some(id), now, apply).map(Some),
+            Some(id) => Ok(store.update(id, now, apply)),
+            None if creates => store.update_or_create(None, now, apply).map(Some),
+            None => Ok(None),
+        };
+        let update = match outcome {
+            Ok(Some(update)) => update,
+            Ok(None) => return response,
+            Err(e) => return error_response(&SessionError::Store(e)),
+        };
+        if let Some(delta) = update.delta {
+            shared.replicator.replicate(delta).await;
+        }
+        let cookie = if update.created || !self.cookie_is_current(Some(update.id)) {
+            self.cookie_for(update.id)
+        } else {
+            None
+        };
+        let response = match update.value {
+            Some(e) => error_response(&SessionError::Store(e)),
+            None => response,
+        };
+        with_cookie(response, cookie)
+    }
+
+    /// Whether the client's cookie names session `id` with this node's route.
+    fn cookie_is_current(&self, id: Option<SessionId>) -> bool {
+        let route = self.inner.shared.me.name.as_str();
+        self.inner
+            .client
+            .as_ref()
+            .is_some_and(|c| Some(c.id) == id && c.route.as_deref() == Some(route))
+    }
+
+    fn cookie_for(&self, id: SessionId) -> Option<HeaderValue> {
+        let shared = &self.inner.shared;
+        header_value(&id::set_cookie_header(&shared.cookie, id, &shared.me.name))
+    }
+}
+
+/// Moves the live session `id` to a fresh id with `f`'s changes, in one change-id delta.
+fn change_session_id<R>(
+    store: &crate::session::SessionStore,
+    id: SessionId,
+    now_ms: u64,
+    f: impl FnOnce(&mut SessionMut<'_>) -> R,
+) -> Option<Update<R>> {
+    store.change_id(id, now_ms, f)
+}
+
+fn stores_a_value(changes: &[(String, Option<Bytes>)]) -> bool {
+    changes.iter().any(|(_, v)| v.is_some())
+}
+
+/// Applies the request's changes; the first the store refuses (the rest still apply).
+fn apply_changes(s: &mut SessionMut<'_>, changes: &[(String, Option<Bytes>)]) -> Option<StoreError> {
+    let mut refused = None;
+    for (name, value) in changes {
+        match value {
+            Some(value) => {
+                if let Err(e) = s.set(name, value.clone()) {
+                    refused.get_or_insert(e);
+                }
+            }
+            None => {
+                s.remove(name);
+            }
+        }
+    }
+    refused
+}
+
+fn header_value(value: &str) -> Option<HeaderValue> {
+    match HeaderValue::from_str(value) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            // Cookie names and routes are validated tokens, so this cannot happen.
+            warn!("the session cookie is not a valid header value; not sent");
+            None
+        }
+    }
+}
+
+fn with_cookie(mut response: Response, cookie: Option<HeaderValue>) -> Response {
+    if let Some(cookie) = cookie {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// A one-line text answer.
+pub(crate) fn plain(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{message}\n"),
+    )
+        .into_response()
+}
+
+/// The answer for a change the session could not take, as the node's endpoints answer.
+fn error_response(e: &SessionError) -> Response {
+    let status = match e {
+        SessionError::Store(
+            StoreError::TooManySessions { .. }
+            | StoreError::TooManyAttributes { .. }
+            | StoreError::OverBudget { .. },
+        ) => StatusCode::INSUFFICIENT_STORAGE,
+        SessionError::Store(StoreError::ValueTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+        SessionError::Store(StoreError::BadName { .. }) => StatusCode::BAD_REQUEST,
+        SessionError::Serialize { .. } | SessionError::Committed => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    };
+    plain(status, &e.to_string())
+}
+
+/// The rejection of the [`Session`] extractor on a route the session layer does not wrap:
+/// a `500`, since that is a mistake in the app.
+#[derive(Debug, Clone, Copy, Error)]
+#[error("no session here: the route is not under node.session_layer()")]
+pub struct MissingSessionLayer;
+
+impl IntoResponse for MissingSessionLayer {
+    fn into_response(self) -> Response {
+        plain(StatusCode::INTERNAL_SERVER_ERROR, &self.to_string())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Session {
+    type Rejection = MissingSessionLayer;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Session, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Session>()
+            .cloned()
+            .ok_or(MissingSessionLayer)
+    }
+}
