@@ -743,3 +743,93 @@ fn advertised(bound: SocketAddr, interface: IpAddr) -> SocketAddr {
         bound
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ReplicationMode;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt as _;
+
+    /// A node's shared state without sockets or peers.
+    fn shared() -> Arc<Shared> {
+        let me = MemberInfo {
+            id: NodeId::from_u64(1),
+            name: "n1".to_string(),
+            http: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            replication: SocketAddr::from(([127, 0, 0, 1], 4001)),
+            incarnation: 1,
+        };
+        let store = SessionStore::new(me.id, Limits::default(), 1800);
+        let metrics = Arc::new(Metrics::default());
+        let replication = ReplicationConfig::new(
+            "test".to_string(),
+            me.id,
+            ReplicationMode::Sync,
+            Duration::from_millis(100),
+        );
+        let replicator = Replicator::new(
+            replication,
+            store.clone(),
+            metrics.clone(),
+            mpsc::channel(1).0,
+        );
+        Arc::new(Shared {
+            me,
+            cluster: "test".to_string(),
+            started: Instant::now(),
+            metrics,
+            view: watch::channel(MembershipView::empty()).1,
+            store,
+            replicator,
+            cookie: "JSESSIONID".to_string(),
+            url_tracking: false,
+            state: watch::channel(NodeState::Ready).0,
+        })
+    }
+
+    fn get(path: &str) -> Request<Body> {
+        Request::get(path).body(Body::empty()).expect("a request")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_an_app_status_answers_and_other_requests_wait_then_get_503() {
+        let (_app, rx) = watch::channel(None);
+        let router = http_router(&shared(), rx);
+        let status = router.clone().oneshot(get("/status")).await.expect("infallible");
+        assert_eq!(status.status(), StatusCode::OK);
+        let started = tokio::time::Instant::now();
+        let waited = router.oneshot(get("/cart")).await.expect("infallible");
+        assert_eq!(waited.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(started.elapsed(), APP_WAIT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_arrived_before_the_app_is_served_by_it() {
+        let (app, rx) = watch::channel(None);
+        let router = http_router(&shared(), rx);
+        let waiting = tokio::spawn(router.oneshot(get("/cart")));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        app.send_replace(Some(Router::new().route(
+            "/cart",
+            axum::routing::get(|| async { StatusCode::IM_A_TEAPOT }),
+        )));
+        let answer = waiting.await.expect("the request ran").expect("infallible");
+        assert_eq!(answer.status(), StatusCode::IM_A_TEAPOT);
+    }
+
+    #[tokio::test]
+    async fn the_nodes_own_status_wins_over_an_apps_route_of_the_same_path() {
+        let app = Router::new().route(
+            "/status",
+            axum::routing::get(|| async { StatusCode::IM_A_TEAPOT }),
+        );
+        let (_app, rx) = watch::channel(Some(app));
+        let answer = http_router(&shared(), rx)
+            .oneshot(get("/status"))
+            .await
+            .expect("infallible");
+        assert_eq!(answer.status(), StatusCode::OK);
+    }
+}

@@ -2,8 +2,6 @@
 //! the handler a [`Session`] (in the request's extensions), and commits what the handler
 //! changed after it returns.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -11,6 +9,7 @@ use std::time::Duration;
 use axum::body::{Body, HttpBody};
 use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use tower::{Layer, Service};
 
 use super::session::{Session, plain};
@@ -86,7 +85,7 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send>>;
+    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
