@@ -555,14 +555,14 @@ mod tests {
             if wire::decode_frame(&frame, "c") == Ok((NodeId::from_u64(1), FrameBody::Pong(7))))
     }
 
-    #[tokio::test]
-    async fn one_address_cannot_take_every_connection_slot() {
-        let (addr, metrics, stop) = start_with(|cfg| cfg.max_per_address = 2).await;
-        // Two silent connections hold this address's places.
-        let silent = [
-            TcpStream::connect(addr).await.expect("connect"),
-            TcpStream::connect(addr).await.expect("connect"),
-        ];
+    /// While `silent` hold their address's places, a further connection from it is closed
+    /// (and counted) rather than served; once they close, one is served again.
+    async fn refused_while_held_then_served(
+        addr: SocketAddr,
+        metrics: &Metrics,
+        silent: [TcpStream; 2],
+    ) {
+        // Their places are taken once they are accepted: the next one is closed at once.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while answers_a_ping(addr).await {
             assert!(
@@ -572,16 +572,26 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(metrics.replication.errors.get() >= 1);
-        // One closes: its place is free again.
         drop(silent);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !answers_a_ping(addr).await {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "the place was not given back"
+                "the places were not given back"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn one_address_cannot_take_every_connection_slot() {
+        let (addr, metrics, stop) = start_with(|cfg| cfg.max_per_address = 2).await;
+        // Two silent connections hold this address's places.
+        let silent = [
+            TcpStream::connect(addr).await.expect("connect"),
+            TcpStream::connect(addr).await.expect("connect"),
+        ];
+        refused_while_held_then_served(addr, &metrics, silent).await;
         stop.cancel();
     }
 
@@ -720,25 +730,7 @@ mod tests {
             TcpStream::connect(addr).await.expect("connect"),
             TcpStream::connect(addr).await.expect("connect"),
         ];
-        // Their places are taken once they are accepted: the next one is closed at once.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while answers_a_ping(addr).await {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "a third unproven connection was served"
-            );
-            tokio::task::yield_now().await;
-        }
-        assert!(metrics.replication.errors.get() >= 1);
-        drop(silent);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !answers_a_ping(addr).await {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the places were not given back"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        refused_while_held_then_served(addr, &metrics, silent).await;
         stop.cancel();
     }
 

@@ -687,7 +687,7 @@ mod relayed_links {
         key: Option<ClusterKey>,
         stop: &CancellationToken,
     ) -> (Replicator, SessionStore, mpsc::Receiver<NodeId>) {
-        replicator_of_a_in(ReplicationMode::Sync, b_addr, key, stop)
+        replicator_of_a_in(ReplicationMode::Sync, b_addr, key, stop, true)
     }
 
     fn replicator_of_a_in(
@@ -695,6 +695,7 @@ mod relayed_links {
         b_addr: SocketAddr,
         key: Option<ClusterKey>,
         stop: &CancellationToken,
+        ready: bool,
     ) -> (Replicator, SessionStore, mpsc::Receiver<NodeId>) {
         let mut cfg = ReplicationConfig::new("c".into(), A, mode, Duration::from_secs(2));
         cfg.key = key;
@@ -702,7 +703,9 @@ mod relayed_links {
         let store = store(A);
         let replicator =
             Replicator::new(cfg, store.clone(), Arc::new(Metrics::default()), suspicions);
-        replicator.set_ready();
+        if ready {
+            replicator.set_ready();
+        }
         let view = MembershipView::new(
             std::time::Instant::now(),
             vec![MemberView {
@@ -822,7 +825,7 @@ mod relayed_links {
         let b_addr = b_listener.local_addr().unwrap();
         let b_store = store(B);
         let (replicator, _, _suspected) =
-            replicator_of_a_in(ReplicationMode::Async, b_addr, Some(key()), &stop);
+            replicator_of_a_in(ReplicationMode::Async, b_addr, Some(key()), &stop, true);
         linked(&replicator).await;
         let ids: Vec<SessionId> = (0..3).map(|_| SessionId::random()).collect();
         for id in &ids {
@@ -863,6 +866,41 @@ mod relayed_links {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        stop.cancel();
+    }
+
+    /// Before a link greeted its peer, a joining node without a key (it has nothing to send
+    /// until it holds the cluster's state) had its links closed as unproven at the peer's
+    /// first-frame timeout, counted there as errors, and dialled again.
+    #[tokio::test]
+    async fn a_link_with_nothing_to_send_proves_itself_at_once() {
+        let stop = CancellationToken::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut cfg = InboundConfig::new("c".into(), B, store(B), Arc::new(AtomicBool::new(true)));
+        cfg.first_frame_timeout = Duration::from_millis(300);
+        let metrics = Arc::new(Metrics::default());
+        tokio::spawn(serve(listener, cfg, metrics.clone(), stop.clone()));
+        // A is joining: not ready, so no digest either.
+        let (replicator, _, _) =
+            replicator_of_a_in(ReplicationMode::Sync, addr, None, &stop, false);
+        linked(&replicator).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while metrics.replication.pings_answered.get() == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "B had no frame from A's link within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Three first-frame timeouts later, the one link is still the first one.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert_eq!(metrics.replication.errors.get(), 0, "B closed A's link");
+        assert_eq!(
+            metrics.replication.pings_answered.get(),
+            1,
+            "A dialled B again"
+        );
         stop.cancel();
     }
 

@@ -159,6 +159,14 @@ impl Link<'_> {
     ) -> Outcome {
         // Resend what was not acknowledged, in order.
         let resend: Vec<Bytes> = self.unacked.iter().map(|b| b.frame.clone()).collect();
+        if resend.is_empty() {
+            // Without a key, the peer's port counts a connection as a member's only after
+            // its first valid frame, and closes (and counts) one silent for a few seconds;
+            // a joining node may have nothing else to send for longer than that.
+            if let Err(e) = self.send(&FrameBody::Ping(0)).await {
+                return Outcome::Down(e);
+            }
+        }
         for frame in resend {
             if let Err(e) = self.send_bytes(frame).await {
                 return Outcome::Down(e);
