@@ -32,7 +32,10 @@ use serde::{Deserialize, Serialize};
 
 /// The shop's command line: exactly `deltacast node`'s.
 #[derive(Debug, Parser)]
-#[command(name = "shop", about = "A small shop whose sessions live in a deltacast cluster")]
+#[command(
+    name = "shop",
+    about = "A small shop whose sessions live in a deltacast cluster"
+)]
 struct Args {
     #[command(flatten)]
     node: deltacast::cli::NodeArgs,

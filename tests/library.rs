@@ -42,7 +42,10 @@ fn profile() -> Profile {
 }
 
 async fn read_attr(session: Session, Path(name): Path<String>) -> Result<Json<Value>, StatusCode> {
-    session.get::<Value>(&name).map(Json).ok_or(StatusCode::NOT_FOUND)
+    session
+        .get::<Value>(&name)
+        .map(Json)
+        .ok_or(StatusCode::NOT_FOUND)
 }
 
 async fn write_attr(session: Session, Path(name): Path<String>, body: String) -> StatusCode {
@@ -143,7 +146,9 @@ fn config(cluster: &Cluster, name: &str) -> Config {
 
 /// A node on listeners bound here on port 0, serving the app.
 async fn start(config: Config) -> Node {
-    let http = TcpListener::bind("127.0.0.1:0").await.expect("an http port");
+    let http = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("an http port");
     let replication = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a replication port");
@@ -329,7 +334,9 @@ async fn typed_values_round_trip_through_json_on_every_member() {
         Some(&b"[3,1,4,1,5]"[..])
     );
     // The id and times of the session.
-    let meta = send(&nodes[0], "GET", "/meta", Some(&cookie), b"").await.json();
+    let meta = send(&nodes[0], "GET", "/meta", Some(&cookie), b"")
+        .await
+        .json();
     assert_eq!(meta["id"], id.to_string());
     assert!(meta["created_ms"].as_u64().is_some_and(|t| t > 0));
     assert!(meta["last_accessed_ms"].as_u64() >= meta["created_ms"].as_u64());
@@ -350,7 +357,10 @@ async fn a_request_that_only_reads_or_never_touches_its_session_sends_no_delta()
     assert_eq!(put.status, 204);
     let cookie = put.set_cookie.clone().expect("a cookie");
     let id = session_of(&put);
-    eventually("the write's delta is counted", || deltas_sent(a) == before + 1).await;
+    eventually("the write's delta is counted", || {
+        deltas_sent(a) == before + 1
+    })
+    .await;
     let written_access = b.store().export(&[id])[0].last_access_ms;
 
     for _ in 0..10 {
@@ -478,8 +488,20 @@ async fn a_hundred_pairs_of_concurrent_requests_setting_different_attributes_los
     for i in 0..100 {
         // Even pairs on one node, odd ones across two.
         let (x, y) = if i % 2 == 0 { (0, 0) } else { (1, 2) };
-        let left = send(&nodes[x], "PUT", &format!("/attr/left{i}"), Some(&cookie), b"l");
-        let right = send(&nodes[y], "PUT", &format!("/attr/right{i}"), Some(&cookie), b"r");
+        let left = send(
+            &nodes[x],
+            "PUT",
+            &format!("/attr/left{i}"),
+            Some(&cookie),
+            b"l",
+        );
+        let right = send(
+            &nodes[y],
+            "PUT",
+            &format!("/attr/right{i}"),
+            Some(&cookie),
+            b"r",
+        );
         pairs.push(async move { tokio::join!(left, right) });
     }
     for (l, r) in futures_util::future::join_all(pairs).await {
@@ -559,7 +581,11 @@ async fn change_id_moves_the_attributes_to_a_new_id_and_the_old_one_is_dead_ever
     let new = session_of(&changed);
     assert_ne!(new, old);
     for node in &nodes {
-        assert!(!node.store().contains(old), "old id live on {}", node.name());
+        assert!(
+            !node.store().contains(old),
+            "old id live on {}",
+            node.name()
+        );
         let got = send(node, "GET", "/attr/user", Some(&new_cookie), b"").await;
         assert_eq!(got.text(), "\"ada\"", "on {}", node.name());
         let dead = send(node, "GET", "/attr/user", Some(&old_cookie), b"").await;
@@ -584,9 +610,17 @@ async fn a_change_the_store_refuses_is_an_error_answer_not_a_panic() {
     // Over the attribute limit: 507.
     let first = send(a, "PUT", "/attr/one", None, b"1").await;
     let cookie = first.set_cookie.clone().expect("a cookie");
-    assert_eq!(send(a, "PUT", "/attr/two", Some(&cookie), b"2").await.status, 204);
+    assert_eq!(
+        send(a, "PUT", "/attr/two", Some(&cookie), b"2")
+            .await
+            .status,
+        204
+    );
     let third = send(a, "PUT", "/attr/three", Some(&cookie), b"3").await;
     assert_eq!(third.status, 507, "{}", third.text());
-    assert_eq!(send(a, "GET", "/attr/two", Some(&cookie), b"").await.status, 200);
+    assert_eq!(
+        send(a, "GET", "/attr/two", Some(&cookie), b"").await.status,
+        200
+    );
     stop(nodes).await;
 }

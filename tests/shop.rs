@@ -149,7 +149,11 @@ fn request(
             chunked = true;
         }
     }
-    let body = if chunked { dechunk(body)? } else { body.to_string() };
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_string()
+    };
     Some(Answer {
         status,
         set_cookie,
@@ -224,25 +228,35 @@ fn three_shops_behind_the_balancer_keep_the_cart_through_a_kill_and_a_login_chan
     assert_eq!(empty.status, 200);
     assert_eq!(empty.json["items"], json!([]));
     assert!(empty.set_cookie.is_none(), "reading makes no session");
-    assert_eq!(browser.send(lb, "POST", "/cart", Some("item=tea")).status, 204);
+    assert_eq!(
+        browser.send(lb, "POST", "/cart", Some("item=tea")).status,
+        204
+    );
     let before = browser.cookie.clone().expect("a session cookie");
     let (old_id, _) = browser.session();
 
     // Login changes the id; the cart comes along.
-    assert_eq!(browser.send(lb, "POST", "/login", Some("name=ada")).status, 204);
+    assert_eq!(
+        browser.send(lb, "POST", "/login", Some("name=ada")).status,
+        204
+    );
     let (new_id, sticky) = browser.session();
     assert_ne!(new_id, old_id, "login must change the session id");
     for item in ["coffee", "cake"] {
         let added = browser.send(lb, "POST", "/cart", Some(&format!("item={item}")));
         assert_eq!(added.status, 204);
     }
-    assert_eq!(browser.session().1, sticky, "the balancer kept the session's route");
+    assert_eq!(
+        browser.session().1,
+        sticky,
+        "the balancer kept the session's route"
+    );
     let want_items = json!(["tea", "coffee", "cake"]);
 
     // Every instance serves the cart directly; the old id is dead on every one.
     for shop in &shops {
-        let cart = request(shop.http, "GET", "/cart", browser.cookie.as_deref(), None)
-            .expect("an answer");
+        let cart =
+            request(shop.http, "GET", "/cart", browser.cookie.as_deref(), None).expect("an answer");
         assert_eq!(cart.status, 200);
         assert_eq!(
             cart.json,
@@ -272,7 +286,10 @@ fn three_shops_behind_the_balancer_keep_the_cart_through_a_kill_and_a_login_chan
     assert_eq!(cart.json["user"], "ada");
     let (id_after, route_after) = browser.session();
     assert_eq!(id_after, new_id, "the same session");
-    assert_ne!(route_after, sticky, "the cookie still names the dead instance");
+    assert_ne!(
+        route_after, sticky,
+        "the cookie still names the dead instance"
+    );
     assert_eq!(cart.json["node"], route_after.as_str());
 
     // Logout is seen everywhere.

@@ -15,8 +15,8 @@ use tracing::info;
 use crate::balancer::{self, BalancerError};
 use crate::config::{Config, ConfigError, Override};
 use crate::node::NodeError;
-use crate::web::Node;
 use crate::shutdown::{self, Shutdown};
+use crate::web::Node;
 use crate::wire::seal::ClusterKey;
 
 pub use http::HttpError;

@@ -797,7 +797,11 @@ mod tests {
     async fn without_an_app_status_answers_and_other_requests_wait_then_get_503() {
         let (_app, rx) = watch::channel(None);
         let router = http_router(&shared(), rx);
-        let status = router.clone().oneshot(get("/status")).await.expect("infallible");
+        let status = router
+            .clone()
+            .oneshot(get("/status"))
+            .await
+            .expect("infallible");
         assert_eq!(status.status(), StatusCode::OK);
         let started = tokio::time::Instant::now();
         let waited = router.oneshot(get("/cart")).await.expect("infallible");

@@ -136,6 +136,7 @@ impl Node {
     }
 
     /// What the session layer and the HTTP handlers share.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         self.running.shared()
     }
@@ -156,7 +157,10 @@ impl std::fmt::Debug for NodeBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeBuilder")
             .field("name", &self.config.node.name)
-            .field("http", &self.http.as_ref().and_then(|l| l.local_addr().ok()))
+            .field(
+                "http",
+                &self.http.as_ref().and_then(|l| l.local_addr().ok()),
+            )
             .field(
                 "replication",
                 &self.replication.as_ref().and_then(|l| l.local_addr().ok()),

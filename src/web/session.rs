@@ -143,7 +143,11 @@ impl Session {
 
     /// As [`Session::insert`], returning the error instead (nothing is recorded then,
     /// and the request goes on).
-    pub fn try_insert<T: Serialize + ?Sized>(&self, name: &str, value: &T) -> Result<(), SessionError> {
+    pub fn try_insert<T: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        value: &T,
+    ) -> Result<(), SessionError> {
         let bytes = serde_json::to_vec(value).map_err(|e| SessionError::Serialize {
             name: name.to_string(),
             reason: e.to_string(),
@@ -231,7 +235,11 @@ impl Session {
     }
 
     /// `f` on the client's live session (touching it: its access time travels batched).
-    fn read<R>(&self, pending: &mut Pending, f: impl FnOnce(&mut SessionMut<'_>) -> R) -> Option<R> {
+    fn read<R>(
+        &self,
+        pending: &mut Pending,
+        f: impl FnOnce(&mut SessionMut<'_>) -> R,
+    ) -> Option<R> {
         if pending.invalidated {
             return None;
         }
@@ -244,7 +252,10 @@ impl Session {
     fn record(&self, name: &str, value: Option<Bytes>) -> Result<(), SessionError> {
         let mut pending = self.inner.pending.lock();
         if pending.committed {
-            warn!(attribute = name, "a session change after the response was dropped");
+            warn!(
+                attribute = name,
+                "a session change after the response was dropped"
+            );
             return Err(SessionError::Committed);
         }
         match pending.changes.iter_mut().find(|(n, _)| n == name) {
@@ -377,7 +388,10 @@ fn stores_a_value(changes: &[(String, Option<Bytes>)]) -> bool {
 }
 
 /// Applies the request's changes; the first the store refuses (the rest still apply).
-fn apply_changes(s: &mut SessionMut<'_>, changes: &[(String, Option<Bytes>)]) -> Option<StoreError> {
+fn apply_changes(
+    s: &mut SessionMut<'_>,
+    changes: &[(String, Option<Bytes>)],
+) -> Option<StoreError> {
     let mut refused = None;
     for (name, value) in changes {
         match value {
