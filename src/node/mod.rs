@@ -744,49 +744,62 @@ fn advertised(bound: SocketAddr, interface: IpAddr) -> SocketAddr {
     }
 }
 
+/// A node's shared state in `state`, without sockets or peers (replication is then
+/// immediate), for unit tests of what reads it.
+#[cfg(test)]
+pub(crate) fn shared_for_test(state: NodeState, url_tracking: bool) -> Arc<Shared> {
+    let me = MemberInfo {
+        id: NodeId::from_u64(1),
+        name: "n1".to_string(),
+        http: SocketAddr::from(([127, 0, 0, 1], 8081)),
+        replication: SocketAddr::from(([127, 0, 0, 1], 4001)),
+        incarnation: 1,
+    };
+    let store = SessionStore::new(me.id, Limits::default(), 1800);
+    let metrics = Arc::new(Metrics::default());
+    let replication = ReplicationConfig::new(
+        "test".to_string(),
+        me.id,
+        crate::config::ReplicationMode::Sync,
+        Duration::from_millis(100),
+    );
+    let replicator = Replicator::new(
+        replication,
+        store.clone(),
+        metrics.clone(),
+        mpsc::channel(1).0,
+    );
+    Arc::new(Shared {
+        me,
+        cluster: "test".to_string(),
+        started: Instant::now(),
+        metrics,
+        view: watch::channel(MembershipView::empty()).1,
+        store,
+        replicator,
+        cookie: "JSESSIONID".to_string(),
+        url_tracking,
+        state: watch::channel(state).0,
+    })
+}
+
+#[cfg(test)]
+impl Shared {
+    /// Moves a test's node to `state`.
+    pub(crate) fn set_state_for_test(&self, state: NodeState) {
+        self.set_state(state);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ReplicationMode;
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
     use tower::ServiceExt as _;
 
-    /// A node's shared state without sockets or peers.
     fn shared() -> Arc<Shared> {
-        let me = MemberInfo {
-            id: NodeId::from_u64(1),
-            name: "n1".to_string(),
-            http: SocketAddr::from(([127, 0, 0, 1], 8081)),
-            replication: SocketAddr::from(([127, 0, 0, 1], 4001)),
-            incarnation: 1,
-        };
-        let store = SessionStore::new(me.id, Limits::default(), 1800);
-        let metrics = Arc::new(Metrics::default());
-        let replication = ReplicationConfig::new(
-            "test".to_string(),
-            me.id,
-            ReplicationMode::Sync,
-            Duration::from_millis(100),
-        );
-        let replicator = Replicator::new(
-            replication,
-            store.clone(),
-            metrics.clone(),
-            mpsc::channel(1).0,
-        );
-        Arc::new(Shared {
-            me,
-            cluster: "test".to_string(),
-            started: Instant::now(),
-            metrics,
-            view: watch::channel(MembershipView::empty()).1,
-            store,
-            replicator,
-            cookie: "JSESSIONID".to_string(),
-            url_tracking: false,
-            state: watch::channel(NodeState::Ready).0,
-        })
+        shared_for_test(NodeState::Ready, false)
     }
 
     fn get(path: &str) -> Request<Body> {

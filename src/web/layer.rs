@@ -153,3 +153,184 @@ fn choose(
     }
     candidates.find(|c| live(c.id)).or(Some(first))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use axum::Router;
+    use axum::routing::get;
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::node::shared_for_test;
+
+    fn app(shared: &Arc<Shared>) -> Router {
+        Router::new()
+            .route(
+                "/set",
+                get(|s: Session| async move {
+                    s.insert("x", &1);
+                    "set"
+                }),
+            )
+            .route(
+                "/id",
+                get(
+                    |s: Session| async move { s.id().map(|id| id.to_string()).unwrap_or_default() },
+                ),
+            )
+            .route(
+                "/unserialisable",
+                get(|s: Session| async move {
+                    s.insert("fine", &1);
+                    // JSON object keys must be strings.
+                    s.insert("map", &HashMap::from([((1, 2), 3)]));
+                    "stored?"
+                }),
+            )
+            .fallback(get(|s: Session| async move {
+                s.id().map(|id| id.to_string()).unwrap_or_default()
+            }))
+            .layer(SessionLayer::new(shared.clone()))
+    }
+
+    fn request(path: &str, cookie: Option<&str>) -> Request<Body> {
+        let mut request = Request::get(path);
+        if let Some(cookie) = cookie {
+            request = request.header(header::COOKIE, cookie);
+        }
+        request.body(Body::empty()).expect("a request")
+    }
+
+    async fn text(response: Response<Body>) -> String {
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// A session made through the layer: its cookie header value.
+    async fn new_session(shared: &Arc<Shared>) -> String {
+        let response = app(shared)
+            .oneshot(request("/set", None))
+            .await
+            .expect("infallible");
+        let cookie = response.headers()[header::SET_COOKIE]
+            .to_str()
+            .expect("ascii");
+        cookie.split(';').next().expect("name=value").to_string()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_that_stays_joining_answers_503_after_ten_seconds_and_makes_no_session() {
+        let shared = shared_for_test(NodeState::Joining, false);
+        let started = tokio::time::Instant::now();
+        let response = app(&shared)
+            .oneshot(request("/set", None))
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(started.elapsed(), READY_WAIT);
+        assert!(response.headers().get(header::SET_COOKIE).is_none());
+        assert!(shared.store.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_to_a_joining_node_is_served_once_it_is_ready() {
+        let shared = shared_for_test(NodeState::Joining, false);
+        let later = shared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            later.set_state_for_test(NodeState::Ready);
+        });
+        let started = tokio::time::Instant::now();
+        let response = app(&shared)
+            .oneshot(request("/set", None))
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        assert_eq!(shared.store.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_jsessionid_path_parameter_names_the_session_only_with_url_tracking() {
+        for tracking in [false, true] {
+            let shared = shared_for_test(NodeState::Ready, tracking);
+            let cookie = new_session(&shared).await;
+            let value = cookie.split_once('=').expect("name=value").1.to_string();
+            let id = value.split('.').next().expect("ID.route").to_string();
+            let response = app(&shared)
+                .oneshot(request(&format!("/page;jsessionid={value}"), None))
+                .await
+                .expect("infallible");
+            let seen = text(response).await;
+            if tracking {
+                assert_eq!(seen, id);
+            } else {
+                assert_eq!(seen, "", "the path named the session without url_tracking");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_value_that_does_not_serialise_fails_the_request_and_commits_nothing() {
+        let shared = shared_for_test(NodeState::Ready, false);
+        let response = app(&shared)
+            .oneshot(request("/unserialisable", None))
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(response.headers().get(header::SET_COOKIE).is_none());
+        assert!(shared.store.is_empty(), "the valid change was committed");
+        let line = text(response).await;
+        assert!(line.contains("\"map\"") && line.ends_with('\n'), "{line:?}");
+    }
+
+    #[tokio::test]
+    async fn a_change_after_the_response_is_refused() {
+        let shared = shared_for_test(NodeState::Ready, false);
+        let kept: Arc<parking_lot::Mutex<Option<Session>>> = Arc::default();
+        let slot = kept.clone();
+        let app = Router::new()
+            .route(
+                "/",
+                get(move |s: Session| async move {
+                    *slot.lock() = Some(s);
+                    "kept"
+                }),
+            )
+            .layer(SessionLayer::new(shared.clone()));
+        let response = app.oneshot(request("/", None)).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK);
+        let session = kept.lock().take().expect("the handler ran");
+        assert_eq!(
+            session.try_insert("late", &1),
+            Err(super::super::SessionError::Committed)
+        );
+        assert!(shared.store.is_empty());
+    }
+
+    #[test]
+    fn the_first_cookie_that_names_a_live_session_wins() {
+        let value = |s: &str| id::parse_cookie_value(s).expect("a valid value");
+        let unknown = value("00000000000000000000000000000001.n1");
+        let live = value("00000000000000000000000000000002.n2");
+        let live_id = live.id;
+        let is_live = |id: SessionId| id == live_id;
+        assert_eq!(
+            choose([unknown.clone(), live.clone()].into_iter(), is_live),
+            Some(live)
+        );
+        assert_eq!(
+            choose([unknown.clone()].into_iter(), is_live),
+            Some(unknown)
+        );
+        assert_eq!(choose(std::iter::empty(), is_live), None);
+    }
+}
