@@ -85,8 +85,10 @@ impl Trio {
         for node in &nodes {
             assert!(node.ready(DEADLINE).await, "the node serves");
         }
-        let stores: Vec<DeltacastStore> =
-            nodes.iter().map(DeltacastStore::from_running_node).collect();
+        let stores: Vec<DeltacastStore> = nodes
+            .iter()
+            .map(DeltacastStore::from_running_node)
+            .collect();
         for (i, store) in stores.iter().enumerate() {
             let mut warm = record(&[("warm", json!(i))], in_an_hour());
             store.create(&mut warm).await.expect("created");
@@ -177,7 +179,9 @@ async fn a_record_created_or_saved_on_one_node_loads_on_the_others() {
     let mut created = record(&[("user", json!("ada")), ("n", json!(1))], in_an_hour());
     a.create(&mut created).await.expect("created");
     for store in [a, b, c] {
-        let got = load(store, &created.id).await.expect("held by every member");
+        let got = load(store, &created.id)
+            .await
+            .expect("held by every member");
         assert_eq!(got.id, created.id);
         assert_eq!(data(&got), data(&created));
         let late = got.expiry_date - created.expiry_date;
@@ -271,7 +275,10 @@ async fn a_deleted_session_is_gone_everywhere_and_a_late_save_does_not_bring_it_
         .await
         .expect("a late save of a deleted session is not an error: it writes nothing");
     for store in [a, b, c] {
-        assert!(load(store, &id).await.is_none(), "the late save did not revive it");
+        assert!(
+            load(store, &id).await.is_none(),
+            "the late save did not revive it"
+        );
     }
     assert!(!trio.anywhere(&id));
 
@@ -306,7 +313,10 @@ async fn create_with_an_id_held_elsewhere_in_the_cluster_gets_a_new_id() {
     a.create(&mut again).await.expect("created");
     assert_ne!(again.id, on_b.id);
     for store in [a, b, c] {
-        assert!(load(store, &on_b.id).await.is_none(), "the deleted one stays deleted");
+        assert!(
+            load(store, &on_b.id).await.is_none(),
+            "the deleted one stays deleted"
+        );
     }
 
     // Ids made on different members never meet.
@@ -396,10 +406,12 @@ async fn logout(session: Session) -> &'static str {
 
 /// One HTTP exchange with the app at `addr`, off the runtime's threads.
 async fn send(addr: SocketAddr, path: &'static str, cookie: Option<String>) -> common::Answer {
-    tokio::task::spawn_blocking(move || common::exchange(addr, "POST", path, cookie.as_deref(), b""))
-        .await
-        .expect("the exchange ran")
-        .unwrap_or_else(|| panic!("POST {path} on {addr} got no answer"))
+    tokio::task::spawn_blocking(move || {
+        common::exchange(addr, "POST", path, cookie.as_deref(), b"")
+    })
+    .await
+    .expect("the exchange ran")
+    .unwrap_or_else(|| panic!("POST {path} on {addr} got no answer"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,10 +452,17 @@ async fn an_axum_app_on_tower_sessions_keeps_its_sessions_on_every_instance() {
     let bye = send(apps[1], "/logout", Some(cookie.clone())).await;
     assert_eq!(bye.status, 200);
     for node in &trio.nodes {
-        assert!(!node.shared().store.contains(deltacast_id(&id)), "deleted everywhere");
+        assert!(
+            !node.shared().store.contains(deltacast_id(&id)),
+            "deleted everywhere"
+        );
     }
     let after = send(apps[2], "/count", Some(cookie.clone())).await;
-    assert_eq!((after.status, after.text()), (200, "1".to_string()), "a new session");
+    assert_eq!(
+        (after.status, after.text()),
+        (200, "1".to_string()),
+        "a new session"
+    );
     let new_cookie = after.set_cookie.expect("a new session cookie");
     assert_ne!(new_cookie, cookie);
     trio.shutdown().await;

@@ -145,7 +145,7 @@ impl SessionStore for DeltacastStore {
             let _ = store.invalidate(done.id, now);
             return Err(backend(e));
         }
-        record.id = tower_id(done.id);
+        record.id = to_tower_id(done.id);
         self.replicate(done.delta).await;
         Ok(())
     }
@@ -155,12 +155,16 @@ impl SessionStore for DeltacastStore {
         let encoded = encode(record, self.shared.store.limits())?;
         let loaded = loaded(record);
         let expiry_ms = unix_ms(record.expiry_date);
-        let id = session_id(&record.id);
+        let id = to_session_id(&record.id);
         let now = clock::now_ms();
-        let Some(done) = self.shared.store.update(id, now, |s| {
-            write(s, &encoded, loaded.as_ref(), expiry_ms)
-        }) else {
-            debug!("save of a session that is not live (deleted, expired or unknown): nothing written");
+        let Some(done) = self
+            .shared
+            .store
+            .update(id, now, |s| write(s, &encoded, loaded.as_ref(), expiry_ms))
+        else {
+            debug!(
+                "save of a session that is not live (deleted, expired or unknown): nothing written"
+            );
             return Ok(());
         };
         // What was written before a refusal is in the store here: it goes everywhere.
@@ -170,7 +174,7 @@ impl SessionStore for DeltacastStore {
 
     async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {
         self.ready().await?;
-        let id = self::session_id(session_id);
+        let id = to_session_id(session_id);
         let now = clock::now_ms();
         // A read that does not touch the session: tower-sessions moves the expiry on save.
         let Some(delta) = self.shared.store.export(&[id]).pop() else {
@@ -180,9 +184,7 @@ impl SessionStore for DeltacastStore {
             return Ok(None);
         }
         let secs = delta.max_inactive.map_or(0, |(secs, _)| secs);
-        let ends_ms = delta
-            .last_access_ms
-            .saturating_add(u64::from(secs) * 1000);
+        let ends_ms = delta.last_access_ms.saturating_add(u64::from(secs) * 1000);
         if now >= ends_ms {
             return Ok(None);
         }
@@ -218,7 +220,7 @@ impl SessionStore for DeltacastStore {
         let delta = self
             .shared
             .store
-            .invalidate(self::session_id(session_id), clock::now_ms());
+            .invalidate(to_session_id(session_id), clock::now_ms());
         self.replicate(delta).await;
         Ok(())
     }
@@ -235,12 +237,12 @@ impl ExpiredDeletion for DeltacastStore {
 }
 
 /// deltacast's id of a tower-sessions id: its 16 little-endian bytes.
-pub(crate) fn session_id(id: &Id) -> SessionId {
+pub(crate) fn to_session_id(id: &Id) -> SessionId {
     SessionId::from_bytes(id.0.to_le_bytes())
 }
 
-/// tower-sessions' id of a deltacast id (the inverse of [`session_id`]).
-pub(crate) fn tower_id(id: SessionId) -> Id {
+/// tower-sessions' id of a deltacast id (the inverse of [`to_session_id`]).
+pub(crate) fn to_tower_id(id: SessionId) -> Id {
     Id(i128::from_le_bytes(*id.as_bytes()))
 }
 
@@ -358,16 +360,21 @@ fn fingerprint(bytes: &[u8]) -> String {
     hex
 }
 
-/// Unix milliseconds of a date (0 before 1970).
+/// Unix milliseconds of a date, rounded up (an expiry is never moved earlier); 0 before
+/// 1970.
 fn unix_ms(t: OffsetDateTime) -> u64 {
-    let ms = t.unix_timestamp_nanos() / 1_000_000;
+    let nanos = t.unix_timestamp_nanos();
+    let ms = nanos.div_euclid(1_000_000) + i128::from(nanos.rem_euclid(1_000_000) > 0);
     u64::try_from(ms.max(0)).unwrap_or(u64::MAX)
 }
 
-/// The date of Unix milliseconds (the latest date `time` knows beyond it).
+/// 9999-12-31T23:59:59.999Z, the latest date `time` takes by default.
+const LATEST_MS: u64 = 253_402_300_799_999;
+
+/// The date of Unix milliseconds (9999's last instant beyond it).
 fn from_unix_ms(ms: u64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or_else(|_| time::PrimitiveDateTime::MAX.assume_utc())
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms.min(LATEST_MS)) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 fn backend(e: StoreError) -> Error {
@@ -405,15 +412,18 @@ mod tests {
     #[test]
     fn ids_map_both_ways_and_keep_their_bytes() {
         for raw in [0i128, 1, -1, i128::MIN, i128::MAX, 0x0102_0304] {
-            let sid = session_id(&Id(raw));
-            assert_eq!(tower_id(sid), Id(raw));
+            let sid = to_session_id(&Id(raw));
+            assert_eq!(to_tower_id(sid), Id(raw));
             assert_eq!(sid.as_bytes(), &raw.to_le_bytes());
         }
         let sid = SessionId::random();
-        assert_eq!(session_id(&tower_id(sid)), sid);
+        assert_eq!(to_session_id(&to_tower_id(sid)), sid);
         // The cookie tower-sessions writes is base64url of these same bytes.
-        let cookie = tower_id(sid).to_string();
-        assert_eq!(cookie.parse::<Id>().map(|id| session_id(&id)), Ok(sid));
+        let cookie = to_tower_id(sid).to_string();
+        assert_eq!(
+            cookie.parse::<Id>().ok().map(|id| to_session_id(&id)),
+            Some(sid)
+        );
     }
 
     #[test]
@@ -429,6 +439,8 @@ mod tests {
     #[test]
     fn dates_convert_to_milliseconds_and_back() {
         assert_eq!(unix_ms(from_unix_ms(1_700_000_000_123)), 1_700_000_000_123);
+        let a_bit_later = from_unix_ms(1_700_000_000_123) + time::Duration::nanoseconds(1);
+        assert_eq!(unix_ms(a_bit_later), 1_700_000_000_124, "rounded up");
         assert_eq!(unix_ms(OffsetDateTime::UNIX_EPOCH - time::Duration::DAY), 0);
         assert!(from_unix_ms(u64::MAX) > from_unix_ms(4_000_000_000_000));
     }
@@ -518,10 +530,7 @@ mod tests {
         let limits = Limits::default();
         let empty = record(&[("", Value::from(1))], 1);
         assert!(matches!(encode(&empty, limits), Err(Error::Backend(_))));
-        let big = record(
-            &[("k", Value::from("x".repeat(limits.max_value_bytes)))],
-            1,
-        );
+        let big = record(&[("k", Value::from("x".repeat(limits.max_value_bytes)))], 1);
         assert!(matches!(encode(&big, limits), Err(Error::Backend(_))));
         let marker_only = record(&[(LOADED_KEY, Value::Object(Default::default()))], 1);
         assert!(encode(&marker_only, limits).expect("encodes").is_empty());
