@@ -81,9 +81,12 @@ const READY_WAIT: Duration = Duration::from_secs(10);
 /// long key, a too large value, too many keys or sessions, its byte budget; a node still
 /// joining) is [`Error::Backend`].
 ///
-/// Gaps with tower-sessions' own stores (see `docs/tower-sessions.md`): its ids carry no
-/// route for a balancer's stickiness, and deltacast's native layer, `deltacast::Session`,
-/// is the better choice for an app starting fresh.
+/// Gaps with tower-sessions' own stores (see `docs/tower-sessions.md`): its cookie carries
+/// no route, so a balancer in front routes with `sticky = "cookie:NAME"`, `"source_ip"`
+/// or `"header:NAME"`, or with no stickiness at all (every member holds every session);
+/// the expiry is kept to the second; and deltacast's native layer, `deltacast::Session`,
+/// is the better choice for an app starting fresh (routes in its cookies, change-id as one
+/// delta, no fingerprints in the record).
 #[derive(Clone)]
 pub struct DeltacastStore {
     shared: Arc<Shared>,
