@@ -22,6 +22,7 @@ use deltacast::web::tower_store::{DeltacastStore, LOADED_KEY};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tower_sessions::session::{Id, Record};
+use tower_sessions::session_store;
 use tower_sessions::{ExpiredDeletion, Session, SessionManagerLayer, SessionStore};
 
 use common::Cluster;
@@ -204,6 +205,31 @@ async fn a_record_created_or_saved_on_one_node_loads_on_the_others() {
     }
 
     assert!(load(c, &Id::default()).await.is_none(), "an unknown id");
+
+    // What the node refuses is a backend error, and the save writes nothing.
+    let mut refused = load(a, &created.id).await.expect("held");
+    refused.data.insert(String::new(), json!("an empty key"));
+    refused.data.insert("n".into(), json!(99));
+    assert!(matches!(
+        a.save(&refused).await,
+        Err(session_store::Error::Backend(_))
+    ));
+    for store in [a, b, c] {
+        let got = load(store, &created.id).await.expect("still held");
+        assert_eq!(data(&got), want, "nothing of the refused save");
+    }
+    // A stored value that is not JSON (here written on node a alone, beside the store)
+    // is a decode error, not a panic.
+    let written = trio.nodes[0].shared().store.update(
+        deltacast_id(&created.id),
+        deltacast::clock::now_ms(),
+        |s| s.set("raw", bytes::Bytes::from_static(b"\xff not json")),
+    );
+    assert!(written.is_some_and(|w| w.value.is_ok()));
+    assert!(matches!(
+        a.load(&created.id).await,
+        Err(session_store::Error::Decode(_))
+    ));
     trio.shutdown().await;
 }
 
