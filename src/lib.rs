@@ -48,6 +48,7 @@ pub mod session;
 pub mod shutdown;
 pub mod throttle;
 pub mod transport;
+pub mod web;
 pub mod wire;
 
 pub use config::Config;
