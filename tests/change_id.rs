@@ -36,7 +36,12 @@ fn route(cookie: &str) -> &str {
 /// What `browser` reads of attribute `name` on `node`: (status, body).
 fn read(browser: &Browser, node: &NodeProc, name: &str) -> (u16, String) {
     let mut b = browser.clone();
-    let got = b.send(node.http, "GET", &format!("/session/attributes/{name}"), b"");
+    let got = b.send(
+        node.http,
+        "GET",
+        &format!("/session/attributes/{name}"),
+        b"",
+    );
     (got.status, got.text())
 }
 
@@ -57,7 +62,12 @@ fn old_id_is_dead_on(node: &NodeProc, old_cookie: &str, old_id: &str) {
     assert_eq!(doc.status, 200);
     let fresh = stale.session_id().expect("a session");
     assert_ne!(fresh, old_id, "{} revived the old id", node.name);
-    assert_eq!(doc.json()["attributes"], serde_json::json!({}), "{}", node.name);
+    assert_eq!(
+        doc.json()["attributes"],
+        serde_json::json!({}),
+        "{}",
+        node.name
+    );
 }
 
 #[test]
@@ -85,20 +95,32 @@ fn change_id_on_one_node_moves_the_session_everywhere_and_kills_the_old_id() {
     assert_eq!(renamed.status, 204, "{}", renamed.text());
     let new_cookie = renamed.set_cookie.clone().expect("the new cookie");
     assert!(new_cookie.starts_with("JSESSIONID="), "{new_cookie}");
-    assert_eq!(route(&new_cookie), "n1", "the cookie names this node's route");
+    assert_eq!(
+        route(&new_cookie),
+        "n1",
+        "the cookie names this node's route"
+    );
     let new_id = browser.session_id().expect("the new id");
     assert_ne!(new_id, old_id);
 
     // Sync mode: the very next request on another node already sees the new id...
     for node in [b, c] {
-        assert_eq!(read(&browser, node, "user"), (200, "ada".into()), "{}", node.name);
+        assert_eq!(
+            read(&browser, node, "user"),
+            (200, "ada".into()),
+            "{}",
+            node.name
+        );
         assert_eq!(
             read(&browser, node, "cart"),
             (200, "2 apples".into()),
             "{}",
             node.name
         );
-        let doc = browser.clone().send(node.http, "GET", "/session", b"").json();
+        let doc = browser
+            .clone()
+            .send(node.http, "GET", "/session", b"")
+            .json();
         assert_eq!(doc["id"], format!("{new_id}.{}", node.name));
         assert_eq!(doc["created_ms"], before["created_ms"], "{}", node.name);
     }
@@ -116,7 +138,12 @@ fn change_id_on_one_node_moves_the_session_everywhere_and_kills_the_old_id() {
     let third_id = browser.session_id().expect("the third id");
     assert_ne!(third_id, new_id);
     for node in [a, c] {
-        assert_eq!(read(&browser, node, "user"), (200, "ada".into()), "{}", node.name);
+        assert_eq!(
+            read(&browser, node, "user"),
+            (200, "ada".into()),
+            "{}",
+            node.name
+        );
     }
 
     // A node that joins now gets the session by state transfer, and the old ids' tombstones.
@@ -143,5 +170,10 @@ fn change_id_without_a_session_answers_404_and_sets_no_cookie() {
     let status = nodes[0].status().expect("status");
     assert_eq!(status["sessions"]["active"], 0, "no session was made");
     // A wrong method is refused, as on the other session paths.
-    assert_eq!(browser.send(nodes[0].http, "GET", "/session/change-id", b"").status, 405);
+    assert_eq!(
+        browser
+            .send(nodes[0].http, "GET", "/session/change-id", b"")
+            .status,
+        405
+    );
 }

@@ -713,7 +713,10 @@ mod tests {
     fn cookie_for(id: SessionId) -> HeaderMap {
         let mut headers = HeaderMap::new();
         let value = format!("JSESSIONID={}", id::cookie_value(id, "n1"));
-        headers.insert(header::COOKIE, HeaderValue::from_str(&value).expect("a header"));
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&value).expect("a header"),
+        );
         headers
     }
 

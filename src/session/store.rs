@@ -290,8 +290,8 @@ impl Pair<'_> {
     /// The locked shard of `id` (one of the pair's two ids).
     fn shard(&mut self, id: &SessionId) -> &mut Shard {
         match &mut self.high {
-            Some(high) if shard_index(id) != self.low_index => &mut **high,
-            _ => &mut *self.low,
+            Some(high) if shard_index(id) != self.low_index => high,
+            _ => &mut self.low,
         }
     }
 }

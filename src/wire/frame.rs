@@ -277,7 +277,7 @@ fn delta_from_pb(d: pb::SessionDelta) -> Result<Delta, WireError> {
         })
         .collect::<Result<_, _>>()?;
     let id = id_from(&d.id)?;
-    let renamed_from = renamed_from(&d.renamed_from, id, d.invalidated)?;
+    let renamed_from = checked_renamed_from(&d.renamed_from, id, d.invalidated)?;
     Ok(Delta {
         id,
         created_ms: d.created_ms,
@@ -295,7 +295,7 @@ fn delta_from_pb(d: pb::SessionDelta) -> Result<Delta, WireError> {
 /// The old id of a change-id delta: none when empty (a plain delta, or one from a sender
 /// that does not know the field); else 16 bytes, another id than the delta's, and not on
 /// an invalidation (a change of id that also ended the session means nothing).
-fn renamed_from(
+fn checked_renamed_from(
     bytes: &[u8],
     id: SessionId,
     invalidated: bool,
@@ -516,15 +516,16 @@ mod tests {
                 deltas: vec![d]
             }
         );
-        assert!(matches!(body, FrameBody::Deltas { ref deltas, .. } if deltas[0].renamed_from.is_none()));
+        assert!(
+            matches!(body, FrameBody::Deltas { ref deltas, .. } if deltas[0].renamed_from.is_none())
+        );
     }
 
     #[test]
     fn a_rename_with_a_bad_old_id_is_rejected_without_a_panic() {
         let me = NodeId::from_u64(3);
-        let frame_of = |d: pb::SessionDelta| {
-            encode_deltas_frame("c1", me, 1, vec![d.encode_to_vec().into()])
-        };
+        let frame_of =
+            |d: pb::SessionDelta| encode_deltas_frame("c1", me, 1, vec![d.encode_to_vec().into()]);
         let short = pb::SessionDelta {
             renamed_from: Bytes::from_static(b"short"),
             ..delta_to_pb(&renamed())
