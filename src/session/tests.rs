@@ -888,3 +888,42 @@ fn anti_entropy_converges_on_a_rename_the_other_member_never_heard_of() {
         assert_eq!(member.bytes(), recount(member));
     }
 }
+
+#[test]
+fn an_invalidation_of_the_old_id_crossing_the_change_id_leaves_the_new_session_live() {
+    let a = store(1);
+    let b2 = store(2);
+    let (old, deltas) = two_attributes(&a);
+    for d in &deltas {
+        b2.apply(d, 160);
+    }
+    let renamed = a.change_id(old, 200, |_| ()).unwrap();
+    let ended = b2.invalidate(old, 200).unwrap();
+    a.apply(&ended, 201);
+    b2.apply(renamed.delta.as_ref().unwrap(), 201);
+    assert_eq!(everything(&a), everything(&b2));
+    assert!(serves(&b2, renamed.id, 202));
+    assert!(!serves(&b2, old, 202));
+}
+
+#[test]
+fn two_change_ids_of_one_session_at_once_leave_two_live_sessions_and_the_old_id_dead() {
+    let a = store(1);
+    let b2 = store(2);
+    let (old, deltas) = two_attributes(&a);
+    for d in &deltas {
+        b2.apply(d, 160);
+    }
+    let on_a = a.change_id(old, 200, |_| ()).unwrap();
+    let on_b = b2.change_id(old, 200, |_| ()).unwrap();
+    assert_ne!(on_a.id, on_b.id);
+    a.apply(on_b.delta.as_ref().unwrap(), 201);
+    b2.apply(on_a.delta.as_ref().unwrap(), 201);
+    assert_eq!(everything(&a), everything(&b2));
+    for member in [&a, &b2] {
+        assert_eq!(member.len(), 2);
+        assert!(!serves(member, old, 202));
+        assert_eq!(read(member, on_a.id, "x", 202), Some(b("1")));
+        assert_eq!(read(member, on_b.id, "x", 202), Some(b("1")));
+    }
+}
