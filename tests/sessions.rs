@@ -663,6 +663,8 @@ fn a_wrong_method_on_a_session_path_gets_405() {
         ("DELETE", "/session"),
         ("GET", "/session/invalidate"),
         ("PUT", "/session/invalidate"),
+        ("GET", "/session/change-id"),
+        ("DELETE", "/session/change-id"),
         ("POST", "/session/attributes/x"),
         ("PATCH", "/session/attributes/x"),
     ] {
@@ -751,6 +753,16 @@ fn with_url_tracking_off_a_linked_session_is_neither_served_nor_set_as_the_cooki
         None,
     );
     assert_eq!(ended.code, 204, "{ended:?}");
+    assert_eq!(attribute(&node, "user", &planted).body, b"mallory");
+    // Nor give it a new id (which would end the old one).
+    let renamed = send(
+        &node,
+        "POST",
+        &format!("/session/change-id;jsessionid={planted}"),
+        None,
+    );
+    renamed.assert_error(404);
+    assert!(renamed.set_cookies().is_empty(), "{renamed:?}");
     assert_eq!(attribute(&node, "user", &planted).body, b"mallory");
 }
 

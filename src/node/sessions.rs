@@ -11,6 +11,14 @@
 //! is (re-)issued when a session was made, or when the client's cookie names another route
 //! or none (failover: Tomcat's JvmRouteBinderValve), so stickiness follows the session.
 //!
+//! `POST /session/change-id` is Tomcat's `changeSessionId` (done at login, against
+//! fixation): the session moves to a fresh id with all its attributes, the change is
+//! replicated (as one change-id delta, acknowledged in sync mode) before the answer, and
+//! the answer is `204` with the new cookie (this node's route). The old id is dead on every
+//! member from then on: a request with it gets a new, empty session. Without a live session
+//! there is nothing to rename: `404` (one line, `no session`), nothing is made and no
+//! cookie is set, as `GET /session/attributes/{name}` answers without one.
+//!
 //! Attribute values are client data: they are never logged.
 
 use std::sync::Arc;
@@ -46,6 +54,7 @@ pub fn router() -> Router<Arc<Shared>> {
     let page = || get(page).fallback(method_not_allowed);
     let document = || get(document).fallback(method_not_allowed);
     let invalidate = || post(invalidate).fallback(method_not_allowed);
+    let change_id = || post(change_id).fallback(method_not_allowed);
     Router::new()
         .route("/", page())
         .route("/;{params}", page())
@@ -53,6 +62,8 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/session;{params}", document())
         .route("/session/invalidate", invalidate())
         .route("/session/invalidate;{params}", invalidate())
+        .route("/session/change-id", change_id())
+        .route("/session/change-id;{params}", change_id())
         .route(
             "/session/attributes/{name}",
             get(get_attribute)
@@ -530,6 +541,26 @@ async fn invalidate(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: 
     )
 }
 
+// ---- POST /session/change-id -------------------------------------------------------------------
+
+async fn change_id(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -> Response {
+    let visit = match begin(&shared, &headers, &uri).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let renamed = visit
+        .id()
+        .and_then(|id| shared.store.change_id(id, visit.now_ms, |_| ()));
+    match renamed {
+        // The id is new to the client, so `finish` issues the cookie with this node's route.
+        Some(update) => {
+            let done = finish(&shared, &visit, update).await;
+            with_cookie(StatusCode::NO_CONTENT.into_response(), done.cookie)
+        }
+        None => plain(StatusCode::NOT_FOUND, "no session"),
+    }
+}
+
 // ---- errors ------------------------------------------------------------------------------------
 
 /// A one-line text answer.
@@ -676,6 +707,71 @@ mod tests {
                 .await
                 .contains(r#"<td id="hits">1</td>"#)
         );
+    }
+
+    /// A `Cookie` header naming `id` with route `n1`.
+    fn cookie_for(id: SessionId) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let value = format!("JSESSIONID={}", id::cookie_value(id, "n1"));
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&value).expect("a header"),
+        );
+        headers
+    }
+
+    #[tokio::test]
+    async fn change_id_answers_204_with_the_new_cookie_and_the_old_id_is_dead() {
+        let shared = shared(NodeState::Ready);
+        let made = shared
+            .store
+            .update_or_create(None, now_ms(), |s| s.set("x", Bytes::from_static(b"1")))
+            .expect("a session");
+        let response = change_id(
+            State(shared.clone()),
+            cookie_for(made.id),
+            Uri::from_static("/session/change-id"),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+        let cookies: Vec<&str> = response
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        assert_eq!(cookies.len(), 1, "{cookies:?}");
+        let value = cookies[0]
+            .strip_prefix("JSESSIONID=")
+            .and_then(|rest| rest.strip_suffix("; Path=/; HttpOnly; SameSite=Lax"))
+            .expect("the SPEC cookie form");
+        let new = id::parse_cookie_value(value).expect("an id with a route");
+        assert_eq!(new.route.as_deref(), Some("n1"));
+        assert_ne!(new.id, made.id);
+        assert!(!shared.store.contains(made.id));
+        let x = shared
+            .store
+            .update(new.id, now_ms(), |s| s.get("x").cloned())
+            .and_then(|u| u.value);
+        assert_eq!(x, Some(Bytes::from_static(b"1")));
+        assert_eq!(shared.store.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn change_id_without_a_live_session_answers_404_and_makes_none() {
+        let shared = shared(NodeState::Ready);
+        for headers in [HeaderMap::new(), cookie_for(SessionId::from_bytes([7; 16]))] {
+            let response = change_id(
+                State(shared.clone()),
+                headers,
+                Uri::from_static("/session/change-id"),
+            )
+            .await;
+            assert_eq!(response.status(), StatusCode::NOT_FOUND);
+            assert!(response.headers().get(header::SET_COOKIE).is_none());
+            assert_eq!(body_text(response).await, "no session\n");
+        }
+        assert!(shared.store.is_empty());
     }
 
     #[test]

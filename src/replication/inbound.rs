@@ -402,7 +402,9 @@ async fn send(
 }
 
 /// The whole store, shard by shard in batches, streamed so that only one shard is copied
-/// at a time; the last batch says `done`.
+/// at a time; the last batch says `done`. Each shard's sessions come with its ids that
+/// ended for good (invalidated, or renamed by a change-id), as invalidations: the joining
+/// node then holds their tombstones, and a late delta for one cannot make it again there.
 async fn send_state(
     stream: &mut FramedStream,
     cfg: &InboundConfig,
@@ -410,7 +412,9 @@ async fn send_state(
     request: u64,
 ) -> std::io::Result<()> {
     for shard in 0..cfg.store.shard_count() {
-        for sessions in chunk(cfg.store.export_shard(shard)) {
+        let mut whole = cfg.store.export_shard(shard);
+        whole.extend(cfg.store.export_shard_ended(shard));
+        for sessions in chunk(whole) {
             let batch = FrameBody::StateBatch {
                 request,
                 sessions,

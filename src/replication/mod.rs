@@ -943,4 +943,57 @@ mod relayed_links {
             );
         }
     }
+
+    /// A renamed a session while its link to B was down, and the change-id delta never
+    /// reached B (a queue overflow, say); B still holds the old id live and wrote to it.
+    /// When they meet, the link's anti-entropy leaves both with only the new id live and
+    /// the old one a tombstone, and digests that agree.
+    #[tokio::test]
+    async fn anti_entropy_settles_a_change_id_the_other_member_missed() {
+        let stop = CancellationToken::new();
+        // B's port answers only later: until then A's link waits in the key's handshake.
+        let b_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let b_addr = b_listener.local_addr().unwrap();
+        let (_replicator, a_store, _suspected) =
+            replicator_of_a_in(ReplicationMode::Async, b_addr, Some(key()), &stop);
+        let b_store = store(B);
+        let now = clock::now_ms();
+        let made = a_store
+            .update_or_create(None, now, |s| s.set("user", Bytes::from_static(b"ada")))
+            .unwrap();
+        let old = made.id;
+        b_store.apply(made.delta.as_ref().unwrap(), now);
+        let renamed = a_store.change_id(old, now + 1, |_| ()).unwrap();
+        let new = renamed.id;
+        let on_b = b_store.update(old, now + 2, |s| s.set("late", Bytes::from_static(b"1")));
+        assert!(on_b.is_some_and(|u| u.value.is_ok()));
+        assert_ne!(a_store.digest(), b_store.digest());
+        serve_on(b_listener, B, b_store.clone(), Some(key()), &stop);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while a_store.digest() != b_store.digest() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "A and B still disagree after 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for (name, s) in [("A", &a_store), ("B", &b_store)] {
+            assert!(!s.contains(old), "{name} serves the old id");
+            assert!(s.contains(new), "{name} lacks the new id");
+            assert_eq!(s.len(), 1, "{name}");
+            let user = s.update(new, now + 3, |m| m.get("user").cloned());
+            assert_eq!(
+                user.and_then(|u| u.value),
+                Some(Bytes::from_static(b"ada")),
+                "{name}"
+            );
+            // The old id is a tombstone: it is exported as an invalidation.
+            let tombstone = s.export(&[old]);
+            assert!(
+                tombstone.len() == 1 && tombstone[0].invalidated,
+                "{name}: {tombstone:?}"
+            );
+        }
+        stop.cancel();
+    }
 }

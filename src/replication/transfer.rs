@@ -149,7 +149,8 @@ async fn from_member(
                 for d in &batch {
                     store.apply(d, now);
                 }
-                sessions += batch.len();
+                // Tombstones (invalidations) come along; only sessions are counted.
+                sessions += batch.iter().filter(|d| !d.invalidated).count();
                 if done {
                     return Ok(sessions);
                 }
@@ -332,6 +333,37 @@ mod tests {
             taken.await.unwrap(),
             "the dying member got no state request"
         );
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_joiner_gets_a_renamed_session_under_its_new_id_and_the_old_ids_tombstone() {
+        let (addr, member_store, stop) = member_with_sessions(2, 3).await;
+        let made = member_store
+            .update_or_create(None, 1, |s| s.set("user", Bytes::from_static(b"ada")))
+            .unwrap();
+        let renamed = member_store.change_id(made.id, 2, |_| ()).unwrap();
+        let joiner = SessionStore::new(NodeId::from_u64(9), Default::default(), 60);
+        let sessions = from_member(
+            &Streams::Tcp,
+            "c",
+            None,
+            NodeId::from_u64(9),
+            &joiner,
+            &member(2, "asked", addr).info,
+        )
+        .await
+        .unwrap();
+        // Sessions are counted, tombstones are not.
+        assert_eq!(sessions, 4);
+        assert_eq!(joiner.digest(), member_store.digest());
+        assert!(joiner.contains(renamed.id));
+        // The old id's creation, still on its way from another member, finds the tombstone.
+        assert_eq!(
+            joiner.apply(made.delta.as_ref().unwrap(), 3),
+            crate::session::Applied::Ended
+        );
+        assert!(!joiner.contains(made.id));
         stop.cancel();
     }
 

@@ -50,6 +50,11 @@ pub struct Delta {
     pub invalidated: bool,
     /// Carries the whole session rather than a change.
     pub full: bool,
+    /// A change of id (Tomcat's `EVT_CHANGE_SESSION_ID`): the session was known as this id
+    /// until now. That id ends on every member as if invalidated (a tombstone), and the
+    /// delta is `full`: it carries the whole session under `id`. Whatever else reached the
+    /// old id is not carried over (see [`SessionStore::change_id`](super::SessionStore::change_id)).
+    pub renamed_from: Option<SessionId>,
 }
 
 impl Delta {
@@ -62,6 +67,7 @@ impl Delta {
             attributes: Vec::new(),
             invalidated: false,
             full: false,
+            renamed_from: None,
         }
     }
 
@@ -198,6 +204,7 @@ impl SessionState {
                 .collect(),
             invalidated: false,
             full: true,
+            renamed_from: None,
         }
     }
 }

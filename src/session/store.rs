@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use parking_lot::RwLock;
+use parking_lot::{RwLock, RwLockWriteGuard};
 use thiserror::Error;
 
 use super::delta::{SessionState, Version};
@@ -62,7 +62,8 @@ pub enum StoreError {
 /// How a session ended; kept as a tombstone for [`TOMBSTONE_TTL_MS`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Ended {
-    /// Invalidated somewhere: final everywhere.
+    /// Invalidated somewhere, or its id changed (the old id of a change-id ends exactly as
+    /// an invalidated one): final everywhere.
     Invalidated,
     /// Expired here (every member decides the same from the replicated access time).
     /// A whole session with newer activity may still replace it (a healed partition).
@@ -87,9 +88,11 @@ pub enum Applied {
     Ended,
 }
 
-/// The result of [`SessionStore::update`] and [`SessionStore::update_or_create`].
+/// The result of [`SessionStore::update`], [`SessionStore::update_or_create`] and
+/// [`SessionStore::change_id`].
 #[derive(Debug)]
 pub struct Update<R> {
+    /// The session's id (after [`SessionStore::change_id`], the new one).
     pub id: SessionId,
     /// A new session was made for this request.
     pub created: bool,
@@ -268,9 +271,44 @@ impl SessionMut<'_> {
     }
 }
 
+/// The shard that holds `id`.
+fn shard_index(id: &SessionId) -> usize {
+    usize::from(id.as_bytes()[0]) % SHARDS
+}
+
+/// The shards of two ids, both locked for writing: the one with the lower index first,
+/// which is the only order in which any code holds two shard locks (no other path holds
+/// more than one), so two pairs never wait on each other. One lock when both ids share a
+/// shard.
+struct Pair<'a> {
+    low: RwLockWriteGuard<'a, Shard>,
+    high: Option<RwLockWriteGuard<'a, Shard>>,
+    low_index: usize,
+}
+
+impl Pair<'_> {
+    /// The locked shard of `id` (one of the pair's two ids).
+    fn shard(&mut self, id: &SessionId) -> &mut Shard {
+        match &mut self.high {
+            Some(high) if shard_index(id) != self.low_index => high,
+            _ => &mut self.low,
+        }
+    }
+}
+
 impl Inner {
     fn shard(&self, id: &SessionId) -> &RwLock<Shard> {
-        &self.shards[usize::from(id.as_bytes()[0]) % SHARDS]
+        &self.shards[shard_index(id)]
+    }
+
+    fn lock_pair(&self, a: &SessionId, b: &SessionId) -> Pair<'_> {
+        let (a, b) = (shard_index(a), shard_index(b));
+        let (low, high) = (a.min(b), a.max(b));
+        Pair {
+            low: self.shards[low].write(),
+            high: (high != low).then(|| self.shards[high].write()),
+            low_index: low,
+        }
     }
 
     fn next_version(&self) -> Version {
@@ -434,18 +472,7 @@ impl SessionStore {
         if self.len() >= max {
             return Err(StoreError::TooManySessions { max });
         }
-        let id = loop {
-            let candidate = SessionId::random();
-            if !self
-                .inner
-                .shard(&candidate)
-                .read()
-                .entries
-                .contains_key(&candidate)
-            {
-                break candidate;
-            }
-        };
+        let id = self.fresh_id();
         let version = self.inner.next_version();
         let mut state = SessionState {
             created_ms: now_ms,
@@ -479,6 +506,97 @@ impl SessionStore {
         })
     }
 
+    /// A random id this store holds nothing under (neither a session nor a tombstone).
+    fn fresh_id(&self) -> SessionId {
+        loop {
+            let candidate = SessionId::random();
+            if !self
+                .inner
+                .shard(&candidate)
+                .read()
+                .entries
+                .contains_key(&candidate)
+            {
+                return candidate;
+            }
+        }
+    }
+
+    /// Gives the live session `old` a fresh random id (Tomcat's `changeSessionId`, done at
+    /// login against session fixation), runs `f` on it under the new id, and ends `old`.
+    /// `None` when `old` is not live (unknown, expired or ended); then nothing changed.
+    ///
+    /// The session keeps its attributes (with their versions), its creation time and its
+    /// max inactive interval; it is touched at `now_ms`. `old` becomes a tombstone, exactly
+    /// as an invalidated session does (and for as long, [`TOMBSTONE_TTL_MS`]): a late delta
+    /// for it, a request with it, a state transfer or an anti-entropy exchange never brings
+    /// it back. The rename is one step for this store: no request sees both ids live, or
+    /// neither.
+    ///
+    /// The returned [`Update`] has the new id, `created: false`, `f`'s value, and ONE delta
+    /// (with [`Delta::renamed_from`]) that carries the old id and the whole session,
+    /// `f`'s changes included, to replicate as any other. Every member applies it the same
+    /// way, whatever it holds: the old id ends there too, the session is merged in under
+    /// the new one. Writes that another member made to the old id concurrently (before the
+    /// change-id reached it) are dropped everywhere, as Tomcat drops them: the new session
+    /// holds what this store held, and only what is written to the new id from now on.
+    /// Carrying them over would let anyone who knows the old id (the fixation attacker
+    /// this call is for) write into the session after the login.
+    ///
+    /// `f` runs under the locks of the two ids' shards: it must not call this store.
+    pub fn change_id<R>(
+        &self,
+        old: SessionId,
+        now_ms: u64,
+        f: impl FnOnce(&mut SessionMut<'_>) -> R,
+    ) -> Option<Update<R>> {
+        loop {
+            let new = self.fresh_id();
+            let mut pair = self.inner.lock_pair(&old, &new);
+            if pair.shard(&new).entries.contains_key(&new) {
+                // Taken between the draw and the lock: draw again.
+                continue;
+            }
+            let shard = pair.shard(&old);
+            let mut state = match shard.entries.remove(&old) {
+                Some(Entry::Live(state)) if now_ms <= state.expires_at_ms() => state,
+                Some(other) => {
+                    shard.entries.insert(old, other);
+                    return None;
+                }
+                None => return None,
+            };
+            shard.entries.insert(
+                old,
+                Entry::Ended {
+                    how: Ended::Invalidated,
+                    at_ms: now_ms,
+                },
+            );
+            shard.accessed.remove(&old);
+            if now_ms > state.last_access_ms {
+                state.last_access_ms = now_ms;
+            }
+            let mut s = SessionMut {
+                id: new,
+                delta: Delta::new(new, state.created_ms, state.last_access_ms),
+                state: &mut state,
+                inner: &self.inner,
+                changed: false,
+            };
+            let value = f(&mut s);
+            let mut delta = state.to_full_delta(new);
+            delta.renamed_from = Some(old);
+            pair.shard(&new).entries.insert(new, Entry::Live(state));
+            return Some(Update {
+                id: new,
+                created: false,
+                value,
+                delta: Some(delta),
+            });
+        }
+    }
+
     /// Ends a session on this node; the delta ends it everywhere. None when it was not live.
     pub fn invalidate(&self, id: SessionId, now_ms: u64) -> Option<Delta> {
         let mut shard = self.inner.shard(&id).write();
@@ -500,22 +618,66 @@ impl SessionStore {
     }
 
     /// Merges a delta from another member. Idempotent and order-independent.
+    ///
+    /// A change of id ([`Delta::renamed_from`]) ends the old id here as an invalidation
+    /// does, whatever this store held of it (the session, a tombstone, or nothing yet: the
+    /// old id's own deltas may still be on their way), and merges the whole session in
+    /// under the new id, as one step.
     pub fn apply(&self, delta: &Delta, now_ms: u64) -> Applied {
         self.inner.observe(delta.max_counter());
+        if let Some(old) = delta.renamed_from {
+            // An invalidated change-id, or one naming the same id twice, is no rename (the
+            // wire refuses both; a delta built in-process might not).
+            if old != delta.id && !delta.invalidated {
+                let mut pair = self.inner.lock_pair(&old, &delta.id);
+                self.end(&mut pair.shard(&old).entries, old, now_ms);
+                return self.merge(&mut pair.shard(&delta.id).entries, delta, now_ms);
+            }
+        }
         let mut shard = self.inner.shard(&delta.id).write();
-        let entries = &mut shard.entries;
+        self.merge(&mut shard.entries, delta, now_ms)
+    }
+
+    /// Ends `id` in its shard's `entries`: a live session's bytes are freed and a tombstone
+    /// takes its place, an expiry becomes final, an unknown id gets a tombstone.
+    fn end(&self, entries: &mut HashMap<SessionId, Entry>, id: SessionId, now_ms: u64) {
+        match entries.get_mut(&id) {
+            Some(Entry::Ended { how, .. }) => *how = Ended::Invalidated,
+            Some(entry) => {
+                if let Entry::Live(state) = entry {
+                    self.inner.release(state_bytes(state));
+                }
+                *entry = Entry::Ended {
+                    how: Ended::Invalidated,
+                    at_ms: now_ms,
+                };
+                self.inner.live.fetch_sub(1, Ordering::Relaxed);
+            }
+            None => {
+                entries.insert(
+                    id,
+                    Entry::Ended {
+                        how: Ended::Invalidated,
+                        at_ms: now_ms,
+                    },
+                );
+            }
+        }
+    }
+
+    /// [`SessionStore::apply`] of `delta` (its own id only) to its shard's `entries`.
+    fn merge(
+        &self,
+        entries: &mut HashMap<SessionId, Entry>,
+        delta: &Delta,
+        now_ms: u64,
+    ) -> Applied {
+        if delta.invalidated {
+            self.end(entries, delta.id, now_ms);
+            return Applied::Ended;
+        }
         match entries.get_mut(&delta.id) {
             None => {
-                if delta.invalidated {
-                    entries.insert(
-                        delta.id,
-                        Entry::Ended {
-                            how: Ended::Invalidated,
-                            at_ms: now_ms,
-                        },
-                    );
-                    return Applied::Ended;
-                }
                 let state = SessionState::from_delta(delta, self.inner.default_max_inactive_s);
                 self.inner.charge(state_bytes(&state));
                 entries.insert(delta.id, Entry::Live(state));
@@ -523,18 +685,6 @@ impl SessionStore {
                 Applied::Created
             }
             Some(Entry::Live(state)) => {
-                if delta.invalidated {
-                    self.inner.release(state_bytes(state));
-                    entries.insert(
-                        delta.id,
-                        Entry::Ended {
-                            how: Ended::Invalidated,
-                            at_ms: now_ms,
-                        },
-                    );
-                    self.inner.live.fetch_sub(1, Ordering::Relaxed);
-                    return Applied::Ended;
-                }
                 // Most deltas from peers carry only access times: no bytes to recount.
                 let merged = if delta.attributes.is_empty() {
                     state.merge(delta)
@@ -551,10 +701,6 @@ impl SessionStore {
                 }
             }
             Some(Entry::Ended { how, .. }) => {
-                if delta.invalidated {
-                    *how = Ended::Invalidated;
-                    return Applied::Ended;
-                }
                 let revives = matches!(*how, Ended::Expired { last_access_ms } if delta.full && delta.last_access_ms > last_access_ms);
                 if !revives {
                     return Applied::Ended;
@@ -643,6 +789,32 @@ impl SessionStore {
                 Entry::Live(state) => Some(state.to_full_delta(*id)),
                 Entry::Ended { .. } => None,
             })
+            .collect()
+    }
+
+    /// Every id of shard `index` that ended for good (invalidated, or the old id of a
+    /// change-id) as an invalidation delta: the state transfer sends them after the
+    /// shard's sessions, so that on a joining node a late delta for such an id finds its
+    /// tombstone rather than making the session again. Expired sessions are left out
+    /// (each member decides expiry itself).
+    pub fn export_shard_ended(&self, index: usize) -> Vec<Delta> {
+        let Some(shard) = self.inner.shards.get(index) else {
+            return Vec::new();
+        };
+        shard
+            .read()
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                matches!(
+                    e,
+                    Entry::Ended {
+                        how: Ended::Invalidated,
+                        ..
+                    }
+                )
+            })
+            .map(|(id, _)| invalidation(*id))
             .collect()
     }
 
@@ -753,13 +925,16 @@ impl SessionStore {
                 Some(Entry::Ended {
                     how: Ended::Invalidated,
                     ..
-                }) => {
-                    let mut d = Delta::new(*id, 0, 0);
-                    d.invalidated = true;
-                    Some(d)
-                }
+                }) => Some(invalidation(*id)),
                 _ => None,
             })
             .collect()
     }
+}
+
+/// The delta that ends `id` everywhere, as a tombstone is sent (it carries nothing else).
+fn invalidation(id: SessionId) -> Delta {
+    let mut d = Delta::new(id, 0, 0);
+    d.invalidated = true;
+    d
 }

@@ -239,6 +239,9 @@ struct Write {
     value: Option<u8>,
     access: u64,
     invalidate: bool,
+    /// A change-id delta: the session `session` was this one before (ids 0 to 4, so some
+    /// old ids never have deltas of their own).
+    renamed_from: Option<u8>,
 }
 
 fn write_strategy() -> impl Strategy<Value = Write> {
@@ -250,9 +253,10 @@ fn write_strategy() -> impl Strategy<Value = Write> {
         proptest::option::of(any::<u8>()),
         0u64..1000,
         proptest::bool::weighted(0.05),
+        proptest::option::weighted(0.1, 0u8..5),
     )
         .prop_map(
-            |(session, node, counter, name, value, access, invalidate)| Write {
+            |(session, node, counter, name, value, access, invalidate, renamed_from)| Write {
                 session,
                 node,
                 counter,
@@ -260,6 +264,7 @@ fn write_strategy() -> impl Strategy<Value = Write> {
                 value,
                 access,
                 invalidate,
+                renamed_from: renamed_from.filter(|old| *old != session && !invalidate),
             },
         )
 }
@@ -283,6 +288,10 @@ fn to_delta(w: &Write) -> Delta {
         },
     });
     d.invalidated = w.invalidate;
+    if let Some(old) = w.renamed_from {
+        d.renamed_from = Some(SessionId::from_bytes([old; 16]));
+        d.full = true;
+    }
     d
 }
 
@@ -317,10 +326,13 @@ proptest! {
         prop_assert_eq!(contents(&forward), contents(&other));
         prop_assert_eq!(forward.bytes(), recount(&forward));
         prop_assert_eq!(other.bytes(), recount(&other));
-        for s in 0..3u8 {
+        for s in 0..5u8 {
             let id = SessionId::from_bytes([s; 16]);
             prop_assert_eq!(forward.contains(id), other.contains(id));
         }
+        // Tombstones too (invalidated and renamed ids): anti-entropy finds nothing to do.
+        prop_assert_eq!(forward.digest(), other.digest());
+        prop_assert_eq!(forward.len(), other.len());
     }
 }
 
@@ -533,4 +545,385 @@ fn state_transfer_and_a_revived_session_are_counted_once() {
     assert_eq!(joiner.apply(&revived, 200_000), Applied::Created);
     assert_eq!(joiner.bytes(), 5);
     assert!(before > 5);
+}
+
+// ---------------------------------------------------------------------------------------
+// change-id (Tomcat's changeSessionId): the session moves to a new id on every member, the
+// old id is a tombstone everywhere, whatever order the deltas meet in.
+
+/// A session on `a` made at 100 with `x` = 1 and `y` = 2 (y set at 150), and its deltas.
+fn two_attributes(a: &SessionStore) -> (SessionId, Vec<Delta>) {
+    let made = a
+        .update_or_create(None, 100, |s| s.set("x", b("1")))
+        .unwrap();
+    let y = a.update(made.id, 150, |s| s.set("y", b("2"))).unwrap();
+    (made.id, vec![made.delta.unwrap(), y.delta.unwrap()])
+}
+
+/// Whether `s` serves `id` (a request with it finds the session).
+fn serves(s: &SessionStore, id: SessionId, now: u64) -> bool {
+    s.update(id, now, |_| ()).is_some()
+}
+
+/// What a store holds, tombstones included, for comparing members; access times aside
+/// (they travel on their own, and the tests' reads touch sessions).
+fn everything(s: &SessionStore) -> (Vec<Delta>, Vec<(u32, u64)>, u64, usize) {
+    let mut all = contents(s);
+    all.iter_mut().for_each(|d| d.last_access_ms = 0);
+    (all, s.digest(), s.bytes(), s.len())
+}
+
+#[test]
+fn change_id_moves_the_whole_session_to_a_fresh_id_and_ends_the_old_one() {
+    let a = store(1);
+    let (old, _) = two_attributes(&a);
+    let before = contents(&a).pop().unwrap();
+    let bytes = a.bytes();
+    let done = a
+        .change_id(old, 200, |s| {
+            assert_ne!(s.id(), old, "f sees the new id");
+            s.set("user", b("ada")).unwrap();
+            s.get("x").cloned()
+        })
+        .expect("old is live");
+    let new = done.id;
+    assert_ne!(new, old);
+    assert!(!done.created);
+    assert_eq!(
+        done.value,
+        Some(b("1")),
+        "f ran on the session's attributes"
+    );
+    // One change-id delta: the old id, the whole session, f's change included.
+    let delta = done.delta.expect("a delta");
+    assert_eq!(
+        (delta.id, delta.renamed_from, delta.full),
+        (new, Some(old), true)
+    );
+    assert!(!delta.invalidated);
+    assert_eq!(delta.created_ms, 100);
+    assert_eq!(delta.last_access_ms, 200);
+    let mut names: Vec<&str> = delta.attributes.iter().map(|c| c.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["user", "x", "y"]);
+    // The attributes keep their versions: an older write of x elsewhere still loses.
+    let after = contents(&a).pop().unwrap();
+    for change in &before.attributes {
+        assert!(
+            after.attributes.contains(change),
+            "{} lost its version",
+            change.name
+        );
+    }
+    assert_eq!(after.created_ms, before.created_ms);
+    assert_eq!(after.max_inactive, before.max_inactive);
+    // Here: the new id serves the session, the old one nothing, one session in all.
+    assert_eq!(read(&a, new, "y", 201), Some(b("2")));
+    assert_eq!(read(&a, new, "user", 201), Some(b("ada")));
+    assert!(!serves(&a, old, 201));
+    assert!(!a.contains(old));
+    assert_eq!(a.len(), 1);
+    assert_eq!(a.bytes(), bytes + 7);
+    assert_eq!(a.bytes(), recount(&a));
+    // A request with the old id gets a new session, never the old data.
+    let fresh = a
+        .update_or_create(Some(old), 202, |s| s.get("x").cloned())
+        .unwrap();
+    assert!(fresh.created);
+    assert_ne!(fresh.id, old);
+    assert_eq!(fresh.value, None);
+}
+
+#[test]
+fn change_id_of_a_session_that_is_not_live_changes_nothing() {
+    let a = store(1);
+    assert!(
+        a.change_id(SessionId::from_bytes([7; 16]), 1, |_| ())
+            .is_none()
+    );
+    let (ended, _) = two_attributes(&a);
+    a.invalidate(ended, 200).unwrap();
+    assert!(a.change_id(ended, 201, |_| ()).is_none());
+    // Past its interval (60 s after the last access at 150), not yet swept.
+    let (idle, _) = two_attributes(&a);
+    assert!(a.change_id(idle, 150 + 60_001, |_| ()).is_none());
+    assert!(a.contains(idle), "still there for the sweep");
+    // Already renamed: the old id is gone, only the new one can be renamed again.
+    let (renamed, _) = two_attributes(&a);
+    let first = a.change_id(renamed, 300, |_| ()).unwrap();
+    assert!(a.change_id(renamed, 301, |_| ()).is_none());
+    let second = a.change_id(first.id, 302, |_| ()).unwrap();
+    assert_eq!(read(&a, second.id, "x", 303), Some(b("1")));
+    assert!(!serves(&a, first.id, 303));
+    assert_eq!(a.len(), 2);
+    assert_eq!(a.bytes(), recount(&a));
+}
+
+#[test]
+fn a_replica_that_applies_a_change_id_holds_what_the_origin_holds() {
+    let a = store(1);
+    let replica = store(2);
+    let (old, deltas) = two_attributes(&a);
+    for d in &deltas {
+        replica.apply(d, 160);
+    }
+    let done = a.change_id(old, 200, |s| s.set("user", b("ada"))).unwrap();
+    let rename = done.delta.unwrap();
+    assert_eq!(replica.apply(&rename, 201), Applied::Created);
+    assert_eq!(everything(&replica), everything(&a));
+    assert!(!serves(&replica, old, 202));
+    assert_eq!(read(&replica, done.id, "user", 202), Some(b("ada")));
+    // Applied twice (a resend after a reconnect): nothing changes.
+    assert_eq!(replica.apply(&rename, 203), Applied::Unchanged);
+    assert_eq!(everything(&replica), everything(&a));
+}
+
+#[test]
+fn a_change_id_that_overtakes_the_old_sessions_own_deltas_is_not_undone_by_them() {
+    // State transfer and anti-entropy are not ordered with the links: the rename can reach
+    // a member before the creation of the session it renames.
+    let a = store(1);
+    let (old, deltas) = two_attributes(&a);
+    let rename = a.change_id(old, 200, |_| ()).unwrap().delta.unwrap();
+    let late = store(3);
+    assert_eq!(late.apply(&rename, 201), Applied::Created);
+    for d in &deltas {
+        assert_eq!(late.apply(d, 202), Applied::Ended, "the old id stays dead");
+    }
+    // Even as a whole session with newer activity (a full delta from an exchange).
+    let mut whole = deltas[0].clone();
+    whole.full = true;
+    whole.last_access_ms = 10_000;
+    assert_eq!(late.apply(&whole, 203), Applied::Ended);
+    assert!(!serves(&late, old, 204));
+    assert_eq!(everything(&late), everything(&a));
+    // Or between the creation and the next change.
+    let middle = store(4);
+    middle.apply(&deltas[0], 201);
+    middle.apply(&rename, 202);
+    assert_eq!(middle.apply(&deltas[1], 203), Applied::Ended);
+    assert_eq!(everything(&middle), everything(&a));
+}
+
+#[test]
+fn a_member_that_holds_neither_id_learns_the_session_and_the_tombstone() {
+    let a = store(1);
+    let (old, _) = two_attributes(&a);
+    let rename = a.change_id(old, 200, |_| ()).unwrap().delta.unwrap();
+    let blank = store(5);
+    assert_eq!(blank.apply(&rename, 201), Applied::Created);
+    assert_eq!(blank.len(), 1);
+    assert_eq!(read(&blank, rename.id, "x", 202), Some(b("1")));
+    assert_eq!(
+        blank.export(&[old]),
+        a.export(&[old]),
+        "both hold the tombstone"
+    );
+    assert_eq!(everything(&blank), everything(&a));
+}
+
+#[test]
+fn a_write_made_elsewhere_to_the_old_id_before_the_rename_reached_it_is_dropped_everywhere() {
+    // a renames; meanwhile b (which did not see the rename yet) writes the old id. Every
+    // member, whatever the order, ends without b's write: the new session holds exactly
+    // what a renamed (a fixation attacker's write to the old id never lands in it).
+    let a = store(1);
+    let b2 = store(2);
+    let (old, deltas) = two_attributes(&a);
+    for d in &deltas {
+        b2.apply(d, 160);
+    }
+    let rename = a.change_id(old, 200, |s| s.set("user", b("ada"))).unwrap();
+    let new = rename.id;
+    let rename = rename.delta.unwrap();
+    let write = b2.update(old, 201, |s| s.set("x", b("from b"))).unwrap();
+    let write = write.delta.unwrap();
+    // On a: the write comes late and finds the tombstone.
+    assert_eq!(a.apply(&write, 202), Applied::Ended);
+    // On b: the rename comes after b's own write, which goes with the old id.
+    assert_eq!(b2.apply(&rename, 202), Applied::Created);
+    // On c and d, both orders.
+    let c = store(3);
+    for d in &deltas {
+        c.apply(d, 160);
+    }
+    c.apply(&write, 203);
+    c.apply(&rename, 204);
+    let d = store(4);
+    for delta in &deltas {
+        d.apply(delta, 160);
+    }
+    d.apply(&rename, 203);
+    d.apply(&write, 204);
+    for (name, member) in [("b", &b2), ("c", &c), ("d", &d)] {
+        assert_eq!(everything(member), everything(&a), "{name} differs from a");
+        assert_eq!(read(member, new, "x", 205), Some(b("1")), "{name}");
+        assert!(!serves(member, old, 205), "{name} serves the old id");
+    }
+}
+
+#[test]
+fn a_write_to_the_new_id_that_overtakes_the_rename_is_kept() {
+    let a = store(1);
+    let (old, deltas) = two_attributes(&a);
+    let done = a.change_id(old, 200, |_| ()).unwrap();
+    let after = a.update(done.id, 210, |s| s.set("cart", b("3"))).unwrap();
+    let c = store(3);
+    for d in &deltas {
+        c.apply(d, 160);
+    }
+    c.apply(after.delta.as_ref().unwrap(), 211);
+    assert_eq!(c.apply(done.delta.as_ref().unwrap(), 212), Applied::Changed);
+    assert_eq!(everything(&c), everything(&a));
+    assert_eq!(read(&c, done.id, "cart", 213), Some(b("3")));
+}
+
+#[test]
+fn the_old_ids_tombstone_lives_as_long_as_an_invalidated_ones() {
+    let a = store(1);
+    let (renamed, _) = two_attributes(&a);
+    let (invalidated, _) = two_attributes(&a);
+    let new = a.change_id(renamed, 1_000, |_| ()).unwrap().id;
+    a.invalidate(invalidated, 1_000).unwrap();
+    // The new session is kept alive by accesses meanwhile: only the two tombstones go.
+    a.touch(new, 1_000 + TOMBSTONE_TTL_MS);
+    assert_eq!(a.sweep(1_000 + TOMBSTONE_TTL_MS - 1).purged, 0);
+    assert_eq!(a.sweep(1_000 + TOMBSTONE_TTL_MS).purged, 2);
+    assert!(a.contains(new));
+}
+
+#[test]
+fn a_change_id_makes_an_expiry_final() {
+    // The old session expired here (its accesses on the renaming member never came), so it
+    // is an expiry tombstone, which a whole session with newer activity could replace; once
+    // the rename is known, nothing replaces it.
+    let a = store(1);
+    let (old, deltas) = two_attributes(&a);
+    let c = store(3);
+    for d in &deltas {
+        c.apply(d, 160);
+    }
+    c.sweep(150 + 60_000 + EXPIRY_SLACK_MS + 1);
+    assert!(!c.contains(old));
+    a.touch(old, 60_000);
+    let rename = a.change_id(old, 60_100, |_| ()).unwrap().delta.unwrap();
+    c.apply(&rename, 70_000);
+    let mut whole = deltas[0].clone();
+    whole.full = true;
+    whole.last_access_ms = 65_000;
+    assert_eq!(c.apply(&whole, 70_001), Applied::Ended);
+    assert_eq!(c.export(&[old]), a.export(&[old]));
+}
+
+#[test]
+fn a_joining_node_gets_the_new_id_and_the_old_ids_tombstone_with_the_state_transfer() {
+    let a = store(1);
+    let (old, deltas) = two_attributes(&a);
+    let done = a.change_id(old, 200, |_| ()).unwrap();
+    let joiner = store(9);
+    for shard in 0..a.shard_count() {
+        for d in a
+            .export_shard(shard)
+            .iter()
+            .chain(&a.export_shard_ended(shard))
+        {
+            joiner.apply(d, 300);
+        }
+    }
+    assert_eq!(everything(&joiner), everything(&a));
+    assert!(serves(&joiner, done.id, 301));
+    // A delta for the old id still on its way from a third member finds the tombstone.
+    for d in &deltas {
+        assert_eq!(joiner.apply(d, 302), Applied::Ended);
+    }
+    assert!(!serves(&joiner, old, 303));
+}
+
+#[test]
+fn anti_entropy_converges_on_a_rename_the_other_member_never_heard_of() {
+    // a renamed while cut off from b (the delta never reached b); b still holds the old id
+    // live, and wrote it meanwhile. Exchanging what the digests show differs, as
+    // anti-entropy does, leaves both with the new id live and the old a tombstone.
+    let a = store(1);
+    let b2 = store(2);
+    let (old, deltas) = two_attributes(&a);
+    for d in &deltas {
+        b2.apply(d, 160);
+    }
+    let new = a.change_id(old, 200, |_| ()).unwrap().id;
+    b2.update(old, 201, |s| s.set("x", b("on b"))).unwrap();
+    assert_ne!(a.digest(), b2.digest());
+    let mut differing: Vec<SessionId> = Vec::new();
+    for ((shard, mine), (_, theirs)) in a.digest().into_iter().zip(b2.digest()) {
+        if mine == theirs {
+            continue;
+        }
+        let ours: std::collections::HashMap<_, _> = a.shard_entries(shard).into_iter().collect();
+        let other: std::collections::HashMap<_, _> = b2.shard_entries(shard).into_iter().collect();
+        differing.extend(
+            ours.keys()
+                .chain(other.keys())
+                .filter(|id| ours.get(id) != other.get(id)),
+        );
+    }
+    differing.sort();
+    differing.dedup();
+    let mut expected = vec![old, new];
+    expected.sort();
+    assert_eq!(differing, expected);
+    let from_a = a.export(&differing);
+    let from_b = b2.export(&differing);
+    for d in &from_b {
+        a.apply(d, 300);
+    }
+    for d in &from_a {
+        b2.apply(d, 300);
+    }
+    assert_eq!(a.digest(), b2.digest());
+    for member in [&a, &b2] {
+        assert!(serves(member, new, 301));
+        assert!(!serves(member, old, 301));
+        assert_eq!(read(member, new, "x", 301), Some(b("1")));
+        assert_eq!(member.len(), 1);
+        assert_eq!(member.bytes(), recount(member));
+    }
+}
+
+#[test]
+fn an_invalidation_of_the_old_id_crossing_the_change_id_leaves_the_new_session_live() {
+    let a = store(1);
+    let b2 = store(2);
+    let (old, deltas) = two_attributes(&a);
+    for d in &deltas {
+        b2.apply(d, 160);
+    }
+    let renamed = a.change_id(old, 200, |_| ()).unwrap();
+    let ended = b2.invalidate(old, 200).unwrap();
+    a.apply(&ended, 201);
+    b2.apply(renamed.delta.as_ref().unwrap(), 201);
+    assert_eq!(everything(&a), everything(&b2));
+    assert!(serves(&b2, renamed.id, 202));
+    assert!(!serves(&b2, old, 202));
+}
+
+#[test]
+fn two_change_ids_of_one_session_at_once_leave_two_live_sessions_and_the_old_id_dead() {
+    let a = store(1);
+    let b2 = store(2);
+    let (old, deltas) = two_attributes(&a);
+    for d in &deltas {
+        b2.apply(d, 160);
+    }
+    let on_a = a.change_id(old, 200, |_| ()).unwrap();
+    let on_b = b2.change_id(old, 200, |_| ()).unwrap();
+    assert_ne!(on_a.id, on_b.id);
+    a.apply(on_b.delta.as_ref().unwrap(), 201);
+    b2.apply(on_a.delta.as_ref().unwrap(), 201);
+    assert_eq!(everything(&a), everything(&b2));
+    for member in [&a, &b2] {
+        assert_eq!(member.len(), 2);
+        assert!(!serves(member, old, 202));
+        assert_eq!(read(member, on_a.id, "x", 202), Some(b("1")));
+        assert_eq!(read(member, on_b.id, "x", 202), Some(b("1")));
+    }
 }

@@ -7,8 +7,13 @@
 //! endpoints do, hands the handler a [`Session`], and after the handler returns turns
 //! everything the request changed into one delta, replicated (in sync mode acknowledged by
 //! every live member) before the response leaves.
+//!
+//! With the `tower-sessions` feature, [`tower_store`] holds a store for apps on
+//! tower-sessions instead.
 
 mod node;
+#[cfg(feature = "tower-sessions")]
+pub mod tower_store;
 
 #[cfg(feature = "axum")]
 mod layer;

@@ -377,10 +377,7 @@ fn change_session_id<R>(
     now_ms: u64,
     f: impl FnOnce(&mut SessionMut<'_>) -> R,
 ) -> Option<Update<R>> {
-    // PLACEHOLDER until `SessionStore::change_id` (the shared contract) is merged: then
-    // this is `store.change_id(id, now_ms, f)`.
-    let _ = (store, id, now_ms, f);
-    None
+    store.change_id(id, now_ms, f)
 }
 
 fn stores_a_value(changes: &[(String, Option<Bytes>)]) -> bool {

@@ -251,6 +251,7 @@ fn delta_to_pb(d: &Delta) -> pb::SessionDelta {
             .collect(),
         invalidated: d.invalidated,
         full: d.full,
+        renamed_from: d.renamed_from.map(id_bytes).unwrap_or_default(),
     }
 }
 
@@ -275,8 +276,10 @@ fn delta_from_pb(d: pb::SessionDelta) -> Result<Delta, WireError> {
             })
         })
         .collect::<Result<_, _>>()?;
+    let id = id_from(&d.id)?;
+    let renamed_from = checked_renamed_from(&d.renamed_from, id, d.invalidated)?;
     Ok(Delta {
-        id: id_from(&d.id)?,
+        id,
         created_ms: d.created_ms,
         last_access_ms: d.last_access_ms,
         max_inactive: d
@@ -285,7 +288,34 @@ fn delta_from_pb(d: pb::SessionDelta) -> Result<Delta, WireError> {
         attributes,
         invalidated: d.invalidated,
         full: d.full,
+        renamed_from,
     })
+}
+
+/// The old id of a change-id delta: none when empty (a plain delta, or one from a sender
+/// that does not know the field); else 16 bytes, another id than the delta's, and not on
+/// an invalidation (a change of id that also ended the session means nothing).
+fn checked_renamed_from(
+    bytes: &[u8],
+    id: SessionId,
+    invalidated: bool,
+) -> Result<Option<SessionId>, WireError> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let invalid = |reason: String| WireError::Invalid {
+        field: "renamed_from",
+        reason,
+    };
+    let old = SessionId::from_slice(bytes)
+        .ok_or_else(|| invalid(format!("{} bytes, expected 16", bytes.len())))?;
+    if old == id {
+        return Err(invalid("the session's own id".into()));
+    }
+    if invalidated {
+        return Err(invalid("on an invalidation".into()));
+    }
+    Ok(Some(old))
 }
 
 #[cfg(test)]
@@ -343,6 +373,14 @@ mod tests {
         d
     }
 
+    /// A change of id: the whole session under its new id, naming the old one.
+    fn renamed() -> Delta {
+        let mut d = delta();
+        d.full = true;
+        d.renamed_from = Some(SessionId::from_bytes([6; 16]));
+        d
+    }
+
     #[test]
     fn every_body_round_trips() {
         let id = SessionId::from_bytes([5; 16]);
@@ -354,14 +392,14 @@ mod tests {
             FrameBody::Pong(u64::MAX),
             FrameBody::Deltas {
                 seq: 3,
-                deltas: vec![delta(), ended],
+                deltas: vec![delta(), ended, renamed()],
             },
             FrameBody::Ack(3),
             FrameBody::Access(vec![(id, 99)]),
             FrameBody::StateRequest(1),
             FrameBody::StateBatch {
                 request: 1,
-                sessions: vec![delta()],
+                sessions: vec![delta(), renamed()],
                 done: true,
             },
             FrameBody::Digest(vec![(0, 1), (63, u64::MAX)]),
@@ -431,6 +469,99 @@ mod tests {
         ));
     }
 
+    /// `SessionDelta` as senders built before `renamed_from` (field 9) encode it.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct SessionDeltaBeforeRenames {
+        #[prost(bytes = "bytes", tag = "1")]
+        id: Bytes,
+        #[prost(uint64, tag = "2")]
+        created_ms: u64,
+        #[prost(uint64, tag = "3")]
+        last_access_ms: u64,
+        #[prost(uint32, optional, tag = "4")]
+        max_inactive_s: Option<u32>,
+        #[prost(message, optional, tag = "5")]
+        max_inactive_version: Option<pb::Version>,
+        #[prost(message, repeated, tag = "6")]
+        attributes: Vec<pb::AttributeChange>,
+        #[prost(bool, tag = "7")]
+        invalidated: bool,
+        #[prost(bool, tag = "8")]
+        full: bool,
+    }
+
+    #[test]
+    fn a_delta_from_a_sender_without_renames_decodes_as_before() {
+        let d = delta();
+        let now = delta_to_pb(&d);
+        let old = SessionDeltaBeforeRenames {
+            id: now.id,
+            created_ms: now.created_ms,
+            last_access_ms: now.last_access_ms,
+            max_inactive_s: now.max_inactive_s,
+            max_inactive_version: now.max_inactive_version,
+            attributes: now.attributes,
+            invalidated: now.invalidated,
+            full: now.full,
+        };
+        let old_bytes: Bytes = old.encode_to_vec().into();
+        // Such a delta is byte for byte what this build sends for a delta without a rename.
+        assert_eq!(old_bytes, encode_delta(&d));
+        let frame = encode_deltas_frame("c1", NodeId::from_u64(3), 1, vec![old_bytes]);
+        let (_, body) = decode_frame(&frame, "c1").unwrap();
+        assert_eq!(
+            body,
+            FrameBody::Deltas {
+                seq: 1,
+                deltas: vec![d]
+            }
+        );
+        assert!(
+            matches!(body, FrameBody::Deltas { ref deltas, .. } if deltas[0].renamed_from.is_none())
+        );
+    }
+
+    #[test]
+    fn a_rename_with_a_bad_old_id_is_rejected_without_a_panic() {
+        let me = NodeId::from_u64(3);
+        let frame_of =
+            |d: pb::SessionDelta| encode_deltas_frame("c1", me, 1, vec![d.encode_to_vec().into()]);
+        let short = pb::SessionDelta {
+            renamed_from: Bytes::from_static(b"short"),
+            ..delta_to_pb(&renamed())
+        };
+        let long = pb::SessionDelta {
+            renamed_from: Bytes::from(vec![1; 17]),
+            ..delta_to_pb(&renamed())
+        };
+        let itself = pb::SessionDelta {
+            renamed_from: Bytes::from_static(&[3; 16]),
+            ..delta_to_pb(&renamed())
+        };
+        let ended = pb::SessionDelta {
+            invalidated: true,
+            ..delta_to_pb(&renamed())
+        };
+        for (what, d) in [
+            ("short", short),
+            ("long", long),
+            ("its own id", itself),
+            ("invalidated", ended),
+        ] {
+            let got = decode_frame(&frame_of(d), "c1");
+            assert!(
+                matches!(
+                    got,
+                    Err(WireError::Invalid {
+                        field: "renamed_from",
+                        ..
+                    })
+                ),
+                "{what}: {got:?}"
+            );
+        }
+    }
+
     #[test]
     fn an_empty_frame_is_rejected() {
         assert!(decode_frame(&[], "c1").is_err());
@@ -440,6 +571,20 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
             let _ = decode_frame(&bytes, "c1");
+        }
+
+        #[test]
+        fn mutated_rename_frames_never_panic(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+            let mut bytes = encode_frame("c1", NodeId::from_u64(3), &FrameBody::Deltas { seq: 1, deltas: vec![renamed()] }).to_vec();
+            for (at, x) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] ^= x;
+            }
+            if let Ok((_, FrameBody::Deltas { deltas, .. })) = decode_frame(&bytes, "c1") {
+                for d in deltas {
+                    prop_assert!(d.renamed_from.is_none_or(|old| old != d.id && !d.invalidated));
+                }
+            }
         }
 
         #[test]
