@@ -955,7 +955,7 @@ mod relayed_links {
         let b_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let b_addr = b_listener.local_addr().unwrap();
         let (_replicator, a_store, _suspected) =
-            replicator_of_a_in(ReplicationMode::Async, b_addr, Some(key()), &stop);
+            replicator_of_a_in(ReplicationMode::Async, b_addr, Some(key()), &stop, true);
         let b_store = store(B);
         let now = clock::now_ms();
         let made = a_store
