@@ -34,7 +34,7 @@ pub enum DiscoveryError {
 }
 
 /// Joins the multicast group as an observer and keeps the registry's discovered members
-/// equal to the members the heartbeats show (route = name, url = http://<http addr>).
+/// equal to the members the heartbeats show (route = name, url = `http://<http addr>`).
 pub fn start(
     config: &Config,
     registry: Arc<Registry>,

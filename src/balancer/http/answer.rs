@@ -161,7 +161,7 @@ impl MemberBody {
         }
     }
 
-    /// Reads what of the body is there already, without waiting (at most [`READ_AHEAD`]
+    /// Reads what of the body is there already, without waiting (at most `READ_AHEAD`
     /// bytes), before the head goes to the client: a body that is malformed in what came
     /// with the head is then answered 502 rather than an answer cut off before its first
     /// byte, as the fast path judges the bytes that came with the head before it writes
