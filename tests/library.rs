@@ -624,3 +624,24 @@ async fn a_change_the_store_refuses_is_an_error_answer_not_a_panic() {
     );
     stop(nodes).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_start_returns_once_the_joining_node_holds_the_clusters_sessions() {
+    let c = Cluster::new("lib-join");
+    let a = start(config(&c, "a")).await;
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let put = send(&a, "PUT", "/attr/n", None, format!("{i}").as_bytes()).await;
+        assert_eq!(put.status, 204);
+        ids.push(session_of(&put));
+    }
+    // No waiting here: when start returns, the state transfer is done.
+    let b = start(config(&c, "b")).await;
+    assert_eq!(b.status().node.state, "ready");
+    assert_eq!(b.store().len(), 50, "b serves before it took the sessions");
+    for (i, id) in ids.iter().enumerate() {
+        let want = format!("\"{i}\"");
+        assert_eq!(stored(&b, *id, "n").as_deref(), Some(want.as_bytes()));
+    }
+    stop(vec![a, b]).await;
+}
