@@ -316,6 +316,51 @@ mod tests {
         assert!(shared.store.is_empty());
     }
 
+    #[tokio::test]
+    async fn what_a_request_stores_after_invalidating_goes_to_a_new_session() {
+        let shared = shared_for_test(NodeState::Ready, false);
+        let cookie = new_session(&shared).await;
+        let old = id::parse_cookie_value(cookie.split_once('=').expect("name=value").1)
+            .expect("a cookie value")
+            .id;
+        let app = Router::new()
+            .route(
+                "/",
+                get(|s: Session| async move {
+                    s.invalidate();
+                    let gone = s.get::<i32>("x").is_none() && s.id().is_none();
+                    s.insert("flash", "logged out");
+                    if gone { "gone" } else { "still there" }
+                }),
+            )
+            .layer(SessionLayer::new(shared.clone()));
+        let response = app
+            .oneshot(request("/", Some(&cookie)))
+            .await
+            .expect("infallible");
+        let set = response.headers()[header::SET_COOKIE]
+            .to_str()
+            .expect("ascii")
+            .to_string();
+        assert_eq!(text(response).await, "gone");
+        let new = id::parse_cookie_value(
+            set.split(';')
+                .next()
+                .and_then(|p| p.split_once('='))
+                .expect("name=value")
+                .1,
+        )
+        .expect("a new session's cookie")
+        .id;
+        assert_ne!(new, old);
+        assert!(!shared.store.contains(old));
+        let flash = shared.store.update(new, 1, |s| s.get("flash").cloned());
+        assert_eq!(
+            flash.and_then(|u| u.value).as_deref(),
+            Some(&b"\"logged out\""[..])
+        );
+    }
+
     #[test]
     fn the_first_cookie_that_names_a_live_session_wins() {
         let value = |s: &str| id::parse_cookie_value(s).expect("a valid value");
