@@ -84,7 +84,7 @@ impl Delta {
     }
 
     /// The largest version it carries, for the receiver's Lamport clock.
-    pub fn max_counter(&self) -> u64 {
+    pub(crate) fn max_counter(&self) -> u64 {
         let attrs = self.attributes.iter().map(|a| a.version.counter);
         let inactive = self.max_inactive.iter().map(|(_, v)| v.counter);
         attrs.chain(inactive).max().unwrap_or(0)

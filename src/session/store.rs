@@ -819,12 +819,12 @@ impl SessionStore {
     }
 
     /// Number of shards, for exporting the store in pieces.
-    pub fn shard_count(&self) -> usize {
+    pub(crate) fn shard_count(&self) -> usize {
         SHARDS
     }
 
     /// Every live session of shard `index` as a full delta (state transfer).
-    pub fn export_shard(&self, index: usize) -> Vec<Delta> {
+    pub(crate) fn export_shard(&self, index: usize) -> Vec<Delta> {
         let Some(shard) = self.inner.shards.get(index) else {
             return Vec::new();
         };
@@ -844,7 +844,7 @@ impl SessionStore {
     /// shard's sessions, so that on a joining node a late delta for such an id finds its
     /// tombstone rather than making the session again. Expired sessions are left out
     /// (each member decides expiry itself).
-    pub fn export_shard_ended(&self, index: usize) -> Vec<Delta> {
+    pub(crate) fn export_shard_ended(&self, index: usize) -> Vec<Delta> {
         let Some(shard) = self.inner.shards.get(index) else {
             return Vec::new();
         };
@@ -933,7 +933,7 @@ fn entry_hash(id: &SessionId, entry: &Entry) -> Option<u64> {
 
 impl SessionStore {
     /// The digest of every shard: (shard, hash).
-    pub fn digest(&self) -> Vec<(u32, u64)> {
+    pub(crate) fn digest(&self) -> Vec<(u32, u64)> {
         self.inner
             .shards
             .iter()
@@ -951,7 +951,7 @@ impl SessionStore {
     }
 
     /// The per-session digests of one shard.
-    pub fn shard_entries(&self, shard: u32) -> Vec<(SessionId, u64)> {
+    pub(crate) fn shard_entries(&self, shard: u32) -> Vec<(SessionId, u64)> {
         let Some(shard) = self.inner.shards.get(shard as usize) else {
             return Vec::new();
         };
