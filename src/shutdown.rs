@@ -15,10 +15,13 @@ pub struct Shutdown {
 }
 
 impl Shutdown {
+    /// A shutdown not yet triggered, with no tasks.
     pub fn new() -> Shutdown {
         Shutdown::default()
     }
 
+    /// The token, cancelled by [`Shutdown::trigger`]: a task selects on `cancelled()` to
+    /// stop.
     pub fn token(&self) -> &CancellationToken {
         &self.token
     }

@@ -43,23 +43,49 @@ pub const DEFAULT_FILE: &str = "./cluster.toml";
 /// A configuration error. Every `Display` is a single line that names the offending key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The config file could not be read (a missing [`DEFAULT_FILE`] is not an error).
     #[error("cannot read config file {}: {}", one_line(&path.display().to_string()), one_line(&source.to_string()))]
     Read {
+        /// The file as given.
         path: PathBuf,
+        /// Why reading failed.
         source: std::io::Error,
     },
+    /// The text is not TOML.
     #[error("{}: {}", one_line(origin), one_line(message))]
-    Syntax { origin: String, message: String },
+    Syntax {
+        /// Where the text came from: the file, or the `origin` given to
+        /// [`Config::from_toml_str`].
+        origin: String,
+        /// Where (`line L, column C: `, when known) and what is wrong.
+        message: String,
+    },
+    /// A key that no section has (in the file or a `--set`).
     #[error(
         "unknown config key `{}` (expected one of: {})",
         one_line(key),
         one_line(expected)
     )]
-    UnknownKey { key: String, expected: String },
+    UnknownKey {
+        /// The dotted key as written.
+        key: String,
+        /// The valid keys at that place, comma-separated.
+        expected: String,
+    },
+    /// A value of the wrong kind, out of its range or of a bad format.
     #[error("invalid value for `{}`: {}", one_line(key), one_line(expected))]
-    Invalid { key: String, expected: String },
+    Invalid {
+        /// The dotted key, with an index for an array item (`balancer.member[0].url`).
+        key: String,
+        /// What was expected, and what was found.
+        expected: String,
+    },
+    /// A `--set` argument without `=`, or an override key with an empty part.
     #[error("`--set {}` must be dotted.key=value", one_line(arg))]
-    BadOverride { arg: String },
+    BadOverride {
+        /// The argument as given.
+        arg: String,
+    },
 }
 
 fn invalid(key: impl Into<String>, expected: impl Into<String>) -> ConfigError {
@@ -143,10 +169,12 @@ impl Config {
         config
     }
 
+    /// `membership.heartbeat_ms` as a duration.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.membership.heartbeat_ms)
     }
 
+    /// `membership.drop_ms` as a duration.
     pub fn drop_after(&self) -> Duration {
         Duration::from_millis(self.membership.drop_ms)
     }

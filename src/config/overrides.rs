@@ -16,10 +16,13 @@ use super::{ConfigError, invalid};
 /// One override: a dotted key and a raw value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Override {
+    /// The dotted key, e.g. `sessions.max_inactive_s` or `balancer.member`.
     pub key: String,
+    /// The value and how it is to be read.
     pub value: OverrideValue,
 }
 
+/// The value of an [`Override`], by the flag it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OverrideValue {
     /// Always set as a TOML string (from a dedicated flag such as `--name`).
@@ -28,7 +31,12 @@ pub enum OverrideValue {
     /// (see [`Config::from_toml_str`](super::Config::from_toml_str)).
     Raw(String),
     /// From `--member ROUTE=URL`: appends `{ route, url, loadfactor = 1 }` to the array at `key`.
-    AppendMember { route: String, url: String },
+    AppendMember {
+        /// The member's route, as `balancer.member[].route`.
+        route: String,
+        /// The member's URL, as `balancer.member[].url`.
+        url: String,
+    },
 }
 
 impl Override {

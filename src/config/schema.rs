@@ -19,10 +19,15 @@ use super::validate::is_token;
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// `[cluster]`: the cluster's name and key.
     pub cluster: ClusterConfig,
+    /// `[membership]`: how members find each other and when one is dropped.
     pub membership: MembershipConfig,
+    /// `[node]`: this node's name and addresses (read by `deltacast node`).
     pub node: NodeConfig,
+    /// `[sessions]`: the cookie, lifetimes, replication mode and limits.
     pub sessions: SessionsConfig,
+    /// `[balancer]`: the built-in balancer (read by `deltacast balancer`).
     pub balancer: BalancerConfig,
     /// Dotted keys explicitly present in the file or the overrides (and their parent sections).
     #[serde(skip)]
@@ -41,12 +46,16 @@ impl PartialEq for Config {
 
 impl Eq for Config {}
 
+/// `[cluster]`: what every member of one cluster shares.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// Members announcing another cluster name are ignored.
+    /// Members announcing another cluster name are ignored, even on the same multicast
+    /// group. 1 to 255 bytes without control characters; default `"deltacast"`.
     pub name: String,
-    /// Shared secret file; read and checked by the seal (`ClusterKey::read_file`), not here.
+    /// Shared secret file (text, e.g. from `deltacast keygen`): when set, all cluster traffic
+    /// is authenticated and encrypted and others cannot join. Relative to the current
+    /// directory; read and checked when the node starts, not here. Default `None` (open).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
 }
@@ -60,14 +69,26 @@ impl Default for ClusterConfig {
     }
 }
 
+/// `[membership]`: heartbeats and failure detection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MembershipConfig {
+    /// Multicast `group:port` of the heartbeats: a group in 224.0.0.0/4, port not 0.
+    /// Default `228.0.0.4:45564`.
     pub multicast: SocketAddrV4,
+    /// Interface the group is joined and sent on: 127.0.0.1 (the default) for a cluster on
+    /// one host, this host's LAN address for a cluster across hosts.
     pub interface: Ipv4Addr,
+    /// Multicast TTL, 0 to 255; the default 1 keeps heartbeats on the local segment.
     pub ttl: u32,
+    /// Heartbeat interval in milliseconds, 10 to 60000; default 500. A member silent for two
+    /// intervals is suspect and verified over TCP on its replication port.
     pub heartbeat_ms: u64,
+    /// Milliseconds after which a suspect that does not answer verification is dropped:
+    /// more than twice `heartbeat_ms`, at most 600000; default 3000.
     pub drop_ms: u64,
+    /// Every member's `"host:replication_port"` where multicast is unavailable (clouds,
+    /// containers); heartbeats then go by UDP unicast to each. Default empty (multicast).
     pub static_members: Vec<String>,
 }
 
@@ -84,15 +105,22 @@ impl Default for MembershipConfig {
     }
 }
 
+/// `[node]`: this node's identity and addresses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
-    /// Route suffix of this node's session ids.
+    /// Node name, also the route suffix of the session ids it issues (`<id>.n1`): 1 to 64
+    /// characters of `A-Z`, `a-z`, `0-9`, `_` or `-` (no dots). Default `"n1"`.
     pub name: String,
+    /// HTTP address (test page, session API, `/status`, `/metrics`); port 0 binds any free
+    /// port. Default `127.0.0.1:8081`.
     pub http: SocketAddr,
+    /// Replication address (TCP; with static members also UDP for heartbeats); port 0
+    /// binds any free port. Default `127.0.0.1:4001`.
     pub replication: SocketAddr,
-    /// HTTP client connections open at once at most; at the limit, new ones wait in the
-    /// listen backlog until one closes. Unset, fitted to the open file limit.
+    /// HTTP client connections open at once at most, 1 to 1000000; at the limit, new ones
+    /// wait in the listen backlog until one closes. Unset, 10000, or what the open file limit
+    /// holds when less.
     pub max_connections: u64,
 }
 
@@ -107,24 +135,32 @@ impl Default for NodeConfig {
     }
 }
 
+/// `[sessions]`: the cookie, lifetimes, replication mode and the limits of one node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SessionsConfig {
+    /// Name of the session cookie, an RFC 6265 cookie-name token; default `"JSESSIONID"`.
     pub cookie: String,
+    /// Seconds without a request after which a session expires, 1 to 31536000; default 1800.
     pub max_inactive_s: u64,
+    /// When a write's response may leave; default [`ReplicationMode::Sync`].
     pub replication: ReplicationMode,
-    /// How long a sync write waits for a member's acknowledgement before suspecting it.
+    /// Milliseconds a sync write waits for a member's acknowledgement before suspecting it,
+    /// 10 to 60000; default 1000.
     pub ack_timeout_ms: u64,
-    /// Sessions one node holds at most (new ones beyond: 507).
+    /// Sessions one node holds at most (new ones beyond: 507), 1 to 100000000; default
+    /// 1000000.
     pub max_sessions: u64,
-    /// Attributes one session holds at most (more: 507).
+    /// Attributes one session holds at most (more: 507), 1 to 100000; default 64.
     pub max_attributes: u64,
-    /// Largest attribute value in bytes (larger: 413).
+    /// Largest attribute value in bytes (larger: 413), 1 to 8 MiB; default 65536.
     pub max_value_bytes: u64,
-    /// All attribute bytes (names and values) this node holds at most (a write beyond: 507).
+    /// All attribute bytes (names and values) this node holds at most (a write beyond:
+    /// 507), 1024 to 2^40; default 268435456 (256 MiB).
     pub max_bytes: u64,
-    /// Take the session id from a `;jsessionid=` path parameter too. Off, only the cookie
-    /// names a session: a link cannot fix a victim's session (OWASP).
+    /// Take the session id from a `;jsessionid=` path parameter too. Off (the default), only
+    /// the cookie names a session: a link cannot fix a victim's session (OWASP); the
+    /// balancer routes by the path parameter either way.
     pub url_tracking: bool,
 }
 
@@ -144,23 +180,32 @@ impl Default for SessionsConfig {
     }
 }
 
+/// `[balancer]`: the built-in balancer of `deltacast balancer`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BalancerConfig {
+    /// Address the balancer accepts clients on; default `127.0.0.1:8080`.
     pub listen: SocketAddr,
+    /// How a member is chosen for a request without a sticky member; default
+    /// [`LbMethod::ByRequests`].
     pub lbmethod: LbMethod,
+    /// What keeps a session's requests on one member; default [`Sticky::Route`].
     pub sticky: Sticky,
+    /// Learn members from the membership heartbeats (default `true`), besides `member`.
     pub discover: bool,
-    /// Client connections open at once at most; at the limit, new ones wait in the
-    /// listen backlog until one closes.
+    /// Client connections open at once at most, 1 to 1000000; at the limit, new ones wait
+    /// in the listen backlog until one closes. Unset, 10000, or what the open file limit
+    /// holds when less (`(limit - 64) / 2`: each needs a member connection too).
     pub max_connections: u64,
-    /// Seconds a member may keep a proxied request waiting: for the head of its answer,
-    /// for each next chunk of its answer's body, and for each next chunk of the client's
-    /// body on its way to it (HAProxy's `timeout server`, mod_proxy's `timeout`).
+    /// Seconds a member may keep a proxied request waiting, 1 to 3600, default 60: for the
+    /// head of its answer (then 504), for each next chunk of its answer's body, and for each
+    /// next chunk of the client's body on its way to it (then 408); HAProxy's
+    /// `timeout server`, mod_proxy's `timeout`.
     pub timeout_s: u64,
     /// Client addresses (the TCP peer's; X-Forwarded-For is never trusted) that may open
-    /// `/balancer-manager`; others get 403.
+    /// `/balancer-manager`; others get 403. Default `127.0.0.0/8` and `::1/128`.
     pub manager_allow: Vec<IpRange>,
+    /// Static members, the `[[balancer.member]]` tables; default none.
     pub member: Vec<BalancerMember>,
 }
 
@@ -187,8 +232,11 @@ impl Default for BalancerConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BalancerMember {
+    /// The member's `http://host:port` (a trailing `/` allowed, no path).
     pub url: String,
+    /// The route suffix of the session ids the member issues; unique among members.
     pub route: String,
+    /// Its share of requests relative to the others', 1 to 100.
     #[serde(default = "default_loadfactor")]
     pub loadfactor: u32,
 }
@@ -197,15 +245,19 @@ fn default_loadfactor() -> u32 {
     1
 }
 
+/// `sessions.replication`: whether a response waits for the other members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReplicationMode {
+    /// `"sync"`: a response leaves only after every live member acknowledged the change.
     #[default]
     Sync,
+    /// `"async"`: send the change and go on.
     Async,
 }
 
 impl ReplicationMode {
+    /// The config string: `"sync"` or `"async"`.
     pub fn as_str(self) -> &'static str {
         match self {
             ReplicationMode::Sync => "sync",
@@ -231,16 +283,21 @@ impl FromStr for ReplicationMode {
     }
 }
 
+/// `balancer.lbmethod`, as in mod_proxy_balancer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LbMethod {
+    /// `"byrequests"`: requests in proportion to each member's `loadfactor`.
     #[default]
     ByRequests,
+    /// `"bytraffic"`: the member with the fewest bytes transferred per unit of `loadfactor`.
     ByTraffic,
+    /// `"bybusyness"`: the member with the fewest requests in flight (ties by `loadfactor`).
     ByBusyness,
 }
 
 impl LbMethod {
+    /// The config string: `"byrequests"`, `"bytraffic"` or `"bybusyness"`.
     pub fn as_str(self) -> &'static str {
         match self {
             LbMethod::ByRequests => "byrequests",
@@ -273,10 +330,16 @@ impl FromStr for LbMethod {
 /// Session stickiness; written as `"route"`, `"none"`, `"source_ip"` or `"header:NAME"`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub enum Sticky {
+    /// `"route"`: the route suffix of the session id (cookie or `;jsessionid=`) names the
+    /// member.
     #[default]
     Route,
+    /// `"none"`: no stickiness; every member holds every session.
     None,
+    /// `"source_ip"`: requests from one client address go to the same member.
     SourceIp,
+    /// `"header:NAME"`: requests with one value of header `NAME` go to the same member;
+    /// without the header, no stickiness.
     Header(String),
 }
 

@@ -5,44 +5,74 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::MembershipCounters;
 
+/// The JSON document of `GET /status`: one node's view of itself and the cluster, taken
+/// at one moment. Counters count since the node started. No session attribute value ever
+/// appears in it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StatusDoc {
+    /// `node`: this node.
     pub node: NodeStatus,
+    /// `cluster`: the cluster name (`cluster.name`).
     pub cluster: String,
+    /// `members`: the other members this node knows (not itself); a dropped member is no
+    /// longer listed.
     pub members: Vec<MemberStatus>,
+    /// `sessions`: the sessions this node holds.
     pub sessions: SessionsStatus,
+    /// `replication`: the replication traffic of this node.
     pub replication: ReplicationStatus,
+    /// `membership`: heartbeat counters, and dropped datagrams by reason (zeros when an
+    /// older node's document lacks them).
     #[serde(default)]
     pub membership: MembershipCounters,
 }
 
+/// `node` in [`StatusDoc`]: the node that answered.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NodeStatus {
+    /// The node's id: 16 lower-case hex digits, new at every start.
     pub id: String,
+    /// `node.name`.
     pub name: String,
+    /// The route suffix of the session ids it issues (its name).
     pub route: String,
+    /// Its HTTP address as announced to the others (`host:port`): the bound one, so a real
+    /// port even when 0 was configured, and `membership.interface` for an unspecified host.
     pub http: String,
+    /// Its replication address as announced to the others (`host:port`), likewise.
     pub replication: String,
-    /// `joining`, `ready` or `leaving`.
+    /// `joining` (state transfer under way), `ready` or `leaving`.
     pub state: String,
+    /// Milliseconds since the node started.
     pub uptime_ms: u64,
+    /// The deltacast version it runs (the crate's, e.g. `0.1.0`).
     pub version: String,
 }
 
+/// One entry of `members` in [`StatusDoc`]: another member, as this node sees it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MemberStatus {
+    /// The member's id: 16 lower-case hex digits.
     pub id: String,
+    /// The name it announces.
     pub name: String,
+    /// The route suffix of the session ids it issues (its name).
     pub route: String,
+    /// Its HTTP address (`host:port`), from its heartbeats.
     pub http: String,
+    /// Its replication address (`host:port`), from its heartbeats.
     pub replication: String,
     /// `alive`, `suspect` or `leaving`.
     pub state: String,
+    /// Milliseconds since this node last heard from it.
     pub last_heard_ms: u64,
 }
 
+/// `sessions` in [`StatusDoc`].
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct SessionsStatus {
+    /// Live sessions this node holds (every member holds every session; expired ones not
+    /// yet swept included).
     pub active: u64,
     /// Attribute bytes (names and values) held now, against `sessions.max_bytes`.
     #[serde(default)]
@@ -52,14 +82,22 @@ pub struct SessionsStatus {
     pub refused_over_budget: u64,
 }
 
+/// `replication` in [`StatusDoc`]; the counters count since the node started.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ReplicationStatus {
+    /// `sessions.replication`: `sync` or `async`.
     pub mode: String,
+    /// Deltas sent to other members (one per member it went to).
     pub deltas_sent: u64,
+    /// Deltas received from other members.
     pub deltas_received: u64,
+    /// Replication bytes sent.
     pub bytes_sent: u64,
+    /// Replication bytes received.
     pub bytes_received: u64,
+    /// Deltas queued for sending now, over all links.
     pub queue: u64,
+    /// Replication frames or connections rejected (undecodable, foreign cluster, oversized).
     pub errors: u64,
 }
 

@@ -15,11 +15,14 @@ use crate::membership::NodeId;
 /// A Lamport timestamp with the writer's id: a total order every member computes alike.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Version {
+    /// The writer's Lamport clock after the write: above every counter it had seen.
     pub counter: u64,
+    /// The writer; breaks ties between equal counters.
     pub node: NodeId,
 }
 
 impl Version {
+    /// Below every real version: what a session holds before its first change.
     pub const ZERO: Version = Version {
         counter: 0,
         node: NodeId::from_u64(0),
@@ -29,8 +32,11 @@ impl Version {
 /// One attribute set (`value: Some`) or removed (`value: None`) at `version`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttributeChange {
+    /// The attribute's name.
     pub name: String,
+    /// The new value; `None` for a removal.
     pub value: Option<Bytes>,
+    /// When and by whom: the higher version wins on every member.
     pub version: Version,
 }
 
@@ -40,11 +46,15 @@ pub struct AttributeChange {
 /// creation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delta {
+    /// The session it changes.
     pub id: SessionId,
+    /// When the session was made, in Unix milliseconds (the earliest wins).
     pub created_ms: u64,
+    /// The session's latest access, in Unix milliseconds (the latest wins).
     pub last_access_ms: u64,
     /// The max inactive interval in seconds and when it was set (on creation or change).
     pub max_inactive: Option<(u32, Version)>,
+    /// The attributes set or removed, at most one change per name.
     pub attributes: Vec<AttributeChange>,
     /// The session was invalidated: final on every member.
     pub invalidated: bool,
@@ -58,6 +68,8 @@ pub struct Delta {
 }
 
 impl Delta {
+    /// A delta of session `id` that changes nothing yet (no attributes, not invalidated,
+    /// not full).
     pub fn new(id: SessionId, created_ms: u64, last_access_ms: u64) -> Delta {
         Delta {
             id,
@@ -72,7 +84,7 @@ impl Delta {
     }
 
     /// The largest version it carries, for the receiver's Lamport clock.
-    pub fn max_counter(&self) -> u64 {
+    pub(crate) fn max_counter(&self) -> u64 {
         let attrs = self.attributes.iter().map(|a| a.version.counter);
         let inactive = self.max_inactive.iter().map(|(_, v)| v.counter);
         attrs.chain(inactive).max().unwrap_or(0)

@@ -25,9 +25,14 @@ pub const TOMBSTONE_TTL_MS: u64 = 10 * 60 * 1000;
 /// Limits that keep one client from exhausting a node.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
+    /// Live sessions this node holds at most: a new local session beyond it is refused
+    /// ([`StoreError::TooManySessions`]); replicated ones are always taken. Default 1000000.
     pub max_sessions: usize,
+    /// Attributes with a value one session holds at most, for local writes; default 64.
     pub max_attributes: usize,
+    /// Largest attribute value in bytes, for local writes; default 65536.
     pub max_value_bytes: usize,
+    /// Longest attribute name in bytes (names must not be empty); default 256.
     pub max_name_bytes: usize,
     /// All attribute bytes (names and values) this node holds, in every session.
     pub max_bytes: u64,
@@ -45,18 +50,43 @@ impl Default for Limits {
     }
 }
 
+/// A local write refused by the [`Limits`]; nothing was changed. The node's HTTP answers
+/// 507 for the limits of the node (sessions, attributes, bytes), 413 for a value too large,
+/// 400 for a bad name.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum StoreError {
+    /// A new session would pass [`Limits::max_sessions`].
     #[error("this node holds its limit of {max} sessions")]
-    TooManySessions { max: usize },
+    TooManySessions {
+        /// The limit.
+        max: usize,
+    },
+    /// A new attribute would pass [`Limits::max_attributes`].
     #[error("a session holds at most {max} attributes")]
-    TooManyAttributes { max: usize },
+    TooManyAttributes {
+        /// The limit.
+        max: usize,
+    },
+    /// The value is longer than [`Limits::max_value_bytes`].
     #[error("attribute value of {len} bytes exceeds the limit of {max}")]
-    ValueTooLarge { len: usize, max: usize },
+    ValueTooLarge {
+        /// The value's length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The name is empty or longer than [`Limits::max_name_bytes`].
     #[error("attribute name must be 1 to {max} bytes")]
-    BadName { max: usize },
+    BadName {
+        /// The limit.
+        max: usize,
+    },
+    /// The write would pass [`Limits::max_bytes`].
     #[error("this node holds its limit of {max} attribute bytes")]
-    OverBudget { max: u64 },
+    OverBudget {
+        /// The limit.
+        max: u64,
+    },
 }
 
 /// How a session ended; kept as a tombstone for [`TOMBSTONE_TTL_MS`].
@@ -81,6 +111,7 @@ enum Entry {
 pub enum Applied {
     /// It made a session this store did not have.
     Created,
+    /// It changed a session this store had.
     Changed,
     /// Nothing new (a duplicate or older versions).
     Unchanged,
@@ -96,14 +127,18 @@ pub struct Update<R> {
     pub id: SessionId,
     /// A new session was made for this request.
     pub created: bool,
+    /// What the closure returned.
     pub value: R,
     /// Everything the request changed, to replicate; `None` when it only read.
     pub delta: Option<Delta>,
 }
 
+/// What one [`SessionStore::sweep`] did.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct SweepStats {
+    /// Live sessions that expired (each now a tombstone).
     pub expired: usize,
+    /// Tombstones forgotten, older than [`TOMBSTONE_TTL_MS`].
     pub purged: usize,
 }
 
@@ -169,22 +204,27 @@ pub struct SessionMut<'a> {
 }
 
 impl SessionMut<'_> {
+    /// The session's id (without a route).
     pub fn id(&self) -> SessionId {
         self.id
     }
 
+    /// When the session was made, in Unix milliseconds.
     pub fn created_ms(&self) -> u64 {
         self.state.created_ms
     }
 
+    /// The latest access, in Unix milliseconds, this request's included.
     pub fn last_accessed_ms(&self) -> u64 {
         self.state.last_access_ms
     }
 
+    /// Seconds without access after which the session expires.
     pub fn max_inactive_s(&self) -> u32 {
         self.state.max_inactive_s
     }
 
+    /// The value of attribute `name`; `None` when it has none.
     pub fn get(&self, name: &str) -> Option<&Bytes> {
         self.state.get(name)
     }
@@ -194,6 +234,8 @@ impl SessionMut<'_> {
         self.state.present()
     }
 
+    /// Sets attribute `name` to `value` (a compact copy of it), recorded in the delta. `Err`
+    /// when a [`Limits`] would be passed; then nothing changed.
     pub fn set(&mut self, name: &str, value: Bytes) -> Result<(), StoreError> {
         let limits = &self.inner.limits;
         if name.is_empty() || name.len() > limits.max_name_bytes {
@@ -251,6 +293,8 @@ impl SessionMut<'_> {
         true
     }
 
+    /// Sets the seconds without access after which this session expires, recorded in the
+    /// delta (the latest change wins on every member).
     pub fn set_max_inactive_s(&mut self, secs: u32) {
         let version = self.inner.next_version();
         self.delta.max_inactive = Some((secs, version));
@@ -369,10 +413,12 @@ impl SessionStore {
         }
     }
 
+    /// The node whose store this is: the writer in the versions of its changes.
     pub fn node(&self) -> NodeId {
         self.inner.node
     }
 
+    /// The limits the store was made with.
     pub fn limits(&self) -> Limits {
         self.inner.limits
     }
@@ -382,6 +428,7 @@ impl SessionStore {
         self.inner.live.load(Ordering::Relaxed)
     }
 
+    /// Whether [`SessionStore::len`] is 0.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -772,12 +819,12 @@ impl SessionStore {
     }
 
     /// Number of shards, for exporting the store in pieces.
-    pub fn shard_count(&self) -> usize {
+    pub(crate) fn shard_count(&self) -> usize {
         SHARDS
     }
 
     /// Every live session of shard `index` as a full delta (state transfer).
-    pub fn export_shard(&self, index: usize) -> Vec<Delta> {
+    pub(crate) fn export_shard(&self, index: usize) -> Vec<Delta> {
         let Some(shard) = self.inner.shards.get(index) else {
             return Vec::new();
         };
@@ -797,7 +844,7 @@ impl SessionStore {
     /// shard's sessions, so that on a joining node a late delta for such an id finds its
     /// tombstone rather than making the session again. Expired sessions are left out
     /// (each member decides expiry itself).
-    pub fn export_shard_ended(&self, index: usize) -> Vec<Delta> {
+    pub(crate) fn export_shard_ended(&self, index: usize) -> Vec<Delta> {
         let Some(shard) = self.inner.shards.get(index) else {
             return Vec::new();
         };
@@ -886,7 +933,7 @@ fn entry_hash(id: &SessionId, entry: &Entry) -> Option<u64> {
 
 impl SessionStore {
     /// The digest of every shard: (shard, hash).
-    pub fn digest(&self) -> Vec<(u32, u64)> {
+    pub(crate) fn digest(&self) -> Vec<(u32, u64)> {
         self.inner
             .shards
             .iter()
@@ -904,7 +951,7 @@ impl SessionStore {
     }
 
     /// The per-session digests of one shard.
-    pub fn shard_entries(&self, shard: u32) -> Vec<(SessionId, u64)> {
+    pub(crate) fn shard_entries(&self, shard: u32) -> Vec<(SessionId, u64)> {
         let Some(shard) = self.inner.shards.get(shard as usize) else {
             return Vec::new();
         };
