@@ -69,13 +69,22 @@ pub struct Metrics {
 pub struct MembershipCounters {
     /// All dropped datagrams, whatever the reason.
     pub dropped: u64,
+    /// Datagrams that did not decode.
     pub dropped_malformed: u64,
+    /// Datagrams over the size limit.
     pub dropped_oversized: u64,
+    /// Datagrams of another cluster (another `cluster.name`).
     pub dropped_foreign_cluster: u64,
+    /// Datagrams that failed the cluster key's authentication (or came in clear to a
+    /// keyed node).
     pub dropped_unauthenticated: u64,
+    /// Authentic datagrams seen before (the replay window).
     pub dropped_replayed: u64,
+    /// Heartbeats this node sent.
     pub heartbeats_sent: u64,
+    /// Heartbeats of members this node took.
     pub heartbeats_received: u64,
+    /// TCP checks of a silent member's replication port before dropping it.
     pub verifications: u64,
 }
 

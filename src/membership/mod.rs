@@ -30,10 +30,12 @@ impl NodeId {
         NodeId(rand::random::<u64>())
     }
 
+    /// The id whose 64 bits are `raw` (as heartbeats and frames carry it).
     pub const fn from_u64(raw: u64) -> NodeId {
         NodeId(raw)
     }
 
+    /// Its 64 bits, as heartbeats and frames carry them; shown as 16 hex digits.
     pub const fn as_u64(self) -> u64 {
         self.0
     }

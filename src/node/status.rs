@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::MembershipCounters;
+pub use crate::metrics::MembershipCounters;
 
 /// The JSON document of `GET /status`: one node's view of itself and the cluster, taken
 /// at one moment. Counters count since the node started. No session attribute value ever

@@ -25,6 +25,8 @@ mod store;
 
 pub use delta::{AttributeChange, Delta, Version};
 pub use id::SessionId;
+/// The node that wrote a change ([`Version::node`]) or holds a store.
+pub use crate::membership::NodeId;
 pub use store::{
     Applied, EXPIRY_SLACK_MS, Limits, SessionMut, SessionStore, StoreError, SweepStats,
     TOMBSTONE_TTL_MS, Update,
