@@ -7,7 +7,6 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use deltacast::config::Config;
 use deltacast::node::{self, RunningNode};
 use deltacast::shutdown::Shutdown;
 
@@ -16,15 +15,7 @@ use common::Cluster;
 const DEADLINE: Duration = Duration::from_secs(20);
 
 async fn start(cluster: &Cluster, name: &str) -> RunningNode {
-    let mut config = Config::for_test();
-    config.cluster.name = cluster.name.clone();
-    config.membership.multicast = match cluster.group() {
-        SocketAddr::V4(group) => group,
-        SocketAddr::V6(_) => panic!("an IPv4 group"),
-    };
-    config.node.name = name.into();
-    config.node.http = "127.0.0.1:0".parse().expect("addr");
-    config.node.replication = "127.0.0.1:0".parse().expect("addr");
+    let config = cluster.in_process_config(name);
     node::start(config, Shutdown::new())
         .await
         .expect("the node starts")

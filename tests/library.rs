@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::Path;
@@ -134,14 +133,7 @@ fn app(node: &Node) -> Router {
 // ---- harness ---------------------------------------------------------------------------------
 
 fn config(cluster: &Cluster, name: &str) -> Config {
-    let mut config = Config::for_test();
-    config.cluster.name = cluster.name.clone();
-    config.membership.multicast = match cluster.group() {
-        SocketAddr::V4(group) => group,
-        SocketAddr::V6(_) => panic!("an IPv4 group"),
-    };
-    config.node.name = name.into();
-    config
+    cluster.in_process_config(name)
 }
 
 /// A node on listeners bound here on port 0, serving the app.

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::post;
-use deltacast::config::Config;
 use deltacast::node::{self, RunningNode};
 use deltacast::session::SessionId;
 use deltacast::shutdown::Shutdown;
@@ -30,15 +29,7 @@ use common::Cluster;
 const DEADLINE: Duration = Duration::from_secs(20);
 
 async fn start(cluster: &Cluster, name: &str) -> RunningNode {
-    let mut config = Config::for_test();
-    config.cluster.name = cluster.name.clone();
-    config.membership.multicast = match cluster.group() {
-        SocketAddr::V4(group) => group,
-        SocketAddr::V6(_) => panic!("an IPv4 group"),
-    };
-    config.node.name = name.into();
-    config.node.http = "127.0.0.1:0".parse().expect("addr");
-    config.node.replication = "127.0.0.1:0".parse().expect("addr");
+    let mut config = cluster.in_process_config(name);
     // Sync mode (the default), with an ack timeout a loaded machine cannot pass: a write
     // has reached every member when the store's call returns.
     config.sessions.ack_timeout_ms = 15_000;

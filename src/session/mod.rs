@@ -23,10 +23,10 @@ mod delta;
 pub mod id;
 mod store;
 
-pub use delta::{AttributeChange, Delta, Version};
-pub use id::SessionId;
 /// The node that wrote a change ([`Version::node`]) or holds a store.
 pub use crate::membership::NodeId;
+pub use delta::{AttributeChange, Delta, Version};
+pub use id::SessionId;
 pub use store::{
     Applied, EXPIRY_SLACK_MS, Limits, SessionMut, SessionStore, StoreError, SweepStats,
     TOMBSTONE_TTL_MS, Update,

@@ -181,6 +181,22 @@ impl Cluster {
         self.multicast.parse().expect("group:port")
     }
 
+    /// The config of a node of this cluster started in this process (`Node::start`,
+    /// `node::start`): the test timing, the cluster's name and group, `name`, and port 0
+    /// for HTTP and replication.
+    pub fn in_process_config(&self, name: &str) -> deltacast::Config {
+        let mut config = deltacast::Config::for_test();
+        config.cluster.name = self.name.clone();
+        config.membership.multicast = match self.group() {
+            SocketAddr::V4(group) => group,
+            SocketAddr::V6(_) => panic!("an IPv4 group"),
+        };
+        config.node.name = name.into();
+        config.node.http = "127.0.0.1:0".parse().expect("addr");
+        config.node.replication = "127.0.0.1:0".parse().expect("addr");
+        config
+    }
+
     /// Starts a node of this cluster with a short heartbeat (fast tests) unless `extra`
     /// sets it; `extra` are more command-line arguments.
     pub fn node<S: AsRef<OsStr>>(&self, name: &str, extra: &[S]) -> NodeProc {
