@@ -462,7 +462,7 @@ async fn method_not_allowed() -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::visit::READY_WAIT;
+    use super::visit::{READY_WAIT, body_text};
     use super::*;
     use crate::node::{NodeState, now_ms};
     use crate::session::SessionId;
@@ -471,16 +471,6 @@ mod tests {
     /// immediate).
     fn shared(state: NodeState) -> Arc<Shared> {
         crate::node::shared_for_test(state, false)
-    }
-
-    async fn body_text(response: Response) -> String {
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("a body")
-            .to_bytes();
-        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     #[tokio::test(start_paused = true)]

@@ -111,7 +111,6 @@ mod tests {
 
     use axum::Router;
     use axum::routing::get;
-    use http_body_util::BodyExt as _;
     use tower::ServiceExt as _;
 
     use std::time::Duration;
@@ -119,7 +118,7 @@ mod tests {
     use axum::http::{StatusCode, header};
 
     use super::*;
-    use crate::node::sessions::visit::READY_WAIT;
+    use crate::node::sessions::visit::{READY_WAIT, body_text as text};
     use crate::node::{NodeState, shared_for_test};
     use crate::session::id;
 
@@ -159,16 +158,6 @@ mod tests {
             request = request.header(header::COOKIE, cookie);
         }
         request.body(Body::empty()).expect("a request")
-    }
-
-    async fn text(response: Response<Body>) -> String {
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("a body")
-            .to_bytes();
-        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     /// A session made through the layer: its cookie header value.

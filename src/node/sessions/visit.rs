@@ -196,6 +196,19 @@ pub(crate) fn store_status(e: &StoreError) -> StatusCode {
     }
 }
 
+/// An answer's body as text, for the tests of both users.
+#[cfg(test)]
+pub(crate) async fn body_text(response: Response) -> String {
+    use http_body_util::BodyExt as _;
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("a body")
+        .to_bytes();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
