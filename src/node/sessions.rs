@@ -33,14 +33,14 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
-use tracing::warn;
 
-use super::{NodeState, Shared, now_ms};
-use crate::session::id::{self, CookieValue};
-use crate::session::{SessionId, StoreError, Update};
+pub(crate) mod visit;
 
-/// How long a request waits for a joining node to finish its state transfer.
-const READY_WAIT: Duration = Duration::from_secs(10);
+use self::visit::{begin, clear_cookie, plain, store_status, with_cookie};
+use super::Shared;
+use crate::session::StoreError;
+use crate::session::id;
+
 /// The attribute the test page counts its visits in.
 const HITS: &str = "hits";
 
@@ -71,112 +71,6 @@ pub fn router() -> Router<Arc<Shared>> {
                 .delete(delete_attribute)
                 .fallback(method_not_allowed),
         )
-}
-
-/// One request's view of its session: the id the client presented (if any parses) and the
-/// single clock reading every store call of the request uses.
-struct Visit {
-    client: Option<CookieValue>,
-    now_ms: u64,
-}
-
-impl Visit {
-    fn id(&self) -> Option<SessionId> {
-        self.client.as_ref().map(|c| c.id)
-    }
-}
-
-/// Waits out a joining node, then reads the client's session id.
-async fn begin(shared: &Shared, headers: &HeaderMap, uri: &Uri) -> Result<Visit, Response> {
-    if shared.state() == NodeState::Joining && !shared.wait_until_ready(READY_WAIT).await {
-        let mut response = plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this node is still receiving the cluster's sessions; try again shortly",
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return Err(response);
-    }
-    let cookies = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok());
-    let path = shared
-        .url_tracking
-        .then(|| id::find_in_path(uri.path()))
-        .flatten();
-    let client = choose(
-        id::cookies_in_headers(cookies, &shared.cookie).chain(path),
-        |id| shared.store.contains(id),
-    );
-    Ok(Visit {
-        client,
-        now_ms: now_ms(),
-    })
-}
-
-/// The first candidate that names a live session, as Tomcat does: a stale or planted
-/// cookie ahead of the live one must not cost the client its session. Else the first
-/// candidate, whose route still tells whether the cookie needs re-issuing.
-fn choose(
-    mut candidates: impl Iterator<Item = CookieValue>,
-    live: impl Fn(SessionId) -> bool,
-) -> Option<CookieValue> {
-    let first = candidates.next()?;
-    if live(first.id) {
-        return Some(first);
-    }
-    candidates.find(|c| live(c.id)).or(Some(first))
-}
-
-/// What a request did to a session, replicated.
-struct Done<R> {
-    id: SessionId,
-    value: R,
-    /// The `Set-Cookie` value to send, if the client must learn the id or the route.
-    cookie: Option<HeaderValue>,
-}
-
-/// Replicates the delta of an update (before the response: sync replication) and decides
-/// the cookie.
-async fn finish<R>(shared: &Shared, visit: &Visit, update: Update<R>) -> Done<R> {
-    if let Some(delta) = update.delta {
-        shared.replicator.replicate(delta).await;
-    }
-    let route = shared.me.name.as_str();
-    let current = visit
-        .client
-        .as_ref()
-        .is_some_and(|c| c.id == update.id && c.route.as_deref() == Some(route));
-    let cookie = if update.created || !current {
-        session_cookie(&id::set_cookie_header(&shared.cookie, update.id, route))
-    } else {
-        None
-    };
-    Done {
-        id: update.id,
-        value: update.value,
-        cookie,
-    }
-}
-
-fn session_cookie(value: &str) -> Option<HeaderValue> {
-    match HeaderValue::from_str(value) {
-        Ok(v) => Some(v),
-        Err(_) => {
-            // Cookie names and routes are validated tokens, so this cannot happen.
-            warn!("the session cookie is not a valid header value; not sent");
-            None
-        }
-    }
-}
-
-fn with_cookie(mut response: Response, cookie: Option<HeaderValue>) -> Response {
-    if let Some(cookie) = cookie {
-        response.headers_mut().append(header::SET_COOKIE, cookie);
-    }
-    response
 }
 
 /// Session-dependent answers must not be cached by anyone in between.
@@ -212,7 +106,7 @@ async fn page(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -
             }
         });
     let done = match outcome {
-        Ok(update) => finish(&shared, &visit, update).await,
+        Ok(update) => visit.finish(&shared, update).await,
         Err(e) => return store_error(&e),
     };
     let response = match &done.value.stored {
@@ -359,7 +253,7 @@ async fn document(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Ur
         });
     match outcome {
         Ok(update) => {
-            let done = finish(&shared, &visit, update).await;
+            let done = visit.finish(&shared, update).await;
             with_cookie(
                 no_store(axum::Json(done.value).into_response()),
                 done.cookie,
@@ -420,7 +314,7 @@ async fn get_attribute(
             .update(id, visit.now_ms, |s| s.get(&name).cloned())
     });
     let done = match outcome {
-        Some(update) => finish(&shared, &visit, update).await,
+        Some(update) => visit.finish(&shared, update).await,
         None => return plain(StatusCode::NOT_FOUND, "no session"),
     };
     let response = match done.value {
@@ -458,7 +352,7 @@ async fn put_attribute(State(shared): State<Arc<Shared>>, request: Request) -> R
         .update_or_create(visit.id(), visit.now_ms, |s| s.set(&name, value));
     match outcome {
         Ok(update) => {
-            let done = finish(&shared, &visit, update).await;
+            let done = visit.finish(&shared, update).await;
             let response = match done.value {
                 Ok(()) => StatusCode::NO_CONTENT.into_response(),
                 Err(e) => store_error(&e),
@@ -512,7 +406,7 @@ async fn delete_attribute(
         .and_then(|id| shared.store.update(id, visit.now_ms, |s| s.remove(&name)));
     match outcome {
         Some(update) => {
-            let done = finish(&shared, &visit, update).await;
+            let done = visit.finish(&shared, update).await;
             with_cookie(StatusCode::NO_CONTENT.into_response(), done.cookie)
         }
         None => StatusCode::NO_CONTENT.into_response(),
@@ -526,18 +420,10 @@ async fn invalidate(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: 
         Ok(v) => v,
         Err(r) => return r,
     };
-    if let Some(id) = visit.id() {
-        if let Some(delta) = shared.store.invalidate(id, visit.now_ms) {
-            shared.replicator.replicate(delta).await;
-        }
-    }
-    let clear = format!(
-        "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax",
-        shared.cookie
-    );
+    visit.invalidate(&shared).await;
     with_cookie(
         StatusCode::NO_CONTENT.into_response(),
-        session_cookie(&clear),
+        clear_cookie(&shared),
     )
 }
 
@@ -554,7 +440,7 @@ async fn change_id(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: U
     match renamed {
         // The id is new to the client, so `finish` issues the cookie with this node's route.
         Some(update) => {
-            let done = finish(&shared, &visit, update).await;
+            let done = visit.finish(&shared, update).await;
             with_cookie(StatusCode::NO_CONTENT.into_response(), done.cookie)
         }
         None => plain(StatusCode::NOT_FOUND, "no session"),
@@ -563,25 +449,8 @@ async fn change_id(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: U
 
 // ---- errors ------------------------------------------------------------------------------------
 
-/// A one-line text answer.
-fn plain(status: StatusCode, message: &str) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        format!("{message}\n"),
-    )
-        .into_response()
-}
-
 fn store_error(e: &StoreError) -> Response {
-    let status = match e {
-        StoreError::TooManySessions { .. }
-        | StoreError::TooManyAttributes { .. }
-        | StoreError::OverBudget { .. } => StatusCode::INSUFFICIENT_STORAGE,
-        StoreError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        StoreError::BadName { .. } => StatusCode::BAD_REQUEST,
-    };
-    plain(status, &e.to_string())
+    plain(store_status(e), &e.to_string())
 }
 
 async fn method_not_allowed() -> Response {
@@ -593,61 +462,15 @@ async fn method_not_allowed() -> Response {
 
 #[cfg(test)]
 mod tests {
+    use super::visit::{READY_WAIT, body_text};
     use super::*;
-    use crate::config::ReplicationMode;
-    use crate::membership::MembershipView;
-    use crate::membership::{MemberInfo, NodeId};
-    use crate::metrics::Metrics;
-    use crate::replication::{ReplicationConfig, Replicator};
-    use crate::session::{Limits, SessionStore};
-    use tokio::sync::{mpsc, watch};
+    use crate::node::{NodeState, now_ms};
+    use crate::session::SessionId;
 
     /// A node's shared state in `state`, without any sockets or peers (replication is then
     /// immediate).
     fn shared(state: NodeState) -> Arc<Shared> {
-        let me = MemberInfo {
-            id: NodeId::from_u64(1),
-            name: "n1".to_string(),
-            http: std::net::SocketAddr::from(([127, 0, 0, 1], 8081)),
-            replication: std::net::SocketAddr::from(([127, 0, 0, 1], 4001)),
-            incarnation: 1,
-        };
-        let store = SessionStore::new(me.id, Limits::default(), 1800);
-        let metrics = Arc::new(Metrics::default());
-        let replication = ReplicationConfig::new(
-            "test".to_string(),
-            me.id,
-            ReplicationMode::Sync,
-            Duration::from_millis(100),
-        );
-        let replicator = Replicator::new(
-            replication,
-            store.clone(),
-            metrics.clone(),
-            mpsc::channel(1).0,
-        );
-        Arc::new(Shared {
-            me,
-            cluster: "test".to_string(),
-            started: std::time::Instant::now(),
-            metrics,
-            view: watch::channel(MembershipView::empty()).1,
-            store,
-            replicator,
-            cookie: "JSESSIONID".to_string(),
-            url_tracking: false,
-            state: watch::channel(state).0,
-        })
-    }
-
-    async fn body_text(response: Response) -> String {
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("a body")
-            .to_bytes();
-        String::from_utf8_lossy(&bytes).into_owned()
+        crate::node::shared_for_test(state, false)
     }
 
     #[tokio::test(start_paused = true)]
@@ -677,7 +500,7 @@ mod tests {
         let later = shared.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            later.set_state(NodeState::Ready);
+            later.set_state_for_test(NodeState::Ready);
         });
         let started = tokio::time::Instant::now();
         let response = document(
@@ -870,48 +693,5 @@ mod tests {
             Some("")
         );
         assert_eq!(name("/session/attributes/%FF"), None);
-    }
-
-    #[test]
-    fn the_first_cookie_that_names_a_live_session_wins() {
-        let value = |s: &str| id::parse_cookie_value(s).expect("a valid value");
-        let unknown = value("00000000000000000000000000000001.n1");
-        let live = value("00000000000000000000000000000002.n2");
-        let other_live = value("00000000000000000000000000000003.n1");
-        let (live_id, other_id) = (live.id, other_live.id);
-        let is_live = |id: SessionId| id == live_id || id == other_id;
-        let chosen = choose(
-            [unknown.clone(), live.clone(), other_live.clone()].into_iter(),
-            is_live,
-        );
-        assert_eq!(chosen, Some(live.clone()));
-        assert_eq!(
-            choose([other_live.clone(), live].into_iter(), is_live),
-            Some(other_live)
-        );
-        // None live: the first, so a fresh session replaces it.
-        assert_eq!(
-            choose([unknown.clone()].into_iter(), is_live),
-            Some(unknown)
-        );
-        assert_eq!(choose(std::iter::empty(), is_live), None);
-    }
-
-    #[test]
-    fn every_session_cookie_of_every_cookie_header_is_a_candidate() {
-        let headers = [
-            "JSESSIONID=00000000000000000000000000000001.n1; JSESSIONID=bad",
-            "x=1; JSESSIONID=00000000000000000000000000000002",
-        ];
-        let found: Vec<String> = id::cookies_in_headers(headers, "JSESSIONID")
-            .map(|c| c.id.to_string())
-            .collect();
-        assert_eq!(
-            found,
-            [
-                "00000000000000000000000000000001",
-                "00000000000000000000000000000002"
-            ]
-        );
     }
 }

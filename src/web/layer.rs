@@ -4,22 +4,16 @@
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use axum::body::{Body, HttpBody};
-use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
+use axum::http::{Request, Response};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tower::{Layer, Service};
 
-use super::session::{Session, plain};
-use crate::node::{NodeState, Shared, now_ms};
-use crate::session::SessionId;
-use crate::session::id::{self, CookieValue};
-
-/// How long a request waits for a joining node to finish its state transfer, as the
-/// node's own endpoints wait.
-const READY_WAIT: Duration = Duration::from_secs(10);
+use super::session::Session;
+use crate::node::Shared;
+use crate::node::sessions::visit::begin;
 
 /// Gives the routes it wraps a [`Session`]; made by [`crate::Node::session_layer`].
 ///
@@ -98,60 +92,17 @@ where
         let mut inner = std::mem::replace(&mut self.inner, fresh);
         let shared = self.shared.clone();
         Box::pin(async move {
-            let client = match begin(&shared, request.headers(), request.uri()).await {
-                Ok(client) => client,
+            // The same wait and the same choice of session as the node's own endpoints.
+            let visit = match begin(&shared, request.headers(), request.uri()).await {
+                Ok(visit) => visit,
                 Err(refusal) => return Ok(refusal),
             };
-            let session = Session::new(shared, client, now_ms());
+            let session = Session::new(shared, visit);
             request.extensions_mut().insert(session.clone());
             let response = inner.call(request).await?.map(Body::new);
             Ok(session.commit(response).await)
         })
     }
-}
-
-/// Waits out a joining node, then finds the session the client names.
-async fn begin(
-    shared: &Shared,
-    headers: &HeaderMap,
-    uri: &Uri,
-) -> Result<Option<CookieValue>, Response<Body>> {
-    if shared.state() == NodeState::Joining && !shared.wait_until_ready(READY_WAIT).await {
-        let mut response = plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this node is still receiving the cluster's sessions; try again shortly",
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return Err(response);
-    }
-    let cookies = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok());
-    let path = shared
-        .url_tracking
-        .then(|| id::find_in_path(uri.path()))
-        .flatten();
-    Ok(choose(
-        id::cookies_in_headers(cookies, &shared.cookie).chain(path),
-        |id| shared.store.contains(id),
-    ))
-}
-
-/// The first candidate that names a live session, as Tomcat does: a stale or planted
-/// cookie ahead of the live one must not cost the client its session. Else the first
-/// candidate, whose route still tells whether the cookie needs re-issuing.
-fn choose(
-    mut candidates: impl Iterator<Item = CookieValue>,
-    live: impl Fn(SessionId) -> bool,
-) -> Option<CookieValue> {
-    let first = candidates.next()?;
-    if live(first.id) {
-        return Some(first);
-    }
-    candidates.find(|c| live(c.id)).or(Some(first))
 }
 
 #[cfg(test)]
@@ -160,11 +111,16 @@ mod tests {
 
     use axum::Router;
     use axum::routing::get;
-    use http_body_util::BodyExt as _;
     use tower::ServiceExt as _;
 
+    use std::time::Duration;
+
+    use axum::http::{StatusCode, header};
+
     use super::*;
-    use crate::node::shared_for_test;
+    use crate::node::sessions::visit::{READY_WAIT, body_text as text};
+    use crate::node::{NodeState, shared_for_test};
+    use crate::session::id;
 
     fn app(shared: &Arc<Shared>) -> Router {
         Router::new()
@@ -202,16 +158,6 @@ mod tests {
             request = request.header(header::COOKIE, cookie);
         }
         request.body(Body::empty()).expect("a request")
-    }
-
-    async fn text(response: Response<Body>) -> String {
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("a body")
-            .to_bytes();
-        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     /// A session made through the layer: its cookie header value.
@@ -359,23 +305,5 @@ mod tests {
             flash.and_then(|u| u.value).as_deref(),
             Some(&b"\"logged out\""[..])
         );
-    }
-
-    #[test]
-    fn the_first_cookie_that_names_a_live_session_wins() {
-        let value = |s: &str| id::parse_cookie_value(s).expect("a valid value");
-        let unknown = value("00000000000000000000000000000001.n1");
-        let live = value("00000000000000000000000000000002.n2");
-        let live_id = live.id;
-        let is_live = |id: SessionId| id == live_id;
-        assert_eq!(
-            choose([unknown.clone(), live.clone()].into_iter(), is_live),
-            Some(live)
-        );
-        assert_eq!(
-            choose([unknown.clone()].into_iter(), is_live),
-            Some(unknown)
-        );
-        assert_eq!(choose(std::iter::empty(), is_live), None);
     }
 }

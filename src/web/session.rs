@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -16,7 +16,7 @@ use thiserror::Error;
 use tracing::{debug, warn};
 
 use crate::node::Shared;
-use crate::session::id::{self, CookieValue};
+use crate::node::sessions::visit::{Visit, clear_cookie, plain, store_status, with_cookie};
 use crate::session::{SessionId, SessionMut, StoreError, Update};
 
 /// Why a change could not be recorded or committed.
@@ -61,18 +61,15 @@ impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Attribute values never appear in logs.
         f.debug_struct("Session")
-            .field("client", &self.inner.client.as_ref().map(|c| c.id))
+            .field("client", &self.inner.visit.id())
             .finish_non_exhaustive()
     }
 }
 
 struct Inner {
     shared: Arc<Shared>,
-    /// The session the client named (the first of its cookies that is live, else the
-    /// first), or None.
-    client: Option<CookieValue>,
-    /// The one clock reading every store call of the request uses.
-    now_ms: u64,
+    /// The session the client named, and the request's one clock reading.
+    visit: Visit,
     pending: Mutex<Pending>,
 }
 
@@ -92,12 +89,11 @@ struct Pending {
 }
 
 impl Session {
-    pub(crate) fn new(shared: Arc<Shared>, client: Option<CookieValue>, now_ms: u64) -> Session {
+    pub(crate) fn new(shared: Arc<Shared>, visit: Visit) -> Session {
         Session {
             inner: Arc::new(Inner {
                 shared,
-                client,
-                now_ms,
+                visit,
                 pending: Mutex::new(Pending::default()),
             }),
         }
@@ -243,8 +239,12 @@ impl Session {
         if pending.invalidated {
             return None;
         }
-        let id = self.inner.client.as_ref()?.id;
-        let update = self.inner.shared.store.update(id, self.inner.now_ms, f)?;
+        let id = self.inner.visit.id()?;
+        let update = self
+            .inner
+            .shared
+            .store
+            .update(id, self.inner.visit.now_ms, f)?;
         pending.seen_live = true;
         Some(update.value)
     }
@@ -279,18 +279,12 @@ impl Session {
             return error_response(&e);
         }
         let shared = &self.inner.shared;
-        let now = self.inner.now_ms;
-        let client = self.inner.client.as_ref().map(|c| c.id);
+        let visit = &self.inner.visit;
+        let client = visit.id();
         if pending.invalidated {
-            if let Some(delta) = client.and_then(|id| shared.store.invalidate(id, now)) {
-                shared.replicator.replicate(delta).await;
-            }
+            visit.invalidate(shared).await;
             if !stores_a_value(&pending.changes) {
-                let clear = format!(
-                    "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax",
-                    shared.cookie
-                );
-                return with_cookie(response, header_value(&clear));
+                return with_cookie(response, clear_cookie(shared));
             }
             // What the request stored after the invalidation goes to a new session.
             return self.write(None, false, &pending.changes, response).await;
@@ -298,9 +292,9 @@ impl Session {
         if pending.changes.is_empty() && !pending.change_id {
             // Read or untouched: no delta. A session served here that the cookie says
             // another node issued (failover) gets the cookie with this node's route.
-            if pending.seen_live && !self.cookie_is_current(client) {
+            if pending.seen_live {
                 if let Some(id) = client {
-                    return with_cookie(response, self.cookie_for(id));
+                    return with_cookie(response, visit.cookie(shared, id, false));
                 }
             }
             return response;
@@ -321,7 +315,8 @@ impl Session {
     ) -> Response {
         let shared = &self.inner.shared;
         let store = &shared.store;
-        let now = self.inner.now_ms;
+        let visit = &self.inner.visit;
+        let now = visit.now_ms;
         let creates = stores_a_value(changes);
         let apply = |s: &mut SessionMut<'_>| apply_changes(s, changes);
         let outcome: Result<Option<Update<Option<StoreError>>>, StoreError> = match id {
@@ -340,33 +335,12 @@ impl Session {
             Ok(None) => return response,
             Err(e) => return error_response(&SessionError::Store(e)),
         };
-        if let Some(delta) = update.delta {
-            shared.replicator.replicate(delta).await;
-        }
-        let cookie = if update.created || !self.cookie_is_current(Some(update.id)) {
-            self.cookie_for(update.id)
-        } else {
-            None
-        };
-        let response = match update.value {
+        let done = visit.finish(shared, update).await;
+        let response = match done.value {
             Some(e) => error_response(&SessionError::Store(e)),
             None => response,
         };
-        with_cookie(response, cookie)
-    }
-
-    /// Whether the client's cookie names session `id` with this node's route.
-    fn cookie_is_current(&self, id: Option<SessionId>) -> bool {
-        let route = self.inner.shared.me.name.as_str();
-        self.inner
-            .client
-            .as_ref()
-            .is_some_and(|c| Some(c.id) == id && c.route.as_deref() == Some(route))
-    }
-
-    fn cookie_for(&self, id: SessionId) -> Option<HeaderValue> {
-        let shared = &self.inner.shared;
-        header_value(&id::set_cookie_header(&shared.cookie, id, &shared.me.name))
+        with_cookie(response, done.cookie)
     }
 }
 
@@ -405,44 +379,10 @@ fn apply_changes(
     refused
 }
 
-fn header_value(value: &str) -> Option<HeaderValue> {
-    match HeaderValue::from_str(value) {
-        Ok(v) => Some(v),
-        Err(_) => {
-            // Cookie names and routes are validated tokens, so this cannot happen.
-            warn!("the session cookie is not a valid header value; not sent");
-            None
-        }
-    }
-}
-
-fn with_cookie(mut response: Response, cookie: Option<HeaderValue>) -> Response {
-    if let Some(cookie) = cookie {
-        response.headers_mut().append(header::SET_COOKIE, cookie);
-    }
-    response
-}
-
-/// A one-line text answer.
-pub(crate) fn plain(status: StatusCode, message: &str) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        format!("{message}\n"),
-    )
-        .into_response()
-}
-
 /// The answer for a change the session could not take, as the node's endpoints answer.
 fn error_response(e: &SessionError) -> Response {
     let status = match e {
-        SessionError::Store(
-            StoreError::TooManySessions { .. }
-            | StoreError::TooManyAttributes { .. }
-            | StoreError::OverBudget { .. },
-        ) => StatusCode::INSUFFICIENT_STORAGE,
-        SessionError::Store(StoreError::ValueTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
-        SessionError::Store(StoreError::BadName { .. }) => StatusCode::BAD_REQUEST,
+        SessionError::Store(e) => store_status(e),
         SessionError::Serialize { .. } | SessionError::Committed => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
