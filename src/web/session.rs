@@ -320,7 +320,7 @@ impl Session {
         let creates = stores_a_value(changes);
         let apply = |s: &mut SessionMut<'_>| apply_changes(s, changes);
         let outcome: Result<Option<Update<Option<StoreError>>>, StoreError> = match id {
-            Some(id) if change_id => match change_session_id(store, id, now, apply) {
+            Some(id) if change_id => match store.change_id(id, now, apply) {
                 Some(update) => Ok(Some(update)),
                 None if creates => store.update_or_create(None, now, apply).map(Some),
                 None => Ok(None),
@@ -342,16 +342,6 @@ impl Session {
         };
         with_cookie(response, done.cookie)
     }
-}
-
-/// Moves the live session `id` to a fresh id with `f`'s changes, in one change-id delta.
-fn change_session_id<R>(
-    store: &crate::session::SessionStore,
-    id: SessionId,
-    now_ms: u64,
-    f: impl FnOnce(&mut SessionMut<'_>) -> R,
-) -> Option<Update<R>> {
-    store.change_id(id, now_ms, f)
 }
 
 fn stores_a_value(changes: &[(String, Option<Bytes>)]) -> bool {
