@@ -246,7 +246,10 @@ impl Link<'_> {
     ) -> Result<(), LinkError> {
         // Let the request handlers that are ready to run queue their deltas first: under load
         // they then share this frame (and its write, and the peer's ack) instead of each
-        // paying for its own. Idle, this costs one trip through the scheduler.
+        // paying for its own. Idle, this costs one trip through the scheduler. Measured with
+        // benches/session_layer (3 nodes in sync mode, 16 clients, 2 cores): about 6 deltas
+        // a frame; without the yield the node spends ~9% more CPU a request; a second yield
+        // or at most 1-2 frames in flight (instead of WINDOW) made no difference beyond noise.
         tokio::task::yield_now().await;
         let mut deltas = Vec::new();
         let mut acks = Vec::new();
