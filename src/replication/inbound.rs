@@ -559,13 +559,14 @@ mod tests {
             if wire::decode_frame(&frame, "c") == Ok((NodeId::from_u64(1), FrameBody::Pong(7))))
     }
 
-    /// While `silent` hold their address's places, a further connection from it is closed
-    /// (and counted) rather than served; once they close, one is served again.
-    async fn refused_while_held_then_served(
-        addr: SocketAddr,
-        metrics: &Metrics,
-        silent: [TcpStream; 2],
-    ) {
+    /// While two silent connections hold their address's places, a further connection
+    /// from it is closed (and counted) rather than served; once they close, one is served
+    /// again.
+    async fn refused_while_held_then_served(addr: SocketAddr, metrics: &Metrics) {
+        let silent = [
+            TcpStream::connect(addr).await.expect("connect"),
+            TcpStream::connect(addr).await.expect("connect"),
+        ];
         // Their places are taken once they are accepted: the next one is closed at once.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while answers_a_ping(addr).await {
@@ -590,12 +591,7 @@ mod tests {
     #[tokio::test]
     async fn one_address_cannot_take_every_connection_slot() {
         let (addr, metrics, stop) = start_with(|cfg| cfg.max_per_address = 2).await;
-        // Two silent connections hold this address's places.
-        let silent = [
-            TcpStream::connect(addr).await.expect("connect"),
-            TcpStream::connect(addr).await.expect("connect"),
-        ];
-        refused_while_held_then_served(addr, &metrics, silent).await;
+        refused_while_held_then_served(addr, &metrics).await;
         stop.cancel();
     }
 
@@ -730,11 +726,7 @@ mod tests {
         for _ in 0..4 {
             links.push(proven(addr).await);
         }
-        let silent = [
-            TcpStream::connect(addr).await.expect("connect"),
-            TcpStream::connect(addr).await.expect("connect"),
-        ];
-        refused_while_held_then_served(addr, &metrics, silent).await;
+        refused_while_held_then_served(addr, &metrics).await;
         stop.cancel();
     }
 

@@ -825,18 +825,10 @@ impl SessionStore {
 
     /// Every live session of shard `index` as a full delta (state transfer).
     pub(crate) fn export_shard(&self, index: usize) -> Vec<Delta> {
-        let Some(shard) = self.inner.shards.get(index) else {
-            return Vec::new();
-        };
-        shard
-            .read()
-            .entries
-            .iter()
-            .filter_map(|(id, e)| match e {
-                Entry::Live(state) => Some(state.to_full_delta(*id)),
-                Entry::Ended { .. } => None,
-            })
-            .collect()
+        self.export_shard_with(index, |id, e| match e {
+            Entry::Live(state) => Some(state.to_full_delta(id)),
+            Entry::Ended { .. } => None,
+        })
     }
 
     /// Every id of shard `index` that ended for good (invalidated, or the old id of a
@@ -845,6 +837,21 @@ impl SessionStore {
     /// tombstone rather than making the session again. Expired sessions are left out
     /// (each member decides expiry itself).
     pub(crate) fn export_shard_ended(&self, index: usize) -> Vec<Delta> {
+        self.export_shard_with(index, |id, e| match e {
+            Entry::Ended {
+                how: Ended::Invalidated,
+                ..
+            } => Some(invalidation(id)),
+            _ => None,
+        })
+    }
+
+    /// What `delta_of` makes of each entry of shard `index`, under its read lock.
+    fn export_shard_with(
+        &self,
+        index: usize,
+        delta_of: impl Fn(SessionId, &Entry) -> Option<Delta>,
+    ) -> Vec<Delta> {
         let Some(shard) = self.inner.shards.get(index) else {
             return Vec::new();
         };
@@ -852,16 +859,7 @@ impl SessionStore {
             .read()
             .entries
             .iter()
-            .filter(|(_, e)| {
-                matches!(
-                    e,
-                    Entry::Ended {
-                        how: Ended::Invalidated,
-                        ..
-                    }
-                )
-            })
-            .map(|(id, _)| invalidation(*id))
+            .filter_map(|(id, e)| delta_of(*id, e))
             .collect()
     }
 
