@@ -7,6 +7,8 @@
 #![allow(dead_code)]
 
 pub mod fake_member;
+pub mod hosts;
+pub mod load;
 pub mod raw_http;
 
 use std::collections::{BTreeSet, HashMap};
