@@ -113,7 +113,10 @@ fn three_hosts_converge_and_a_balancer_on_a_fourth_discovers_them_and_serves_thr
     let want: BTreeSet<String> = ["n1", "n2", "n3"].iter().map(|s| s.to_string()).collect();
     assert_eq!(served, want, "nodes that served the balancer's requests");
     // Every write made through the balancer is on every node.
-    let keys: Vec<(&str, &str)> = cookies.iter().map(|(c, _)| (c.as_str(), "through")).collect();
+    let keys: Vec<(&str, &str)> = cookies
+        .iter()
+        .map(|(c, _)| (c.as_str(), "through"))
+        .collect();
     for i in 0..3 {
         let got = bed.read(i, &keys);
         for ((cookie, value), got) in cookies.iter().zip(got) {
@@ -192,7 +195,8 @@ fn a_cut_host_is_dropped_both_ways_in_time_and_after_the_heal_every_node_holds_t
     let cut = Instant::now();
     bed.cut(2);
     let others_dropped = time_until(CONVERGE, || {
-        bed.members(0, "") == Some(vec!["n2".into()]) && bed.members(1, "") == Some(vec!["n1".into()])
+        bed.members(0, "") == Some(vec!["n2".into()])
+            && bed.members(1, "") == Some(vec!["n1".into()])
     })
     .expect("n1 and n2 drop the cut n3");
     let self_dropped = time_until(CONVERGE, || bed.members(2, "") == Some(vec![]))
@@ -203,8 +207,14 @@ fn a_cut_host_is_dropped_both_ways_in_time_and_after_the_heal_every_node_holds_t
     );
     // The bound of the issue, plus what polling a loaded machine costs.
     let bound = DROP + HEARTBEAT + Duration::from_millis(700);
-    assert!(others_dropped <= bound, "n3 dropped after {others_dropped:?}");
-    assert!(self_dropped <= bound, "n3 dropped the others after {self_dropped:?}");
+    assert!(
+        others_dropped <= bound,
+        "n3 dropped after {others_dropped:?}"
+    );
+    assert!(
+        self_dropped <= bound,
+        "n3 dropped the others after {self_dropped:?}"
+    );
 
     // Both sides write: many new sessions each, different attributes of one session, and
     // the same attribute of that session.
@@ -222,7 +232,11 @@ fn a_cut_host_is_dropped_both_ways_in_time_and_after_the_heal_every_node_holds_t
     let mut on_n3 = shared.clone();
     let put = |i: usize, b: &mut Browser, name: &str, value: &str| {
         let path = format!("/session/attributes/{name}");
-        assert_eq!(bed.send(i, b, "PUT", &path, value).status, 204, "PUT {name}");
+        assert_eq!(
+            bed.send(i, b, "PUT", &path, value).status,
+            204,
+            "PUT {name}"
+        );
     };
     put(0, &mut shared, "left", "L");
     put(2, &mut on_n3, "right", "R");
@@ -257,7 +271,8 @@ fn a_cut_host_is_dropped_both_ways_in_time_and_after_the_heal_every_node_holds_t
                     wrong.push(format!("{name} holds {active:?} sessions, not {total}"));
                     continue;
                 }
-                let keys: Vec<(&str, &str)> = sample.iter().map(|(c, _)| (c.as_str(), "v")).collect();
+                let keys: Vec<(&str, &str)> =
+                    sample.iter().map(|(c, _)| (c.as_str(), "v")).collect();
                 for ((c, v), got) in sample.iter().zip(bed.read(i, &keys)) {
                     if got != Some((200, v.clone())) {
                         wrong.push(format!("{name}: v of {c} reads {got:?}, want {v}"));
@@ -336,7 +351,11 @@ fn ten_percent_loss_and_twenty_ms_delay_on_a_host_drop_nobody_and_replication_co
             written.push((browser.cookie.expect("a session"), value));
             k += 1;
         }
-        assert!(bed.connected(&[0, 1, 2]), "a member was dropped after {:?}", started.elapsed());
+        assert!(
+            bed.connected(&[0, 1, 2]),
+            "a member was dropped after {:?}",
+            started.elapsed()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let after: Vec<u64> = (0..3).map(|i| dropped(&bed, i)).collect();
@@ -352,7 +371,10 @@ fn ten_percent_loss_and_twenty_ms_delay_on_a_host_drop_nobody_and_replication_co
         for i in 0..3 {
             for ((c, v), got) in written.iter().zip(bed.read(i, &keys)) {
                 if got != Some((200, v.clone())) {
-                    return Err(format!("{}: {c} reads {got:?}, want {v}", bed.hosts[i].name));
+                    return Err(format!(
+                        "{}: {c} reads {got:?}, want {v}",
+                        bed.hosts[i].name
+                    ));
                 }
             }
         }
@@ -370,11 +392,18 @@ fn a_node_killed_under_load_through_the_balancer_fails_no_request_and_loses_no_a
     };
     balancer(&mut bed, 3, &["n1", "n2", "n3"]);
     let lb = &bed.hosts[3];
-    let load = Load::start(Some(&lb.ns), lb.balancer_local(), 6, 4, Duration::from_millis(10));
+    let load = Load::start(
+        Some(&lb.ns),
+        lb.balancer_local(),
+        6,
+        4,
+        Duration::from_millis(10),
+    );
     assert!(load.wait_acked(300, CONVERGE), "the load runs");
     let killed = bed.kill(1);
     let dropped = time_until(CONVERGE, || {
-        bed.members(0, "") == Some(vec!["n3".into()]) && bed.members(2, "") == Some(vec!["n1".into()])
+        bed.members(0, "") == Some(vec!["n3".into()])
+            && bed.members(2, "") == Some(vec!["n1".into()])
     })
     .expect("n1 and n3 drop the killed n2");
     assert!(load.wait_acked(300, CONVERGE), "the load goes on");
@@ -411,8 +440,10 @@ impl JoinWatch {
     }
 
     fn state(&self) -> Option<Value> {
-        in_ns(&self.node_ns, || common::get_json(self.node_http, "/status"))
-            .map(|s| s["node"]["state"].clone())
+        in_ns(&self.node_ns, || {
+            common::get_json(self.node_http, "/status")
+        })
+        .map(|s| s["node"]["state"].clone())
     }
 
     /// Whether the balancer lists the node as a member to send to (`ok`).
@@ -453,6 +484,26 @@ fn watch_join(watch: &JoinWatch, until: &AtomicBool) -> (u32, u32) {
     (joining, listed)
 }
 
+/// The timestamp that starts a log line of the node (tracing's RFC 3339 UTC with a fixed
+/// number of digits: such stamps compare as text).
+fn timestamp(line: &str) -> Option<&str> {
+    let stamp = line.split_whitespace().next()?;
+    (stamp.len() > 20 && stamp.ends_with('Z') && stamp.starts_with("20")).then_some(stamp)
+}
+
+/// In a node's log, for its latest start: the first timestamp, and that of the end of its
+/// state transfer (done, alone, or failed and serving anyway).
+fn join_times(log: &str) -> Option<(String, String)> {
+    let latest = log.rsplit("=== test: starting").next()?;
+    let began = latest.lines().find_map(timestamp)?.to_string();
+    let ready = latest
+        .lines()
+        .filter(|l| l.contains("state transfer done") || l.contains("no member could send"))
+        .find_map(timestamp)?
+        .to_string();
+    Some((began, ready))
+}
+
 #[test]
 fn a_rolling_restart_under_load_fails_no_request_and_each_node_gets_traffic_only_once_ready() {
     let Some(mut bed) = cluster("hosts-roll", &["n1", "n2", "n3", "lb"], 3) else {
@@ -460,14 +511,28 @@ fn a_rolling_restart_under_load_fails_no_request_and_each_node_gets_traffic_only
     };
     balancer(&mut bed, 3, &["n1", "n2", "n3"]);
     let lb = &bed.hosts[3];
-    let load = Load::start(Some(&lb.ns), lb.balancer_local(), 6, 4, Duration::from_millis(10));
+    let load = Load::start(
+        Some(&lb.ns),
+        lb.balancer_local(),
+        6,
+        4,
+        Duration::from_millis(10),
+    );
     assert!(load.wait_acked(300, CONVERGE), "the load runs");
     let mut violations = Vec::new();
     for i in 0..3 {
         let status = bed.stop(i, Duration::from_secs(30));
-        assert!(status.success(), "{} exits 0 on SIGTERM: {status:?}", bed.hosts[i].name);
+        assert!(
+            status.success(),
+            "{} exits 0 on SIGTERM: {status:?}",
+            bed.hosts[i].name
+        );
         let rest: Vec<usize> = (0..3).filter(|&j| j != i).collect();
         bed.wait_connected(&rest, CONVERGE, "the others see only each other");
+        let name = bed.hosts[i].name.clone();
+        wait_until(CONVERGE, "the balancer takes the stopped node out", || {
+            (!bed.balancer_routes(3)?.contains(&name)).then_some(())
+        });
         let restarted = Instant::now();
         let done = Arc::new(AtomicBool::new(false));
         let watch = JoinWatch::new(&bed, i, 3);
@@ -483,21 +548,45 @@ fn a_rolling_restart_under_load_fails_no_request_and_each_node_gets_traffic_only
         });
         let all = [0, 1, 2];
         let met = bed.wait_connected(&all, CONVERGE, "the restarted node joins");
-        let name = bed.hosts[i].name.clone();
         wait_until(CONVERGE, "the balancer lists the restarted node", || {
             bed.balancer_routes(3)?.contains(&name).then_some(())
         });
+        // The logs say it exactly: when the new process began, when its state transfer
+        // ended, and when the balancer took it into rotation.
+        let node_log = std::fs::read_to_string(&bed.hosts[i].log).expect("node log");
+        let lb_log = std::fs::read_to_string(&bed.hosts[3].log).expect("balancer log");
+        let (began, ready) = join_times(&node_log).expect("the restart's times in the node log");
+        let taken = lb_log
+            .lines()
+            .filter(|l| l.contains("discovered members") && l.contains(&format!("(\"{name}\",")))
+            .filter_map(timestamp)
+            .find(|t| *t > began.as_str())
+            .expect("the balancer's log shows the restarted node taken in")
+            .to_string();
+        eprintln!(
+            "{name}: process began {began}, state transfer done {ready}, balancer took it in {taken}"
+        );
+        if taken < ready {
+            violations.push(format!(
+                "{name} was taken into rotation at {taken}, before its state transfer ended at {ready}"
+            ));
+        }
         eprintln!(
             "{name} restarted: ready and seen by all {:?} after its start ({met:?} after ready); {joining} samples while joining, balancer listed it in {listed}",
             restarted.elapsed()
         );
         if listed > 0 {
-            violations.push(format!("{name} was in the balancer's rotation while joining ({listed} samples)"));
+            violations.push(format!(
+                "{name} was in the balancer's rotation while joining ({listed} samples)"
+            ));
         }
         assert!(load.wait_acked(200, CONVERGE), "the load goes on");
     }
     let report = load.stop();
-    eprintln!("rolling restart of n1, n2, n3 under load: {}", report.summary());
+    eprintln!(
+        "rolling restart of n1, n2, n3 under load: {}",
+        report.summary()
+    );
     assert_no_failures(&report);
     assert_all_present(&bed, &report, &[0, 1, 2]);
     assert!(violations.is_empty(), "{}", violations.join("\n"));
@@ -509,25 +598,52 @@ fn a_host_back_with_the_same_name_and_a_new_process_is_a_new_member_with_no_stal
         return;
     };
     let id_of = |bed: &Hosts, i: usize| -> String {
-        bed.status(i).expect("status")["node"]["id"].as_str().unwrap_or("").to_string()
+        bed.status(i).expect("status")["node"]["id"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     };
     let old_id = id_of(&bed, 2);
     // Sessions known to the old n3: one that lives on, one invalidated and one changed
     // while it is away.
     let mut kept = Browser::new();
-    assert_eq!(bed.send(2, &mut kept, "PUT", "/session/attributes/v", "old").status, 204);
+    assert_eq!(
+        bed.send(2, &mut kept, "PUT", "/session/attributes/v", "old")
+            .status,
+        204
+    );
     let mut ended = Browser::new();
-    assert_eq!(bed.send(2, &mut ended, "PUT", "/session/attributes/v", "x").status, 204);
+    assert_eq!(
+        bed.send(2, &mut ended, "PUT", "/session/attributes/v", "x")
+            .status,
+        204
+    );
     let mut counted = Browser::new();
-    assert_eq!(bed.send(0, &mut counted, "PUT", "/session/attributes/v", "1").status, 204);
+    assert_eq!(
+        bed.send(0, &mut counted, "PUT", "/session/attributes/v", "1")
+            .status,
+        204
+    );
 
     bed.kill(2);
     wait_until(CONVERGE, "n1 and n2 drop the killed n3", || {
         (bed.members(0, "") == Some(vec!["n2".into()])).then_some(())
     });
-    assert_eq!(bed.send(0, &mut ended, "POST", "/session/invalidate", "").status, 204);
-    assert_eq!(bed.send(1, &mut kept, "PUT", "/session/attributes/v", "new").status, 204);
-    assert_eq!(bed.send(1, &mut counted, "DELETE", "/session/attributes/v", "").status, 204);
+    assert_eq!(
+        bed.send(0, &mut ended, "POST", "/session/invalidate", "")
+            .status,
+        204
+    );
+    assert_eq!(
+        bed.send(1, &mut kept, "PUT", "/session/attributes/v", "new")
+            .status,
+        204
+    );
+    assert_eq!(
+        bed.send(1, &mut counted, "DELETE", "/session/attributes/v", "")
+            .status,
+        204
+    );
 
     bed.start_node(2, &[]);
     bed.wait_connected(&[0, 1, 2], CONVERGE, "the new n3 joins");
@@ -541,11 +657,25 @@ fn a_host_back_with_the_same_name_and_a_new_process_is_a_new_member_with_no_stal
             .iter()
             .filter(|m| m["name"] == "n3")
             .collect();
-        assert_eq!(n3.len(), 1, "{} lists n3 once: {members}", bed.hosts[i].name);
-        assert_eq!(n3[0]["id"], Value::from(new_id.clone()), "{} lists the new n3", bed.hosts[i].name);
+        assert_eq!(
+            n3.len(),
+            1,
+            "{} lists n3 once: {members}",
+            bed.hosts[i].name
+        );
+        assert_eq!(
+            n3[0]["id"],
+            Value::from(new_id.clone()),
+            "{} lists the new n3",
+            bed.hosts[i].name
+        );
     }
     let active = bed.status(2).expect("status")["sessions"]["active"].clone();
-    assert_eq!(active, Value::from(2), "the new n3 holds the two live sessions");
+    assert_eq!(
+        active,
+        Value::from(2),
+        "the new n3 holds the two live sessions"
+    );
     let got = bed.read(
         2,
         &[
@@ -553,14 +683,28 @@ fn a_host_back_with_the_same_name_and_a_new_process_is_a_new_member_with_no_stal
             (counted.cookie.as_deref().expect("counted"), "v"),
         ],
     );
-    assert_eq!(got[0], Some((200, "new".into())), "the value changed while it was away");
-    assert!(matches!(got[1], Some((404, _))), "the attribute removed while it was away: {:?}", got[1]);
+    assert_eq!(
+        got[0],
+        Some((200, "new".into())),
+        "the value changed while it was away"
+    );
+    assert!(
+        matches!(got[1], Some((404, _))),
+        "the attribute removed while it was away: {:?}",
+        got[1]
+    );
     // The invalidated session is unknown: a new one is made in its place.
     let answer = bed.send(2, &mut ended.clone(), "GET", "/session", "");
     let fresh = answer.json();
-    assert_eq!(fresh["attributes"], serde_json::json!({}), "the invalidated session is gone");
+    assert_eq!(
+        fresh["attributes"],
+        serde_json::json!({}),
+        "the invalidated session is gone"
+    );
     assert_ne!(
-        fresh["id"].as_str().map(|s| s.split('.').next().unwrap_or("").to_string()),
+        fresh["id"]
+            .as_str()
+            .map(|s| s.split('.').next().unwrap_or("").to_string()),
         ended.session_id(),
         "the invalidated id is not served again"
     );

@@ -586,6 +586,7 @@ async fn launch<D: Datagrams>(
     );
     hb_cfg.key = key.clone();
     hb_cfg.streams = streams.clone();
+    hb_cfg.serving = Some(replicator.ready_flag());
     let membership_stop = CancellationToken::new();
     let membership_task = shutdown.spawn(heartbeat::run(
         hb_cfg,

@@ -104,7 +104,10 @@ fn etc_dir(ns: &str) -> PathBuf {
 /// in it (a crashed run's orphans) are killed by PID first.
 fn remove_namespace(ns: &str) -> Result<(), String> {
     if let Ok(pids) = run("ip", &["netns", "pids", ns]) {
-        for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
@@ -377,7 +380,12 @@ impl Hosts {
             .append(true)
             .open(&host.log)
             .expect("log file");
-        writeln!(log, "=== test: starting {role:?} {} in {}", host.name, host.ns).expect("log");
+        writeln!(
+            log,
+            "=== test: starting {role:?} {} in {}",
+            host.name, host.ns
+        )
+        .expect("log");
         let mut command = Command::new("ip");
         command
             .args(["netns", "exec", &host.ns, BIN])

@@ -116,7 +116,9 @@ impl Load {
         let mut sessions = Vec::new();
         let mut failures = Vec::new();
         for worker in self.workers {
-            let (s, f) = worker.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            let (s, f) = worker
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
             sessions.extend(s);
             failures.extend(f);
         }
@@ -191,7 +193,10 @@ impl LoadReport {
     /// The cookies of the sessions that were made, in the order of [`missing`](Self::missing)'s
     /// `answers`.
     pub fn cookies(&self) -> Vec<String> {
-        self.sessions.iter().filter_map(|s| s.cookie.clone()).collect()
+        self.sessions
+            .iter()
+            .filter_map(|s| s.cookie.clone())
+            .collect()
     }
 
     /// The acknowledged writes that `answers` (a node's `GET /session` JSON for each of
