@@ -6,7 +6,11 @@
 
 #![allow(dead_code)]
 
+pub mod apache;
+pub mod daemon;
 pub mod fake_member;
+pub mod haproxy;
+pub mod nginx;
 pub mod raw_http;
 
 use std::collections::{BTreeSet, HashMap};

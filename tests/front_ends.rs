@@ -1,0 +1,151 @@
+//! deltacast behind the front ends a team moving off Tomcat already runs, each a real
+//! program from Debian's packages started by the test on a free loopback port with its own
+//! config (`common::apache`, `common::nginx`, `common::haproxy`): Apache httpd with
+//! mod_proxy_http, nginx and HAProxy, each sticky by the route suffix of the session
+//! cookie and keeping the session when the sticky node is killed; and deltacast's own
+//! balancer setting a sticky cookie (`sticky = "cookie:ROUTEID"`) in front of plain nginx
+//! backends that know nothing of sessions. The configs are the ones docs/front-ends.md
+//! shows. A test whose front end is not installed prints why it skips.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::apache::Apache;
+use common::{Answer, Browser, Cluster, FAST, NodeProc, exchange, wait_until};
+
+const STARTUP: Duration = Duration::from_secs(30);
+
+fn node(cluster: &Cluster, name: &str) -> NodeProc {
+    let n = cluster.node(name, FAST);
+    wait_until(STARTUP, "the node answers", || n.status());
+    n
+}
+
+/// Two converged nodes n1 and n2 of a cluster of their own.
+fn two_nodes(test: &str) -> (Cluster, NodeProc, NodeProc) {
+    let cluster = Cluster::new(test);
+    let n1 = node(&cluster, "n1");
+    let n2 = node(&cluster, "n2");
+    common::wait_converged(&[&n1, &n2], STARTUP);
+    (cluster, n1, n2)
+}
+
+/// The name of the node whose test page this is.
+fn page_node(answer: &Answer) -> String {
+    let text = answer.text();
+    let at = text
+        .find("<td id=\"node\">")
+        .unwrap_or_else(|| panic!("not a test page: {text}"))
+        + "<td id=\"node\">".len();
+    text[at..].split('<').next().unwrap_or_default().to_string()
+}
+
+/// The hits counter of the test page.
+fn hits(answer: &Answer) -> u64 {
+    let text = answer.text();
+    let at = text.find("id=\"hits\">").expect("a hits cell") + "id=\"hits\">".len();
+    text[at..]
+        .split('<')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a number")
+}
+
+fn route_of(cookie: &str) -> String {
+    cookie.rsplit('.').next().unwrap_or_default().to_string()
+}
+
+/// The scenario every front end in front of nodes must pass: a new session lands on some
+/// node, the next 20 requests stay there (the page's hit counter counts each), the sticky
+/// node is killed (SIGKILL), and the session goes on on the other one with its counter,
+/// the cookie now naming the new route. `front` is where the front end listens; `logs`
+/// tells what the front end wrote, for a failure.
+fn sticky_then_failover(front: SocketAddr, n1: NodeProc, n2: NodeProc, logs: &dyn Fn() -> String) {
+    let mut browser = Browser::new();
+    let first = browser.send(front, "GET", "/", b"");
+    assert_eq!(first.status, 200, "{}\n{}", first.text(), logs());
+    let cookie = browser.cookie.clone().expect("a session cookie");
+    let route = route_of(&cookie);
+    assert_eq!(page_node(&first), route);
+    for i in 2..=21 {
+        let a = browser.send(front, "GET", "/", b"");
+        assert_eq!(a.status, 200, "{}\n{}", a.text(), logs());
+        assert_eq!(
+            page_node(&a),
+            route,
+            "request {i} left its route\n{}",
+            logs()
+        );
+        assert_eq!(hits(&a), i);
+    }
+    let (dead, survivor) = if route == "n1" { (n1, n2) } else { (n2, n1) };
+    drop(dead);
+    let other = survivor.name.clone();
+    let a = browser.send(front, "GET", "/", b"");
+    assert_eq!(a.status, 200, "{}\n{}", a.text(), logs());
+    assert_eq!(page_node(&a), other);
+    assert_eq!(hits(&a), 22, "the session was kept");
+    let moved = browser.cookie.clone().expect("a cookie");
+    assert_eq!(route_of(&moved), other, "the route moved with the session");
+    assert_eq!(
+        Browser {
+            cookie: Some(moved)
+        }
+        .session_id(),
+        Browser {
+            cookie: Some(cookie)
+        }
+        .session_id(),
+        "the same session"
+    );
+    for i in 23..=30 {
+        let a = browser.send(front, "GET", "/", b"");
+        assert_eq!(a.status, 200, "{}\n{}", a.text(), logs());
+        assert_eq!(page_node(&a), other);
+        assert_eq!(hits(&a), i);
+    }
+}
+
+#[test]
+fn apache_mod_proxy_http_sticks_by_route_and_keeps_the_session_when_the_node_dies() {
+    let (_cluster, n1, n2) = two_nodes("fe-apache-http");
+    let Some(apache) = Apache::new()
+        .modules(&[
+            "proxy",
+            "proxy_http",
+            "proxy_balancer",
+            "slotmem_shm",
+            "lbmethod_byrequests",
+        ])
+        .config(&format!(
+            "<Proxy \"balancer://cluster\">\n\
+             \x20   BalancerMember \"http://{}\" route=n1 retry=1\n\
+             \x20   BalancerMember \"http://{}\" route=n2 retry=1\n\
+             \x20   ProxySet stickysession=JSESSIONID|jsessionid lbmethod=byrequests\n\
+             </Proxy>\n\
+             <Location \"/balancer-manager\">\n\
+             \x20   SetHandler balancer-manager\n\
+             \x20   Require ip 127.0.0.1\n\
+             </Location>\n\
+             ProxyPass \"/balancer-manager\" \"!\"\n\
+             ProxyPass \"/\" \"balancer://cluster/\"\n\
+             ProxyPassReverse \"/\" \"balancer://cluster/\"\n",
+            n1.http, n2.http
+        ))
+        .start()
+    else {
+        return;
+    };
+    let manager = exchange(apache.addr(), "GET", "/balancer-manager", None, b"")
+        .expect("the balancer-manager answers");
+    assert_eq!(manager.status, 200, "{}", apache.logs());
+    let page = manager.text();
+    assert!(page.contains("balancer://cluster"), "{page}");
+    for (route, n) in [("n1", &n1), ("n2", &n2)] {
+        assert!(page.contains(&format!("http://{}", n.http)), "{page}");
+        assert!(page.contains(&format!(">{route}<")), "{page}");
+    }
+    sticky_then_failover(apache.addr(), n1, n2, &|| apache.logs());
+}
