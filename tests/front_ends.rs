@@ -13,6 +13,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::apache::Apache;
+use common::haproxy::HaproxyProc;
+use common::nginx::NginxProc;
 use common::{Answer, Browser, Cluster, FAST, NodeProc, exchange, wait_until};
 
 const STARTUP: Duration = Duration::from_secs(30);
@@ -148,4 +150,62 @@ fn apache_mod_proxy_http_sticks_by_route_and_keeps_the_session_when_the_node_die
         assert!(page.contains(&format!(">{route}<")), "{page}");
     }
     sticky_then_failover(apache.addr(), n1, n2, &|| apache.logs());
+}
+
+#[test]
+fn nginx_maps_the_cookie_route_to_an_upstream_and_keeps_the_session_when_the_node_dies() {
+    let (_cluster, n1, n2) = two_nodes("fe-nginx");
+    let Some(nginx) = NginxProc::start(&format!(
+        "map $cookie_JSESSIONID $sticky_upstream {{\n\
+         \x20   ~\\.n1$ route_n1;\n\
+         \x20   ~\\.n2$ route_n2;\n\
+         \x20   default cluster;\n\
+         }}\n\
+         upstream cluster {{ server {a}; server {b}; }}\n\
+         upstream route_n1 {{ server {a} max_fails=1 fail_timeout=5s; server {b} backup; }}\n\
+         upstream route_n2 {{ server {b} max_fails=1 fail_timeout=5s; server {a} backup; }}\n\
+         server {{\n\
+         \x20   listen 127.0.0.1:@PORT@;\n\
+         \x20   location / {{\n\
+         \x20       proxy_pass http://$sticky_upstream;\n\
+         \x20       proxy_http_version 1.1;\n\
+         \x20       proxy_set_header Connection \"\";\n\
+         \x20       proxy_set_header Host $host;\n\
+         \x20       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+         \x20       proxy_next_upstream error timeout;\n\
+         \x20   }}\n\
+         }}",
+        a = n1.http,
+        b = n2.http
+    )) else {
+        return;
+    };
+    sticky_then_failover(nginx.addr(), n1, n2, &|| nginx.logs());
+}
+
+#[test]
+fn haproxy_uses_the_server_of_the_cookie_route_and_keeps_the_session_when_the_node_dies() {
+    let (_cluster, n1, n2) = two_nodes("fe-haproxy");
+    let Some(haproxy) = HaproxyProc::start(&format!(
+        "frontend www\n\
+         \x20   bind 127.0.0.1:@PORT@\n\
+         \x20   default_backend nodes\n\
+         backend nodes\n\
+         \x20   balance roundrobin\n\
+         \x20   option httpchk\n\
+         \x20   http-check send meth GET uri /status ver HTTP/1.1 hdr Host localhost\n\
+         \x20   http-check expect status 200\n\
+         \x20   option redispatch\n\
+         \x20   retries 2\n\
+         \x20   acl route_n1 req.cook(JSESSIONID) -m end .n1\n\
+         \x20   acl route_n2 req.cook(JSESSIONID) -m end .n2\n\
+         \x20   use-server n1 if route_n1\n\
+         \x20   use-server n2 if route_n2\n\
+         \x20   server n1 {} check inter 500 fall 2 rise 1\n\
+         \x20   server n2 {} check inter 500 fall 2 rise 1\n",
+        n1.http, n2.http
+    )) else {
+        return;
+    };
+    sticky_then_failover(haproxy.addr(), n1, n2, &|| haproxy.logs());
 }
