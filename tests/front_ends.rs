@@ -9,13 +9,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use common::apache::Apache;
 use common::haproxy::HaproxyProc;
 use common::nginx::NginxProc;
-use common::{Answer, Browser, Cluster, FAST, NodeProc, exchange, wait_until};
+use common::{Answer, BalancerProc, Browser, Cluster, FAST, NodeProc, exchange, wait_until};
 
 const STARTUP: Duration = Duration::from_secs(30);
 
@@ -208,4 +209,108 @@ fn haproxy_uses_the_server_of_the_cookie_route_and_keeps_the_session_when_the_no
         return;
     };
     sticky_then_failover(haproxy.addr(), n1, n2, &|| haproxy.logs());
+}
+
+/// One exchange on a new connection (`Connection: close`): the status, every `Set-Cookie`
+/// value whole (attributes included) and the body as text.
+fn ask(
+    addr: SocketAddr,
+    method: &str,
+    cookie: Option<&str>,
+    body: &str,
+) -> (u16, Vec<String>, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("a read timeout");
+    let cookie = cookie
+        .map(|c| format!("Cookie: {c}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{cookie}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read the answer");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an answer head");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    let set_cookies = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, v)| v.trim().to_string())
+        .collect();
+    (status, set_cookies, body.trim().to_string())
+}
+
+#[test]
+fn deltacast_balancer_sets_its_own_sticky_cookie_in_front_of_plain_nginx_backends() {
+    let Some(b1) = NginxProc::answering("b1") else {
+        return;
+    };
+    let Some(b2) = NginxProc::answering("b2") else {
+        return;
+    };
+    let cluster = Cluster::new("fe-own-cookie");
+    let balancer = BalancerProc::spawn(
+        &cluster,
+        &[
+            "--set".to_string(),
+            "balancer.discover=false".to_string(),
+            "--set".to_string(),
+            "balancer.sticky=cookie:ROUTEID".to_string(),
+            "--member".to_string(),
+            format!("b1=http://{}", b1.addr()),
+            "--member".to_string(),
+            format!("b2=http://{}", b2.addr()),
+        ],
+    );
+    let front = balancer.addr;
+    // Without the cookie: the lbmethod picks, and the answer names the member.
+    let (status, set, first) = ask(front, "GET", None, "");
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(set, [format!("ROUTEID=.{first}; Path=/; HttpOnly")]);
+    let cookie = format!("ROUTEID=.{first}");
+    // With it: the same member every time, on the fast path (GET) and hyper's (a POST with
+    // a body), and nothing set again.
+    for i in 0..20 {
+        let method = if i % 2 == 0 { "GET" } else { "POST" };
+        let (status, set, by) = ask(front, method, Some(&cookie), "x=1");
+        assert_eq!((status, by.as_str()), (200, first.as_str()), "{method} {i}");
+        assert!(set.is_empty(), "{method} {i} set {set:?}");
+    }
+    // Other cookies beside it change nothing; a cookie naming no member is replaced.
+    let (_, set, by) = ask(front, "GET", Some(&format!("theme=dark; {cookie}")), "");
+    assert_eq!((set.len(), by.as_str()), (0, first.as_str()));
+    let (_, set, by) = ask(front, "POST", Some("ROUTEID=.gone"), "x=1");
+    assert_eq!(set, [format!("ROUTEID=.{by}; Path=/; HttpOnly")]);
+    // Its member stops: the next answer comes from the other one and moves the cookie.
+    let (dead, survivor) = if first == "b1" { (b1, b2) } else { (b2, b1) };
+    drop(dead);
+    let other = if first == "b1" { "b2" } else { "b1" };
+    for method in ["GET", "POST"] {
+        let (status, set, by) = ask(front, method, Some(&cookie), "x=1");
+        assert_eq!(
+            (status, by.as_str()),
+            (200, other),
+            "{method}\n{}",
+            survivor.logs()
+        );
+        assert_eq!(
+            set,
+            [format!("ROUTEID=.{other}; Path=/; HttpOnly")],
+            "{method}"
+        );
+    }
+    let moved = format!("ROUTEID=.{other}");
+    for _ in 0..5 {
+        let (status, set, by) = ask(front, "GET", Some(&moved), "");
+        assert_eq!((status, set.len(), by.as_str()), (200, 0, other));
+    }
 }

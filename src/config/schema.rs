@@ -327,13 +327,19 @@ impl FromStr for LbMethod {
     }
 }
 
-/// Session stickiness; written as `"route"`, `"none"`, `"source_ip"` or `"header:NAME"`.
+/// Session stickiness; written as `"route"`, `"cookie:NAME"`, `"none"`, `"source_ip"` or
+/// `"header:NAME"`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub enum Sticky {
     /// `"route"`: the route suffix of the session id (cookie or `;jsessionid=`) names the
     /// member.
     #[default]
     Route,
+    /// `"cookie:NAME"`: the balancer sets the cookie `NAME=.ROUTE` itself on an answer
+    /// whenever the request had none naming a live member, and routes by it (the seed's
+    /// `Header add Set-Cookie "ROUTEID=.%{BALANCER_WORKER_ROUTE}e"` with
+    /// `stickysession=ROUTEID`): for backends that put no route in their session ids.
+    Cookie(String),
     /// `"none"`: no stickiness; every member holds every session.
     None,
     /// `"source_ip"`: requests from one client address go to the same member.
@@ -347,6 +353,7 @@ impl fmt::Display for Sticky {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Sticky::Route => f.write_str("route"),
+            Sticky::Cookie(name) => write!(f, "cookie:{name}"),
             Sticky::None => f.write_str("none"),
             Sticky::SourceIp => f.write_str("source_ip"),
             Sticky::Header(name) => write!(f, "header:{name}"),
@@ -361,13 +368,22 @@ impl FromStr for Sticky {
             "route" => Ok(Sticky::Route),
             "none" => Ok(Sticky::None),
             "source_ip" => Ok(Sticky::SourceIp),
-            _ => match s.strip_prefix("header:") {
-                Some(name) if is_token(name) => Ok(Sticky::Header(name.to_string())),
-                Some(name) => Err(format!("{name:?} is not a valid HTTP header name")),
-                Option::None => Err(format!(
-                    "{s:?} is not one of \"route\", \"none\", \"source_ip\", \"header:NAME\""
-                )),
-            },
+            _ => {
+                if let Some(name) = s.strip_prefix("cookie:") {
+                    return if is_token(name) {
+                        Ok(Sticky::Cookie(name.to_string()))
+                    } else {
+                        Err(format!("{name:?} is not a valid cookie name"))
+                    };
+                }
+                match s.strip_prefix("header:") {
+                    Some(name) if is_token(name) => Ok(Sticky::Header(name.to_string())),
+                    Some(name) => Err(format!("{name:?} is not a valid HTTP header name")),
+                    Option::None => Err(format!(
+                        "{s:?} is not one of \"route\", \"cookie:NAME\", \"none\", \"source_ip\", \"header:NAME\""
+                    )),
+                }
+            }
         }
     }
 }
@@ -478,11 +494,30 @@ mod tests {
         );
         assert_eq!("bytraffic".parse::<LbMethod>(), Ok(LbMethod::ByTraffic));
         assert_eq!(LbMethod::ByBusyness.to_string(), "bybusyness");
-        for s in ["route", "none", "source_ip", "header:X-Sticky"] {
+        for s in [
+            "route",
+            "none",
+            "source_ip",
+            "header:X-Sticky",
+            "cookie:ROUTEID",
+        ] {
             assert_eq!(s.parse::<Sticky>().unwrap().to_string(), s);
         }
+        assert_eq!(
+            "cookie:ROUTEID".parse::<Sticky>(),
+            Ok(Sticky::Cookie("ROUTEID".into()))
+        );
         assert!("header:".parse::<Sticky>().is_err());
         assert!("header:a b".parse::<Sticky>().is_err());
+        for bad in [
+            "cookie:",
+            "cookie:a b",
+            "cookie:a=b",
+            "cookie:a;b",
+            "cookie",
+        ] {
+            assert!(bad.parse::<Sticky>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -37,7 +37,7 @@ replication = "sync"          # enum ReplicationMode { Sync, Async }, lowercase 
 [balancer]
 listen = "127.0.0.1:8080"     # SocketAddr
 lbmethod = "byrequests"       # enum LbMethod { ByRequests, ByTraffic, ByBusyness } as "byrequests" | "bytraffic" | "bybusyness"
-sticky = "route"              # enum Sticky { Route, None, SourceIp, Header(String) } from "route" | "none" | "source_ip" | "header:NAME" (NAME a valid HTTP header name token); serialize back to the same strings
+sticky = "route"              # enum Sticky { Route, Cookie(String), None, SourceIp, Header(String) } from "route" | "cookie:NAME" (NAME a cookie-name token) | "none" | "source_ip" | "header:NAME" (NAME a valid HTTP header name token); serialize back to the same strings
 discover = true
 max_connections = 10000       # u64, 1..=1000000
 timeout_s = 60                # u64, 1..=3600
