@@ -10,6 +10,8 @@ pub mod apache;
 pub mod daemon;
 pub mod fake_member;
 pub mod haproxy;
+pub mod hosts;
+pub mod load;
 pub mod nginx;
 pub mod raw_http;
 
