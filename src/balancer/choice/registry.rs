@@ -232,11 +232,16 @@ impl Registry {
         let first = selector.pick(&candidates, sticky);
         drop(selector);
         drop(candidates);
+        let named = match sticky {
+            Stickiness::Route(route) => first.filter(|at| members[*at].route == *route),
+            _ => None,
+        };
         Order {
             registry: self,
             now,
             first: first.map(|at| members[at].clone()),
             first_id: first.map(|at| members[at].id),
+            named: named.map(|at| members[at].id),
             alternatives: members.len() > 1,
             rest: None,
         }
@@ -277,6 +282,8 @@ pub struct Order<'r> {
     /// The pick, until it is handed out.
     first: Option<Arc<Member>>,
     first_id: Option<u64>,
+    /// The pick, when it is the member the request's sticky route named.
+    named: Option<u64>,
     alternatives: bool,
     /// None until the pick was handed out and failed.
     rest: Option<std::vec::IntoIter<Arc<Member>>>,
@@ -286,6 +293,13 @@ impl Order<'_> {
     /// No member is usable.
     pub fn is_empty(&self) -> bool {
         self.first_id.is_none()
+    }
+
+    /// The id of the member the request's sticky route named, when that member is the
+    /// pick (it is live: neither gone, nor in error, nor disabled); None when the request
+    /// named none, or one the lbmethod had to replace.
+    pub fn named(&self) -> Option<u64> {
+        self.named
     }
 
     /// Whether a member other than the pick might be tried.

@@ -20,7 +20,7 @@ impl Config {
         membership::check(&self.membership)?;
         node::check(&self.node)?;
         sessions::check(&self.sessions)?;
-        balancer::check(&self.balancer)
+        balancer::check(&self.balancer, &self.sessions.cookie)
     }
 }
 

@@ -31,7 +31,24 @@ pub(super) fn check(s: &SessionsConfig) -> Result<(), ConfigError> {
         8 * 1024 * 1024,
         "",
     )?;
-    check_range("sessions.max_bytes", s.max_bytes, 1024, 1 << 40, " bytes")
+    check_range("sessions.max_bytes", s.max_bytes, 1024, 1 << 40, " bytes")?;
+    if let Some(path) = &s.snapshot_file {
+        let text = path.to_string_lossy();
+        let names_a_file = !text.ends_with('/')
+            && path
+                .file_name()
+                .is_some_and(|name| !name.is_empty() && name != "." && name != "..");
+        if !names_a_file {
+            return Err(invalid(
+                "sessions.snapshot_file",
+                format!(
+                    "must name a file like \"sessions.snapshot\" or \"/var/lib/deltacast/sessions\", got {}",
+                    render_str(&text)
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -75,5 +92,25 @@ mod tests {
                 load_with("", &[&format!("{key}={good}")]).unwrap();
             }
         }
+    }
+
+    #[test]
+    fn a_snapshot_file_must_name_a_file() {
+        for bad in ["", "/", "/var/lib/", ".", ".."] {
+            let text = invalid_key(
+                load_with("", &[&format!("sessions.snapshot_file={bad}")]),
+                "sessions.snapshot_file",
+            );
+            assert!(text.contains("must name a file"), "{text}");
+        }
+        let config = load("[sessions]\nsnapshot_file = \"/var/lib/deltacast/sessions\"\n").unwrap();
+        assert_eq!(
+            config.sessions.snapshot_file.as_deref(),
+            Some(std::path::Path::new("/var/lib/deltacast/sessions"))
+        );
+        invalid_key(
+            load("[sessions]\nsnapshot_file = 3\n"),
+            "sessions.snapshot_file",
+        );
     }
 }
