@@ -349,7 +349,10 @@ mod tests {
             panic!("{restored:?}");
         };
         assert_eq!((sessions, expired, tombstones), (50, 0, 1));
-        assert_eq!((written_by.as_str(), age_ms, not_removed), ("n1", 1_000, None));
+        assert_eq!(
+            (written_by.as_str(), age_ms, not_removed),
+            ("n1", 1_000, None)
+        );
         assert!(!path.exists(), "a restored file is removed");
         for (i, id) in ids.iter().enumerate() {
             assert_eq!(
@@ -362,7 +365,10 @@ mod tests {
         let mut old = Delta::new(ended, 1_000, 1_000);
         old.full = true;
         b.apply(&old, 3_002);
-        assert!(!b.contains(ended), "a late copy is absorbed by the tombstone");
+        assert!(
+            !b.contains(ended),
+            "a late copy is absorbed by the tombstone"
+        );
         assert_eq!(restore(&path, &b, "c1", 3_003, 1800), Restore::NoFile);
     }
 
@@ -471,7 +477,10 @@ mod tests {
                 cluster: "other".into()
             }
         );
-        assert!(path.exists(), "another cluster's file is not ours to remove");
+        assert!(
+            path.exists(),
+            "another cluster's file is not ours to remove"
+        );
         assert!(b.is_empty());
     }
 
@@ -495,7 +504,11 @@ mod tests {
     fn a_missing_directory_fails_the_start_check() {
         let dir = TempDir::new("missing");
         let err = check_writable(&dir.0.join("no/such/dir/s")).unwrap_err();
-        assert!(err.to_string().starts_with("sessions.snapshot_file: cannot create"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("sessions.snapshot_file: cannot create"),
+            "{err}"
+        );
         check_writable(&dir.0.join("s")).unwrap();
         assert_eq!(fs::read_dir(&dir.0).unwrap().count(), 0);
     }

@@ -15,8 +15,8 @@ pub use frame::{
     FrameBody, MAX_FRAME, decode_frame, encode_delta, encode_deltas_frame, encode_frame,
 };
 pub use snapshot::{
-    SNAPSHOT_HEADER_LEN, SNAPSHOT_MAGIC, SNAPSHOT_VERSION, Snapshot, SnapshotError,
-    SnapshotWriter, decode_snapshot,
+    SNAPSHOT_HEADER_LEN, SNAPSHOT_MAGIC, SNAPSHOT_VERSION, Snapshot, SnapshotError, SnapshotWriter,
+    decode_snapshot,
 };
 
 use thiserror::Error;

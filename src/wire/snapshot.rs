@@ -114,9 +114,11 @@ impl SnapshotWriter {
     /// Adds a live session (a full delta, as the store exports it).
     pub fn push_session(&mut self, session: &Delta) {
         self.body.put_u8(SESSIONS_KEY);
-        delta_to_pb(session).encode_length_delimited(&mut self.body).unwrap_or_else(|_| {
-            unreachable!("a Vec grows as needed");
-        });
+        delta_to_pb(session)
+            .encode_length_delimited(&mut self.body)
+            .unwrap_or_else(|_| {
+                unreachable!("a Vec grows as needed");
+            });
         self.sessions += 1;
     }
 
@@ -305,7 +307,13 @@ mod tests {
     #[test]
     fn a_file_cut_anywhere_is_truncated() {
         let bytes = file(2, 1);
-        for cut in [0, 5, SNAPSHOT_HEADER_LEN - 1, SNAPSHOT_HEADER_LEN, bytes.len() - 1] {
+        for cut in [
+            0,
+            5,
+            SNAPSHOT_HEADER_LEN - 1,
+            SNAPSHOT_HEADER_LEN,
+            bytes.len() - 1,
+        ] {
             assert!(
                 matches!(
                     decode_snapshot(&bytes[..cut]),
