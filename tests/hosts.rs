@@ -709,3 +709,53 @@ fn a_host_back_with_the_same_name_and_a_new_process_is_a_new_member_with_no_stal
         "the invalidated id is not served again"
     );
 }
+
+#[test]
+fn nodes_that_find_each_other_by_a_dns_name_converge_and_a_host_added_later_joins_them() {
+    let Some(mut bed) = Hosts::new("hosts-dns", &["n1", "n2", "n3"], FAST) else {
+        return;
+    };
+    // One name, one address per host, as a Kubernetes headless service answers; each host
+    // reads it from its own hosts file (`/etc/netns/NAME/hosts`).
+    const NAME: &str = "peers.deltacast.test";
+    let dns = format!(
+        "membership.dns=[\"{NAME}:{}\"]",
+        common::hosts::REPLICATION_PORT
+    );
+    let entries = |bed: &Hosts| -> Vec<(std::net::Ipv4Addr, &'static str)> {
+        bed.hosts.iter().map(|h| (h.addr, NAME)).collect()
+    };
+    for i in 0..3 {
+        bed.write_hosts_file(i, &entries(&bed));
+    }
+    for i in 0..3 {
+        bed.start_node(i, &["--set", &dns]);
+    }
+    let met = bed.wait_connected(
+        &[0, 1, 2],
+        CONVERGE,
+        "the three find each other by the name",
+    );
+    eprintln!("three nodes found by one DNS name met after {met:?}");
+    let mut browser = Browser::new();
+    assert_eq!(
+        bed.send(0, &mut browser, "PUT", "/session/attributes/v", "dns")
+            .status,
+        204
+    );
+
+    // A host added later: the name resolves to it too, on every host.
+    let n4 = bed.add_host("n4");
+    for i in 0..4 {
+        bed.write_hosts_file(i, &entries(&bed));
+    }
+    bed.start_node(n4, &["--set", &dns]);
+    let met = bed.wait_connected(&[0, 1, 2, 3], CONVERGE, "the added host joins the others");
+    eprintln!("the host added later was a member of all after {met:?}");
+    let cookie = browser.cookie.clone().expect("a session");
+    assert_eq!(
+        bed.read(n4, &[(&cookie, "v")]),
+        vec![Some((200, "dns".to_string()))],
+        "the added node took the sessions"
+    );
+}
