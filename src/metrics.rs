@@ -119,7 +119,8 @@ impl MembershipMetrics {
 pub struct Gauges {
     pub members_alive: u64,
     pub members_suspect: u64,
-    pub sessions_active: u64,
+    /// `None` where a session server holds the sessions (not counted).
+    pub sessions_active: Option<u64>,
     pub replication_queue: u64,
     pub uptime_seconds: f64,
 }
@@ -199,12 +200,14 @@ impl Metrics {
             "Members dropped (left, dead, silent or replaced).",
             &[("", m.dropped_members.get().to_string())],
         );
-        metric(
-            "sessions_active",
-            "gauge",
-            "Sessions held by this node.",
-            &[("", gauges.sessions_active.to_string())],
-        );
+        if let Some(active) = gauges.sessions_active {
+            metric(
+                "sessions_active",
+                "gauge",
+                "Sessions held by this node.",
+                &[("", active.to_string())],
+            );
+        }
         metric(
             "deltas_sent_total",
             "counter",

@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use toml::Table;
 
 use super::allow::IpRange;
+use super::store::SessionStoreUrl;
 use super::validate::is_token;
 
 /// The whole configuration. `PartialEq` compares the settings only, not which keys were set.
@@ -182,6 +183,12 @@ pub struct SessionsConfig {
     /// Default `None` (no file).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot_file: Option<PathBuf>,
+    /// Where the sessions live: `"replicated"` (the default: every member holds every
+    /// session) or a session server's URL (`redis://`, `redis+cluster://`, `memcached://`).
+    pub store: SessionStoreUrl,
+    /// Milliseconds one call to a session server may take (connecting included) before
+    /// the request answers `503 session store unavailable`, 10 to 60000; default 1000.
+    pub store_timeout_ms: u64,
 }
 
 impl Default for SessionsConfig {
@@ -197,6 +204,8 @@ impl Default for SessionsConfig {
             max_bytes: 256 * 1024 * 1024,
             url_tracking: false,
             snapshot_file: None,
+            store: SessionStoreUrl::Replicated,
+            store_timeout_ms: 1000,
         }
     }
 }

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::backend::{Backend, Replicated};
 use crate::config::{Config, ConfigError};
 use crate::heartbeat::{self, HeartbeatConfig, Peers};
 use crate::membership::{MemberInfo, MembershipView, NodeId};
@@ -94,8 +95,13 @@ pub struct Shared {
     pub started: Instant,
     pub metrics: Arc<Metrics>,
     pub view: watch::Receiver<MembershipView>,
+    /// The node's own sessions (empty when a session server holds them).
     pub store: SessionStore,
     pub replicator: Replicator,
+    /// Where the sessions live: every request finds and changes its session through it.
+    pub backend: Backend,
+    /// `sessions.store` as `/status` shows it (no credentials).
+    pub store_url: String,
     /// Name of the session cookie (sessions.cookie).
     pub cookie: String,
     /// Whether a `;jsessionid=` path parameter may name the session (sessions.url_tracking).
@@ -566,6 +572,8 @@ async fn launch<D: Datagrams>(
         started: Instant::now(),
         metrics: metrics.clone(),
         view: view_rx.clone(),
+        backend: Backend::Replicated(Replicated::new(store.clone(), replicator.clone())),
+        store_url: config.sessions.store.to_string(),
         store,
         replicator: replicator.clone(),
         cookie: config.sessions.cookie.clone(),
@@ -867,6 +875,8 @@ pub(crate) fn shared_for_test(state: NodeState, url_tracking: bool) -> Arc<Share
         started: Instant::now(),
         metrics,
         view: watch::channel(MembershipView::empty()).1,
+        backend: Backend::Replicated(Replicated::new(store.clone(), replicator.clone())),
+        store_url: "replicated".to_string(),
         store,
         replicator,
         cookie: "JSESSIONID".to_string(),
