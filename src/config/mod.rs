@@ -33,8 +33,8 @@ use std::time::Duration;
 pub use allow::IpRange;
 pub use overrides::{Override, OverrideValue};
 pub use schema::{
-    BalancerConfig, BalancerMember, ClusterConfig, Config, LbMethod, MembershipConfig, NodeConfig,
-    ReplicationMode, SessionsConfig, Sticky,
+    AjpConfig, BalancerConfig, BalancerMember, ClusterConfig, Config, LbMethod, MembershipConfig,
+    NodeConfig, ReplicationMode, SessionsConfig, Sticky,
 };
 
 /// File read by [`Config::load`] when no path is given (skipped when it does not exist).
