@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod ajp;
 pub mod fake_member;
 pub mod raw_http;
 
@@ -221,6 +222,8 @@ pub struct NodeProc {
     pub name: String,
     pub http: SocketAddr,
     pub replication: SocketAddr,
+    /// The AJP connector's address, when the node runs one (`--ajp`).
+    pub ajp: Option<SocketAddr>,
     pub log: PathBuf,
 }
 
@@ -302,6 +305,7 @@ impl NodeProc {
         Ok(NodeProc {
             http: addr("node.http"),
             replication: addr("node.replication"),
+            ajp: found.get("node.ajp").copied(),
             child,
             name: name.to_string(),
             log,
