@@ -35,8 +35,8 @@ pub use allow::IpRange;
 pub use overrides::{Override, OverrideValue};
 pub use store::{Auth, MEMCACHED_PORT, REDIS_PORT, ServerAddr, SessionStoreUrl};
 pub use schema::{
-    BalancerConfig, BalancerMember, ClusterConfig, Config, LbMethod, MembershipConfig, NodeConfig,
-    ReplicationMode, SessionsConfig, Sticky,
+    AjpConfig, BalancerConfig, BalancerMember, ClusterConfig, Config, LbMethod, MembershipConfig,
+    NodeConfig, ReplicationMode, SessionsConfig, Sticky,
 };
 
 /// File read by [`Config::load`] when no path is given (skipped when it does not exist).
