@@ -81,10 +81,8 @@ fn report(what: &str, samples: &mut [Duration]) {
 /// A store of `n` sessions as a shop makes them, through the store's own API.
 fn filled(n: usize, now: u64) -> SessionStore {
     let store = SessionStore::new(NodeId::from_u64(1), Limits::default(), 1800);
-    let cart = Bytes::from(
-        r#"[{"sku":"A-1001","qty":2,"price":1999},{"sku":"B-2002","qty":1,"price":4999},{"sku":"C-3003","qty":5,"price":299},{"sku":"D-4004","qty":1,"price":12999},{"sku":"E-5005","qty":3,"price":799},{"sku":"F-6006","qty":1,"price":99}]"#
-            .repeat(1)
-            .into_bytes(),
+    let cart = Bytes::from_static(
+        br#"[{"sku":"A-1001","qty":2,"price":1999},{"sku":"B-2002","qty":1,"price":4999},{"sku":"C-3003","qty":5,"price":299},{"sku":"D-4004","qty":1,"price":12999},{"sku":"E-5005","qty":3,"price":799},{"sku":"F-6006","qty":1,"price":99}]"#,
     );
     for i in 0..n {
         store
