@@ -24,7 +24,7 @@ use tracing::{info, warn};
 pub enum Lookup {
     /// `membership.static_members`: the first IPv4 address of the answer (else the first).
     Static,
-    /// `membership.dns`: every address of the answer.
+    /// `membership.dns`: every address of the answer (every IPv4 one, when there are).
     Dns,
 }
 
@@ -140,6 +140,10 @@ impl Discovery {
                     .copied()
                     .into_iter()
                     .collect(),
+                // The heartbeat socket is IPv4: of a dual-stack answer, the IPv4 addresses.
+                Lookup::Dns if found.iter().any(SocketAddr::is_ipv4) => {
+                    found.into_iter().filter(SocketAddr::is_ipv4).collect()
+                }
                 Lookup::Dns => found.into_iter().collect(),
             };
             for addr in peers.difference(&name.peers) {
@@ -391,6 +395,28 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(d.on_answers(vec![Err("x".into())]).len(), 1);
+    }
+
+    #[test]
+    fn of_a_dual_stack_answer_the_ipv4_addresses_are_peers() {
+        let mut d = Discovery::new(&[], &names(&["pods:4001", "v6:4001"]));
+        d.on_answers(vec![
+            Ok(vec![
+                addr("[fd00::1]:4001"),
+                addr("10.0.1.1:4001"),
+                addr("[fd00::2]:4001"),
+                addr("10.0.1.2:4001"),
+            ]),
+            Ok(vec![addr("[fd00::9]:4001")]),
+        ]);
+        assert_eq!(
+            d.peers(),
+            [
+                addr("10.0.1.1:4001"),
+                addr("10.0.1.2:4001"),
+                addr("[fd00::9]:4001")
+            ]
+        );
     }
 
     #[test]
