@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use toml::Table;
 
 use super::allow::IpRange;
+use super::store::SessionStoreUrl;
 use super::validate::is_token;
 
 /// The whole configuration. `PartialEq` compares the settings only, not which keys were set.
@@ -29,6 +30,8 @@ pub struct Config {
     pub sessions: SessionsConfig,
     /// `[balancer]`: the built-in balancer (read by `deltacast balancer`).
     pub balancer: BalancerConfig,
+    /// `[ajp]`: the AJP/1.3 connector of a node (off unless `listen` is set).
+    pub ajp: AjpConfig,
     /// Dotted keys explicitly present in the file or the overrides (and their parent sections).
     #[serde(skip)]
     pub(super) set_keys: BTreeSet<String>,
@@ -41,6 +44,7 @@ impl PartialEq for Config {
             && self.node == other.node
             && self.sessions == other.sessions
             && self.balancer == other.balancer
+            && self.ajp == other.ajp
     }
 }
 
@@ -182,6 +186,12 @@ pub struct SessionsConfig {
     /// Default `None` (no file).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot_file: Option<PathBuf>,
+    /// Where the sessions live: `"replicated"` (the default: every member holds every
+    /// session) or a session server's URL (`redis://`, `redis+cluster://`, `memcached://`).
+    pub store: SessionStoreUrl,
+    /// Milliseconds one call to a session server may take (connecting included) before
+    /// the request answers `503 session store unavailable`, 10 to 60000; default 1000.
+    pub store_timeout_ms: u64,
 }
 
 impl Default for SessionsConfig {
@@ -197,6 +207,8 @@ impl Default for SessionsConfig {
             max_bytes: 256 * 1024 * 1024,
             url_tracking: false,
             snapshot_file: None,
+            store: SessionStoreUrl::Replicated,
+            store_timeout_ms: 1000,
         }
     }
 }
@@ -264,6 +276,52 @@ pub struct BalancerMember {
 
 fn default_loadfactor() -> u32 {
     1
+}
+
+/// `[ajp]`: the AJP/1.3 connector, for Apache httpd's mod_proxy_ajp and mod_jk in front
+/// of the nodes (as Tomcat's AJP connector).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AjpConfig {
+    /// Address the connector listens on (Tomcat's 8009); unset (the default), no connector.
+    /// Port 0 binds any free port. Beyond loopback the node warns: AJP carries no
+    /// encryption, and anyone who reaches it and knows the secret speaks for the front end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// The shared secret every forward request must carry (mod_proxy_ajp's `secret=`,
+    /// mod_jk's `worker.NAME.secret`, Tomcat's `secret`): 1 to 1024 bytes without control
+    /// characters. A request without it or with another gets 403.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Refuse to start the connector without a secret (Tomcat's `secretRequired`); default
+    /// `true`.
+    pub secret_required: bool,
+    /// The largest AJP packet in bytes, 8192 to 65536; default 8192. Must equal the front
+    /// end's (mod_jk's `max_packet_size`, mod_proxy's `ProxyIOBufferSize`).
+    pub packet_size: u64,
+}
+
+impl Default for AjpConfig {
+    fn default() -> Self {
+        AjpConfig {
+            listen: None,
+            secret: None,
+            secret_required: true,
+            packet_size: 8192,
+        }
+    }
+}
+
+/// The secret is never printed.
+impl fmt::Debug for AjpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AjpConfig")
+            .field("listen", &self.listen)
+            .field("secret", &self.secret.as_ref().map(|_| "<set>"))
+            .field("secret_required", &self.secret_required)
+            .field("packet_size", &self.packet_size)
+            .finish()
+    }
 }
 
 /// `sessions.replication`: whether a response waits for the other members.
@@ -348,13 +406,19 @@ impl FromStr for LbMethod {
     }
 }
 
-/// Session stickiness; written as `"route"`, `"none"`, `"source_ip"` or `"header:NAME"`.
+/// Session stickiness; written as `"route"`, `"cookie:NAME"`, `"none"`, `"source_ip"` or
+/// `"header:NAME"`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub enum Sticky {
     /// `"route"`: the route suffix of the session id (cookie or `;jsessionid=`) names the
     /// member.
     #[default]
     Route,
+    /// `"cookie:NAME"`: the balancer sets the cookie `NAME=.ROUTE` itself on an answer
+    /// whenever the request had none naming a live member, and routes by it (the seed's
+    /// `Header add Set-Cookie "ROUTEID=.%{BALANCER_WORKER_ROUTE}e"` with
+    /// `stickysession=ROUTEID`): for backends that put no route in their session ids.
+    Cookie(String),
     /// `"none"`: no stickiness; every member holds every session.
     None,
     /// `"source_ip"`: requests from one client address go to the same member.
@@ -368,6 +432,7 @@ impl fmt::Display for Sticky {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Sticky::Route => f.write_str("route"),
+            Sticky::Cookie(name) => write!(f, "cookie:{name}"),
             Sticky::None => f.write_str("none"),
             Sticky::SourceIp => f.write_str("source_ip"),
             Sticky::Header(name) => write!(f, "header:{name}"),
@@ -382,13 +447,22 @@ impl FromStr for Sticky {
             "route" => Ok(Sticky::Route),
             "none" => Ok(Sticky::None),
             "source_ip" => Ok(Sticky::SourceIp),
-            _ => match s.strip_prefix("header:") {
-                Some(name) if is_token(name) => Ok(Sticky::Header(name.to_string())),
-                Some(name) => Err(format!("{name:?} is not a valid HTTP header name")),
-                Option::None => Err(format!(
-                    "{s:?} is not one of \"route\", \"none\", \"source_ip\", \"header:NAME\""
-                )),
-            },
+            _ => {
+                if let Some(name) = s.strip_prefix("cookie:") {
+                    return if is_token(name) {
+                        Ok(Sticky::Cookie(name.to_string()))
+                    } else {
+                        Err(format!("{name:?} is not a valid cookie name"))
+                    };
+                }
+                match s.strip_prefix("header:") {
+                    Some(name) if is_token(name) => Ok(Sticky::Header(name.to_string())),
+                    Some(name) => Err(format!("{name:?} is not a valid HTTP header name")),
+                    Option::None => Err(format!(
+                        "{s:?} is not one of \"route\", \"cookie:NAME\", \"none\", \"source_ip\", \"header:NAME\""
+                    )),
+                }
+            }
         }
     }
 }
@@ -415,6 +489,8 @@ pub(super) fn template() -> &'static Table {
         let mut config = Config::default();
         config.cluster.key_file = Some(PathBuf::from("cluster.key"));
         config.sessions.snapshot_file = Some(PathBuf::from("sessions.snapshot"));
+        config.ajp.listen = Some(SocketAddr::from(([127, 0, 0, 1], 8009)));
+        config.ajp.secret = Some("secret".to_string());
         config.balancer.member.push(BalancerMember {
             url: "http://127.0.0.1:8081".to_string(),
             route: "n1".to_string(),
@@ -504,11 +580,30 @@ mod tests {
         );
         assert_eq!("bytraffic".parse::<LbMethod>(), Ok(LbMethod::ByTraffic));
         assert_eq!(LbMethod::ByBusyness.to_string(), "bybusyness");
-        for s in ["route", "none", "source_ip", "header:X-Sticky"] {
+        for s in [
+            "route",
+            "none",
+            "source_ip",
+            "header:X-Sticky",
+            "cookie:ROUTEID",
+        ] {
             assert_eq!(s.parse::<Sticky>().unwrap().to_string(), s);
         }
+        assert_eq!(
+            "cookie:ROUTEID".parse::<Sticky>(),
+            Ok(Sticky::Cookie("ROUTEID".into()))
+        );
         assert!("header:".parse::<Sticky>().is_err());
         assert!("header:a b".parse::<Sticky>().is_err());
+        for bad in [
+            "cookie:",
+            "cookie:a b",
+            "cookie:a=b",
+            "cookie:a;b",
+            "cookie",
+        ] {
+            assert!(bad.parse::<Sticky>().is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -525,7 +620,18 @@ mod tests {
         for key in ["url", "route", "loadfactor"] {
             assert!(members[0].as_table().unwrap().contains_key(key), "{key}");
         }
-        for section in ["cluster", "membership", "node", "sessions", "balancer"] {
+        let ajp = t["ajp"].as_table().unwrap();
+        for key in ["listen", "secret", "secret_required", "packet_size"] {
+            assert!(ajp.contains_key(key), "{key}");
+        }
+        for section in [
+            "cluster",
+            "membership",
+            "node",
+            "sessions",
+            "balancer",
+            "ajp",
+        ] {
             assert!(t[section].is_table(), "{section}");
         }
     }
