@@ -11,8 +11,8 @@ use axum::{Json, Router};
 
 use super::Shared;
 use super::status::{MemberStatus, NodeStatus, ReplicationStatus, SessionsStatus, StatusDoc};
-use crate::membership::MemberState;
 use crate::backend::SessionBackend as _;
+use crate::membership::MemberState;
 use crate::metrics::Gauges;
 
 pub fn router(shared: Arc<Shared>) -> Router {

@@ -8,6 +8,7 @@
 
 pub mod fake_member;
 pub mod raw_http;
+pub mod redis;
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
