@@ -154,7 +154,7 @@ pub enum Backend {
     /// Every member holds every session (`sessions.store = "replicated"`).
     Replicated(Replicated),
     /// Redis or Redis Cluster holds them.
-    Redis(RedisBackend),
+    Redis(Box<RedisBackend>),
 }
 
 impl std::fmt::Debug for Backend {

@@ -741,7 +741,7 @@ fn backend(
                 u32::try_from(s.max_inactive_s).unwrap_or(u32::MAX),
             )?;
             info!(store = %url, "sessions live in a session server; this node replicates none");
-            Ok(Backend::Redis(redis))
+            Ok(Backend::Redis(Box::new(redis)))
         }
         SessionStoreUrl::Memcached { .. } => Err(NodeError::Store(
             "sessions.store: memcached:// is not supported by this build".to_string(),
