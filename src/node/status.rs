@@ -86,8 +86,16 @@ pub struct MemberStatus {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct SessionsStatus {
     /// Live sessions this node holds (every member holds every session; expired ones not
-    /// yet swept included).
-    pub active: u64,
+    /// yet swept included); `null` where a session server holds them (it cannot count
+    /// them cheaply).
+    pub active: Option<u64>,
+    /// `sessions.store`: `replicated`, or the session server's URL without credentials.
+    #[serde(default)]
+    pub store: String,
+    /// Calls to the session server that failed (unreachable, too slow, garbled): each was
+    /// a `503 session store unavailable`. Always 0 for the replicated store.
+    #[serde(default)]
+    pub store_errors: u64,
     /// Attribute bytes (names and values) held now, against `sessions.max_bytes`.
     #[serde(default)]
     pub bytes: u64,
@@ -133,6 +141,7 @@ mod tests {
         }"#;
         let doc: StatusDoc = serde_json::from_str(text).expect("SPEC example");
         assert_eq!(doc.members[0].last_heard_ms, 120);
+        assert_eq!(doc.sessions.active, Some(10));
         assert_eq!(doc.membership, MembershipCounters::default());
         assert_eq!(doc.ajp, None);
         let with_ajp = text.replacen(

@@ -7,7 +7,13 @@
 #![allow(dead_code)]
 
 pub mod ajp;
+pub mod apache;
+pub mod daemon;
 pub mod fake_member;
+pub mod haproxy;
+pub mod hosts;
+pub mod load;
+pub mod nginx;
 pub mod raw_http;
 
 use std::collections::{BTreeSet, HashMap};

@@ -21,7 +21,7 @@ impl Config {
         membership::check(&self.membership)?;
         node::check(&self.node)?;
         sessions::check(&self.sessions)?;
-        balancer::check(&self.balancer)?;
+        balancer::check(&self.balancer, &self.sessions.cookie)?;
         ajp::check(&self.ajp)
     }
 }
@@ -78,7 +78,7 @@ fn is_hostname(host: &str) -> bool {
 }
 
 /// `host:port` with host a name, an IPv4 address or a bracketed IPv6 address; port 1..=65535.
-fn check_host_port(s: &str) -> Result<(), ()> {
+pub(in crate::config) fn check_host_port(s: &str) -> Result<(), ()> {
     let port = if let Some(rest) = s.strip_prefix('[') {
         let (host, port) = rest.split_once("]:").ok_or(())?;
         host.parse::<Ipv6Addr>().map_err(|_| ())?;
