@@ -6,8 +6,8 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use common::ajp::apache::Apache;
 use common::ajp::{AjpClient, Forward};
+use common::apache::Apache;
 use common::{Cluster, NodeProc, exchange, wait_converged, wait_until};
 use nix::sys::signal::Signal;
 
@@ -388,8 +388,12 @@ fn apache_mod_proxy_ajp_fronts_two_nodes_sticky_with_bodies_failover_and_the_sec
     else {
         return;
     };
-    let addr = apache.addr;
-    front_end_checks(addr, n1, n2, &|| apache.logs());
+    let addr = apache.addr();
+    let logs = || {
+        let jk = std::fs::read_to_string(apache.dir().join("mod_jk.log")).unwrap_or_default();
+        format!("{}\n--- mod_jk.log\n{jk}", apache.logs())
+    };
+    front_end_checks(addr, n1, n2, &logs);
 }
 
 /// The mod_jk workers.properties of docs/front-ends-ajp.md.
@@ -431,6 +435,10 @@ fn apache_mod_jk_fronts_two_nodes_sticky_with_bodies_failover_and_the_secret() {
     else {
         return;
     };
-    let addr = apache.addr;
-    front_end_checks(addr, n1, n2, &|| apache.logs());
+    let addr = apache.addr();
+    let logs = || {
+        let jk = std::fs::read_to_string(apache.dir().join("mod_jk.log")).unwrap_or_default();
+        format!("{}\n--- mod_jk.log\n{jk}", apache.logs())
+    };
+    front_end_checks(addr, n1, n2, &logs);
 }
