@@ -40,7 +40,7 @@
 //! assert!(answer.starts_with("HTTP/1.1 200"));
 //! assert!(answer.contains("set-cookie: JSESSIONID="));
 //! assert!(answer.ends_with("visit 1"));
-//! assert_eq!(node.status().sessions.active, 1);
+//! assert_eq!(node.status().sessions.active, Some(1));
 //!
 //! node.shutdown().await; // leaves the cluster, finishes requests and replication
 //! # Ok(())
@@ -56,6 +56,8 @@
 //! - [`status`]: the `/status` document, as [`Node::status`] returns it.
 //! - [`session`]: the session store library (ids, cookies, versioned deltas, merge), which
 //!   [`Node::store`] reads.
+//! - [`backend`]: where a node's sessions live (the replicated store, Redis, Redis
+//!   Cluster), behind the one seam every request goes through.
 //! - [`shutdown`]: the cancellation token and task tracker every task is spawned through.
 //!
 //! The parts inside, public for the binary, the tests and the benchmarks but not API
@@ -76,6 +78,8 @@
 //! - `balancer`: the built-in balancer: member choice, health, proxy, discovery, manager,
 //!   client connections and their limits, member connections, one worker thread per core,
 //!   a fast path for the common requests beside hyper.
+//! - `ajp`: the AJP/1.3 connector (a pure codec, and a listener that hands each request to
+//!   the node's own router), for Apache mod_proxy_ajp and mod_jk in front.
 //! - `cli`: the command line (`node`, `balancer`, `up`, `status`, `keygen`).
 //! - `metrics` (atomic counters behind `/status` and `/metrics`), `throttle` (log once per
 //!   sender per interval), `limits` (the open file limit, raised at start), `clock` (the
@@ -89,11 +93,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod config;
 pub mod session;
 pub mod shutdown;
 pub mod web;
 
+#[doc(hidden)]
+pub mod ajp;
 #[doc(hidden)]
 pub mod balancer;
 #[doc(hidden)]

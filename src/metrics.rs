@@ -60,10 +60,26 @@ pub struct ReplicationMetrics {
     pub pings_answered: Counter,
 }
 
+/// The AJP connector's traffic (filled by `ajp::server`).
+#[derive(Debug, Default)]
+pub struct AjpMetrics {
+    /// Forward requests answered (refusals included).
+    pub requests: Counter,
+    /// Connections closed because a packet did not decode (wrong magic, oversized,
+    /// malformed, unknown type), or broke off mid-request.
+    pub errors: Counter,
+    /// Forward requests refused with 403 (missing or wrong secret, a request attribute
+    /// that is not allowed).
+    pub refused: Counter,
+    /// CPings answered.
+    pub cpings: Counter,
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub membership: MembershipMetrics,
     pub replication: ReplicationMetrics,
+    pub ajp: AjpMetrics,
 }
 
 /// The `membership` object of `/status`.
@@ -119,7 +135,8 @@ impl MembershipMetrics {
 pub struct Gauges {
     pub members_alive: u64,
     pub members_suspect: u64,
-    pub sessions_active: u64,
+    /// `None` where a session server holds the sessions (not counted).
+    pub sessions_active: Option<u64>,
     pub replication_queue: u64,
     pub uptime_seconds: f64,
 }
@@ -199,12 +216,14 @@ impl Metrics {
             "Members dropped (left, dead, silent or replaced).",
             &[("", m.dropped_members.get().to_string())],
         );
-        metric(
-            "sessions_active",
-            "gauge",
-            "Sessions held by this node.",
-            &[("", gauges.sessions_active.to_string())],
-        );
+        if let Some(active) = gauges.sessions_active {
+            metric(
+                "sessions_active",
+                "gauge",
+                "Sessions held by this node.",
+                &[("", active.to_string())],
+            );
+        }
         metric(
             "deltas_sent_total",
             "counter",
@@ -240,6 +259,31 @@ impl Metrics {
             "gauge",
             "Deltas queued for sending.",
             &[("", gauges.replication_queue.to_string())],
+        );
+        let a = &self.ajp;
+        metric(
+            "ajp_requests_total",
+            "counter",
+            "AJP forward requests answered (refusals included).",
+            &[("", a.requests.get().to_string())],
+        );
+        metric(
+            "ajp_errors_total",
+            "counter",
+            "AJP connections closed on a packet that did not decode.",
+            &[("", a.errors.get().to_string())],
+        );
+        metric(
+            "ajp_refused_total",
+            "counter",
+            "AJP forward requests refused with 403 (secret, request attribute).",
+            &[("", a.refused.get().to_string())],
+        );
+        metric(
+            "ajp_cpings_total",
+            "counter",
+            "AJP CPings answered.",
+            &[("", a.cpings.get().to_string())],
         );
         metric(
             "uptime_seconds",

@@ -5,9 +5,11 @@
 pub mod http;
 mod serve;
 pub mod sessions;
+pub mod snapshot;
 pub mod status;
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::backend::{Backend, Replicated};
 use crate::config::{Config, ConfigError};
 use crate::heartbeat::{self, HeartbeatConfig, Peers};
 use crate::membership::{MemberInfo, MembershipView, NodeId};
@@ -47,6 +50,10 @@ pub enum NodeError {
         /// The address the node would announce.
         addr: SocketAddr,
     },
+    /// The snapshot file (`sessions.snapshot_file`) could not be written where it is asked
+    /// for: checked at start, so that the sessions are not lost at the stop.
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotFileError),
     /// A socket could not be bound (or a given listener could not be used).
     #[error("cannot bind the {what} address {addr}: {source}")]
     Bind {
@@ -88,12 +95,19 @@ pub struct Shared {
     pub started: Instant,
     pub metrics: Arc<Metrics>,
     pub view: watch::Receiver<MembershipView>,
+    /// The node's own sessions (empty when a session server holds them).
     pub store: SessionStore,
     pub replicator: Replicator,
+    /// Where the sessions live: every request finds and changes its session through it.
+    pub backend: Backend,
+    /// `sessions.store` as `/status` shows it (no credentials).
+    pub store_url: String,
     /// Name of the session cookie (sessions.cookie).
     pub cookie: String,
     /// Whether a `;jsessionid=` path parameter may name the session (sessions.url_tracking).
     pub url_tracking: bool,
+    /// Where the AJP connector listens (`ajp.listen`, the bound port), if it is on.
+    pub ajp: Option<SocketAddr>,
     state: watch::Sender<NodeState>,
 }
 
@@ -238,6 +252,8 @@ pub struct Addresses {
     pub http: SocketAddr,
     /// The replication port (`node.replication`).
     pub replication: SocketAddr,
+    /// The AJP/1.3 connector (`ajp.listen`, the bound port), when it is on.
+    pub ajp: Option<SocketAddr>,
 }
 
 /// A node that runs: its addresses, what its HTTP serves, and the orderly stop that
@@ -256,9 +272,12 @@ pub struct RunningNode {
 struct Stopping {
     http_stop: CancellationToken,
     http_task: tokio::task::JoinHandle<()>,
+    ajp_task: Option<tokio::task::JoinHandle<()>>,
     membership_stop: CancellationToken,
     membership_task: tokio::task::JoinHandle<()>,
     cluster_stop: CancellationToken,
+    /// `sessions.snapshot_file`, written once every part has stopped.
+    snapshot_file: Option<PathBuf>,
 }
 
 impl RunningNode {
@@ -340,6 +359,11 @@ impl RunningNode {
         {
             warn!("requests still running after {DRAIN_GRACE:?}; closing them");
         }
+        if let Some(ajp) = stop.ajp_task {
+            if tokio::time::timeout(DRAIN_GRACE, ajp).await.is_err() {
+                warn!("AJP requests still running after {DRAIN_GRACE:?}; closing them");
+            }
+        }
         shared.replicator.flush(FLUSH_GRACE).await;
         // The leave must be announced before the links close, or members would see the
         // links break and drop us as dead instead.
@@ -353,6 +377,9 @@ impl RunningNode {
         stop.cluster_stop.cancel();
         if !shutdown.drain(DRAIN_GRACE).await {
             warn!("some tasks did not finish within {DRAIN_GRACE:?}; closing them");
+        }
+        if let Some(path) = stop.snapshot_file {
+            write_snapshot(&shared, path).await;
         }
         info!(name = %shared.me.name, "stopped");
     }
@@ -518,6 +545,19 @@ async fn launch<D: Datagrams>(
         );
     }
 
+    let ajp_listener = match config.ajp.listen {
+        Some(addr) => Some(bind_tcp("ajp", addr).await?),
+        None => None,
+    };
+    let ajp_addr = ajp_listener
+        .as_ref()
+        .map(|l| advertised(bound(l.local_addr()), membership.interface.into()));
+    if let Some(listen) = config.ajp.listen.filter(|a| !a.ip().is_loopback()) {
+        warn!(
+            ajp = %listen,
+            "the AJP connector listens beyond loopback: AJP is not encrypted, and whoever reaches it with the secret speaks for the front end; firewall it to the front end's hosts"
+        );
+    }
     let me = MemberInfo {
         id: NodeId::random(),
         name: config.node.name.clone(),
@@ -529,6 +569,11 @@ async fn launch<D: Datagrams>(
     let max_inactive = u32::try_from(config.sessions.max_inactive_s).unwrap_or(u32::MAX);
     let (view_tx, view_rx) = watch::channel(MembershipView::empty());
     let store = SessionStore::new(me.id, limits(&config), max_inactive);
+    let snapshot_file = config.sessions.snapshot_file.clone();
+    if let Some(path) = &snapshot_file {
+        snapshot::check_writable(path)?;
+        restore_snapshot(path, &store, &config.cluster.name, max_inactive).await;
+    }
     let (suspicions_tx, suspicions_rx) = mpsc::channel(256);
     let mut replication_cfg = ReplicationConfig::new(
         config.cluster.name.clone(),
@@ -550,10 +595,13 @@ async fn launch<D: Datagrams>(
         started: Instant::now(),
         metrics: metrics.clone(),
         view: view_rx.clone(),
+        backend: Backend::Replicated(Replicated::new(store.clone(), replicator.clone())),
+        store_url: config.sessions.store.to_string(),
         store,
         replicator: replicator.clone(),
         cookie: config.sessions.cookie.clone(),
         url_tracking: config.sessions.url_tracking,
+        ajp: ajp_addr,
         state: watch::channel(NodeState::Joining).0,
     });
     info!(
@@ -586,6 +634,7 @@ async fn launch<D: Datagrams>(
     );
     hb_cfg.key = key.clone();
     hb_cfg.streams = streams.clone();
+    hb_cfg.serving = Some(replicator.ready_flag());
     let membership_stop = CancellationToken::new();
     let membership_task = shutdown.spawn(heartbeat::run(
         hb_cfg,
@@ -622,9 +671,25 @@ async fn launch<D: Datagrams>(
         Serving::App => None,
     };
     let (app, app_rx) = watch::channel(initial);
+    let router = http_router(&shared, app_rx);
+    let ajp_task = ajp_listener.map(|listener| {
+        let settings = crate::ajp::server::AjpSettings {
+            secret: config.ajp.secret.clone(),
+            packet_size: usize::try_from(config.ajp.packet_size).unwrap_or(usize::MAX),
+        };
+        info!(ajp = ?ajp_addr, packet_size = settings.packet_size, secret = settings.secret.is_some(), "AJP connector started");
+        shutdown.spawn(crate::ajp::server::serve(
+            listener,
+            router.clone(),
+            settings,
+            metrics.clone(),
+            limit.clone(),
+            http_stop.clone(),
+        ))
+    });
     let http_task = shutdown.spawn(serve::serve(
         http_listener,
-        http_router(&shared, app_rx),
+        router,
         limit,
         http_stop.clone(),
     ));
@@ -647,6 +712,7 @@ async fn launch<D: Datagrams>(
         addresses: Addresses {
             http: http_addr,
             replication: replication_addr,
+            ajp: ajp_addr,
         },
         shared,
         shutdown,
@@ -654,11 +720,87 @@ async fn launch<D: Datagrams>(
         stop: Stopping {
             http_stop,
             http_task,
+            ajp_task,
             membership_stop,
             membership_task,
             cluster_stop,
+            snapshot_file,
         },
     })
+}
+
+/// Merges the snapshot file into `store` (before the node takes any delta or serves) and
+/// says in one line what came of it.
+async fn restore_snapshot(path: &Path, store: &SessionStore, cluster: &str, max_inactive: u32) {
+    let (file, into, cluster_name) = (path.to_path_buf(), store.clone(), cluster.to_string());
+    let outcome = tokio::task::spawn_blocking(move || {
+        snapshot::restore(&file, &into, &cluster_name, now_ms(), max_inactive)
+    })
+    .await;
+    let path = path.display();
+    match outcome {
+        Ok(snapshot::Restore::NoFile) => {
+            info!(%path, "no snapshot file to restore; starting with no sessions of its own");
+        }
+        Ok(snapshot::Restore::Restored {
+            sessions,
+            expired,
+            tombstones,
+            written_by,
+            age_ms,
+            took_ms,
+            not_removed,
+        }) => match not_removed {
+            None => info!(
+                %path, sessions, expired, tombstones, written_by = %written_by, age_ms, took_ms,
+                "sessions restored from the snapshot file; the file is removed"
+            ),
+            Some(error) => warn!(
+                %path, sessions, expired, tombstones, written_by = %written_by, age_ms, took_ms, %error,
+                "sessions restored from the snapshot file, which could not be removed: a later start after a crash would restore them again"
+            ),
+        },
+        Ok(snapshot::Restore::Damaged { error, moved_to }) => warn!(
+            %path, %error, moved_to = %moved_to.as_deref().map_or_else(|| "(not moved)".into(), |p| p.display().to_string()),
+            "snapshot file is damaged and ignored; starting with no sessions of its own"
+        ),
+        Ok(snapshot::Restore::ForeignCluster { cluster: other }) => warn!(
+            %path, cluster = %other,
+            "snapshot file is of another cluster and ignored (left in place); starting with no sessions of its own"
+        ),
+        Ok(snapshot::Restore::Unreadable { error }) => warn!(
+            %path, %error,
+            "snapshot file cannot be read and is ignored; starting with no sessions of its own"
+        ),
+        Err(error) => warn!(
+            %path, %error,
+            "reading the snapshot file failed; starting with no sessions of its own"
+        ),
+    }
+}
+
+/// Writes the snapshot file once the node has stopped taking changes, and says so.
+async fn write_snapshot(shared: &Arc<Shared>, path: PathBuf) {
+    let store = shared.store.clone();
+    let (cluster, name) = (shared.cluster.clone(), shared.me.name.clone());
+    let file = path.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        snapshot::write(&file, &store, &cluster, &name, now_ms())
+    })
+    .await;
+    let path = path.display();
+    match outcome {
+        Ok(Ok(w)) => info!(
+            %path, sessions = w.sessions, tombstones = w.tombstones, bytes = w.bytes, took_ms = w.took_ms,
+            "sessions written to the snapshot file"
+        ),
+        Ok(Err(error)) => {
+            tracing::error!(%path, %error, "cannot write the snapshot file; this node's sessions are not kept")
+        }
+        Err(error) => {
+            tracing::error!(%path, %error, "writing the snapshot file failed; this node's sessions are not kept")
+        }
+    }
 }
 
 /// Descriptors the node holds besides its HTTP clients: listeners, the replication links
@@ -775,10 +917,13 @@ pub(crate) fn shared_for_test(state: NodeState, url_tracking: bool) -> Arc<Share
         started: Instant::now(),
         metrics,
         view: watch::channel(MembershipView::empty()).1,
+        backend: Backend::Replicated(Replicated::new(store.clone(), replicator.clone())),
+        store_url: "replicated".to_string(),
         store,
         replicator,
         cookie: "JSESSIONID".to_string(),
         url_tracking,
+        ajp: None,
         state: watch::channel(state).0,
     })
 }

@@ -212,7 +212,7 @@ fn id_bytes(id: SessionId) -> Bytes {
     Bytes::copy_from_slice(id.as_bytes())
 }
 
-fn id_from(bytes: &[u8]) -> Result<SessionId, WireError> {
+pub(super) fn id_from(bytes: &[u8]) -> Result<SessionId, WireError> {
     SessionId::from_slice(bytes).ok_or_else(|| WireError::Invalid {
         field: "session id",
         reason: format!("{} bytes, expected 16", bytes.len()),
@@ -233,7 +233,7 @@ fn version_from_pb(v: Option<pb::Version>) -> Version {
     })
 }
 
-fn delta_to_pb(d: &Delta) -> pb::SessionDelta {
+pub(super) fn delta_to_pb(d: &Delta) -> pb::SessionDelta {
     pb::SessionDelta {
         id: id_bytes(d.id),
         created_ms: d.created_ms,
@@ -258,7 +258,7 @@ fn delta_to_pb(d: &Delta) -> pb::SessionDelta {
 /// Longest attribute name accepted from the wire.
 const MAX_NAME_BYTES: usize = 1024;
 
-fn delta_from_pb(d: pb::SessionDelta) -> Result<Delta, WireError> {
+pub(super) fn delta_from_pb(d: pb::SessionDelta) -> Result<Delta, WireError> {
     let attributes = d
         .attributes
         .into_iter()

@@ -31,7 +31,30 @@ pub(super) fn check(s: &SessionsConfig) -> Result<(), ConfigError> {
         8 * 1024 * 1024,
         "",
     )?;
-    check_range("sessions.max_bytes", s.max_bytes, 1024, 1 << 40, " bytes")
+    check_range("sessions.max_bytes", s.max_bytes, 1024, 1 << 40, " bytes")?;
+    if let Some(path) = &s.snapshot_file {
+        let text = path.to_string_lossy();
+        let names_a_file = !text.ends_with('/')
+            && path
+                .file_name()
+                .is_some_and(|name| !name.is_empty() && name != "." && name != "..");
+        if !names_a_file {
+            return Err(invalid(
+                "sessions.snapshot_file",
+                format!(
+                    "must name a file like \"sessions.snapshot\" or \"/var/lib/deltacast/sessions\", got {}",
+                    render_str(&text)
+                ),
+            ));
+        }
+    }
+    check_range(
+        "sessions.store_timeout_ms",
+        s.store_timeout_ms,
+        10,
+        60_000,
+        "",
+    )
 }
 
 #[cfg(test)]
@@ -58,7 +81,8 @@ mod tests {
             "sessions.max_inactive_s",
         );
         assert!(text.contains("between 1 and 31536000 seconds"), "{text}");
-        let cases: [(&str, u64, u64); 5] = [
+        let cases: [(&str, u64, u64); 6] = [
+            ("store_timeout_ms", 10, 60_000),
             ("ack_timeout_ms", 10, 60_000),
             ("max_sessions", 1, 100_000_000),
             ("max_attributes", 1, 100_000),
@@ -75,5 +99,44 @@ mod tests {
                 load_with("", &[&format!("{key}={good}")]).unwrap();
             }
         }
+    }
+
+    #[test]
+    fn a_snapshot_file_must_name_a_file() {
+        for bad in ["", "/", "/var/lib/", ".", ".."] {
+            let text = invalid_key(
+                load_with("", &[&format!("sessions.snapshot_file={bad}")]),
+                "sessions.snapshot_file",
+            );
+            assert!(text.contains("must name a file"), "{text}");
+        }
+        let config = load("[sessions]\nsnapshot_file = \"/var/lib/deltacast/sessions\"\n").unwrap();
+        assert_eq!(
+            config.sessions.snapshot_file.as_deref(),
+            Some(std::path::Path::new("/var/lib/deltacast/sessions"))
+        );
+        invalid_key(
+            load("[sessions]\nsnapshot_file = 3\n"),
+            "sessions.snapshot_file",
+        );
+    }
+
+    #[test]
+    fn the_session_store_is_a_url_or_replicated() {
+        use crate::config::SessionStoreUrl;
+        let c = load("[sessions]\nstore = \"redis://127.0.0.1:6379/0\"\n").unwrap();
+        assert_eq!(c.sessions.store.kind(), "redis");
+        let c = load_with("", &["sessions.store=redis+cluster://127.0.0.1:7000,127.0.0.1:7001"])
+            .unwrap();
+        assert!(matches!(
+            c.sessions.store,
+            SessionStoreUrl::RedisCluster { ref seeds, .. } if seeds.len() == 2
+        ));
+        let text = invalid_key(
+            load("[sessions]\nstore = \"mongodb://x:1\"\n"),
+            "sessions.store",
+        );
+        assert!(text.contains("redis://HOST:PORT"), "{text}");
+        invalid_key(load_with("", &["sessions.store=redis://:1"]), "sessions.store");
     }
 }
