@@ -14,6 +14,7 @@ pub mod hosts;
 pub mod load;
 pub mod nginx;
 pub mod raw_http;
+pub mod relay;
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
