@@ -40,7 +40,7 @@
 //! assert!(answer.starts_with("HTTP/1.1 200"));
 //! assert!(answer.contains("set-cookie: JSESSIONID="));
 //! assert!(answer.ends_with("visit 1"));
-//! assert_eq!(node.status().sessions.active, 1);
+//! assert_eq!(node.status().sessions.active, Some(1));
 //!
 //! node.shutdown().await; // leaves the cluster, finishes requests and replication
 //! # Ok(())
@@ -56,6 +56,8 @@
 //! - [`status`]: the `/status` document, as [`Node::status`] returns it.
 //! - [`session`]: the session store library (ids, cookies, versioned deltas, merge), which
 //!   [`Node::store`] reads.
+//! - [`backend`]: where a node's sessions live (the replicated store, Redis, Redis
+//!   Cluster), behind the one seam every request goes through.
 //! - [`shutdown`]: the cancellation token and task tracker every task is spawned through.
 //!
 //! The parts inside, public for the binary, the tests and the benchmarks but not API
@@ -91,6 +93,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod config;
 pub mod session;
 pub mod shutdown;

@@ -10,3 +10,4 @@
 //! It knows HTTP types and the service it is handed, nothing of sessions or replication.
 
 pub mod codec;
+pub mod server;

@@ -82,6 +82,16 @@ pub fn render_balancer(members: &[serde_json::Value], connections: &serde_json::
 }
 
 /// The human table: the node first (marked `*`), then its members.
+/// The store's name in the table: `replicated`, or the server's URL; an older node's
+/// document (without the field) was replicated.
+fn store_name(store: &str) -> String {
+    if store.is_empty() {
+        "replicated".to_string()
+    } else {
+        store.to_string()
+    }
+}
+
 pub fn render(doc: &StatusDoc) -> String {
     let n = &doc.node;
     let mut out = String::new();
@@ -97,8 +107,19 @@ pub fn render(doc: &StatusDoc) -> String {
     );
     let _ = writeln!(
         out,
-        "sessions {}  replication {} (sent {}, received {}, errors {})  datagrams dropped {}",
-        doc.sessions.active,
+        "sessions {}  store {}  replication {} (sent {}, received {}, errors {})  datagrams dropped {}",
+        doc.sessions
+            .active
+            .map_or_else(|| "-".to_string(), |n| n.to_string()),
+        if doc.sessions.store_errors == 0 {
+            store_name(&doc.sessions.store)
+        } else {
+            format!(
+                "{} ({} errors)",
+                store_name(&doc.sessions.store),
+                doc.sessions.store_errors
+            )
+        },
         doc.replication.mode,
         doc.replication.deltas_sent,
         doc.replication.deltas_received,
@@ -218,7 +239,7 @@ mod tests {
                 last_heard_ms: 1_300,
             }],
             sessions: SessionsStatus {
-                active: 0,
+                active: Some(0),
                 ..SessionsStatus::default()
             },
             replication: ReplicationStatus {
@@ -231,6 +252,7 @@ mod tests {
                 errors: 0,
             },
             membership: MembershipCounters::default(),
+            ajp: None,
         };
         let text = render(&doc);
         let lines: Vec<&str> = text.lines().collect();

@@ -21,6 +21,7 @@ mod allow;
 mod diagnostics;
 mod overrides;
 mod schema;
+mod store;
 #[cfg(test)]
 mod testing;
 mod validate;
@@ -32,9 +33,10 @@ use std::time::Duration;
 
 pub use allow::IpRange;
 pub use overrides::{Override, OverrideValue};
+pub use store::{Auth, MEMCACHED_PORT, REDIS_PORT, ServerAddr, SessionStoreUrl};
 pub use schema::{
-    BalancerConfig, BalancerMember, ClusterConfig, Config, LbMethod, MembershipConfig, NodeConfig,
-    ReplicationMode, SessionsConfig, Sticky,
+    AjpConfig, BalancerConfig, BalancerMember, ClusterConfig, Config, LbMethod, MembershipConfig,
+    NodeConfig, ReplicationMode, SessionsConfig, Sticky,
 };
 
 /// File read by [`Config::load`] when no path is given (skipped when it does not exist).

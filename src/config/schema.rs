@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use toml::Table;
 
 use super::allow::IpRange;
+use super::store::SessionStoreUrl;
 use super::validate::is_token;
 
 /// The whole configuration. `PartialEq` compares the settings only, not which keys were set.
@@ -29,6 +30,8 @@ pub struct Config {
     pub sessions: SessionsConfig,
     /// `[balancer]`: the built-in balancer (read by `deltacast balancer`).
     pub balancer: BalancerConfig,
+    /// `[ajp]`: the AJP/1.3 connector of a node (off unless `listen` is set).
+    pub ajp: AjpConfig,
     /// Dotted keys explicitly present in the file or the overrides (and their parent sections).
     #[serde(skip)]
     pub(super) set_keys: BTreeSet<String>,
@@ -41,6 +44,7 @@ impl PartialEq for Config {
             && self.node == other.node
             && self.sessions == other.sessions
             && self.balancer == other.balancer
+            && self.ajp == other.ajp
     }
 }
 
@@ -182,6 +186,12 @@ pub struct SessionsConfig {
     /// Default `None` (no file).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot_file: Option<PathBuf>,
+    /// Where the sessions live: `"replicated"` (the default: every member holds every
+    /// session) or a session server's URL (`redis://`, `redis+cluster://`, `memcached://`).
+    pub store: SessionStoreUrl,
+    /// Milliseconds one call to a session server may take (connecting included) before
+    /// the request answers `503 session store unavailable`, 10 to 60000; default 1000.
+    pub store_timeout_ms: u64,
 }
 
 impl Default for SessionsConfig {
@@ -197,6 +207,8 @@ impl Default for SessionsConfig {
             max_bytes: 256 * 1024 * 1024,
             url_tracking: false,
             snapshot_file: None,
+            store: SessionStoreUrl::Replicated,
+            store_timeout_ms: 1000,
         }
     }
 }
@@ -264,6 +276,52 @@ pub struct BalancerMember {
 
 fn default_loadfactor() -> u32 {
     1
+}
+
+/// `[ajp]`: the AJP/1.3 connector, for Apache httpd's mod_proxy_ajp and mod_jk in front
+/// of the nodes (as Tomcat's AJP connector).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AjpConfig {
+    /// Address the connector listens on (Tomcat's 8009); unset (the default), no connector.
+    /// Port 0 binds any free port. Beyond loopback the node warns: AJP carries no
+    /// encryption, and anyone who reaches it and knows the secret speaks for the front end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// The shared secret every forward request must carry (mod_proxy_ajp's `secret=`,
+    /// mod_jk's `worker.NAME.secret`, Tomcat's `secret`): 1 to 1024 bytes without control
+    /// characters. A request without it or with another gets 403.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Refuse to start the connector without a secret (Tomcat's `secretRequired`); default
+    /// `true`.
+    pub secret_required: bool,
+    /// The largest AJP packet in bytes, 8192 to 65536; default 8192. Must equal the front
+    /// end's (mod_jk's `max_packet_size`, mod_proxy's `ProxyIOBufferSize`).
+    pub packet_size: u64,
+}
+
+impl Default for AjpConfig {
+    fn default() -> Self {
+        AjpConfig {
+            listen: None,
+            secret: None,
+            secret_required: true,
+            packet_size: 8192,
+        }
+    }
+}
+
+/// The secret is never printed.
+impl fmt::Debug for AjpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AjpConfig")
+            .field("listen", &self.listen)
+            .field("secret", &self.secret.as_ref().map(|_| "<set>"))
+            .field("secret_required", &self.secret_required)
+            .field("packet_size", &self.packet_size)
+            .finish()
+    }
 }
 
 /// `sessions.replication`: whether a response waits for the other members.
@@ -431,6 +489,8 @@ pub(super) fn template() -> &'static Table {
         let mut config = Config::default();
         config.cluster.key_file = Some(PathBuf::from("cluster.key"));
         config.sessions.snapshot_file = Some(PathBuf::from("sessions.snapshot"));
+        config.ajp.listen = Some(SocketAddr::from(([127, 0, 0, 1], 8009)));
+        config.ajp.secret = Some("secret".to_string());
         config.balancer.member.push(BalancerMember {
             url: "http://127.0.0.1:8081".to_string(),
             route: "n1".to_string(),
@@ -560,7 +620,18 @@ mod tests {
         for key in ["url", "route", "loadfactor"] {
             assert!(members[0].as_table().unwrap().contains_key(key), "{key}");
         }
-        for section in ["cluster", "membership", "node", "sessions", "balancer"] {
+        let ajp = t["ajp"].as_table().unwrap();
+        for key in ["listen", "secret", "secret_required", "packet_size"] {
+            assert!(ajp.contains_key(key), "{key}");
+        }
+        for section in [
+            "cluster",
+            "membership",
+            "node",
+            "sessions",
+            "balancer",
+            "ajp",
+        ] {
             assert!(t[section].is_table(), "{section}");
         }
     }

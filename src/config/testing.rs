@@ -48,6 +48,12 @@ manager_allow = ["127.0.0.0/8", "::1/128"]  # CIDR ranges or bare addresses
 # url = "http://127.0.0.1:8081"  # must be http://host:port with optional trailing '/'
 # route = "n1"                   # same rules as node.name
 # loadfactor = 1                 # 1..=100, default 1
+
+[ajp]
+# listen = "127.0.0.1:8009"   # SocketAddr; unset: no connector
+# secret = "..."              # 1..=1024 bytes, no control characters; required with listen unless secret_required = false
+secret_required = true
+packet_size = 8192            # u64, 8192..=65536
 "##;
 
 pub(super) fn load(text: &str) -> Result<Config, ConfigError> {

@@ -10,8 +10,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use super::Shared;
-use super::status::{MemberStatus, NodeStatus, ReplicationStatus, SessionsStatus, StatusDoc};
+use super::status::{
+    AjpStatus, MemberStatus, NodeStatus, ReplicationStatus, SessionsStatus, StatusDoc,
+};
 use crate::membership::MemberState;
+use crate::backend::SessionBackend as _;
 use crate::metrics::Gauges;
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -62,7 +65,9 @@ pub(super) fn status_doc(shared: &Shared) -> StatusDoc {
             })
             .collect(),
         sessions: SessionsStatus {
-            active: shared.store.len() as u64,
+            active: shared.backend.active(),
+            store: shared.store_url.clone(),
+            store_errors: shared.backend.store_errors(),
             bytes: shared.store.bytes(),
             refused_over_budget: shared.store.refused_over_budget(),
         },
@@ -76,6 +81,11 @@ pub(super) fn status_doc(shared: &Shared) -> StatusDoc {
             errors: r.errors.get(),
         },
         membership: shared.metrics.membership.counters(),
+        ajp: shared.ajp.map(|listen| AjpStatus {
+            listen: listen.to_string(),
+            requests: shared.metrics.ajp.requests.get(),
+            errors: shared.metrics.ajp.errors.get(),
+        }),
     }
 }
 
@@ -85,7 +95,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let gauges = Gauges {
         members_alive: count(MemberState::Alive),
         members_suspect: count(MemberState::Suspect),
-        sessions_active: shared.store.len() as u64,
+        sessions_active: shared.backend.active(),
         replication_queue: shared.replicator.queued(),
         uptime_seconds: shared.started.elapsed().as_secs_f64(),
     };

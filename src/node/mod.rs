@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::backend::{Backend, Replicated};
 use crate::config::{Config, ConfigError};
 use crate::heartbeat::{self, HeartbeatConfig, Peers};
 use crate::membership::{MemberInfo, MembershipView, NodeId};
@@ -94,12 +95,19 @@ pub struct Shared {
     pub started: Instant,
     pub metrics: Arc<Metrics>,
     pub view: watch::Receiver<MembershipView>,
+    /// The node's own sessions (empty when a session server holds them).
     pub store: SessionStore,
     pub replicator: Replicator,
+    /// Where the sessions live: every request finds and changes its session through it.
+    pub backend: Backend,
+    /// `sessions.store` as `/status` shows it (no credentials).
+    pub store_url: String,
     /// Name of the session cookie (sessions.cookie).
     pub cookie: String,
     /// Whether a `;jsessionid=` path parameter may name the session (sessions.url_tracking).
     pub url_tracking: bool,
+    /// Where the AJP connector listens (`ajp.listen`, the bound port), if it is on.
+    pub ajp: Option<SocketAddr>,
     state: watch::Sender<NodeState>,
 }
 
@@ -127,8 +135,9 @@ pub use crate::clock::now_ms;
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// How long queued deltas get to reach the members before the leave.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
-/// How often static member names are resolved again.
-const RESOLVE_EVERY: Duration = Duration::from_secs(10);
+/// How often the names of `membership.static_members` and `membership.dns` are resolved
+/// again: a pod that starts is found within this (plus a heartbeat).
+const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 
 /// The sockets a node serves on, bound before it starts, so that a caller that binds port 0
 /// learns the port it got instead of handing a number to someone who binds it later, and
@@ -173,7 +182,7 @@ impl Sockets<UdpDatagrams> {
                 addr: "the given listener".to_string(),
                 source,
             })?;
-            let heartbeats = if membership.static_members.is_empty() {
+            let heartbeats = if !membership.unicast() {
                 bind_multicast(config)?
             } else {
                 UdpDatagrams::unicast(local).map_err(|source| NodeError::Bind {
@@ -183,7 +192,7 @@ impl Sockets<UdpDatagrams> {
                 })?
             };
             (listener, heartbeats)
-        } else if membership.static_members.is_empty() {
+        } else if !membership.unicast() {
             let replication = bind_tcp("replication", wanted).await?;
             (replication, bind_multicast(config)?)
         } else {
@@ -244,6 +253,8 @@ pub struct Addresses {
     pub http: SocketAddr,
     /// The replication port (`node.replication`).
     pub replication: SocketAddr,
+    /// The AJP/1.3 connector (`ajp.listen`, the bound port), when it is on.
+    pub ajp: Option<SocketAddr>,
 }
 
 /// A node that runs: its addresses, what its HTTP serves, and the orderly stop that
@@ -262,6 +273,7 @@ pub struct RunningNode {
 struct Stopping {
     http_stop: CancellationToken,
     http_task: tokio::task::JoinHandle<()>,
+    ajp_task: Option<tokio::task::JoinHandle<()>>,
     membership_stop: CancellationToken,
     membership_task: tokio::task::JoinHandle<()>,
     cluster_stop: CancellationToken,
@@ -347,6 +359,11 @@ impl RunningNode {
             .is_err()
         {
             warn!("requests still running after {DRAIN_GRACE:?}; closing them");
+        }
+        if let Some(ajp) = stop.ajp_task {
+            if tokio::time::timeout(DRAIN_GRACE, ajp).await.is_err() {
+                warn!("AJP requests still running after {DRAIN_GRACE:?}; closing them");
+            }
         }
         shared.replicator.flush(FLUSH_GRACE).await;
         // The leave must be announced before the links close, or members would see the
@@ -499,18 +516,24 @@ async fn launch<D: Datagrams>(
         membership.interface.into(),
     );
 
-    let static_names = &membership.static_members;
-    let (peers, resolver) = if static_names.is_empty() {
+    let mut discovery = transport::Discovery::new(&membership.static_members, &membership.dns);
+    let (peers, resolver) = if discovery.is_empty() {
         (Peers::Group, None)
     } else {
-        let (resolved, _) = transport::resolve_peers(static_names, Duration::from_secs(5)).await;
+        transport::resolve_round(
+            &mut discovery,
+            &transport::SystemResolver,
+            Duration::from_secs(5),
+        )
+        .await;
+        let resolved = discovery.peers();
         if replication_addr.ip().is_loopback() && resolved.iter().any(|p| !p.ip().is_loopback()) {
             return Err(NodeError::Unreachable {
                 addr: replication_addr,
             });
         }
         let (tx, rx) = watch::channel(resolved);
-        (Peers::Static(rx), Some((static_names.clone(), tx)))
+        (Peers::Static(rx), Some((discovery, tx)))
     };
     let heartbeat_mode = if resolver.is_none() {
         "multicast"
@@ -529,6 +552,19 @@ async fn launch<D: Datagrams>(
         );
     }
 
+    let ajp_listener = match config.ajp.listen {
+        Some(addr) => Some(bind_tcp("ajp", addr).await?),
+        None => None,
+    };
+    let ajp_addr = ajp_listener
+        .as_ref()
+        .map(|l| advertised(bound(l.local_addr()), membership.interface.into()));
+    if let Some(listen) = config.ajp.listen.filter(|a| !a.ip().is_loopback()) {
+        warn!(
+            ajp = %listen,
+            "the AJP connector listens beyond loopback: AJP is not encrypted, and whoever reaches it with the secret speaks for the front end; firewall it to the front end's hosts"
+        );
+    }
     let me = MemberInfo {
         id: NodeId::random(),
         name: config.node.name.clone(),
@@ -566,10 +602,13 @@ async fn launch<D: Datagrams>(
         started: Instant::now(),
         metrics: metrics.clone(),
         view: view_rx.clone(),
+        backend: Backend::Replicated(Replicated::new(store.clone(), replicator.clone())),
+        store_url: config.sessions.store.to_string(),
         store,
         replicator: replicator.clone(),
         cookie: config.sessions.cookie.clone(),
         url_tracking: config.sessions.url_tracking,
+        ajp: ajp_addr,
         state: watch::channel(NodeState::Joining).0,
     });
     info!(
@@ -586,9 +625,10 @@ async fn launch<D: Datagrams>(
     // Each part stops on a token of its own, in the order of `RunningNode::stopped`.
     let cluster_stop = CancellationToken::new();
     let http_stop = CancellationToken::new();
-    if let Some((names, tx)) = resolver {
-        shutdown.spawn(transport::keep_resolving(
-            names,
+    if let Some((discovery, tx)) = resolver {
+        shutdown.spawn(transport::keep_discovering(
+            discovery,
+            transport::SystemResolver,
             RESOLVE_EVERY,
             tx,
             cluster_stop.clone(),
@@ -639,9 +679,25 @@ async fn launch<D: Datagrams>(
         Serving::App => None,
     };
     let (app, app_rx) = watch::channel(initial);
+    let router = http_router(&shared, app_rx);
+    let ajp_task = ajp_listener.map(|listener| {
+        let settings = crate::ajp::server::AjpSettings {
+            secret: config.ajp.secret.clone(),
+            packet_size: usize::try_from(config.ajp.packet_size).unwrap_or(usize::MAX),
+        };
+        info!(ajp = ?ajp_addr, packet_size = settings.packet_size, secret = settings.secret.is_some(), "AJP connector started");
+        shutdown.spawn(crate::ajp::server::serve(
+            listener,
+            router.clone(),
+            settings,
+            metrics.clone(),
+            limit.clone(),
+            http_stop.clone(),
+        ))
+    });
     let http_task = shutdown.spawn(serve::serve(
         http_listener,
-        http_router(&shared, app_rx),
+        router,
         limit,
         http_stop.clone(),
     ));
@@ -664,6 +720,7 @@ async fn launch<D: Datagrams>(
         addresses: Addresses {
             http: http_addr,
             replication: replication_addr,
+            ajp: ajp_addr,
         },
         shared,
         shutdown,
@@ -671,6 +728,7 @@ async fn launch<D: Datagrams>(
         stop: Stopping {
             http_stop,
             http_task,
+            ajp_task,
             membership_stop,
             membership_task,
             cluster_stop,
@@ -867,10 +925,13 @@ pub(crate) fn shared_for_test(state: NodeState, url_tracking: bool) -> Arc<Share
         started: Instant::now(),
         metrics,
         view: watch::channel(MembershipView::empty()).1,
+        backend: Backend::Replicated(Replicated::new(store.clone(), replicator.clone())),
+        store_url: "replicated".to_string(),
         store,
         replicator,
         cookie: "JSESSIONID".to_string(),
         url_tracking,
+        ajp: None,
         state: watch::channel(state).0,
     })
 }

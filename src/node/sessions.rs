@@ -36,8 +36,9 @@ use serde::Serialize;
 
 pub(crate) mod visit;
 
-use self::visit::{begin, clear_cookie, plain, store_status, with_cookie};
+use self::visit::{backend_error, begin, clear_cookie, plain, store_status, with_cookie};
 use super::Shared;
+use crate::backend::SessionBackend;
 use crate::session::StoreError;
 use crate::session::id;
 
@@ -95,7 +96,7 @@ async fn page(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -
         Err(r) => return r,
     };
     let outcome = shared
-        .store
+        .backend
         .update_or_create(visit.id(), visit.now_ms, |s| {
             let hits = s.get(HITS).map_or(0, |v| parse_count(v)).saturating_add(1);
             let stored = s.set(HITS, Bytes::from(hits.to_string()));
@@ -104,10 +105,11 @@ async fn page(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -
                 created_ms: s.created_ms(),
                 stored,
             }
-        });
+        })
+        .await;
     let done = match outcome {
-        Ok(update) => visit.finish(&shared, update).await,
-        Err(e) => return store_error(&e),
+        Ok(outcome) => visit.finish(&shared, outcome),
+        Err(e) => return backend_error(&e),
     };
     let response = match &done.value.stored {
         Err(e) => store_error(e),
@@ -231,7 +233,7 @@ async fn document(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Ur
     };
     let route = shared.me.name.clone();
     let outcome = shared
-        .store
+        .backend
         .update_or_create(visit.id(), visit.now_ms, |s| {
             let mut text = Vec::new();
             let mut binary = Vec::new();
@@ -250,16 +252,17 @@ async fn document(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Ur
                 attributes: Pairs(text),
                 binary_attributes: Pairs(binary),
             }
-        });
+        })
+        .await;
     match outcome {
-        Ok(update) => {
-            let done = visit.finish(&shared, update).await;
+        Ok(outcome) => {
+            let done = visit.finish(&shared, outcome);
             with_cookie(
                 no_store(axum::Json(done.value).into_response()),
                 done.cookie,
             )
         }
-        Err(e) => store_error(&e),
+        Err(e) => backend_error(&e),
     }
 }
 
@@ -308,14 +311,17 @@ async fn get_attribute(
     let Some(name) = attribute_name(&uri) else {
         return bad_name(&shared);
     };
-    let outcome = visit.id().and_then(|id| {
-        shared
-            .store
-            .update(id, visit.now_ms, |s| s.get(&name).cloned())
-    });
+    let Some(id) = visit.id() else {
+        return plain(StatusCode::NOT_FOUND, "no session");
+    };
+    let outcome = shared
+        .backend
+        .update(id, visit.now_ms, |s| s.get(&name).cloned())
+        .await;
     let done = match outcome {
-        Some(update) => visit.finish(&shared, update).await,
-        None => return plain(StatusCode::NOT_FOUND, "no session"),
+        Ok(Some(outcome)) => visit.finish(&shared, outcome),
+        Ok(None) => return plain(StatusCode::NOT_FOUND, "no session"),
+        Err(e) => return backend_error(&e),
     };
     let response = match done.value {
         None => plain(StatusCode::NOT_FOUND, "no such attribute"),
@@ -348,18 +354,19 @@ async fn put_attribute(State(shared): State<Arc<Shared>>, request: Request) -> R
         Err(r) => return r,
     };
     let outcome = shared
-        .store
-        .update_or_create(visit.id(), visit.now_ms, |s| s.set(&name, value));
+        .backend
+        .update_or_create(visit.id(), visit.now_ms, |s| s.set(&name, value.clone()))
+        .await;
     match outcome {
-        Ok(update) => {
-            let done = visit.finish(&shared, update).await;
+        Ok(outcome) => {
+            let done = visit.finish(&shared, outcome);
             let response = match done.value {
                 Ok(()) => StatusCode::NO_CONTENT.into_response(),
                 Err(e) => store_error(&e),
             };
             with_cookie(response, done.cookie)
         }
-        Err(e) => store_error(&e),
+        Err(e) => backend_error(&e),
     }
 }
 
@@ -401,15 +408,20 @@ async fn delete_attribute(
     let Some(name) = attribute_name(&uri) else {
         return bad_name(&shared);
     };
-    let outcome = visit
-        .id()
-        .and_then(|id| shared.store.update(id, visit.now_ms, |s| s.remove(&name)));
-    match outcome {
-        Some(update) => {
-            let done = visit.finish(&shared, update).await;
+    let Some(id) = visit.id() else {
+        return StatusCode::NO_CONTENT.into_response();
+    };
+    match shared
+        .backend
+        .update(id, visit.now_ms, |s| s.remove(&name))
+        .await
+    {
+        Ok(Some(outcome)) => {
+            let done = visit.finish(&shared, outcome);
             with_cookie(StatusCode::NO_CONTENT.into_response(), done.cookie)
         }
-        None => StatusCode::NO_CONTENT.into_response(),
+        Ok(None) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => backend_error(&e),
     }
 }
 
@@ -420,7 +432,9 @@ async fn invalidate(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: 
         Ok(v) => v,
         Err(r) => return r,
     };
-    visit.invalidate(&shared).await;
+    if let Err(e) = visit.invalidate(&shared).await {
+        return backend_error(&e);
+    }
     with_cookie(
         StatusCode::NO_CONTENT.into_response(),
         clear_cookie(&shared),
@@ -434,16 +448,17 @@ async fn change_id(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: U
         Ok(v) => v,
         Err(r) => return r,
     };
-    let renamed = visit
-        .id()
-        .and_then(|id| shared.store.change_id(id, visit.now_ms, |_| ()));
-    match renamed {
+    let Some(id) = visit.id() else {
+        return plain(StatusCode::NOT_FOUND, "no session");
+    };
+    match shared.backend.change_id(id, visit.now_ms, |_| ()).await {
         // The id is new to the client, so `finish` issues the cookie with this node's route.
-        Some(update) => {
-            let done = visit.finish(&shared, update).await;
+        Ok(Some(outcome)) => {
+            let done = visit.finish(&shared, outcome);
             with_cookie(StatusCode::NO_CONTENT.into_response(), done.cookie)
         }
-        None => plain(StatusCode::NOT_FOUND, "no session"),
+        Ok(None) => plain(StatusCode::NOT_FOUND, "no session"),
+        Err(e) => backend_error(&e),
     }
 }
 

@@ -25,6 +25,20 @@ pub struct StatusDoc {
     /// older node's document lacks them).
     #[serde(default)]
     pub membership: MembershipCounters,
+    /// `ajp`: the AJP/1.3 connector, `null` when it is off.
+    #[serde(default)]
+    pub ajp: Option<AjpStatus>,
+}
+
+/// `ajp` in [`StatusDoc`]; the counters count since the node started.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AjpStatus {
+    /// The address the connector listens on (`host:port`, the bound port).
+    pub listen: String,
+    /// Forward requests answered (refusals included).
+    pub requests: u64,
+    /// Connections closed because a packet did not decode.
+    pub errors: u64,
 }
 
 /// `node` in [`StatusDoc`]: the node that answered.
@@ -72,8 +86,16 @@ pub struct MemberStatus {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct SessionsStatus {
     /// Live sessions this node holds (every member holds every session; expired ones not
-    /// yet swept included).
-    pub active: u64,
+    /// yet swept included); `null` where a session server holds them (it cannot count
+    /// them cheaply).
+    pub active: Option<u64>,
+    /// `sessions.store`: `replicated`, or the session server's URL without credentials.
+    #[serde(default)]
+    pub store: String,
+    /// Calls to the session server that failed (unreachable, too slow, garbled): each was
+    /// a `503 session store unavailable`. Always 0 for the replicated store.
+    #[serde(default)]
+    pub store_errors: u64,
     /// Attribute bytes (names and values) held now, against `sessions.max_bytes`.
     #[serde(default)]
     pub bytes: u64,
@@ -119,6 +141,15 @@ mod tests {
         }"#;
         let doc: StatusDoc = serde_json::from_str(text).expect("SPEC example");
         assert_eq!(doc.members[0].last_heard_ms, 120);
+        assert_eq!(doc.sessions.active, Some(10));
         assert_eq!(doc.membership, MembershipCounters::default());
+        assert_eq!(doc.ajp, None);
+        let with_ajp = text.replacen(
+            "\"cluster\"",
+            r#""ajp": {"listen": "127.0.0.1:8009", "requests": 3, "errors": 1}, "cluster""#,
+            1,
+        );
+        let doc: StatusDoc = serde_json::from_str(&with_ajp).expect("with ajp");
+        assert_eq!(doc.ajp.map(|a| a.errors), Some(1));
     }
 }

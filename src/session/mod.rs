@@ -28,7 +28,7 @@ pub use crate::membership::NodeId;
 pub use delta::{AttributeChange, Delta, Version};
 pub use id::SessionId;
 pub use store::{
-    Applied, EXPIRY_SLACK_MS, Limits, SessionMut, SessionStore, StoreError, SweepStats,
+    Applied, Detached, EXPIRY_SLACK_MS, Limits, SessionMut, SessionStore, StoreError, SweepStats,
     TOMBSTONE_TTL_MS, Update,
 };
 

@@ -193,14 +193,67 @@ impl std::fmt::Debug for SessionStore {
     }
 }
 
-/// One live session during one request, under its shard's lock. Changes are recorded in
-/// the request's delta.
+/// One live session during one request, under its shard's lock (or a [`Detached`] copy
+/// read from a session server). Changes are recorded in the request's delta.
 pub struct SessionMut<'a> {
     id: SessionId,
     state: &'a mut SessionState,
-    inner: &'a Inner,
+    owner: Owner<'a>,
     delta: Delta,
     changed: bool,
+}
+
+/// Whose limits, clock and byte budget a [`SessionMut`] writes under.
+enum Owner<'a> {
+    /// A session of this store: its limits, its Lamport clock, its byte budget.
+    Store(&'a Inner),
+    /// A [`Detached`] session: the limits of its server's node, versions counted in the
+    /// session alone (a session server keeps no versions), no budget (the node holds none
+    /// of its bytes).
+    Detached { limits: Limits, clock: u64 },
+}
+
+impl Owner<'_> {
+    fn limits(&self) -> &Limits {
+        match self {
+            Owner::Store(inner) => &inner.limits,
+            Owner::Detached { limits, .. } => limits,
+        }
+    }
+
+    fn next_version(&mut self) -> Version {
+        match self {
+            Owner::Store(inner) => inner.next_version(),
+            Owner::Detached { clock, .. } => {
+                *clock += 1;
+                Version {
+                    counter: *clock,
+                    node: NodeId::from_u64(0),
+                }
+            }
+        }
+    }
+
+    /// Takes `n` bytes of the budget; false when that would pass it (and counted).
+    fn reserve(&self, n: u64) -> bool {
+        match self {
+            Owner::Store(inner) => {
+                if inner.reserve(n) {
+                    true
+                } else {
+                    inner.refused.fetch_add(1, Ordering::Relaxed);
+                    false
+                }
+            }
+            Owner::Detached { .. } => true,
+        }
+    }
+
+    fn release(&self, n: u64) {
+        if let Owner::Store(inner) = self {
+            inner.release(n);
+        }
+    }
 }
 
 impl SessionMut<'_> {
@@ -237,7 +290,7 @@ impl SessionMut<'_> {
     /// Sets attribute `name` to `value` (a compact copy of it), recorded in the delta. `Err`
     /// when a [`Limits`] would be passed; then nothing changed.
     pub fn set(&mut self, name: &str, value: Bytes) -> Result<(), StoreError> {
-        let limits = &self.inner.limits;
+        let limits = *self.owner.limits();
         if name.is_empty() || name.len() > limits.max_name_bytes {
             return Err(StoreError::BadName {
                 max: limits.max_name_bytes,
@@ -258,8 +311,7 @@ impl SessionMut<'_> {
         let after = attribute_bytes(name, Some(&value));
         // Reserved before the change, in one step, so concurrent writes on other shards
         // cannot pass the budget together.
-        if after > before && !self.inner.reserve(after - before) {
-            self.inner.refused.fetch_add(1, Ordering::Relaxed);
+        if after > before && !self.owner.reserve(after - before) {
             return Err(StoreError::OverBudget {
                 max: limits.max_bytes,
             });
@@ -268,7 +320,7 @@ impl SessionMut<'_> {
         // HTTP read buffer), which the session would otherwise keep alive.
         self.change(name, Some(Bytes::copy_from_slice(&value)));
         if after < before {
-            self.inner.release(before - after);
+            self.owner.release(before - after);
         }
         Ok(())
     }
@@ -289,14 +341,14 @@ impl SessionMut<'_> {
         };
         let freed = value.len() as u64;
         self.change(name, None);
-        self.inner.release(freed);
+        self.owner.release(freed);
         true
     }
 
     /// Sets the seconds without access after which this session expires, recorded in the
     /// delta (the latest change wins on every member).
     pub fn set_max_inactive_s(&mut self, secs: u32) {
-        let version = self.inner.next_version();
+        let version = self.owner.next_version();
         self.delta.max_inactive = Some((secs, version));
         self.state.max_inactive_s = secs;
         self.state.max_inactive_version = version;
@@ -307,11 +359,108 @@ impl SessionMut<'_> {
         let change = AttributeChange {
             name: name.to_string(),
             value,
-            version: self.inner.next_version(),
+            version: self.owner.next_version(),
         };
         self.state.merge_attribute(&change);
         self.delta.record(change);
         self.changed = true;
+    }
+}
+
+/// A session held by a session server (Redis, memcached), read into this process for
+/// one request: the same [`SessionMut`] API as a session of a [`SessionStore`], under the
+/// same [`Limits`] (but no byte budget: the node holds none of its bytes), and the changes
+/// come back as a [`Delta`] for the server to apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Detached {
+    id: SessionId,
+    state: SessionState,
+}
+
+impl Detached {
+    /// A session as its server holds it: attributes in the order given (the server's).
+    pub fn new(
+        id: SessionId,
+        created_ms: u64,
+        last_access_ms: u64,
+        max_inactive_s: u32,
+        attributes: impl IntoIterator<Item = (String, Bytes)>,
+    ) -> Detached {
+        let attributes = attributes
+            .into_iter()
+            .map(|(name, value)| super::delta::Attribute {
+                name: super::delta::intern(&name),
+                value: Some(value),
+                version: Version::ZERO,
+            })
+            .collect();
+        Detached {
+            id,
+            state: SessionState {
+                created_ms,
+                last_access_ms,
+                max_inactive_s,
+                max_inactive_version: Version::ZERO,
+                attributes,
+            },
+        }
+    }
+
+    /// The session's id (without a route).
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// When the session was made, in Unix milliseconds.
+    pub fn created_ms(&self) -> u64 {
+        self.state.created_ms
+    }
+
+    /// The latest access, in Unix milliseconds.
+    pub fn last_accessed_ms(&self) -> u64 {
+        self.state.last_access_ms
+    }
+
+    /// Seconds without access after which the session expires.
+    pub fn max_inactive_s(&self) -> u32 {
+        self.state.max_inactive_s
+    }
+
+    /// The attributes that have a value, in order.
+    pub fn attributes(&self) -> impl Iterator<Item = (&str, &Bytes)> {
+        self.state.present()
+    }
+
+    /// Runs `f` on the session under `limits` (touched at `now_ms`); the delta holds what
+    /// `f` changed (attribute sets and removals, the max inactive interval), `None` when it
+    /// only read. The delta's versions count within this session only.
+    pub fn edit<R>(
+        &mut self,
+        limits: Limits,
+        now_ms: u64,
+        f: impl FnOnce(&mut SessionMut<'_>) -> R,
+    ) -> (R, Option<Delta>) {
+        if now_ms > self.state.last_access_ms {
+            self.state.last_access_ms = now_ms;
+        }
+        let clock = self
+            .state
+            .attributes
+            .iter()
+            .map(|a| a.version.counter)
+            .chain([self.state.max_inactive_version.counter])
+            .max()
+            .unwrap_or(0);
+        let mut s = SessionMut {
+            id: self.id,
+            delta: Delta::new(self.id, self.state.created_ms, self.state.last_access_ms),
+            state: &mut self.state,
+            owner: Owner::Detached { limits, clock },
+            changed: false,
+        };
+        let value = f(&mut s);
+        let delta = s.changed.then_some(s.delta);
+        (value, delta)
     }
 }
 
@@ -497,7 +646,7 @@ impl SessionStore {
             id,
             delta: Delta::new(id, state.created_ms, state.last_access_ms),
             state,
-            inner: &self.inner,
+            owner: Owner::Store(&self.inner),
             changed: false,
         };
         let value = f(&mut s);
@@ -533,7 +682,7 @@ impl SessionStore {
         let mut s = SessionMut {
             id,
             state: &mut state,
-            inner: &self.inner,
+            owner: Owner::Store(&self.inner),
             delta,
             changed: true,
         };
@@ -628,7 +777,7 @@ impl SessionStore {
                 id: new,
                 delta: Delta::new(new, state.created_ms, state.last_access_ms),
                 state: &mut state,
-                inner: &self.inner,
+                owner: Owner::Store(&self.inner),
                 changed: false,
             };
             let value = f(&mut s);

@@ -13,7 +13,7 @@ use tower::{Layer, Service};
 
 use super::session::Session;
 use crate::node::Shared;
-use crate::node::sessions::visit::begin;
+use crate::node::sessions::visit::{backend_error, begin};
 
 /// Gives the routes it wraps a [`Session`]; made by [`crate::Node::session_layer`].
 ///
@@ -97,7 +97,17 @@ where
                 Ok(visit) => visit,
                 Err(refusal) => return Ok(refusal),
             };
-            let session = Session::new(shared, visit);
+            // A session server is read once, here: the handler's reads are synchronous.
+            let loaded = match (&shared.backend, visit.id()) {
+                (backend, Some(id)) if backend.is_session_server() => {
+                    match backend.load(id, visit.now_ms).await {
+                        Ok(loaded) => loaded,
+                        Err(e) => return Ok(backend_error(&e)),
+                    }
+                }
+                _ => None,
+            };
+            let session = Session::new(shared, visit, loaded);
             request.extensions_mut().insert(session.clone());
             let response = inner.call(request).await?.map(Body::new);
             Ok(session.commit(response).await)

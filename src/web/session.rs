@@ -15,9 +15,12 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 use tracing::{debug, warn};
 
+use crate::backend::{Backend, BackendError, Outcome, SessionBackend};
 use crate::node::Shared;
-use crate::node::sessions::visit::{Visit, clear_cookie, plain, store_status, with_cookie};
-use crate::session::{SessionId, SessionMut, StoreError, Update};
+use crate::node::sessions::visit::{
+    Visit, backend_error, clear_cookie, plain, store_status, with_cookie,
+};
+use crate::session::{Detached, SessionId, SessionMut, StoreError};
 
 /// Why a change could not be recorded or committed.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -80,6 +83,8 @@ struct Pending {
     changes: Vec<(String, Option<Bytes>)>,
     /// The client's session was found live in the store.
     seen_live: bool,
+    /// With a session server: the client's session as the layer read it (reads see it).
+    loaded: Option<Detached>,
     invalidated: bool,
     change_id: bool,
     /// The first change that could not be recorded: the request then commits nothing and
@@ -89,12 +94,17 @@ struct Pending {
 }
 
 impl Session {
-    pub(crate) fn new(shared: Arc<Shared>, visit: Visit) -> Session {
+    /// The request's session; `loaded` is the client's session as read from a session
+    /// server (with the replicated store, reads go to the store itself).
+    pub(crate) fn new(shared: Arc<Shared>, visit: Visit, loaded: Option<Detached>) -> Session {
         Session {
             inner: Arc::new(Inner {
                 shared,
                 visit,
-                pending: Mutex::new(Pending::default()),
+                pending: Mutex::new(Pending {
+                    loaded,
+                    ..Pending::default()
+                }),
             }),
         }
     }
@@ -240,13 +250,18 @@ impl Session {
             return None;
         }
         let id = self.inner.visit.id()?;
-        let update = self
-            .inner
-            .shared
-            .store
-            .update(id, self.inner.visit.now_ms, f)?;
+        let shared = &self.inner.shared;
+        let now = self.inner.visit.now_ms;
+        let value = match &shared.backend {
+            Backend::Replicated(r) => r.store().update(id, now, f)?.value,
+            #[allow(unreachable_patterns)]
+            _ => {
+                let loaded = pending.loaded.as_mut()?;
+                loaded.edit(shared.store.limits(), now, f).0
+            }
+        };
         pending.seen_live = true;
-        Some(update.value)
+        Some(value)
     }
 
     fn record(&self, name: &str, value: Option<Bytes>) -> Result<(), SessionError> {
@@ -282,7 +297,9 @@ impl Session {
         let visit = &self.inner.visit;
         let client = visit.id();
         if pending.invalidated {
-            visit.invalidate(shared).await;
+            if let Err(e) = visit.invalidate(shared).await {
+                return backend_error(&e);
+            }
             if !stores_a_value(&pending.changes) {
                 return with_cookie(response, clear_cookie(shared));
             }
@@ -304,8 +321,8 @@ impl Session {
     }
 
     /// Applies `changes` to the session `id` (a new one when it is not live and the
-    /// changes store something; with `change_id`, under a new id), replicates the delta
-    /// and sets the cookie.
+    /// changes store something; with `change_id`, under a new id) through the backend
+    /// (which replicates them, for the replicated store) and sets the cookie.
     async fn write(
         &self,
         id: Option<SessionId>,
@@ -314,28 +331,30 @@ impl Session {
         response: Response,
     ) -> Response {
         let shared = &self.inner.shared;
-        let store = &shared.store;
+        let backend = &shared.backend;
         let visit = &self.inner.visit;
         let now = visit.now_ms;
         let creates = stores_a_value(changes);
         let apply = |s: &mut SessionMut<'_>| apply_changes(s, changes);
-        let outcome: Result<Option<Update<Option<StoreError>>>, StoreError> = match id {
-            Some(id) if change_id => match store.change_id(id, now, apply) {
-                Some(update) => Ok(Some(update)),
-                None if creates => store.update_or_create(None, now, apply).map(Some),
-                None => Ok(None),
+        let outcome: Result<Option<Outcome<Option<StoreError>>>, BackendError> = match id {
+            Some(id) if change_id => match backend.change_id(id, now, apply).await {
+                Ok(None) if creates => backend.update_or_create(None, now, apply).await.map(Some),
+                other => other,
             },
-            Some(id) if creates => store.update_or_create(Some(id), now, apply).map(Some),
-            Some(id) => Ok(store.update(id, now, apply)),
-            None if creates => store.update_or_create(None, now, apply).map(Some),
+            Some(id) if creates => backend
+                .update_or_create(Some(id), now, apply)
+                .await
+                .map(Some),
+            Some(id) => backend.update(id, now, apply).await,
+            None if creates => backend.update_or_create(None, now, apply).await.map(Some),
             None => Ok(None),
         };
         let update = match outcome {
             Ok(Some(update)) => update,
             Ok(None) => return response,
-            Err(e) => return error_response(&SessionError::Store(e)),
+            Err(e) => return backend_error(&e),
         };
-        let done = visit.finish(shared, update).await;
+        let done = visit.finish(shared, update);
         let response = match done.value {
             Some(e) => error_response(&SessionError::Store(e)),
             None => response,

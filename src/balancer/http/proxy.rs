@@ -237,12 +237,18 @@ pub async fn forward(
     loop {
         let fresh = match next {
             Move::Send(to) => {
+                if member.is_some() {
+                    upstream.figures().retried(true);
+                }
                 busy = Some(Busy::new(&to));
                 attempt = Some(Attempt::start(&to));
                 member = Some(to);
                 false
             }
-            Move::Again => true,
+            Move::Again => {
+                upstream.figures().retried(false);
+                true
+            }
             Move::Pass => break,
             Move::Tunnel => {
                 tunnels = true;
@@ -281,6 +287,7 @@ pub async fn forward(
     else {
         return answer::refusal(Refusal::NoAnswer);
     };
+    member.answered(response.status().as_u16());
     let set_cookie = balancer_cookie(upstream, named, &member);
     if let (true, Some(client_side)) = (tunnels, client_side.take()) {
         return tunnel(

@@ -2,6 +2,7 @@
 //! section, run in the order of the file's sections so the first error reported is the
 //! first a reader of the file meets.
 
+mod ajp;
 mod balancer;
 mod cluster;
 mod membership;
@@ -20,7 +21,8 @@ impl Config {
         membership::check(&self.membership)?;
         node::check(&self.node)?;
         sessions::check(&self.sessions)?;
-        balancer::check(&self.balancer, &self.sessions.cookie)
+        balancer::check(&self.balancer, &self.sessions.cookie)?;
+        ajp::check(&self.ajp)
     }
 }
 
@@ -76,7 +78,7 @@ fn is_hostname(host: &str) -> bool {
 }
 
 /// `host:port` with host a name, an IPv4 address or a bracketed IPv6 address; port 1..=65535.
-fn check_host_port(s: &str) -> Result<(), ()> {
+pub(in crate::config) fn check_host_port(s: &str) -> Result<(), ()> {
     let port = if let Some(rest) = s.strip_prefix('[') {
         let (host, port) = rest.split_once("]:").ok_or(())?;
         host.parse::<Ipv6Addr>().map_err(|_| ())?;

@@ -48,7 +48,13 @@ pub(super) fn check(s: &SessionsConfig) -> Result<(), ConfigError> {
             ));
         }
     }
-    Ok(())
+    check_range(
+        "sessions.store_timeout_ms",
+        s.store_timeout_ms,
+        10,
+        60_000,
+        "",
+    )
 }
 
 #[cfg(test)]
@@ -75,7 +81,8 @@ mod tests {
             "sessions.max_inactive_s",
         );
         assert!(text.contains("between 1 and 31536000 seconds"), "{text}");
-        let cases: [(&str, u64, u64); 5] = [
+        let cases: [(&str, u64, u64); 6] = [
+            ("store_timeout_ms", 10, 60_000),
             ("ack_timeout_ms", 10, 60_000),
             ("max_sessions", 1, 100_000_000),
             ("max_attributes", 1, 100_000),
@@ -112,5 +119,24 @@ mod tests {
             load("[sessions]\nsnapshot_file = 3\n"),
             "sessions.snapshot_file",
         );
+    }
+
+    #[test]
+    fn the_session_store_is_a_url_or_replicated() {
+        use crate::config::SessionStoreUrl;
+        let c = load("[sessions]\nstore = \"redis://127.0.0.1:6379/0\"\n").unwrap();
+        assert_eq!(c.sessions.store.kind(), "redis");
+        let c = load_with("", &["sessions.store=redis+cluster://127.0.0.1:7000,127.0.0.1:7001"])
+            .unwrap();
+        assert!(matches!(
+            c.sessions.store,
+            SessionStoreUrl::RedisCluster { ref seeds, .. } if seeds.len() == 2
+        ));
+        let text = invalid_key(
+            load("[sessions]\nstore = \"mongodb://x:1\"\n"),
+            "sessions.store",
+        );
+        assert!(text.contains("redis://HOST:PORT"), "{text}");
+        invalid_key(load_with("", &["sessions.store=redis://:1"]), "sessions.store");
     }
 }

@@ -7,12 +7,13 @@
 //!   first session cookie, of all `Cookie` headers, that names a live session, then (only
 //!   with `sessions.url_tracking`) a `;jsessionid=` path parameter; with none live, the
 //!   first of them, whose route still matters ([`choose`]).
-//! - [`Visit::finish`]: an update's delta is replicated before the response leaves (sync
-//!   replication), and the cookie is (re-)issued when the session was made, or when the
-//!   client's cookie names another id or another route (failover: Tomcat's
-//!   JvmRouteBinderValve), so stickiness follows the session.
+//! - [`Visit::finish`]: after the backend applied (and, replicated, sent) a change, the
+//!   cookie is (re-)issued when the session was made, or when the client's cookie names
+//!   another id or another route (failover: Tomcat's JvmRouteBinderValve), so stickiness
+//!   follows the session.
 //! - The answers both give: [`plain`] one-line texts, [`store_status`] for what the store
-//!   refuses, the cookie headers.
+//!   refuses, [`backend_error`] for a session server that cannot be used, the cookie
+//!   headers.
 //!
 //! It lives under `node` because the node is the lower part: `web` (behind feature `axum`)
 //! already builds on `node::Shared`, while the node's endpoints compile without `web`.
@@ -23,9 +24,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use tracing::warn;
 
+use crate::backend::{BackendError, Outcome, SessionBackend, UNAVAILABLE_LINE};
 use crate::node::{NodeState, Shared, now_ms};
 use crate::session::id::{self, CookieValue};
-use crate::session::{SessionId, StoreError, Update};
+use crate::session::{SessionId, StoreError};
 
 /// How long a request waits for a joining node to finish its state transfer.
 pub(crate) const READY_WAIT: Duration = Duration::from_secs(10);
@@ -40,7 +42,7 @@ pub(crate) struct Visit {
     pub(crate) now_ms: u64,
 }
 
-/// What a request did to a session, replicated.
+/// What a request did to a session (applied, and replicated where the sessions are).
 pub(crate) struct Done<R> {
     pub(crate) id: SessionId,
     pub(crate) value: R,
@@ -64,6 +66,28 @@ pub(crate) async fn begin(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return Err(response);
     }
+    let now_ms = now_ms();
+    let client = match named(shared, headers, uri) {
+        // One candidate (the usual case) or none: nothing to choose, nothing to ask.
+        Named::AtMostOne(client) => client,
+        Named::Several(all) => {
+            choose_live(all.into_iter(), |id| shared.backend.contains(id, now_ms))
+                .await
+                .map_err(|e| backend_error(&e))?
+        }
+    };
+    Ok(Visit { client, now_ms })
+}
+
+/// The session ids a request names, in order: every session cookie of every `Cookie`
+/// header, then (with `sessions.url_tracking`) a `;jsessionid=` path parameter.
+enum Named {
+    AtMostOne(Option<CookieValue>),
+    Several(Vec<CookieValue>),
+}
+
+/// Sync, so that nothing borrowing the headers lives across an await of [`begin`].
+fn named(shared: &Shared, headers: &HeaderMap, uri: &Uri) -> Named {
     let cookies = headers
         .get_all(header::COOKIE)
         .iter()
@@ -72,28 +96,36 @@ pub(crate) async fn begin(
         .url_tracking
         .then(|| id::find_in_path(uri.path()))
         .flatten();
-    let client = choose(
-        id::cookies_in_headers(cookies, &shared.cookie).chain(path),
-        |id| shared.store.contains(id),
-    );
-    Ok(Visit {
-        client,
-        now_ms: now_ms(),
-    })
+    let mut candidates = id::cookies_in_headers(cookies, &shared.cookie).chain(path);
+    match (candidates.next(), candidates.next()) {
+        (first, None) => Named::AtMostOne(first),
+        (Some(first), Some(second)) => {
+            Named::Several([first, second].into_iter().chain(candidates).collect())
+        }
+        (None, Some(_)) => Named::AtMostOne(None),
+    }
 }
 
 /// The first candidate that names a live session, as Tomcat does: a stale or planted
 /// cookie ahead of the live one must not cost the client its session. Else the first
-/// candidate, whose route still tells whether the cookie needs re-issuing.
-pub(crate) fn choose(
-    mut candidates: impl Iterator<Item = CookieValue>,
-    live: impl Fn(SessionId) -> bool,
-) -> Option<CookieValue> {
-    let first = candidates.next()?;
-    if live(first.id) {
-        return Some(first);
+/// candidate, whose route still tells whether the cookie needs re-issuing. Asks the
+/// backend (a session server: one round trip per candidate until one is live).
+async fn choose_live<F, Fut>(
+    candidates: impl Iterator<Item = CookieValue>,
+    live: F,
+) -> Result<Option<CookieValue>, BackendError>
+where
+    F: Fn(SessionId) -> Fut,
+    Fut: std::future::Future<Output = Result<bool, BackendError>>,
+{
+    let mut first = None;
+    for candidate in candidates {
+        if live(candidate.id).await? {
+            return Ok(Some(candidate));
+        }
+        first.get_or_insert(candidate);
     }
-    candidates.find(|c| live(c.id)).or(Some(first))
+    Ok(first)
 }
 
 impl Visit {
@@ -102,16 +134,13 @@ impl Visit {
         self.client.as_ref().map(|c| c.id)
     }
 
-    /// Replicates the delta of an update (before the response: sync replication) and
-    /// decides the cookie.
-    pub(crate) async fn finish<R>(&self, shared: &Shared, update: Update<R>) -> Done<R> {
-        if let Some(delta) = update.delta {
-            shared.replicator.replicate(delta).await;
-        }
+    /// Decides the cookie for what the backend did (it already applied the change, and
+    /// replicated it before returning: sync replication).
+    pub(crate) fn finish<R>(&self, shared: &Shared, outcome: Outcome<R>) -> Done<R> {
         Done {
-            id: update.id,
-            value: update.value,
-            cookie: self.cookie(shared, update.id, update.created),
+            id: outcome.id,
+            value: outcome.value,
+            cookie: self.cookie(shared, outcome.id, outcome.created),
         }
     }
 
@@ -135,15 +164,13 @@ impl Visit {
         }
     }
 
-    /// Ends the client's session on every member (replicated before this returns); nothing
+    /// Ends the client's session everywhere (replicated before this returns); nothing
     /// happens when it has none live.
-    pub(crate) async fn invalidate(&self, shared: &Shared) {
-        if let Some(delta) = self
-            .id()
-            .and_then(|id| shared.store.invalidate(id, self.now_ms))
-        {
-            shared.replicator.replicate(delta).await;
+    pub(crate) async fn invalidate(&self, shared: &Shared) -> Result<(), BackendError> {
+        if let Some(id) = self.id() {
+            shared.backend.invalidate(id, self.now_ms).await?;
         }
+        Ok(())
     }
 }
 
@@ -196,6 +223,16 @@ pub(crate) fn store_status(e: &StoreError) -> StatusCode {
     }
 }
 
+/// The answer for a call the backend could not make: what the store refuses (its limits)
+/// as [`store_status`] says, a session server that cannot be used as `503` with the one
+/// line `session store unavailable` (counted and logged by the backend).
+pub(crate) fn backend_error(e: &BackendError) -> Response {
+    match e {
+        BackendError::Refused(e) => plain(store_status(e), &e.to_string()),
+        BackendError::Unavailable(_) => plain(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE_LINE),
+    }
+}
+
 /// An answer's body as text, for the tests of both users.
 #[cfg(test)]
 pub(crate) async fn body_text(response: Response) -> String {
@@ -213,29 +250,26 @@ pub(crate) async fn body_text(response: Response) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_first_cookie_that_names_a_live_session_wins() {
+    #[tokio::test]
+    async fn the_first_cookie_that_names_a_live_session_wins() {
         let value = |s: &str| id::parse_cookie_value(s).expect("a valid value");
         let unknown = value("00000000000000000000000000000001.n1");
         let live = value("00000000000000000000000000000002.n2");
         let other_live = value("00000000000000000000000000000003.n1");
         let (live_id, other_id) = (live.id, other_live.id);
-        let is_live = |id: SessionId| id == live_id || id == other_id;
-        let chosen = choose(
-            [unknown.clone(), live.clone(), other_live.clone()].into_iter(),
-            is_live,
-        );
+        let is_live = |id: SessionId| async move { Ok(id == live_id || id == other_id) };
+        let choose = |all: Vec<CookieValue>| async move {
+            choose_live(all.into_iter(), is_live).await.expect("no error")
+        };
+        let chosen = choose(vec![unknown.clone(), live.clone(), other_live.clone()]).await;
         assert_eq!(chosen, Some(live.clone()));
         assert_eq!(
-            choose([other_live.clone(), live].into_iter(), is_live),
+            choose(vec![other_live.clone(), live]).await,
             Some(other_live)
         );
         // None live: the first, so a fresh session replaces it.
-        assert_eq!(
-            choose([unknown.clone()].into_iter(), is_live),
-            Some(unknown)
-        );
-        assert_eq!(choose(std::iter::empty(), is_live), None);
+        assert_eq!(choose(vec![unknown.clone()]).await, Some(unknown));
+        assert_eq!(choose(Vec::new()).await, None);
     }
 
     #[test]

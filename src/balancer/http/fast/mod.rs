@@ -157,6 +157,10 @@ async fn serve_with(
                         };
                     }
                     Prepared::Refuse(refusal) => {
+                        // Answered at once: counted as the hyper path counts its own.
+                        upstream
+                            .figures()
+                            .answered(refusal.status(), std::time::Duration::ZERO);
                         refuse(client, refusal, true).await;
                         let _ = client.shutdown().await;
                         return Outcome::Done;
@@ -183,16 +187,7 @@ async fn serve_with(
             }
         };
         buf.advance(request.head_len);
-        let keep = forward(
-            &upstream.pool,
-            &upstream.sticky,
-            client,
-            request,
-            out,
-            answer,
-            client_head,
-        )
-        .await;
+        let keep = forward(upstream, client, request, out, answer, client_head).await;
         if !keep || token.is_cancelled() {
             // Closing a socket with unread bytes resets it, and a reset drops what is still
             // in the socket (with `write_last`, the whole answer) and ends a close-delimited
@@ -205,17 +200,19 @@ async fn serve_with(
     }
 }
 
-/// Forwards one request over the members of its order, as the stepper says; whether the
-/// client connection may carry another.
+/// Forwards one request over the members of its order, as the stepper says, and counts
+/// its answer in the worker's figures; whether the client connection may carry another.
 async fn forward(
-    pool: &Pool,
-    rule: &sticky::Rule,
+    upstream: &Upstream,
     client: &mut ClientSocket,
     request: Request<Order<'_>>,
     out: &[u8],
     answer: &mut BytesMut,
     client_head: &mut Vec<u8>,
 ) -> bool {
+    let started = std::time::Instant::now();
+    let figures = upstream.figures();
+    let pool = &upstream.pool;
     let Request { asked, to, .. } = request;
     let named = to.named();
     let timeout = pool.timeout();
@@ -228,16 +225,23 @@ async fn forward(
     loop {
         let fresh = match next {
             Move::Send(to) => {
+                if member.is_some() {
+                    figures.retried(true);
+                }
                 busy = Some(Busy::new(&to));
                 attempt = Some(Attempt::start(&to));
                 member = Some(to);
                 false
             }
-            Move::Again => true,
+            Move::Again => {
+                figures.retried(false);
+                true
+            }
             Move::Answer(refusal) => {
                 if let (Refusal::MemberTimedOut(_), Some(m)) = (refusal, &member) {
                     timeout.note(Stall::Answer, Some(&m.route));
                 }
+                figures.answered(refusal.status(), started.elapsed());
                 return refuse(client, refusal, asked.close).await;
             }
             // No upgrade is asked on this path, so the stepper never tunnels here.
@@ -258,16 +262,25 @@ async fn forward(
         next = decision.next;
     }
     let (Some(member), Some((conn, head))) = (member, answered) else {
+        figures.answered(Refusal::NoAnswer.status(), started.elapsed());
         return refuse(client, Refusal::NoAnswer, asked.close).await;
     };
-    add_set_cookie(client_head, rule, named, &member);
+    member.answered(head.status);
+    let (status, took) = (head.status, started.elapsed());
+    add_set_cookie(client_head, &upstream.sticky, named, &member);
     // The member stays busy until its answer went through.
     let passed = pass_answer(pool, client, &member, conn, answer, head, client_head).await;
     drop(busy);
     match passed {
-        Ok(whole) => whole && !asked.close,
+        Ok(whole) => {
+            figures.answered(status, took);
+            whole && !asked.close
+        }
         // Nothing of the answer went out: the client gets a whole answer of ours instead.
-        Err(refusal) => refuse(client, refusal, asked.close).await,
+        Err(refusal) => {
+            figures.answered(refusal.status(), took);
+            refuse(client, refusal, asked.close).await
+        }
     }
 }
 
