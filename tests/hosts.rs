@@ -330,12 +330,34 @@ fn dropped(bed: &Hosts, i: usize) -> u64 {
 
 #[test]
 fn ten_percent_loss_and_twenty_ms_delay_on_a_host_drop_nobody_and_replication_converges() {
-    let Some(bed) = cluster("hosts-netem", &["n1", "n2", "n3"], 3) else {
+    let Some(mut bed) = Hosts::new("hosts-netem", &["n1", "n2"], FAST) else {
         return;
     };
-    if let Err(e) = bed.impair(2, &["delay", "20ms", "loss", "10%"]) {
-        eprintln!("skipping the loss and delay test: `tc netem` is not available here: {e}");
-        return;
+    // `tc netem` where the kernel has it; else the host's link runs through a relay in
+    // this process that drops and delays its frames the same way.
+    let netem = bed.netem_available();
+    let n3 = match &netem {
+        Ok(()) => bed.add_host("n3"),
+        Err(e) => {
+            eprintln!("no `tc netem` here ({e}); n3's link runs through the test's relay");
+            bed.add_relayed_host("n3")
+        }
+    };
+    for i in 0..3 {
+        bed.start_node(i, &[]);
+    }
+    bed.wait_connected(&[0, 1, 2], CONVERGE, "the nodes see each other");
+    match netem {
+        Ok(()) => bed
+            .impair(n3, &["delay", "20ms", "loss", "10%"])
+            .unwrap_or_else(|e| panic!("{e}")),
+        Err(_) => bed.relay_impair(
+            n3,
+            common::relay::Impairment {
+                loss_per_million: 100_000,
+                delay: Duration::from_millis(20),
+            },
+        ),
     }
     let before: Vec<u64> = (0..3).map(|i| dropped(&bed, i)).collect();
     let started = Instant::now();
@@ -351,11 +373,16 @@ fn ten_percent_loss_and_twenty_ms_delay_on_a_host_drop_nobody_and_replication_co
             written.push((browser.cookie.expect("a session"), value));
             k += 1;
         }
-        assert!(
-            bed.connected(&[0, 1, 2]),
-            "a member was dropped after {:?}",
-            started.elapsed()
-        );
+        // Suspected and verified is fine; dropped is not.
+        for i in 0..3 {
+            assert_eq!(
+                bed.members(i, ""),
+                Some(bed.others(i, &[0, 1, 2])),
+                "{} lost a member after {:?}",
+                bed.hosts[i].name,
+                started.elapsed()
+            );
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
     let after: Vec<u64> = (0..3).map(|i| dropped(&bed, i)).collect();
@@ -365,6 +392,15 @@ fn ten_percent_loss_and_twenty_ms_delay_on_a_host_drop_nobody_and_replication_co
         started.elapsed(),
         written.len()
     );
+    let suspicions: usize = bed
+        .hosts
+        .iter()
+        .map(|h| {
+            let log = std::fs::read_to_string(&h.log).unwrap_or_default();
+            log.matches("member suspect, verifying").count()
+        })
+        .sum();
+    eprintln!("{suspicions} suspicions, each verified alive over TCP");
     assert_eq!(false_drops, 0, "members dropped under loss and delay");
     let keys: Vec<(&str, &str)> = written.iter().map(|(c, _)| (c.as_str(), "v")).collect();
     let took = settle(UNION_DEADLINE, "every write is on every node", || {
@@ -381,7 +417,15 @@ fn ten_percent_loss_and_twenty_ms_delay_on_a_host_drop_nobody_and_replication_co
         Ok(started.elapsed())
     });
     eprintln!("every write on every node {took:?} after the start");
-    bed.unimpair(2);
+    if bed.netem_available().is_ok() {
+        bed.unimpair(n3);
+    } else {
+        let (carried, dropped) = bed.relay_counts(n3);
+        eprintln!(
+            "the relay dropped {dropped} of {} frames",
+            carried + dropped
+        );
+    }
 }
 
 #[test]

@@ -30,6 +30,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, geteuid};
 use serde_json::Value;
 
+use super::relay::{Impairment, Relay};
 use super::{Answer, BIN, Browser, Cluster, exchange, get_json, log_path, read_listening};
 
 /// The hosts' addresses: `10.213.77.<host number>/24`, only inside the harness's namespaces.
@@ -207,6 +208,8 @@ pub struct Host {
     pub addr: Ipv4Addr,
     pub log: PathBuf,
     proc: Option<HostProc>,
+    /// Its link, when it runs through the test process (see [`Hosts::add_relayed_host`]).
+    relay: Option<Relay>,
     /// How many processes were started on it.
     pub starts: usize,
 }
@@ -304,26 +307,65 @@ impl Hosts {
 
     /// One more host on the switch, named `name`; returns its index.
     pub fn add_host(&mut self, name: &str) -> usize {
+        self.add(name, false)
+    }
+
+    /// Like [`add_host`](Hosts::add_host), but the host's link runs through the test
+    /// process ([`Relay`]), so [`relay_impair`](Hosts::relay_impair) can drop and delay
+    /// its frames where the kernel has no `sch_netem`.
+    pub fn add_relayed_host(&mut self, name: &str) -> usize {
+        self.add(name, true)
+    }
+
+    /// Whether `tc netem` works here; Err says why not.
+    pub fn netem_available(&self) -> Result<(), String> {
+        let sw = self.switch.as_str();
+        run(
+            "tc",
+            &[
+                "-n", sw, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms",
+            ],
+        )?;
+        run("tc", &["-n", sw, "qdisc", "del", "dev", "lo", "root"]).map(drop)
+    }
+
+    fn add(&mut self, name: &str, relayed: bool) -> usize {
         let number = self.hosts.len() + 1;
         assert!(number < 255, "at most 254 hosts on one subnet");
         let ns = format!("{}h{number}", self.prefix);
         self.made.add(&ns).unwrap_or_else(|e| panic!("{e}"));
         let port = format!("vh{number}");
         must_ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        must_ip(&[
-            "-n",
-            &ns,
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &port,
-            "netns",
-            &self.switch,
-        ]);
+        let relay = if relayed {
+            must_ip(&["-n", &ns, "tuntap", "add", "dev", "eth0", "mode", "tap"]);
+            must_ip(&[
+                "-n",
+                &self.switch,
+                "tuntap",
+                "add",
+                "dev",
+                &port,
+                "mode",
+                "tap",
+            ]);
+            Some(Relay::start(&ns, "eth0", &self.switch, &port).unwrap_or_else(|e| panic!("{e}")))
+        } else {
+            must_ip(&[
+                "-n",
+                &ns,
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                &self.switch,
+            ]);
+            None
+        };
         must_ip(&["-n", &self.switch, "link", "set", &port, "master", "br0"]);
         must_ip(&["-n", &self.switch, "link", "set", &port, "up"]);
         let addr = Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], number as u8);
@@ -337,6 +379,7 @@ impl Hosts {
             port,
             addr,
             proc: None,
+            relay,
             starts: 0,
         });
         self.hosts.len() - 1
@@ -478,6 +521,22 @@ impl Hosts {
             run("tc", &args)?;
         }
         Ok(())
+    }
+
+    /// Drops and delays the frames of relayed host `i` (see
+    /// [`add_relayed_host`](Hosts::add_relayed_host)), both ways.
+    pub fn relay_impair(&self, i: usize, impairment: Impairment) {
+        let relay = self.hosts[i].relay.as_ref().expect("a relayed host");
+        relay.set(impairment);
+    }
+
+    /// Frames relayed host `i`'s link (carried, dropped) so far.
+    pub fn relay_counts(&self, i: usize) -> (u64, u64) {
+        let relay = self.hosts[i].relay.as_ref().expect("a relayed host");
+        (
+            relay.counts.carried.load(Ordering::Relaxed),
+            relay.counts.dropped.load(Ordering::Relaxed),
+        )
     }
 
     /// Removes [`impair`](Hosts::impair)'s qdiscs.

@@ -16,6 +16,7 @@ pub mod load;
 pub mod nginx;
 pub mod raw_http;
 pub mod redis;
+pub mod relay;
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
