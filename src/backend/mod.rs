@@ -338,7 +338,11 @@ mod tests {
         assert!(!health.failed_at("redis", &e, t0 + Duration::from_secs(9)));
         assert_eq!(health.log.lock().1, 2);
         assert!(health.failed_at("redis", &e, t0 + LOG_EVERY));
-        assert_eq!(health.log.lock().1, 0, "the silenced count is reported and reset");
+        assert_eq!(
+            health.log.lock().1,
+            0,
+            "the silenced count is reported and reset"
+        );
         assert_eq!(health.errors(), 3);
     }
 
@@ -350,9 +354,14 @@ mod tests {
         };
         let started = tokio::time::Instant::now();
         let got = within(Duration::from_millis(1000), slow).await;
-        assert!(matches!(got, Err(Unavailable::Timeout { timeout_ms: 1000 })));
+        assert!(matches!(
+            got,
+            Err(Unavailable::Timeout { timeout_ms: 1000 })
+        ));
         assert_eq!(started.elapsed(), Duration::from_millis(1000));
-        let fast = within(Duration::from_millis(1000), async { Ok::<_, Unavailable>(2) });
+        let fast = within(Duration::from_millis(1000), async {
+            Ok::<_, Unavailable>(2)
+        });
         assert_eq!(fast.await.ok(), Some(2));
     }
 }
