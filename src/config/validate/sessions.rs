@@ -47,6 +47,15 @@ pub(super) fn check(s: &SessionsConfig) -> Result<(), ConfigError> {
                 ),
             ));
         }
+        if s.store != super::super::SessionStoreUrl::Replicated {
+            return Err(invalid(
+                "sessions.snapshot_file",
+                format!(
+                    "applies to the replicated store only; with sessions.store = {} the session server keeps the sessions across restarts",
+                    render_str(s.store.kind())
+                ),
+            ));
+        }
     }
     check_range(
         "sessions.store_timeout_ms",
@@ -119,6 +128,11 @@ mod tests {
             load("[sessions]\nsnapshot_file = 3\n"),
             "sessions.snapshot_file",
         );
+        let text = invalid_key(
+            load("[sessions]\nsnapshot_file = \"s\"\nstore = \"redis://127.0.0.1:6379\"\n"),
+            "sessions.snapshot_file",
+        );
+        assert!(text.contains("replicated store only"), "{text}");
     }
 
     #[test]
