@@ -126,8 +126,11 @@ mod tests {
         use crate::config::SessionStoreUrl;
         let c = load("[sessions]\nstore = \"redis://127.0.0.1:6379/0\"\n").unwrap();
         assert_eq!(c.sessions.store.kind(), "redis");
-        let c = load_with("", &["sessions.store=redis+cluster://127.0.0.1:7000,127.0.0.1:7001"])
-            .unwrap();
+        let c = load_with(
+            "",
+            &["sessions.store=redis+cluster://127.0.0.1:7000,127.0.0.1:7001"],
+        )
+        .unwrap();
         assert!(matches!(
             c.sessions.store,
             SessionStoreUrl::RedisCluster { ref seeds, .. } if seeds.len() == 2
@@ -137,6 +140,9 @@ mod tests {
             "sessions.store",
         );
         assert!(text.contains("redis://HOST:PORT"), "{text}");
-        invalid_key(load_with("", &["sessions.store=redis://:1"]), "sessions.store");
+        invalid_key(
+            load_with("", &["sessions.store=redis://:1"]),
+            "sessions.store",
+        );
     }
 }
