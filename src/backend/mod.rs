@@ -27,6 +27,7 @@
 //! tries again (the connection comes back by itself). A stored value that does not decode
 //! is no session, never an error.
 
+pub mod memcached;
 pub mod redis;
 pub mod replicated;
 
@@ -41,6 +42,7 @@ use tracing::warn;
 use crate::session::{Detached, SessionId, SessionMut, StoreError};
 use crate::throttle::LogThrottle;
 
+pub use self::memcached::MemcachedBackend;
 pub use self::redis::RedisBackend;
 pub use self::replicated::Replicated;
 
@@ -155,6 +157,8 @@ pub enum Backend {
     Replicated(Replicated),
     /// Redis or Redis Cluster holds them.
     Redis(Box<RedisBackend>),
+    /// memcached holds them.
+    Memcached(MemcachedBackend),
 }
 
 impl std::fmt::Debug for Backend {
@@ -169,6 +173,7 @@ macro_rules! dispatch {
         match $self {
             Backend::Replicated($b) => $call,
             Backend::Redis($b) => $call,
+            Backend::Memcached($b) => $call,
         }
     };
 }
@@ -179,6 +184,7 @@ impl Backend {
         match self {
             Backend::Replicated(_) => "replicated",
             Backend::Redis(r) => r.kind(),
+            Backend::Memcached(_) => "memcached",
         }
     }
 
@@ -193,6 +199,7 @@ impl Backend {
         match self {
             Backend::Replicated(_) => 0,
             Backend::Redis(r) => r.health().errors(),
+            Backend::Memcached(m) => m.health().errors(),
         }
     }
 
@@ -215,7 +222,7 @@ impl Backend {
     pub fn replicated(&self) -> Option<&Replicated> {
         match self {
             Backend::Replicated(r) => Some(r),
-            Backend::Redis(_) => None,
+            Backend::Redis(_) | Backend::Memcached(_) => None,
         }
     }
 }

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::backend::{Backend, RedisBackend, Replicated};
+use crate::backend::{Backend, MemcachedBackend, RedisBackend, Replicated};
 use crate::config::{Config, ConfigError, SessionStoreUrl};
 use crate::heartbeat::{self, HeartbeatConfig, Peers};
 use crate::membership::{MemberInfo, MembershipView, NodeId};
@@ -57,6 +57,9 @@ pub enum NodeError {
     /// The session server of `sessions.store` cannot be used as configured.
     #[error(transparent)]
     Redis(#[from] crate::backend::redis::RedisSetupError),
+    /// The memcached servers of `sessions.store` cannot be used as configured.
+    #[error(transparent)]
+    Memcached(#[from] crate::backend::memcached::MemcachedSetupError),
     /// `sessions.store` names a session server this build cannot use.
     #[error("{0}")]
     Store(String),
@@ -885,9 +888,17 @@ fn backend(
             info!(store = %url, "sessions live in a session server; this node replicates none");
             Ok(Backend::Redis(Box::new(redis)))
         }
-        SessionStoreUrl::Memcached { .. } => Err(NodeError::Store(
-            "sessions.store: memcached:// is not supported by this build".to_string(),
-        )),
+        url @ SessionStoreUrl::Memcached { .. } => {
+            let memcached = MemcachedBackend::new(
+                url,
+                &config.cluster.name,
+                Duration::from_millis(s.store_timeout_ms),
+                limits(config),
+                u32::try_from(s.max_inactive_s).unwrap_or(u32::MAX),
+            )?;
+            info!(store = %url, "sessions live in memcached; this node replicates none");
+            Ok(Backend::Memcached(memcached))
+        }
     }
 }
 

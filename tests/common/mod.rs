@@ -13,6 +13,7 @@ pub mod fake_member;
 pub mod haproxy;
 pub mod hosts;
 pub mod load;
+pub mod memcached;
 pub mod nginx;
 pub mod raw_http;
 pub mod redis;
