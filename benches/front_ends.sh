@@ -16,7 +16,7 @@
 #   proxy_ajp    BalancerMember ajp://NODE:AJP route=nX secret=..., same stickysession
 #   jk           mod_jk: worker.nX.type=ajp13, route, secret; an lb worker, sticky_session
 #   deltacast    `deltacast balancer`, two static members, sticky = "route"
-# The configurations are the ones of docs/front-ends-ajp.md and tests/ajp.rs.
+# The configurations are the ones of docs/front-ends.md (AJP) and tests/ajp.rs.
 #
 # Run (from anywhere; as root it installs the missing Debian packages wrk, apache2,
 # libapache2-mod-jk):

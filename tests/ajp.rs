@@ -402,7 +402,7 @@ fn front_end_checks(
     assert!(back.body == big, "the 1 MB value survived its node");
 }
 
-/// The mod_proxy_ajp configuration of docs/front-ends-ajp.md.
+/// The mod_proxy_ajp configuration of docs/front-ends.md (AJP).
 fn mod_proxy_ajp_config(n1: &NodeProc, n2: &NodeProc, secret: &str) -> String {
     let a1 = n1.ajp.expect("ajp");
     let a2 = n2.ajp.expect("ajp");
@@ -443,7 +443,7 @@ fn apache_mod_proxy_ajp_fronts_two_nodes_sticky_with_bodies_failover_and_the_sec
     front_end_checks(addr, n1, n2, &logs);
 }
 
-/// The mod_jk workers.properties of docs/front-ends-ajp.md.
+/// The mod_jk workers.properties of docs/front-ends.md (AJP).
 fn workers_properties(n1: &NodeProc, n2: &NodeProc, secret: &str) -> String {
     let mut text = String::from("worker.list=lb,wrong\n");
     for node in [n1, n2] {
