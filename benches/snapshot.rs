@@ -38,18 +38,22 @@ fn main() {
     );
     let mut writes = Vec::new();
     let mut reads = Vec::new();
+    let mut write_cpu = Vec::new();
+    let mut read_cpu = Vec::new();
     let mut size = 0;
     for _ in 0..runs {
-        let started = Instant::now();
+        let (started, cpu) = (Instant::now(), thread_cpu());
         let written = snapshot::write(&path, &store, "bench", "n1", now).expect("written");
         writes.push(started.elapsed());
+        write_cpu.push(thread_cpu().saturating_sub(cpu));
         assert_eq!(written.sessions, sessions);
         size = written.bytes;
 
         let fresh = SessionStore::new(NodeId::from_u64(2), Limits::default(), 1800);
-        let started = Instant::now();
+        let (started, cpu) = (Instant::now(), thread_cpu());
         let restored = snapshot::restore(&path, &fresh, "bench", now + 1_000, 1800);
         reads.push(started.elapsed());
+        read_cpu.push(thread_cpu().saturating_sub(cpu));
         match restored {
             Restore::Restored { sessions: n, .. } => assert_eq!(n, sessions),
             other => panic!("not restored: {other:?}"),
@@ -65,6 +69,20 @@ fn main() {
     println!("figure                     median      min      max   target");
     report("write (shutdown)", &mut writes);
     report("read + merge (start)", &mut reads);
+    println!("CPU time of the thread (what a quiet machine pays, fsync waits aside):");
+    report("write, CPU", &mut write_cpu);
+    report("read + merge, CPU", &mut read_cpu);
+    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+        println!("load average during the run: {}", load.trim());
+    }
+}
+
+/// Time this thread has run on a CPU (`/proc/thread-self/schedstat`, nanoseconds).
+fn thread_cpu() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_nanos)
 }
 
 fn report(what: &str, samples: &mut [Duration]) {

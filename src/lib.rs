@@ -62,14 +62,16 @@
 //!
 //! The parts inside, public for the binary, the tests and the benchmarks but not API
 //! (hidden from these docs, and free to change):
-//! - `node`: the composition root of every node (`deltacast node` and [`Node`]) and its
-//!   HTTP endpoints.
+//! - `node`: the composition root of every node (`deltacast node` and [`Node`]), its
+//!   HTTP endpoints, and the snapshot file written at the stop and read at the start.
 //! - `membership`: the member table, a pure state machine driven with injected time; the
 //!   admission of strangers under a key; the view of the members others read.
-//! - `wire`: bytes to checked messages and back (protobuf via prost), and the seal of the
-//!   cluster key (authenticated encryption, replay windows); no sockets.
+//! - `wire`: bytes to checked messages and back (protobuf via prost), the seal of the
+//!   cluster key (authenticated encryption, replay windows) and the snapshot file's
+//!   format; no sockets.
 //! - `transport`: the only code that opens sockets (UDP datagrams, TCP frame streams), and
-//!   their in-memory twins, on which tests run several nodes in one process.
+//!   their in-memory twins, on which tests run several nodes in one process; the
+//!   discovery of unicast peers by name (static members, DNS).
 //! - `heartbeat`: the async driver of membership (send, receive, verify, leave).
 //! - `replication`: links per peer, the replication port, state transfer, anti-entropy
 //!   (its comparisons pure, in their own module).

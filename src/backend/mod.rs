@@ -27,6 +27,7 @@
 //! tries again (the connection comes back by itself). A stored value that does not decode
 //! is no session, never an error.
 
+pub mod redis;
 pub mod replicated;
 
 use std::future::Future;
@@ -40,6 +41,7 @@ use tracing::warn;
 use crate::session::{Detached, SessionId, SessionMut, StoreError};
 use crate::throttle::LogThrottle;
 
+pub use self::redis::RedisBackend;
 pub use self::replicated::Replicated;
 
 /// What one call did to a session.
@@ -151,6 +153,8 @@ pub trait SessionBackend: Send + Sync {
 pub enum Backend {
     /// Every member holds every session (`sessions.store = "replicated"`).
     Replicated(Replicated),
+    /// Redis or Redis Cluster holds them.
+    Redis(Box<RedisBackend>),
 }
 
 impl std::fmt::Debug for Backend {
@@ -164,6 +168,7 @@ macro_rules! dispatch {
     ($self:ident, $b:ident => $call:expr) => {
         match $self {
             Backend::Replicated($b) => $call,
+            Backend::Redis($b) => $call,
         }
     };
 }
@@ -173,6 +178,7 @@ impl Backend {
     pub fn kind(&self) -> &'static str {
         match self {
             Backend::Replicated(_) => "replicated",
+            Backend::Redis(r) => r.kind(),
         }
     }
 
@@ -186,6 +192,7 @@ impl Backend {
     pub fn store_errors(&self) -> u64 {
         match self {
             Backend::Replicated(_) => 0,
+            Backend::Redis(r) => r.health().errors(),
         }
     }
 
@@ -206,8 +213,10 @@ impl Backend {
 
     /// The replicated store, when the sessions are replicated.
     pub fn replicated(&self) -> Option<&Replicated> {
-        let Backend::Replicated(r) = self;
-        Some(r)
+        match self {
+            Backend::Replicated(r) => Some(r),
+            Backend::Redis(_) => None,
+        }
     }
 }
 
@@ -338,7 +347,11 @@ mod tests {
         assert!(!health.failed_at("redis", &e, t0 + Duration::from_secs(9)));
         assert_eq!(health.log.lock().1, 2);
         assert!(health.failed_at("redis", &e, t0 + LOG_EVERY));
-        assert_eq!(health.log.lock().1, 0, "the silenced count is reported and reset");
+        assert_eq!(
+            health.log.lock().1,
+            0,
+            "the silenced count is reported and reset"
+        );
         assert_eq!(health.errors(), 3);
     }
 
@@ -350,9 +363,14 @@ mod tests {
         };
         let started = tokio::time::Instant::now();
         let got = within(Duration::from_millis(1000), slow).await;
-        assert!(matches!(got, Err(Unavailable::Timeout { timeout_ms: 1000 })));
+        assert!(matches!(
+            got,
+            Err(Unavailable::Timeout { timeout_ms: 1000 })
+        ));
         assert_eq!(started.elapsed(), Duration::from_millis(1000));
-        let fast = within(Duration::from_millis(1000), async { Ok::<_, Unavailable>(2) });
+        let fast = within(Duration::from_millis(1000), async {
+            Ok::<_, Unavailable>(2)
+        });
         assert_eq!(fast.await.ok(), Some(2));
     }
 }

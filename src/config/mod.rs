@@ -33,11 +33,11 @@ use std::time::Duration;
 
 pub use allow::IpRange;
 pub use overrides::{Override, OverrideValue};
-pub use store::{Auth, MEMCACHED_PORT, REDIS_PORT, ServerAddr, SessionStoreUrl};
 pub use schema::{
     AjpConfig, BalancerConfig, BalancerMember, ClusterConfig, Config, LbMethod, MembershipConfig,
     NodeConfig, ReplicationMode, SessionsConfig, Sticky,
 };
+pub use store::{Auth, MEMCACHED_PORT, REDIS_PORT, ServerAddr, SessionStoreUrl};
 
 /// File read by [`Config::load`] when no path is given (skipped when it does not exist).
 pub const DEFAULT_FILE: &str = "./cluster.toml";

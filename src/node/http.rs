@@ -13,8 +13,8 @@ use super::Shared;
 use super::status::{
     AjpStatus, MemberStatus, NodeStatus, ReplicationStatus, SessionsStatus, StatusDoc,
 };
-use crate::membership::MemberState;
 use crate::backend::SessionBackend as _;
+use crate::membership::MemberState;
 use crate::metrics::Gauges;
 
 pub fn router(shared: Arc<Shared>) -> Router {

@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::backend::{Backend, Replicated};
-use crate::config::{Config, ConfigError};
+use crate::backend::{Backend, RedisBackend, Replicated};
+use crate::config::{Config, ConfigError, SessionStoreUrl};
 use crate::heartbeat::{self, HeartbeatConfig, Peers};
 use crate::membership::{MemberInfo, MembershipView, NodeId};
 use crate::metrics::Metrics;
@@ -54,6 +54,12 @@ pub enum NodeError {
     /// for: checked at start, so that the sessions are not lost at the stop.
     #[error(transparent)]
     Snapshot(#[from] snapshot::SnapshotFileError),
+    /// The session server of `sessions.store` cannot be used as configured.
+    #[error(transparent)]
+    Redis(#[from] crate::backend::redis::RedisSetupError),
+    /// `sessions.store` names a session server this build cannot use.
+    #[error("{0}")]
+    Store(String),
     /// A socket could not be bound (or a given listener could not be used).
     #[error("cannot bind the {what} address {addr}: {source}")]
     Bind {
@@ -602,7 +608,7 @@ async fn launch<D: Datagrams>(
         started: Instant::now(),
         metrics: metrics.clone(),
         view: view_rx.clone(),
-        backend: Backend::Replicated(Replicated::new(store.clone(), replicator.clone())),
+        backend: backend(&config, &store, &replicator)?,
         store_url: config.sessions.store.to_string(),
         store,
         replicator: replicator.clone(),
@@ -701,10 +707,15 @@ async fn launch<D: Datagrams>(
         limit,
         http_stop.clone(),
     ));
-    // Join: take every session from a member before serving sessions.
+    // Join: take every session from a member before serving sessions. With a session
+    // server there is nothing to take: the node serves at once.
     let joining = shared.clone();
     let wait_for_members = config.heartbeat() * 2;
-    shutdown.spawn(async move {
+    if shared.backend.is_session_server() {
+        joining.set_state(NodeState::Ready);
+        joining.replicator.set_ready();
+    } else {
+        shutdown.spawn(async move {
         let outcome = tokio::select! {
             _ = joining_stop(&joining) => return,
             outcome = transfer::run(&streams, &joining.cluster, key.as_ref(), joining.me.id, &joining.store, view_rx, wait_for_members) => outcome,
@@ -714,7 +725,8 @@ async fn launch<D: Datagrams>(
         }
         joining.set_state(NodeState::Ready);
         joining.replicator.set_ready();
-    });
+        });
+    }
 
     Ok(RunningNode {
         addresses: Addresses {
@@ -847,6 +859,35 @@ fn fit_max_connections(configured: u64, set: bool, open_files: Option<u64>) -> u
             soft.saturating_sub(NODE_RESERVED_FILES).max(1)
         }
         _ => configured,
+    }
+}
+
+/// Where the sessions live, as `sessions.store` says.
+fn backend(
+    config: &Config,
+    store: &SessionStore,
+    replicator: &Replicator,
+) -> Result<Backend, NodeError> {
+    let s = &config.sessions;
+    match &s.store {
+        SessionStoreUrl::Replicated => Ok(Backend::Replicated(Replicated::new(
+            store.clone(),
+            replicator.clone(),
+        ))),
+        url @ (SessionStoreUrl::Redis { .. } | SessionStoreUrl::RedisCluster { .. }) => {
+            let redis = RedisBackend::new(
+                url,
+                &config.cluster.name,
+                Duration::from_millis(s.store_timeout_ms),
+                limits(config),
+                u32::try_from(s.max_inactive_s).unwrap_or(u32::MAX),
+            )?;
+            info!(store = %url, "sessions live in a session server; this node replicates none");
+            Ok(Backend::Redis(Box::new(redis)))
+        }
+        SessionStoreUrl::Memcached { .. } => Err(NodeError::Store(
+            "sessions.store: memcached:// is not supported by this build".to_string(),
+        )),
     }
 }
 

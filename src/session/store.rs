@@ -411,6 +411,11 @@ impl Detached {
         self.id
     }
 
+    /// The same session under another id (a change of id).
+    pub fn with_id(self, id: SessionId) -> Detached {
+        Detached { id, ..self }
+    }
+
     /// When the session was made, in Unix milliseconds.
     pub fn created_ms(&self) -> u64 {
         self.state.created_ms

@@ -254,7 +254,6 @@ impl Session {
         let now = self.inner.visit.now_ms;
         let value = match &shared.backend {
             Backend::Replicated(r) => r.store().update(id, now, f)?.value,
-            #[allow(unreachable_patterns)]
             _ => {
                 let loaded = pending.loaded.as_mut()?;
                 loaded.edit(shared.store.limits(), now, f).0

@@ -121,6 +121,13 @@ impl DeltacastStore {
     /// Waits out a joining node (it is receiving the cluster's sessions): a load before
     /// then would not find sessions the cluster holds.
     async fn ready(&self) -> session_store::Result<()> {
+        if self.shared.backend.is_session_server() {
+            // Its record mapping (fingerprints, expiry dates) is written for the replicated
+            // store; over a session server, tower-sessions' own Redis store does the job.
+            return Err(Error::Backend(
+                "DeltacastStore keeps sessions in the replicated store; this node's sessions.store is a session server (use deltacast's session layer, or tower-sessions' own store for that server)".into(),
+            ));
+        }
         if self.shared.state() == NodeState::Joining
             && !self.shared.wait_until_ready(READY_WAIT).await
         {

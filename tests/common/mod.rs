@@ -15,6 +15,7 @@ pub mod hosts;
 pub mod load;
 pub mod nginx;
 pub mod raw_http;
+pub mod redis;
 pub mod relay;
 
 use std::collections::{BTreeSet, HashMap};

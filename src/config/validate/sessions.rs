@@ -47,6 +47,15 @@ pub(super) fn check(s: &SessionsConfig) -> Result<(), ConfigError> {
                 ),
             ));
         }
+        if s.store != super::super::SessionStoreUrl::Replicated {
+            return Err(invalid(
+                "sessions.snapshot_file",
+                format!(
+                    "applies to the replicated store only; with sessions.store = {} the session server keeps the sessions across restarts",
+                    render_str(s.store.kind())
+                ),
+            ));
+        }
     }
     check_range(
         "sessions.store_timeout_ms",
@@ -119,6 +128,11 @@ mod tests {
             load("[sessions]\nsnapshot_file = 3\n"),
             "sessions.snapshot_file",
         );
+        let text = invalid_key(
+            load("[sessions]\nsnapshot_file = \"s\"\nstore = \"redis://127.0.0.1:6379\"\n"),
+            "sessions.snapshot_file",
+        );
+        assert!(text.contains("replicated store only"), "{text}");
     }
 
     #[test]
@@ -126,8 +140,11 @@ mod tests {
         use crate::config::SessionStoreUrl;
         let c = load("[sessions]\nstore = \"redis://127.0.0.1:6379/0\"\n").unwrap();
         assert_eq!(c.sessions.store.kind(), "redis");
-        let c = load_with("", &["sessions.store=redis+cluster://127.0.0.1:7000,127.0.0.1:7001"])
-            .unwrap();
+        let c = load_with(
+            "",
+            &["sessions.store=redis+cluster://127.0.0.1:7000,127.0.0.1:7001"],
+        )
+        .unwrap();
         assert!(matches!(
             c.sessions.store,
             SessionStoreUrl::RedisCluster { ref seeds, .. } if seeds.len() == 2
@@ -137,6 +154,9 @@ mod tests {
             "sessions.store",
         );
         assert!(text.contains("redis://HOST:PORT"), "{text}");
-        invalid_key(load_with("", &["sessions.store=redis://:1"]), "sessions.store");
+        invalid_key(
+            load_with("", &["sessions.store=redis://:1"]),
+            "sessions.store",
+        );
     }
 }

@@ -259,7 +259,9 @@ mod tests {
         let (live_id, other_id) = (live.id, other_live.id);
         let is_live = |id: SessionId| async move { Ok(id == live_id || id == other_id) };
         let choose = |all: Vec<CookieValue>| async move {
-            choose_live(all.into_iter(), is_live).await.expect("no error")
+            choose_live(all.into_iter(), is_live)
+                .await
+                .expect("no error")
         };
         let chosen = choose(vec![unknown.clone(), live.clone(), other_live.clone()]).await;
         assert_eq!(chosen, Some(live.clone()));

@@ -1,0 +1,444 @@
+//! Redis and Redis Cluster as the session store (`sessions.store`), against real servers
+//! that each test starts itself (tests/common/redis.rs): nodes share sessions through the
+//! server and replicate nothing; the key layout of docs/session-servers.md; concurrent
+//! writes of different attributes all kept; change-id, invalidation and expiry by TTL;
+//! sessions outliving every node; a dead server answered with one `503` line and a node
+//! that stays up and comes back by itself; garbage under a key read as no session.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::redis::{RedisCluster, RedisServer, available};
+use common::{Browser, Cluster, FAST, NodeProc, exchange, wait_until};
+
+/// The server a test runs against.
+enum Store {
+    Single(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Store {
+    fn start(kind: Kind, name: &str) -> Store {
+        match kind {
+            Kind::Single => Store::Single(RedisServer::start(name)),
+            Kind::Cluster => Store::Cluster(RedisCluster::start(name)),
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Store::Single(s) => s.url(),
+            Store::Cluster(c) => c.url(),
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Option<String> {
+        match self {
+            Store::Single(s) => s.cli(args),
+            Store::Cluster(c) => c.cli(args),
+        }
+    }
+
+    fn kill(&mut self) {
+        match self {
+            Store::Single(s) => s.kill(),
+            Store::Cluster(c) => c.kill(),
+        }
+    }
+
+    fn restart(&mut self) {
+        match self {
+            Store::Single(s) => s.restart(),
+            Store::Cluster(c) => c.restart(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Single,
+    Cluster,
+}
+
+/// A node of `cluster` whose sessions live in `store`, with `extra` flags.
+fn node(cluster: &Cluster, name: &str, store: &Store, extra: &[&str]) -> NodeProc {
+    let set = format!("sessions.store={}", store.url());
+    let mut args: Vec<&str> = FAST.to_vec();
+    args.extend(["--set", &set]);
+    args.extend(extra);
+    cluster.node(name, &args)
+}
+
+/// The server's key of the session a browser holds.
+fn key(cluster: &Cluster, browser: &Browser) -> String {
+    format!(
+        "deltacast:{}:{}",
+        cluster.name,
+        browser.session_id().expect("a session cookie")
+    )
+}
+
+/// `HGETALL` as field/value pairs.
+fn hgetall(store: &Store, key: &str) -> Vec<(String, String)> {
+    let out = store.cli(&["HGETALL", key]).unwrap_or_default();
+    let lines: Vec<&str> = out.lines().collect();
+    lines
+        .chunks(2)
+        .filter(|c| c.len() == 2)
+        .map(|c| (c[0].to_string(), c[1].to_string()))
+        .collect()
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(f, _)| f == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn put(b: &mut Browser, node: SocketAddr, name: &str, value: &str) {
+    let path = format!("/session/attributes/{name}");
+    let answer = b.send(node, "PUT", &path, value.as_bytes());
+    assert_eq!(answer.status, 204, "PUT {name}: {}", answer.text());
+}
+
+fn get(b: &mut Browser, node: SocketAddr, name: &str) -> (u16, String) {
+    let answer = b.send(node, "GET", &format!("/session/attributes/{name}"), b"");
+    (answer.status, answer.text())
+}
+
+// ---- scenarios -----------------------------------------------------------------------------
+
+fn a_write_on_one_node_is_read_on_another_with_nothing_replicated(kind: Kind) {
+    let store = Store::start(kind, &format!("a-to-b-{kind:?}"));
+    let c = Cluster::new("redis-a-to-b");
+    let a = node(&c, "a", &store, &[]);
+    let b = node(&c, "b", &store, &[]);
+    let mut browser = Browser::new();
+    put(&mut browser, a.http, "user", "ada");
+    assert_eq!(get(&mut browser, b.http, "user"), (200, "ada".to_string()));
+    // Written on b, read on a too.
+    put(&mut browser, b.http, "cart", "3 books");
+    assert_eq!(
+        get(&mut browser, a.http, "cart"),
+        (200, "3 books".to_string())
+    );
+    let doc = browser.send(a.http, "GET", "/session", b"").json();
+    assert_eq!(doc["attributes"]["user"], "ada");
+    assert_eq!(doc["attributes"]["cart"], "3 books");
+    // Both nodes find each other (the balancer discovers them) and send no deltas.
+    wait_until(Duration::from_secs(20), "a and b see each other", || {
+        (a.members("alive")? == ["b"] && b.members("alive")? == ["a"]).then_some(())
+    });
+    for n in [&a, &b] {
+        let status = n.status().expect("status");
+        assert_eq!(status["replication"]["deltas_sent"], 0, "{status}");
+        assert!(status["sessions"]["active"].is_null(), "{status}");
+        assert_eq!(status["sessions"]["store"], store.url().as_str());
+        assert_eq!(status["sessions"]["store_errors"], 0);
+    }
+}
+
+fn the_session_is_one_hash_under_the_documented_key(kind: Kind) {
+    let store = Store::start(kind, &format!("layout-{kind:?}"));
+    let c = Cluster::new("redis-layout");
+    let a = node(&c, "a", &store, &[]);
+    let mut browser = Browser::new();
+    put(&mut browser, a.http, "user", "ada");
+    put(&mut browser, a.http, "lang", "en");
+    let answer = browser.send(a.http, "DELETE", "/session/attributes/lang", b"");
+    assert_eq!(answer.status, 204);
+    let key = key(&c, &browser);
+    assert_eq!(store.cli(&["TYPE", &key]).as_deref(), Some("hash"));
+    let fields = hgetall(&store, &key);
+    assert_eq!(field(&fields, "attr:user"), Some("ada"), "{fields:?}");
+    assert_eq!(field(&fields, "attr:lang"), None, "{fields:?}");
+    assert_eq!(field(&fields, "max_inactive"), Some("1800"));
+    let created: u64 = field(&fields, "created")
+        .expect("created")
+        .parse()
+        .expect("ms");
+    let accessed: u64 = field(&fields, "accessed")
+        .expect("accessed")
+        .parse()
+        .expect("ms");
+    assert!(
+        created > 1_600_000_000_000 && accessed >= created,
+        "{fields:?}"
+    );
+    let ttl: i64 = store
+        .cli(&["PTTL", &key])
+        .and_then(|t| t.parse().ok())
+        .expect("a TTL");
+    assert!(ttl > 1_700_000 && ttl <= 1_800_000, "PTTL {ttl}");
+}
+
+fn concurrent_requests_setting_different_attributes_lose_none(kind: Kind) {
+    let store = Store::start(kind, &format!("concurrent-{kind:?}"));
+    let c = Cluster::new("redis-concurrent");
+    // 201 attributes in one session: past the default limit of 64.
+    let more = ["--set", "sessions.max_attributes=1000"];
+    let a = node(&c, "a", &store, &more);
+    let b = node(&c, "b", &store, &more);
+    let mut browser = Browser::new();
+    put(&mut browser, a.http, "start", "1");
+    let cookie = browser.cookie.clone().expect("a cookie");
+    const PAIRS: usize = 100;
+    const THREADS: usize = 8;
+    std::thread::scope(|scope| {
+        for t in 0..THREADS {
+            let cookie = cookie.clone();
+            let (a, b) = (a.http, b.http);
+            scope.spawn(move || {
+                for i in (t..PAIRS).step_by(THREADS) {
+                    // The two requests of a pair run at once, one on each node.
+                    std::thread::scope(|pair| {
+                        for (node, side) in [(a, "a"), (b, "b")] {
+                            let cookie = cookie.clone();
+                            pair.spawn(move || {
+                                let path = format!("/session/attributes/{side}{i}");
+                                let answer = exchange(node, "PUT", &path, Some(&cookie), b"x")
+                                    .expect("an answer");
+                                assert_eq!(answer.status, 204, "{path}: {}", answer.text());
+                                // Node b re-issues the cookie with its route; the id stays.
+                                if let Some(set) = &answer.set_cookie {
+                                    assert_eq!(
+                                        set.split('.').next(),
+                                        cookie.split('.').next(),
+                                        "{path}: a new session"
+                                    );
+                                }
+                            });
+                        }
+                    });
+                }
+            });
+        }
+    });
+    let doc = browser.send(b.http, "GET", "/session", b"").json();
+    let attributes = doc["attributes"].as_object().expect("attributes");
+    let missing: Vec<String> = (0..PAIRS)
+        .flat_map(|i| [format!("a{i}"), format!("b{i}")])
+        .filter(|name| !attributes.contains_key(name))
+        .collect();
+    assert!(missing.is_empty(), "lost: {missing:?}");
+    assert_eq!(attributes.len(), 2 * PAIRS + 1);
+}
+
+fn change_id_moves_the_session_and_invalidate_ends_it(kind: Kind) {
+    let store = Store::start(kind, &format!("change-id-{kind:?}"));
+    let c = Cluster::new("redis-change-id");
+    let a = node(&c, "a", &store, &[]);
+    let b = node(&c, "b", &store, &[]);
+    let mut browser = Browser::new();
+    put(&mut browser, a.http, "user", "ada");
+    let old_cookie = browser.cookie.clone().expect("a cookie");
+    let old_key = key(&c, &browser);
+    let answer = browser.send(a.http, "POST", "/session/change-id", b"");
+    assert_eq!(answer.status, 204, "{}", answer.text());
+    let new_key = key(&c, &browser);
+    assert_ne!(new_key, old_key);
+    // The old id is dead everywhere; the new one has the attributes, on either node.
+    assert_eq!(store.cli(&["EXISTS", &old_key]).as_deref(), Some("0"));
+    let old = exchange(
+        b.http,
+        "GET",
+        "/session/attributes/user",
+        Some(&old_cookie),
+        b"",
+    )
+    .expect("an answer");
+    assert_eq!((old.status, old.text()), (404, "no session\n".to_string()));
+    assert_eq!(get(&mut browser, b.http, "user"), (200, "ada".to_string()));
+    let fields = hgetall(&store, &new_key);
+    assert_eq!(field(&fields, "attr:user"), Some("ada"));
+    assert_eq!(field(&fields, "dead"), None);
+    // Invalidate: the key goes, the cookie is cleared, the next request has no session.
+    let answer = browser.send(b.http, "POST", "/session/invalidate", b"");
+    assert_eq!(answer.status, 204);
+    assert_eq!(store.cli(&["EXISTS", &new_key]).as_deref(), Some("0"));
+    let gone = exchange(
+        a.http,
+        "GET",
+        "/session/attributes/user",
+        Some(&format!(
+            "JSESSIONID={}",
+            new_key.rsplit(':').next().unwrap_or_default()
+        )),
+        b"",
+    )
+    .expect("an answer");
+    assert_eq!(gone.status, 404);
+}
+
+fn a_session_expires_after_max_inactive_s(kind: Kind) {
+    let store = Store::start(kind, &format!("expiry-{kind:?}"));
+    let c = Cluster::new("redis-expiry");
+    let a = node(&c, "a", &store, &["--set", "sessions.max_inactive_s=1"]);
+    let mut browser = Browser::new();
+    put(&mut browser, a.http, "user", "ada");
+    let key = key(&c, &browser);
+    let ttl: i64 = store
+        .cli(&["PTTL", &key])
+        .and_then(|t| t.parse().ok())
+        .expect("a TTL");
+    assert!(ttl > 0 && ttl <= 1000, "PTTL {ttl}");
+    // Touched: still there after more than one interval in all.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(get(&mut browser, a.http, "user"), (200, "ada".to_string()));
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(get(&mut browser, a.http, "user"), (200, "ada".to_string()));
+    // Left alone: the server's TTL ends it.
+    wait_until(Duration::from_secs(10), "the key expired", || {
+        (store.cli(&["EXISTS", &key]).as_deref() == Some("0")).then_some(())
+    });
+    let (status, text) = get(&mut browser, a.http, "user");
+    assert_eq!((status, text.as_str()), (404, "no session\n"));
+}
+
+fn sessions_outlive_a_restart_of_every_node(kind: Kind) {
+    let store = Store::start(kind, &format!("restart-{kind:?}"));
+    let c = Cluster::new("redis-restart");
+    let mut browser = Browser::new();
+    {
+        let a = node(&c, "a", &store, &[]);
+        let b = node(&c, "b", &store, &[]);
+        put(&mut browser, a.http, "user", "ada");
+        put(&mut browser, b.http, "cart", "tea");
+        // Both killed (by PID) here.
+    }
+    let a = node(&c, "a", &store, &[]);
+    let b = node(&c, "b", &store, &[]);
+    assert_eq!(get(&mut browser, b.http, "user"), (200, "ada".to_string()));
+    assert_eq!(get(&mut browser, a.http, "cart"), (200, "tea".to_string()));
+}
+
+fn a_dead_server_is_one_503_line_and_the_node_comes_back_with_it(kind: Kind) {
+    let mut store = Store::start(kind, &format!("dead-{kind:?}"));
+    let c = Cluster::new("redis-dead");
+    let a = node(&c, "a", &store, &["--set", "sessions.store_timeout_ms=500"]);
+    let mut browser = Browser::new();
+    put(&mut browser, a.http, "user", "ada");
+    store.kill();
+    for path in ["/session", "/session/attributes/user", "/"] {
+        let answer = browser.send(a.http, "GET", path, b"");
+        assert_eq!(answer.status, 503, "{path}");
+        assert_eq!(answer.text(), "session store unavailable\n", "{path}");
+    }
+    let answer = browser.send(a.http, "PUT", "/session/attributes/x", b"1");
+    assert_eq!(answer.status, 503);
+    let status = a.status().expect("the node still answers /status");
+    assert!(
+        status["sessions"]["store_errors"].as_u64().unwrap_or(0) >= 4,
+        "{status}"
+    );
+    assert_eq!(status["node"]["state"], "ready");
+    // Logged, but not once per request.
+    let log = a.log_text();
+    let logged = log.matches("session store unavailable").count();
+    assert!((1..=2).contains(&logged), "{logged} log lines:\n{log}");
+    store.restart();
+    // The server lost everything (nothing is saved): the next request gets a new session.
+    wait_until(
+        Duration::from_secs(30),
+        "the node uses the server again",
+        || {
+            let answer = exchange(
+                a.http,
+                "PUT",
+                "/session/attributes/user",
+                browser.cookie.as_deref(),
+                b"bob",
+            )?;
+            (answer.status == 204).then_some(())
+        },
+    );
+}
+
+fn garbage_under_a_session_key_is_no_session(kind: Kind) {
+    let store = Store::start(kind, &format!("garbage-{kind:?}"));
+    let c = Cluster::new("redis-garbage");
+    let a = node(&c, "a", &store, &[]);
+    let ids = [
+        "0123456789ABCDEF0123456789ABCDEF",
+        "00000000000000000000000000000002",
+        "00000000000000000000000000000003",
+        "00000000000000000000000000000004",
+    ];
+    let key = |id: &str| format!("deltacast:{}:{id}", c.name);
+    store
+        .cli(&["SET", &key(ids[0]), "not a hash"])
+        .expect("SET");
+    store
+        .cli(&[
+            "HSET",
+            &key(ids[1]),
+            "created",
+            "yesterday",
+            "accessed",
+            "1",
+            "max_inactive",
+            "60",
+        ])
+        .expect("HSET");
+    store
+        .cli(&["RPUSH", &key(ids[2]), "a", "b"])
+        .expect("RPUSH");
+    store
+        .cli(&["HSET", &key(ids[3]), "attr:user", "eve"])
+        .expect("HSET");
+    for id in ids {
+        let cookie = format!("JSESSIONID={id}.a");
+        let answer = exchange(a.http, "GET", "/session", Some(&cookie), b"").expect("an answer");
+        assert_eq!(answer.status, 200, "{id}: {}", answer.text());
+        let doc = answer.json();
+        assert!(
+            doc["attributes"].as_object().is_some_and(|m| m.is_empty()),
+            "{doc}"
+        );
+        let new = answer.set_cookie.expect("a fresh session's cookie");
+        assert!(!new.contains(id), "the garbage id was reused: {new}");
+    }
+    let status = a.status().expect("status");
+    assert_eq!(status["sessions"]["store_errors"], 0, "{status}");
+}
+
+// ---- one test per scenario and server kind ---------------------------------------------------
+
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        mod redis {
+            $(
+                #[test]
+                fn $name() {
+                    if super::available(stringify!($name)) {
+                        super::$name(super::Kind::Single);
+                    }
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[test]
+                fn $name() {
+                    if super::available(stringify!($name)) {
+                        super::$name(super::Kind::Cluster);
+                    }
+                }
+            )*
+        }
+    };
+}
+
+scenarios!(
+    a_write_on_one_node_is_read_on_another_with_nothing_replicated,
+    the_session_is_one_hash_under_the_documented_key,
+    concurrent_requests_setting_different_attributes_lose_none,
+    change_id_moves_the_session_and_invalidate_ends_it,
+    a_session_expires_after_max_inactive_s,
+    sessions_outlive_a_restart_of_every_node,
+    a_dead_server_is_one_503_line_and_the_node_comes_back_with_it,
+    garbage_under_a_session_key_is_no_session,
+);
