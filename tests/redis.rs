@@ -405,6 +405,85 @@ fn garbage_under_a_session_key_is_no_session(kind: Kind) {
     assert_eq!(status["sessions"]["store_errors"], 0, "{status}");
 }
 
+/// The library's session layer over a session server: an axum app on two in-process
+/// nodes counts visits, logs in (change-id) and out (invalidate); every step is in the
+/// server, whichever node served it.
+fn the_session_layer_keeps_an_apps_sessions_in_the_server(kind: Kind) {
+    use axum::Router;
+    use axum::routing::{get, post};
+    use deltacast::{Node, Session};
+
+    async fn visit(session: Session) -> String {
+        let n = session.get::<u64>("visits").unwrap_or(0) + 1;
+        session.insert("visits", &n);
+        n.to_string()
+    }
+    async fn login(session: Session) -> &'static str {
+        session.insert("user", "ada");
+        session.change_id();
+        "welcome"
+    }
+    async fn whoami(session: Session) -> String {
+        session.get::<String>("user").unwrap_or_default()
+    }
+    async fn logout(session: Session) -> &'static str {
+        session.invalidate();
+        "bye"
+    }
+
+    let store = Store::start(kind, &format!("layer-{kind:?}"));
+    let c = Cluster::new("redis-layer");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let nodes: Vec<Node> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let mut config = c.in_process_config(name);
+            config.sessions.store = store.url().parse().expect("a store URL");
+            let node = runtime
+                .block_on(Node::start(config))
+                .expect("the node starts");
+            node.serve(
+                Router::new()
+                    .route("/visit", get(visit))
+                    .route("/login", post(login))
+                    .route("/whoami", get(whoami))
+                    .route("/logout", post(logout))
+                    .layer(node.session_layer()),
+            );
+            node
+        })
+        .collect();
+    let (a, b) = (nodes[0].addresses().http, nodes[1].addresses().http);
+    let mut browser = Browser::new();
+    for (i, node) in [a, b, a, b].into_iter().enumerate() {
+        let answer = browser.send(node, "GET", "/visit", b"");
+        assert_eq!((answer.status, answer.text()), (200, (i + 1).to_string()));
+    }
+    let old_key = key(&c, &browser);
+    assert_eq!(
+        store.cli(&["HGET", &old_key, "attr:visits"]).as_deref(),
+        Some("4")
+    );
+    let answer = browser.send(b, "POST", "/login", b"");
+    assert_eq!(answer.status, 200);
+    let new_key = key(&c, &browser);
+    assert_ne!(new_key, old_key, "login changes the id");
+    assert_eq!(store.cli(&["EXISTS", &old_key]).as_deref(), Some("0"));
+    assert_eq!(browser.send(a, "GET", "/whoami", b"").text(), "ada");
+    assert_eq!(browser.send(a, "GET", "/visit", b"").text(), "5");
+    assert_eq!(browser.send(a, "POST", "/logout", b"").text(), "bye");
+    assert_eq!(store.cli(&["EXISTS", &new_key]).as_deref(), Some("0"));
+    for node in nodes {
+        assert_eq!(node.status().sessions.active, None);
+        assert_eq!(node.status().replication.deltas_sent, 0);
+        runtime.block_on(node.shutdown());
+    }
+}
+
 // ---- one test per scenario and server kind ---------------------------------------------------
 
 macro_rules! scenarios {
@@ -441,4 +520,5 @@ scenarios!(
     sessions_outlive_a_restart_of_every_node,
     a_dead_server_is_one_503_line_and_the_node_comes_back_with_it,
     garbage_under_a_session_key_is_no_session,
+    the_session_layer_keeps_an_apps_sessions_in_the_server,
 );
