@@ -484,6 +484,105 @@ fn the_session_layer_keeps_an_apps_sessions_in_the_server(kind: Kind) {
     }
 }
 
+/// A session's slot moves from one master to another while requests use it: first the
+/// key alone (the old owner answers `ASK`), then the slot (`MOVED`). Reads and writes
+/// succeed throughout, and nothing is lost.
+#[test]
+fn redis_cluster_requests_follow_ask_and_moved_while_a_slot_migrates() {
+    if !available("redis_cluster_requests_follow_ask_and_moved_while_a_slot_migrates") {
+        return;
+    }
+    let store = RedisCluster::start("migrate");
+    let c = Cluster::new("redis-migrate");
+    let set = format!("sessions.store={}", store.url());
+    let mut args: Vec<&str> = FAST.to_vec();
+    args.extend(["--set", &set]);
+    let a = c.node("a", &args);
+    let mut browser = Browser::new();
+    let put_ok = |browser: &mut Browser, name: &str, value: &str| {
+        let answer = browser.send(
+            a.http,
+            "PUT",
+            &format!("/session/attributes/{name}"),
+            value.as_bytes(),
+        );
+        assert_eq!(answer.status, 204, "PUT {name}: {}", answer.text());
+    };
+    put_ok(&mut browser, "before", "1");
+    let key = format!(
+        "deltacast:{}:{}",
+        c.name,
+        browser.session_id().expect("a session")
+    );
+    let slot = store
+        .cli(&["CLUSTER", "KEYSLOT", &key])
+        .expect("the key's slot");
+    let id_of = |port: u16| store.cli_at(port, &["CLUSTER", "MYID"]).expect("a node id");
+    let ports: Vec<u16> = store.servers.iter().map(|s| s.port).collect();
+    // The owner is the node that has the key.
+    let source = *ports
+        .iter()
+        .find(|p| store.cli_at(**p, &["EXISTS", &key]).as_deref() == Some("1"))
+        .expect("a node holds the key");
+    let target = *ports.iter().find(|p| **p != source).expect("another node");
+    let (source_id, target_id) = (id_of(source), id_of(target));
+    let admin = |port: u16, args: &[&str]| {
+        let out = store.cli_at(port, args).unwrap_or_default();
+        assert!(
+            out.contains("OK") || out.contains("NOKEY"),
+            "{args:?} on {port}: {out}"
+        );
+    };
+    admin(
+        target,
+        &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id],
+    );
+    admin(
+        source,
+        &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &target_id],
+    );
+    put_ok(&mut browser, "migrating", "2");
+    // The key moves alone: its old owner now answers ASK for it.
+    admin(
+        source,
+        &[
+            "MIGRATE",
+            "127.0.0.1",
+            &target.to_string(),
+            "",
+            "0",
+            "5000",
+            "KEYS",
+            &key,
+        ],
+    );
+    let asked = store.cli_at(source, &["EXISTS", &key]).unwrap_or_default();
+    assert!(asked.starts_with("ASK "), "{asked}");
+    assert_eq!(get(&mut browser, a.http, "before"), (200, "1".to_string()));
+    put_ok(&mut browser, "asked", "3");
+    // The slot moves: every node now says MOVED.
+    for port in &ports {
+        admin(*port, &["CLUSTER", "SETSLOT", &slot, "NODE", &target_id]);
+    }
+    put_ok(&mut browser, "moved", "4");
+    let doc = browser.send(a.http, "GET", "/session", b"").json();
+    for (name, value) in [
+        ("before", "1"),
+        ("migrating", "2"),
+        ("asked", "3"),
+        ("moved", "4"),
+    ] {
+        assert_eq!(doc["attributes"][name], value, "{doc}");
+    }
+    assert_eq!(
+        store
+            .cli_at(target, &["HGET", &key, "attr:moved"])
+            .as_deref(),
+        Some("4")
+    );
+    assert_eq!(a.status().expect("status")["sessions"]["store_errors"], 0);
+}
+
 // ---- one test per scenario and server kind ---------------------------------------------------
 
 macro_rules! scenarios {
