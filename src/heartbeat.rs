@@ -5,6 +5,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -29,7 +30,8 @@ use crate::wire::{self, FrameBody, MAX_DATAGRAM, WireError};
 pub enum Peers {
     /// The multicast group of the socket.
     Group,
-    /// Static members (kept resolved by [`transport::keep_resolving`]); members heard
+    /// Static members and the peers of `membership.dns` (kept resolved by
+    /// [`transport::keep_discovering`]); members heard
     /// from outside the list are answered too.
     Static(watch::Receiver<Vec<SocketAddr>>),
 }
@@ -51,6 +53,9 @@ pub struct HeartbeatConfig {
     pub key: Option<ClusterKey>,
     /// How verifications reach a member's replication port.
     pub streams: Streams,
+    /// Whether the node serves yet (its state transfer is done): until it does, its
+    /// heartbeats say `Joining`, so a balancer keeps it out of rotation. None: always.
+    pub serving: Option<Arc<AtomicBool>>,
 }
 
 impl HeartbeatConfig {
@@ -70,6 +75,15 @@ impl HeartbeatConfig {
             observer: false,
             key: None,
             streams: Streams::Tcp,
+            serving: None,
+        }
+    }
+
+    /// What a heartbeat sent now announces: `Joining` until the node serves, then `Alive`.
+    pub fn presence(&self) -> Announce {
+        match &self.serving {
+            Some(serving) if !serving.load(Ordering::Acquire) => Announce::Joining,
+            _ => Announce::Alive,
         }
     }
 }
@@ -104,6 +118,7 @@ pub async fn run<D: Datagrams>(
         verifications: JoinSet::new(),
         last_answer: None,
         answer_at: None,
+        announced: None,
     };
     driver.run(shutdown).await;
 }
@@ -133,6 +148,9 @@ struct Driver<D> {
     last_answer: Option<Instant>,
     /// An early heartbeat is due at this instant.
     answer_at: Option<tokio::time::Instant>,
+    /// What the last heartbeat announced: when a joining node starts serving, it says so
+    /// at once rather than a whole interval later.
+    announced: Option<Announce>,
 }
 
 /// Early heartbeats for newcomers go out at most this often, so a burst of joins (or a
@@ -152,13 +170,18 @@ impl<D: Datagrams> Driver<D> {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = send_every.tick(), if !self.cfg.observer => self.send(Announce::Alive).await,
+                _ = send_every.tick(), if !self.cfg.observer => self.send(self.cfg.presence()).await,
                 _ = sleep_until_some(self.answer_at), if self.answer_at.is_some() => {
                     self.answer_at = None;
                     self.last_answer = Some(now());
-                    self.send(Announce::Alive).await;
+                    self.send(self.cfg.presence()).await;
                 }
                 _ = check_every.tick() => {
+                    if self.announced == Some(Announce::Joining)
+                        && self.cfg.presence() == Announce::Alive
+                    {
+                        self.send(Announce::Alive).await;
+                    }
                     self.strangers.tick(now());
                     let events = self.table.tick(now());
                     self.handle(events);
@@ -223,6 +246,7 @@ impl<D: Datagrams> Driver<D> {
 
     async fn send(&mut self, announce: Announce) {
         self.seq += 1;
+        self.announced = Some(announce);
         let hb = Heartbeat {
             info: self.cfg.me.clone(),
             announce,
@@ -479,6 +503,24 @@ mod tests {
     use tokio::net::TcpListener;
 
     const T: Duration = Duration::from_millis(500);
+
+    #[test]
+    fn a_node_announces_joining_until_its_state_transfer_is_done() {
+        let me = MemberInfo {
+            id: NodeId::from_u64(1),
+            name: "n1".into(),
+            http: "127.0.0.1:8081".parse().unwrap(),
+            replication: "127.0.0.1:4001".parse().unwrap(),
+            incarnation: 1,
+        };
+        let mut cfg = HeartbeatConfig::new("c".into(), me, T, T * 6);
+        assert_eq!(cfg.presence(), Announce::Alive, "no flag: always serving");
+        let serving = Arc::new(AtomicBool::new(false));
+        cfg.serving = Some(serving.clone());
+        assert_eq!(cfg.presence(), Announce::Joining);
+        serving.store(true, Ordering::Release);
+        assert_eq!(cfg.presence(), Announce::Alive);
+    }
 
     /// What a member's replication port does with pings (cluster "c", no key): answers each
     /// with a pong carrying its own id, and closes at a frame it cannot decode. Written out

@@ -78,6 +78,8 @@
 //! - `balancer`: the built-in balancer: member choice, health, proxy, discovery, manager,
 //!   client connections and their limits, member connections, one worker thread per core,
 //!   a fast path for the common requests beside hyper.
+//! - `ajp`: the AJP/1.3 connector (a pure codec, and a listener that hands each request to
+//!   the node's own router), for Apache mod_proxy_ajp and mod_jk in front.
 //! - `cli`: the command line (`node`, `balancer`, `up`, `status`, `keygen`).
 //! - `metrics` (atomic counters behind `/status` and `/metrics`), `throttle` (log once per
 //!   sender per interval), `limits` (the open file limit, raised at start), `clock` (the
@@ -97,6 +99,8 @@ pub mod session;
 pub mod shutdown;
 pub mod web;
 
+#[doc(hidden)]
+pub mod ajp;
 #[doc(hidden)]
 pub mod balancer;
 #[doc(hidden)]

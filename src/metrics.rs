@@ -1,5 +1,7 @@
 //! Counters shared by the tasks of a node: plain atomics, read by `/status` and rendered
-//! as Prometheus text by `/metrics`.
+//! as Prometheus text by `/metrics`; and the Prometheus text writer ([`TextWriter`]) and
+//! histogram buckets ([`Buckets`]) that the node's `/metrics` and the balancer's
+//! `/balancer-manager/metrics` share.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,10 +60,26 @@ pub struct ReplicationMetrics {
     pub pings_answered: Counter,
 }
 
+/// The AJP connector's traffic (filled by `ajp::server`).
+#[derive(Debug, Default)]
+pub struct AjpMetrics {
+    /// Forward requests answered (refusals included).
+    pub requests: Counter,
+    /// Connections closed because a packet did not decode (wrong magic, oversized,
+    /// malformed, unknown type), or broke off mid-request.
+    pub errors: Counter,
+    /// Forward requests refused with 403 (missing or wrong secret, a request attribute
+    /// that is not allowed).
+    pub refused: Counter,
+    /// CPings answered.
+    pub cpings: Counter,
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub membership: MembershipMetrics,
     pub replication: ReplicationMetrics,
+    pub ajp: AjpMetrics,
 }
 
 /// The `membership` object of `/status`.
@@ -128,13 +146,9 @@ impl Metrics {
     pub fn render_prometheus(&self, gauges: Gauges) -> String {
         let m = &self.membership;
         let r = &self.replication;
-        let mut out = String::with_capacity(2048);
+        let mut out = TextWriter::new();
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, String)]| {
-            let _ = writeln!(out, "# HELP deltacast_{name} {help}");
-            let _ = writeln!(out, "# TYPE deltacast_{name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "deltacast_{name}{labels} {value}");
-            }
+            out.metric(&format!("deltacast_{name}"), kind, help, samples);
         };
         metric(
             "members",
@@ -246,19 +260,253 @@ impl Metrics {
             "Deltas queued for sending.",
             &[("", gauges.replication_queue.to_string())],
         );
+        let a = &self.ajp;
+        metric(
+            "ajp_requests_total",
+            "counter",
+            "AJP forward requests answered (refusals included).",
+            &[("", a.requests.get().to_string())],
+        );
+        metric(
+            "ajp_errors_total",
+            "counter",
+            "AJP connections closed on a packet that did not decode.",
+            &[("", a.errors.get().to_string())],
+        );
+        metric(
+            "ajp_refused_total",
+            "counter",
+            "AJP forward requests refused with 403 (secret, request attribute).",
+            &[("", a.refused.get().to_string())],
+        );
+        metric(
+            "ajp_cpings_total",
+            "counter",
+            "AJP CPings answered.",
+            &[("", a.cpings.get().to_string())],
+        );
         metric(
             "uptime_seconds",
             "gauge",
             "Seconds since the node started.",
             &[("", format!("{:.3}", gauges.uptime_seconds))],
         );
-        out
+        out.finish()
+    }
+}
+
+/// The content type of the Prometheus text exposition format.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Writes the Prometheus text exposition format (version 0.0.4): a family's `# HELP` and
+/// `# TYPE` lines, then its samples, one a line.
+#[derive(Debug, Default)]
+pub struct TextWriter {
+    out: String,
+}
+
+impl TextWriter {
+    pub fn new() -> TextWriter {
+        TextWriter {
+            out: String::with_capacity(4096),
+        }
+    }
+
+    /// A family `name` of `kind` ("counter", "gauge", "histogram") and its samples, each
+    /// its label set as written by [`labels`] ("" for none) and its value.
+    pub fn metric(&mut self, name: &str, kind: &str, help: &str, samples: &[(&str, String)]) {
+        self.family(name, kind, help);
+        for (labels, value) in samples {
+            self.sample(name, labels, value);
+        }
+    }
+
+    /// The `# HELP` and `# TYPE` lines of a family.
+    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    /// One sample line: `name{labels} value`, `labels` as written by [`labels`].
+    pub fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+        let _ = writeln!(self.out, "{name}{labels} {value}");
+    }
+
+    /// The samples of one histogram of a family declared `histogram`: the cumulative
+    /// `_bucket` lines (with `le`, after `labels` as pairs), `_sum` (in the unit the
+    /// buckets' bounds are divided into by `scale`, e.g. microseconds into seconds) and
+    /// `_count`.
+    pub fn histogram(
+        &mut self,
+        name: &str,
+        pairs: &[(&str, &str)],
+        snapshot: &Snapshot,
+        scale: f64,
+    ) {
+        let mut cumulative = 0;
+        for (i, count) in snapshot.counts.iter().enumerate() {
+            cumulative += count;
+            let le = match snapshot.bounds.get(i) {
+                Some(bound) => format_float(*bound as f64 / scale),
+                None => "+Inf".to_string(),
+            };
+            let mut with_le: Vec<(&str, &str)> = pairs.to_vec();
+            with_le.push(("le", &le));
+            self.sample(&format!("{name}_bucket"), &labels(&with_le), cumulative);
+        }
+        let sum = format_float(snapshot.sum as f64 / scale);
+        self.sample(&format!("{name}_sum"), &labels(pairs), sum);
+        self.sample(&format!("{name}_count"), &labels(pairs), cumulative);
+    }
+
+    pub fn finish(self) -> String {
+        self.out
+    }
+}
+
+/// A label set, `{a="x",b="y"}` (empty for none), the values escaped as the format says
+/// (backslash, double quote, line feed).
+pub fn labels(pairs: &[(&str, &str)]) -> String {
+    if pairs.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("{");
+    for (i, (name, value)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(name);
+        out.push_str("=\"");
+        for c in value.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
+}
+
+fn escape_help(help: &str) -> String {
+    help.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+/// A float as Prometheus reads it: the shortest form that reads back the same.
+fn format_float(v: f64) -> String {
+    format!("{v}")
+}
+
+/// The buckets of a histogram of integer observations (microseconds, bytes), kept as
+/// atomics: `bounds` are the upper bounds (inclusive, as Prometheus's `le`), one more
+/// bucket counts what is above the last. Observing is two relaxed additions.
+#[derive(Debug)]
+pub struct Buckets {
+    bounds: &'static [u64],
+    counts: Box<[AtomicU64]>,
+    sum: AtomicU64,
+}
+
+/// What a histogram holds at one moment (several [`Buckets`] added up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub bounds: &'static [u64],
+    /// Per bucket (not cumulative); one more than `bounds`.
+    pub counts: Vec<u64>,
+    pub sum: u64,
+}
+
+impl Buckets {
+    pub fn new(bounds: &'static [u64]) -> Buckets {
+        Buckets {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, value: u64) {
+        let at = self.bounds.partition_point(|bound| *bound < value);
+        self.counts[at].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(value, Ordering::Relaxed);
+    }
+
+    /// Adds what these buckets hold to `total` (of the same bounds).
+    pub fn add_to(&self, total: &mut Snapshot) {
+        for (sum, count) in total.counts.iter_mut().zip(self.counts.iter()) {
+            *sum += count.load(Ordering::Relaxed);
+        }
+        total.sum += self.sum.load(Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let mut total = Snapshot::empty(self.bounds);
+        self.add_to(&mut total);
+        total
+    }
+}
+
+impl Snapshot {
+    pub fn empty(bounds: &'static [u64]) -> Snapshot {
+        Snapshot {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0,
+        }
+    }
+
+    /// Observations in all.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_values_are_escaped_and_an_empty_set_is_nothing() {
+        assert_eq!(labels(&[]), "");
+        assert_eq!(labels(&[("route", "n1")]), "{route=\"n1\"}");
+        assert_eq!(
+            labels(&[("a", "x\"y"), ("b", "back\\slash\nline")]),
+            "{a=\"x\\\"y\",b=\"back\\\\slash\\nline\"}"
+        );
+    }
+
+    #[test]
+    fn observations_land_in_the_first_bucket_whose_bound_holds_them() {
+        static BOUNDS: [u64; 3] = [10, 100, 1000];
+        let b = Buckets::new(&BOUNDS);
+        for v in [0, 10, 11, 100, 5000, 1000] {
+            b.observe(v);
+        }
+        let s = b.snapshot();
+        assert_eq!(s.counts, [2, 2, 1, 1]);
+        assert_eq!(s.sum, 6121);
+        assert_eq!(s.count(), 6);
+        let mut total = Snapshot::empty(&BOUNDS);
+        b.add_to(&mut total);
+        b.add_to(&mut total);
+        assert_eq!(total.counts, [4, 4, 2, 2]);
+        let mut w = TextWriter::new();
+        w.family("t_seconds", "histogram", "A test.");
+        w.histogram("t_seconds", &[("route", "n1")], &s, 1000.0);
+        assert_eq!(
+            w.finish(),
+            "# HELP t_seconds A test.\n# TYPE t_seconds histogram\n\
+             t_seconds_bucket{route=\"n1\",le=\"0.01\"} 2\n\
+             t_seconds_bucket{route=\"n1\",le=\"0.1\"} 4\n\
+             t_seconds_bucket{route=\"n1\",le=\"1\"} 5\n\
+             t_seconds_bucket{route=\"n1\",le=\"+Inf\"} 6\n\
+             t_seconds_sum{route=\"n1\"} 6.121\n\
+             t_seconds_count{route=\"n1\"} 6\n"
+        );
+    }
 
     #[test]
     fn prometheus_text_has_help_type_and_samples() {

@@ -103,13 +103,56 @@ pub fn start(
     Ok(())
 }
 
-/// The (route, url) of each member of a view, sorted by route.
+/// The (route, url) of each member of a view that serves, sorted by route: a member still
+/// taking its state transfer (`joining`) gets no request before it says it is done.
 pub fn discovered(view: &MembershipView) -> Vec<(String, String)> {
     let mut found: Vec<(String, String)> = view
         .members
         .iter()
+        .filter(|m| !m.joining)
         .map(|m| (m.info.name.clone(), format!("http://{}", m.info.http)))
         .collect();
     found.sort();
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::membership::{MemberState, MemberView};
+
+    fn member(id: u64, name: &str, joining: bool) -> MemberView {
+        MemberView {
+            info: MemberInfo {
+                id: NodeId::from_u64(id),
+                name: name.into(),
+                http: SocketAddr::from(([10, 0, 0, id as u8], 8081)),
+                replication: SocketAddr::from(([10, 0, 0, id as u8], 4001)),
+                incarnation: 1,
+            },
+            state: MemberState::Alive,
+            last_heard: Duration::ZERO,
+            joining,
+        }
+    }
+
+    #[test]
+    fn a_member_still_taking_its_state_transfer_gets_no_traffic_until_it_serves() {
+        let t0 = Instant::now();
+        let joining = MembershipView::new(t0, vec![member(2, "n2", false), member(1, "n1", true)]);
+        assert_eq!(
+            discovered(&joining),
+            vec![("n2".to_string(), "http://10.0.0.2:8081".to_string())]
+        );
+        let serving = MembershipView::new(t0, vec![member(2, "n2", false), member(1, "n1", false)]);
+        assert_eq!(
+            discovered(&serving),
+            vec![
+                ("n1".to_string(), "http://10.0.0.1:8081".to_string()),
+                ("n2".to_string(), "http://10.0.0.2:8081".to_string()),
+            ]
+        );
+    }
 }

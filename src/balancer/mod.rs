@@ -136,6 +136,7 @@ pub async fn run_reporting(
             cookie: config.sessions.cookie.clone(),
         },
         manager: Arc::new(http::manager::Guard::new(b.manager_allow.clone())),
+        figures: Arc::new(http::figures::Figures::new(count)),
     });
     let workers = match Workers::start(listeners, &shared, &shutdown) {
         Ok(workers) => workers,

@@ -24,6 +24,7 @@ use tracing::{debug, warn};
 use crate::balancer::choice::registry::Registry;
 use crate::balancer::http::conn::{self, ClientIo, Exchange};
 use crate::balancer::http::fast::{self, BufferPool};
+use crate::balancer::http::figures::{Figures, FiguresSlot};
 use crate::balancer::http::manager;
 use crate::balancer::http::pool::Pool;
 use crate::balancer::http::service::Service;
@@ -58,6 +59,8 @@ pub struct Shared {
     pub timeout: Arc<MemberTimeout>,
     pub sticky: sticky::Rule,
     pub manager: Arc<manager::Guard>,
+    /// The balancer's own figures, one part per worker.
+    pub figures: Arc<Figures>,
 }
 
 /// One worker per core the process may use.
@@ -152,17 +155,27 @@ fn start_one(
     let shutdown = workers.child();
     std::thread::Builder::new()
         .name(format!("balancer-{index}"))
-        .spawn(move || run(runtime, listener, shared, shutdown))
+        .spawn(move || run(index, runtime, listener, shared, shutdown))
         .map_err(failed)
 }
 
 /// One worker's thread: serves until shutdown, then drains its connections.
-fn run(runtime: Runtime, listener: Listener, shared: Arc<Shared>, shutdown: Shutdown) {
+fn run(
+    index: usize,
+    runtime: Runtime,
+    listener: Listener,
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+) {
     runtime.block_on(async move {
         let upstream = Upstream {
             registry: shared.registry.clone(),
             pool: Arc::new(Pool::new(shared.timeout.clone())),
             sticky: shared.sticky.clone(),
+            figures: FiguresSlot {
+                figures: shared.figures.clone(),
+                index,
+            },
         };
         let worker = Arc::new(Worker {
             service: Service::new(

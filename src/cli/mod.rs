@@ -77,6 +77,10 @@ pub struct NodeArgs {
     /// Replication listen address (node.replication).
     #[arg(long, value_name = "ADDR")]
     pub replication: Option<String>,
+    /// AJP/1.3 listen address, for Apache mod_proxy_ajp or mod_jk (ajp.listen; needs
+    /// ajp.secret unless ajp.secret_required=false).
+    #[arg(long, value_name = "ADDR")]
+    pub ajp: Option<String>,
     /// Die with this parent process (used by `up`, so nodes never outlive it).
     #[arg(long, hide = true, value_name = "PID")]
     pub parent_pid: Option<i32>,
@@ -160,6 +164,7 @@ impl NodeArgs {
             ("node.name", &self.name),
             ("node.http", &self.http),
             ("node.replication", &self.replication),
+            ("ajp.listen", &self.ajp),
         ]);
         Config::load(self.common.config.as_deref(), &overrides)
     }
@@ -213,10 +218,14 @@ async fn run_node(args: NodeArgs) -> Result<ExitCode, CliError> {
 /// runs.
 pub fn report_listening(node: &Node) {
     let addrs = node.addresses();
-    up::report_listening(&[
+    let mut listening = vec![
         ("node.http", addrs.http),
         ("node.replication", addrs.replication),
-    ]);
+    ];
+    if let Some(ajp) = addrs.ajp {
+        listening.push(("node.ajp", ajp));
+    }
+    up::report_listening(&listening);
 }
 
 /// The shutdown of a process that serves until SIGTERM or SIGINT (Ctrl-C): give it to

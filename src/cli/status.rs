@@ -252,6 +252,7 @@ mod tests {
                 errors: 0,
             },
             membership: MembershipCounters::default(),
+            ajp: None,
         };
         let text = render(&doc);
         let lines: Vec<&str> = text.lines().collect();

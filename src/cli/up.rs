@@ -36,6 +36,7 @@ const PER_NODE_KEYS: &[&str] = &[
     "membership.multicast",
     "membership.static_members",
     "cluster.name",
+    "sessions.snapshot_file",
 ];
 
 /// The name of the balancer's row in the table.
@@ -262,7 +263,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode, CliError> {
             Some(held),
         )
     };
-    let uses_static = !base.membership.static_members.is_empty();
+    let uses_static = base.membership.unicast();
 
     let signals = shutdown::signal_listener().map_err(|source| CliError::Io {
         context: "cannot install signal handlers".into(),
@@ -481,6 +482,12 @@ fn start_nodes(
             cmd.arg("--set").arg(format!(
                 "membership.static_members={}",
                 static_members.join(",")
+            ));
+        }
+        if let Some(file) = &base.sessions.snapshot_file {
+            cmd.arg("--set").arg(format!(
+                "sessions.snapshot_file={}",
+                node_snapshot_file(file, &name).display()
             ));
         }
         let replication_wants = if uses_static {
@@ -725,6 +732,15 @@ fn node_worker_threads(n: usize) -> Option<usize> {
     Some((cores / n.max(1)).max(1))
 }
 
+/// The snapshot file of node `name` of `up`: the nodes share a directory, so each gets the
+/// configured file name with its own name appended (`sessions.snapshot.n1`).
+fn node_snapshot_file(file: &Path, name: &str) -> std::path::PathBuf {
+    let mut owned = file.as_os_str().to_os_string();
+    owned.push(".");
+    owned.push(name);
+    owned.into()
+}
+
 /// `deltacast <sub>` as a child of `up`: tied to this process, with the user's config file
 /// and `--set`s. `--set` applies after flags, so the keys `up` sets per child itself
 /// (PER_NODE_KEYS, and those `also_skip` names) are not passed on.
@@ -778,6 +794,15 @@ mod tests {
     use super::*;
     use crate::transport::UdpDatagrams;
     use std::os::unix::process::ExitStatusExt as _;
+
+    #[test]
+    fn each_node_of_up_gets_a_snapshot_file_of_its_own() {
+        assert_eq!(
+            node_snapshot_file(Path::new("/var/lib/d/sessions.snapshot"), "n2"),
+            Path::new("/var/lib/d/sessions.snapshot.n2")
+        );
+        assert_eq!(node_snapshot_file(Path::new("s"), "n1"), Path::new("s.n1"));
+    }
 
     #[test]
     fn a_listening_line_reads_back_as_its_listeners() {

@@ -97,6 +97,13 @@ pub(super) fn hint(normalized: &str) -> Option<&'static str> {
             "expected a list of host:port strings like [\"10.0.0.2:4001\"] or 10.0.0.2:4001,10.0.0.3:4001"
         }
         "membership.static_members[]" => "expected a host:port string like \"10.0.0.2:4001\"",
+        "membership.dns" => {
+            "expected a list of name:port strings like [\"deltacast.shop.svc.cluster.local:4001\"]"
+        }
+        "membership.dns[]" => {
+            "expected a name:port string like \"deltacast.shop.svc.cluster.local:4001\""
+        }
+        "sessions.snapshot_file" => "expected a file path string like \"sessions.snapshot\"",
         "node.name" | "balancer.member[].route" => "expected a string like \"n1\"",
         "node.http" | "node.replication" | "balancer.listen" => {
             "expected ip:port like 127.0.0.1:8081"

@@ -34,8 +34,8 @@ use std::time::Duration;
 pub use allow::IpRange;
 pub use overrides::{Override, OverrideValue};
 pub use schema::{
-    BalancerConfig, BalancerMember, ClusterConfig, Config, LbMethod, MembershipConfig, NodeConfig,
-    ReplicationMode, SessionsConfig, Sticky,
+    AjpConfig, BalancerConfig, BalancerMember, ClusterConfig, Config, LbMethod, MembershipConfig,
+    NodeConfig, ReplicationMode, SessionsConfig, Sticky,
 };
 pub use store::{Auth, MEMCACHED_PORT, REDIS_PORT, ServerAddr, SessionStoreUrl};
 

@@ -30,6 +30,8 @@ pub struct Config {
     pub sessions: SessionsConfig,
     /// `[balancer]`: the built-in balancer (read by `deltacast balancer`).
     pub balancer: BalancerConfig,
+    /// `[ajp]`: the AJP/1.3 connector of a node (off unless `listen` is set).
+    pub ajp: AjpConfig,
     /// Dotted keys explicitly present in the file or the overrides (and their parent sections).
     #[serde(skip)]
     pub(super) set_keys: BTreeSet<String>,
@@ -42,6 +44,7 @@ impl PartialEq for Config {
             && self.node == other.node
             && self.sessions == other.sessions
             && self.balancer == other.balancer
+            && self.ajp == other.ajp
     }
 }
 
@@ -91,6 +94,11 @@ pub struct MembershipConfig {
     /// Every member's `"host:replication_port"` where multicast is unavailable (clouds,
     /// containers); heartbeats then go by UDP unicast to each. Default empty (multicast).
     pub static_members: Vec<String>,
+    /// `"name:replication_port"` names of which every address is a peer, resolved again
+    /// every few seconds (a Kubernetes headless service: one address per pod); heartbeats
+    /// then go by UDP unicast, as with `static_members` (both may be given). A peer that
+    /// leaves the answer is dropped by the usual failure detection. Default empty.
+    pub dns: Vec<String>,
 }
 
 impl Default for MembershipConfig {
@@ -102,7 +110,16 @@ impl Default for MembershipConfig {
             heartbeat_ms: 500,
             drop_ms: 3000,
             static_members: Vec::new(),
+            dns: Vec::new(),
         }
+    }
+}
+
+impl MembershipConfig {
+    /// Whether heartbeats go by UDP unicast to listed peers (`static_members` or `dns`)
+    /// rather than to the multicast group.
+    pub fn unicast(&self) -> bool {
+        !self.static_members.is_empty() || !self.dns.is_empty()
     }
 }
 
@@ -163,6 +180,12 @@ pub struct SessionsConfig {
     /// the cookie names a session: a link cannot fix a victim's session (OWASP); the
     /// balancer routes by the path parameter either way.
     pub url_tracking: bool,
+    /// A file every live session is written to on graceful shutdown and read from at start,
+    /// so sessions outlive a restart of the whole cluster; removed once read (see
+    /// `docs/deployment.md`). Relative to the current directory; its directory must exist.
+    /// Default `None` (no file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_file: Option<PathBuf>,
     /// Where the sessions live: `"replicated"` (the default: every member holds every
     /// session) or a session server's URL (`redis://`, `redis+cluster://`, `memcached://`).
     pub store: SessionStoreUrl,
@@ -183,6 +206,7 @@ impl Default for SessionsConfig {
             max_value_bytes: 65_536,
             max_bytes: 256 * 1024 * 1024,
             url_tracking: false,
+            snapshot_file: None,
             store: SessionStoreUrl::Replicated,
             store_timeout_ms: 1000,
         }
@@ -252,6 +276,52 @@ pub struct BalancerMember {
 
 fn default_loadfactor() -> u32 {
     1
+}
+
+/// `[ajp]`: the AJP/1.3 connector, for Apache httpd's mod_proxy_ajp and mod_jk in front
+/// of the nodes (as Tomcat's AJP connector).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AjpConfig {
+    /// Address the connector listens on (Tomcat's 8009); unset (the default), no connector.
+    /// Port 0 binds any free port. Beyond loopback the node warns: AJP carries no
+    /// encryption, and anyone who reaches it and knows the secret speaks for the front end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// The shared secret every forward request must carry (mod_proxy_ajp's `secret=`,
+    /// mod_jk's `worker.NAME.secret`, Tomcat's `secret`): 1 to 1024 bytes without control
+    /// characters. A request without it or with another gets 403.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Refuse to start the connector without a secret (Tomcat's `secretRequired`); default
+    /// `true`.
+    pub secret_required: bool,
+    /// The largest AJP packet in bytes, 8192 to 65536; default 8192. Must equal the front
+    /// end's (mod_jk's `max_packet_size`, mod_proxy's `ProxyIOBufferSize`).
+    pub packet_size: u64,
+}
+
+impl Default for AjpConfig {
+    fn default() -> Self {
+        AjpConfig {
+            listen: None,
+            secret: None,
+            secret_required: true,
+            packet_size: 8192,
+        }
+    }
+}
+
+/// The secret is never printed.
+impl fmt::Debug for AjpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AjpConfig")
+            .field("listen", &self.listen)
+            .field("secret", &self.secret.as_ref().map(|_| "<set>"))
+            .field("secret_required", &self.secret_required)
+            .field("packet_size", &self.packet_size)
+            .finish()
+    }
 }
 
 /// `sessions.replication`: whether a response waits for the other members.
@@ -336,13 +406,19 @@ impl FromStr for LbMethod {
     }
 }
 
-/// Session stickiness; written as `"route"`, `"none"`, `"source_ip"` or `"header:NAME"`.
+/// Session stickiness; written as `"route"`, `"cookie:NAME"`, `"none"`, `"source_ip"` or
+/// `"header:NAME"`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub enum Sticky {
     /// `"route"`: the route suffix of the session id (cookie or `;jsessionid=`) names the
     /// member.
     #[default]
     Route,
+    /// `"cookie:NAME"`: the balancer sets the cookie `NAME=.ROUTE` itself on an answer
+    /// whenever the request had none naming a live member, and routes by it (the seed's
+    /// `Header add Set-Cookie "ROUTEID=.%{BALANCER_WORKER_ROUTE}e"` with
+    /// `stickysession=ROUTEID`): for backends that put no route in their session ids.
+    Cookie(String),
     /// `"none"`: no stickiness; every member holds every session.
     None,
     /// `"source_ip"`: requests from one client address go to the same member.
@@ -356,6 +432,7 @@ impl fmt::Display for Sticky {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Sticky::Route => f.write_str("route"),
+            Sticky::Cookie(name) => write!(f, "cookie:{name}"),
             Sticky::None => f.write_str("none"),
             Sticky::SourceIp => f.write_str("source_ip"),
             Sticky::Header(name) => write!(f, "header:{name}"),
@@ -370,13 +447,22 @@ impl FromStr for Sticky {
             "route" => Ok(Sticky::Route),
             "none" => Ok(Sticky::None),
             "source_ip" => Ok(Sticky::SourceIp),
-            _ => match s.strip_prefix("header:") {
-                Some(name) if is_token(name) => Ok(Sticky::Header(name.to_string())),
-                Some(name) => Err(format!("{name:?} is not a valid HTTP header name")),
-                Option::None => Err(format!(
-                    "{s:?} is not one of \"route\", \"none\", \"source_ip\", \"header:NAME\""
-                )),
-            },
+            _ => {
+                if let Some(name) = s.strip_prefix("cookie:") {
+                    return if is_token(name) {
+                        Ok(Sticky::Cookie(name.to_string()))
+                    } else {
+                        Err(format!("{name:?} is not a valid cookie name"))
+                    };
+                }
+                match s.strip_prefix("header:") {
+                    Some(name) if is_token(name) => Ok(Sticky::Header(name.to_string())),
+                    Some(name) => Err(format!("{name:?} is not a valid HTTP header name")),
+                    Option::None => Err(format!(
+                        "{s:?} is not one of \"route\", \"cookie:NAME\", \"none\", \"source_ip\", \"header:NAME\""
+                    )),
+                }
+            }
         }
     }
 }
@@ -402,6 +488,9 @@ pub(super) fn template() -> &'static Table {
     TEMPLATE.get_or_init(|| {
         let mut config = Config::default();
         config.cluster.key_file = Some(PathBuf::from("cluster.key"));
+        config.sessions.snapshot_file = Some(PathBuf::from("sessions.snapshot"));
+        config.ajp.listen = Some(SocketAddr::from(([127, 0, 0, 1], 8009)));
+        config.ajp.secret = Some("secret".to_string());
         config.balancer.member.push(BalancerMember {
             url: "http://127.0.0.1:8081".to_string(),
             route: "n1".to_string(),
@@ -425,6 +514,8 @@ mod tests {
         assert_eq!(c.membership.interface, Ipv4Addr::LOCALHOST);
         assert_eq!(c.membership.ttl, 1);
         assert!(c.membership.static_members.is_empty());
+        assert!(c.membership.dns.is_empty());
+        assert_eq!(c.sessions.snapshot_file, Option::None);
         assert_eq!(c.node.name, "n1");
         assert_eq!(c.node.http.to_string(), "127.0.0.1:8081");
         assert_eq!(c.node.replication.to_string(), "127.0.0.1:4001");
@@ -466,6 +557,8 @@ mod tests {
         config.balancer.lbmethod = LbMethod::ByBusyness;
         config.balancer.sticky = Sticky::Header("X-Route".to_string());
         config.membership.static_members = vec!["10.0.0.2:4001".into(), "db.local:4001".into()];
+        config.membership.dns = vec!["deltacast.shop.svc.cluster.local:4001".into()];
+        config.sessions.snapshot_file = Some(PathBuf::from("/var/lib/deltacast/sessions"));
         config.balancer.member.push(BalancerMember {
             url: "http://127.0.0.1:8081/".into(),
             route: "n1".into(),
@@ -487,11 +580,30 @@ mod tests {
         );
         assert_eq!("bytraffic".parse::<LbMethod>(), Ok(LbMethod::ByTraffic));
         assert_eq!(LbMethod::ByBusyness.to_string(), "bybusyness");
-        for s in ["route", "none", "source_ip", "header:X-Sticky"] {
+        for s in [
+            "route",
+            "none",
+            "source_ip",
+            "header:X-Sticky",
+            "cookie:ROUTEID",
+        ] {
             assert_eq!(s.parse::<Sticky>().unwrap().to_string(), s);
         }
+        assert_eq!(
+            "cookie:ROUTEID".parse::<Sticky>(),
+            Ok(Sticky::Cookie("ROUTEID".into()))
+        );
         assert!("header:".parse::<Sticky>().is_err());
         assert!("header:a b".parse::<Sticky>().is_err());
+        for bad in [
+            "cookie:",
+            "cookie:a b",
+            "cookie:a=b",
+            "cookie:a;b",
+            "cookie",
+        ] {
+            assert!(bad.parse::<Sticky>().is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -499,12 +611,27 @@ mod tests {
         let t = template();
         let cluster = t["cluster"].as_table().unwrap();
         assert!(cluster.contains_key("key_file"), "{cluster:?}");
+        let sessions = t["sessions"].as_table().unwrap();
+        assert!(sessions.contains_key("snapshot_file"), "{sessions:?}");
+        let membership = t["membership"].as_table().unwrap();
+        assert!(membership.contains_key("dns"), "{membership:?}");
         let members = t["balancer"]["member"].as_array().unwrap();
         assert_eq!(members.len(), 1);
         for key in ["url", "route", "loadfactor"] {
             assert!(members[0].as_table().unwrap().contains_key(key), "{key}");
         }
-        for section in ["cluster", "membership", "node", "sessions", "balancer"] {
+        let ajp = t["ajp"].as_table().unwrap();
+        for key in ["listen", "secret", "secret_required", "packet_size"] {
+            assert!(ajp.contains_key(key), "{key}");
+        }
+        for section in [
+            "cluster",
+            "membership",
+            "node",
+            "sessions",
+            "balancer",
+            "ajp",
+        ] {
             assert!(t[section].is_table(), "{section}");
         }
     }

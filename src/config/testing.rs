@@ -16,6 +16,7 @@ ttl = 1                       # u32, 0..=255
 heartbeat_ms = 500            # u64, 10..=60000
 drop_ms = 3000                # u64, must be > 2 * heartbeat_ms and <= 600000
 static_members = []           # Vec<String>, each "host:port" (host name or IP, port 1..=65535)
+dns = []                      # Vec<String>, each "name:port" (host name or IP, port 1..=65535)
 
 [node]
 name = "n1"                   # 1..=64 chars of [A-Za-z0-9_-] (it is the route suffix after the last '.', so no dots)
@@ -32,12 +33,13 @@ max_attributes = 64
 max_value_bytes = 65536
 max_bytes = 268435456         # u64, 1024..=2^40
 url_tracking = false
+# snapshot_file = "sessions.snapshot"  # Option<PathBuf>, default None
 replication = "sync"          # enum ReplicationMode { Sync, Async }, lowercase "sync" | "async"
 
 [balancer]
 listen = "127.0.0.1:8080"     # SocketAddr
 lbmethod = "byrequests"       # enum LbMethod { ByRequests, ByTraffic, ByBusyness } as "byrequests" | "bytraffic" | "bybusyness"
-sticky = "route"              # enum Sticky { Route, None, SourceIp, Header(String) } from "route" | "none" | "source_ip" | "header:NAME" (NAME a valid HTTP header name token); serialize back to the same strings
+sticky = "route"              # enum Sticky { Route, Cookie(String), None, SourceIp, Header(String) } from "route" | "cookie:NAME" (NAME a cookie-name token) | "none" | "source_ip" | "header:NAME" (NAME a valid HTTP header name token); serialize back to the same strings
 discover = true
 max_connections = 10000       # u64, 1..=1000000
 timeout_s = 60                # u64, 1..=3600
@@ -46,6 +48,12 @@ manager_allow = ["127.0.0.0/8", "::1/128"]  # CIDR ranges or bare addresses
 # url = "http://127.0.0.1:8081"  # must be http://host:port with optional trailing '/'
 # route = "n1"                   # same rules as node.name
 # loadfactor = 1                 # 1..=100, default 1
+
+[ajp]
+# listen = "127.0.0.1:8009"   # SocketAddr; unset: no connector
+# secret = "..."              # 1..=1024 bytes, no control characters; required with listen unless secret_required = false
+secret_required = true
+packet_size = 8192            # u64, 8192..=65536
 "##;
 
 pub(super) fn load(text: &str) -> Result<Config, ConfigError> {

@@ -81,10 +81,14 @@ pub struct MemberInfo {
     pub incarnation: u64,
 }
 
-/// Whether a heartbeat says "I am here" or "I am going".
+/// Whether a heartbeat says "I am here", "I am here but still taking my state transfer"
+/// or "I am going".
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Announce {
     Alive,
+    /// Alive for the cluster (it replicates to it), not yet serving: a balancer keeps it
+    /// out of rotation until it says `Alive`.
+    Joining,
     Leaving,
 }
 

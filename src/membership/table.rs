@@ -114,6 +114,8 @@ pub struct Member {
     /// The last verification got no answer: only then may silence drop it, so a node
     /// that was itself frozen verifies everyone before dropping anyone.
     unanswered: bool,
+    /// Its last heartbeat said it is still taking its state transfer.
+    pub joining: bool,
 }
 
 impl Member {
@@ -149,6 +151,8 @@ pub struct MemberView {
     pub info: MemberInfo,
     pub state: MemberState,
     pub last_heard: Duration,
+    /// It said it is still taking its state transfer (not serving yet).
+    pub joining: bool,
 }
 
 /// The members of the cluster other than this node.
@@ -200,6 +204,7 @@ impl MemberTable {
                 info: m.info.clone(),
                 state: m.state,
                 last_heard: now.saturating_duration_since(m.last_heard),
+                joining: m.joining,
             })
             .collect();
         view.sort_by(|a, b| {
@@ -234,6 +239,7 @@ impl MemberTable {
             m.last_heard = now;
             m.last_alive = now;
             m.unanswered = false;
+            m.joining = hb.announce == Announce::Joining;
             if m.state == MemberState::Suspect {
                 m.state = MemberState::Alive;
                 events.push(Event::Recovered(id));
@@ -276,6 +282,7 @@ impl MemberTable {
         self.members.insert(
             id,
             Member {
+                joining: hb.announce == Announce::Joining,
                 info: hb.info,
                 state: MemberState::Alive,
                 last_heard: now,
@@ -429,6 +436,25 @@ mod tests {
         let events = t.on_heartbeat(alive(2, "n2"), t0);
         assert_eq!(events, vec![Event::Joined(info(2, "n2", 1))]);
         assert_eq!(state(&t, 2), Some(MemberState::Alive));
+    }
+
+    #[test]
+    fn a_joining_member_is_a_member_shown_joining_until_it_says_alive() {
+        let (mut t, t0) = table();
+        let joining = Heartbeat {
+            announce: Announce::Joining,
+            ..alive(2, "n2")
+        };
+        assert_eq!(
+            t.on_heartbeat(joining.clone(), t0),
+            vec![Event::Joined(info(2, "n2", 1))]
+        );
+        assert_eq!(state(&t, 2), Some(MemberState::Alive));
+        assert!(t.view(t0)[0].joining);
+        assert!(t.on_heartbeat(joining, t0 + HB).is_empty());
+        assert!(t.view(t0 + HB)[0].joining);
+        assert!(t.on_heartbeat(alive(2, "n2"), t0 + HB * 2).is_empty());
+        assert!(!t.view(t0 + HB * 2)[0].joining, "it serves now");
     }
 
     #[test]

@@ -54,6 +54,7 @@ mod tests {
             },
             state: MemberState::Alive,
             last_heard: ago,
+            joining: false,
         }
     }
 

@@ -10,7 +10,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use super::Shared;
-use super::status::{MemberStatus, NodeStatus, ReplicationStatus, SessionsStatus, StatusDoc};
+use super::status::{
+    AjpStatus, MemberStatus, NodeStatus, ReplicationStatus, SessionsStatus, StatusDoc,
+};
 use crate::backend::SessionBackend as _;
 use crate::membership::MemberState;
 use crate::metrics::Gauges;
@@ -79,6 +81,11 @@ pub(super) fn status_doc(shared: &Shared) -> StatusDoc {
             errors: r.errors.get(),
         },
         membership: shared.metrics.membership.counters(),
+        ajp: shared.ajp.map(|listen| AjpStatus {
+            listen: listen.to_string(),
+            requests: shared.metrics.ajp.requests.get(),
+            errors: shared.metrics.ajp.errors.get(),
+        }),
     }
 }
 

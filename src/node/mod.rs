@@ -5,9 +5,11 @@
 pub mod http;
 mod serve;
 pub mod sessions;
+pub mod snapshot;
 pub mod status;
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,6 +56,10 @@ pub enum NodeError {
     /// `sessions.store` names a session server this build cannot use.
     #[error("{0}")]
     Store(String),
+    /// The snapshot file (`sessions.snapshot_file`) could not be written where it is asked
+    /// for: checked at start, so that the sessions are not lost at the stop.
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotFileError),
     /// A socket could not be bound (or a given listener could not be used).
     #[error("cannot bind the {what} address {addr}: {source}")]
     Bind {
@@ -106,6 +112,8 @@ pub struct Shared {
     pub cookie: String,
     /// Whether a `;jsessionid=` path parameter may name the session (sessions.url_tracking).
     pub url_tracking: bool,
+    /// Where the AJP connector listens (`ajp.listen`, the bound port), if it is on.
+    pub ajp: Option<SocketAddr>,
     state: watch::Sender<NodeState>,
 }
 
@@ -133,8 +141,9 @@ pub use crate::clock::now_ms;
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// How long queued deltas get to reach the members before the leave.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
-/// How often static member names are resolved again.
-const RESOLVE_EVERY: Duration = Duration::from_secs(10);
+/// How often the names of `membership.static_members` and `membership.dns` are resolved
+/// again: a pod that starts is found within this (plus a heartbeat).
+const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 
 /// The sockets a node serves on, bound before it starts, so that a caller that binds port 0
 /// learns the port it got instead of handing a number to someone who binds it later, and
@@ -179,7 +188,7 @@ impl Sockets<UdpDatagrams> {
                 addr: "the given listener".to_string(),
                 source,
             })?;
-            let heartbeats = if membership.static_members.is_empty() {
+            let heartbeats = if !membership.unicast() {
                 bind_multicast(config)?
             } else {
                 UdpDatagrams::unicast(local).map_err(|source| NodeError::Bind {
@@ -189,7 +198,7 @@ impl Sockets<UdpDatagrams> {
                 })?
             };
             (listener, heartbeats)
-        } else if membership.static_members.is_empty() {
+        } else if !membership.unicast() {
             let replication = bind_tcp("replication", wanted).await?;
             (replication, bind_multicast(config)?)
         } else {
@@ -250,6 +259,8 @@ pub struct Addresses {
     pub http: SocketAddr,
     /// The replication port (`node.replication`).
     pub replication: SocketAddr,
+    /// The AJP/1.3 connector (`ajp.listen`, the bound port), when it is on.
+    pub ajp: Option<SocketAddr>,
 }
 
 /// A node that runs: its addresses, what its HTTP serves, and the orderly stop that
@@ -268,9 +279,12 @@ pub struct RunningNode {
 struct Stopping {
     http_stop: CancellationToken,
     http_task: tokio::task::JoinHandle<()>,
+    ajp_task: Option<tokio::task::JoinHandle<()>>,
     membership_stop: CancellationToken,
     membership_task: tokio::task::JoinHandle<()>,
     cluster_stop: CancellationToken,
+    /// `sessions.snapshot_file`, written once every part has stopped.
+    snapshot_file: Option<PathBuf>,
 }
 
 impl RunningNode {
@@ -352,6 +366,11 @@ impl RunningNode {
         {
             warn!("requests still running after {DRAIN_GRACE:?}; closing them");
         }
+        if let Some(ajp) = stop.ajp_task {
+            if tokio::time::timeout(DRAIN_GRACE, ajp).await.is_err() {
+                warn!("AJP requests still running after {DRAIN_GRACE:?}; closing them");
+            }
+        }
         shared.replicator.flush(FLUSH_GRACE).await;
         // The leave must be announced before the links close, or members would see the
         // links break and drop us as dead instead.
@@ -365,6 +384,9 @@ impl RunningNode {
         stop.cluster_stop.cancel();
         if !shutdown.drain(DRAIN_GRACE).await {
             warn!("some tasks did not finish within {DRAIN_GRACE:?}; closing them");
+        }
+        if let Some(path) = stop.snapshot_file {
+            write_snapshot(&shared, path).await;
         }
         info!(name = %shared.me.name, "stopped");
     }
@@ -500,18 +522,24 @@ async fn launch<D: Datagrams>(
         membership.interface.into(),
     );
 
-    let static_names = &membership.static_members;
-    let (peers, resolver) = if static_names.is_empty() {
+    let mut discovery = transport::Discovery::new(&membership.static_members, &membership.dns);
+    let (peers, resolver) = if discovery.is_empty() {
         (Peers::Group, None)
     } else {
-        let (resolved, _) = transport::resolve_peers(static_names, Duration::from_secs(5)).await;
+        transport::resolve_round(
+            &mut discovery,
+            &transport::SystemResolver,
+            Duration::from_secs(5),
+        )
+        .await;
+        let resolved = discovery.peers();
         if replication_addr.ip().is_loopback() && resolved.iter().any(|p| !p.ip().is_loopback()) {
             return Err(NodeError::Unreachable {
                 addr: replication_addr,
             });
         }
         let (tx, rx) = watch::channel(resolved);
-        (Peers::Static(rx), Some((static_names.clone(), tx)))
+        (Peers::Static(rx), Some((discovery, tx)))
     };
     let heartbeat_mode = if resolver.is_none() {
         "multicast"
@@ -530,6 +558,19 @@ async fn launch<D: Datagrams>(
         );
     }
 
+    let ajp_listener = match config.ajp.listen {
+        Some(addr) => Some(bind_tcp("ajp", addr).await?),
+        None => None,
+    };
+    let ajp_addr = ajp_listener
+        .as_ref()
+        .map(|l| advertised(bound(l.local_addr()), membership.interface.into()));
+    if let Some(listen) = config.ajp.listen.filter(|a| !a.ip().is_loopback()) {
+        warn!(
+            ajp = %listen,
+            "the AJP connector listens beyond loopback: AJP is not encrypted, and whoever reaches it with the secret speaks for the front end; firewall it to the front end's hosts"
+        );
+    }
     let me = MemberInfo {
         id: NodeId::random(),
         name: config.node.name.clone(),
@@ -541,6 +582,11 @@ async fn launch<D: Datagrams>(
     let max_inactive = u32::try_from(config.sessions.max_inactive_s).unwrap_or(u32::MAX);
     let (view_tx, view_rx) = watch::channel(MembershipView::empty());
     let store = SessionStore::new(me.id, limits(&config), max_inactive);
+    let snapshot_file = config.sessions.snapshot_file.clone();
+    if let Some(path) = &snapshot_file {
+        snapshot::check_writable(path)?;
+        restore_snapshot(path, &store, &config.cluster.name, max_inactive).await;
+    }
     let (suspicions_tx, suspicions_rx) = mpsc::channel(256);
     let mut replication_cfg = ReplicationConfig::new(
         config.cluster.name.clone(),
@@ -568,6 +614,7 @@ async fn launch<D: Datagrams>(
         replicator: replicator.clone(),
         cookie: config.sessions.cookie.clone(),
         url_tracking: config.sessions.url_tracking,
+        ajp: ajp_addr,
         state: watch::channel(NodeState::Joining).0,
     });
     info!(
@@ -584,9 +631,10 @@ async fn launch<D: Datagrams>(
     // Each part stops on a token of its own, in the order of `RunningNode::stopped`.
     let cluster_stop = CancellationToken::new();
     let http_stop = CancellationToken::new();
-    if let Some((names, tx)) = resolver {
-        shutdown.spawn(transport::keep_resolving(
-            names,
+    if let Some((discovery, tx)) = resolver {
+        shutdown.spawn(transport::keep_discovering(
+            discovery,
+            transport::SystemResolver,
             RESOLVE_EVERY,
             tx,
             cluster_stop.clone(),
@@ -600,6 +648,7 @@ async fn launch<D: Datagrams>(
     );
     hb_cfg.key = key.clone();
     hb_cfg.streams = streams.clone();
+    hb_cfg.serving = Some(replicator.ready_flag());
     let membership_stop = CancellationToken::new();
     let membership_task = shutdown.spawn(heartbeat::run(
         hb_cfg,
@@ -636,9 +685,25 @@ async fn launch<D: Datagrams>(
         Serving::App => None,
     };
     let (app, app_rx) = watch::channel(initial);
+    let router = http_router(&shared, app_rx);
+    let ajp_task = ajp_listener.map(|listener| {
+        let settings = crate::ajp::server::AjpSettings {
+            secret: config.ajp.secret.clone(),
+            packet_size: usize::try_from(config.ajp.packet_size).unwrap_or(usize::MAX),
+        };
+        info!(ajp = ?ajp_addr, packet_size = settings.packet_size, secret = settings.secret.is_some(), "AJP connector started");
+        shutdown.spawn(crate::ajp::server::serve(
+            listener,
+            router.clone(),
+            settings,
+            metrics.clone(),
+            limit.clone(),
+            http_stop.clone(),
+        ))
+    });
     let http_task = shutdown.spawn(serve::serve(
         http_listener,
-        http_router(&shared, app_rx),
+        router,
         limit,
         http_stop.clone(),
     ));
@@ -667,6 +732,7 @@ async fn launch<D: Datagrams>(
         addresses: Addresses {
             http: http_addr,
             replication: replication_addr,
+            ajp: ajp_addr,
         },
         shared,
         shutdown,
@@ -674,11 +740,87 @@ async fn launch<D: Datagrams>(
         stop: Stopping {
             http_stop,
             http_task,
+            ajp_task,
             membership_stop,
             membership_task,
             cluster_stop,
+            snapshot_file,
         },
     })
+}
+
+/// Merges the snapshot file into `store` (before the node takes any delta or serves) and
+/// says in one line what came of it.
+async fn restore_snapshot(path: &Path, store: &SessionStore, cluster: &str, max_inactive: u32) {
+    let (file, into, cluster_name) = (path.to_path_buf(), store.clone(), cluster.to_string());
+    let outcome = tokio::task::spawn_blocking(move || {
+        snapshot::restore(&file, &into, &cluster_name, now_ms(), max_inactive)
+    })
+    .await;
+    let path = path.display();
+    match outcome {
+        Ok(snapshot::Restore::NoFile) => {
+            info!(%path, "no snapshot file to restore; starting with no sessions of its own");
+        }
+        Ok(snapshot::Restore::Restored {
+            sessions,
+            expired,
+            tombstones,
+            written_by,
+            age_ms,
+            took_ms,
+            not_removed,
+        }) => match not_removed {
+            None => info!(
+                %path, sessions, expired, tombstones, written_by = %written_by, age_ms, took_ms,
+                "sessions restored from the snapshot file; the file is removed"
+            ),
+            Some(error) => warn!(
+                %path, sessions, expired, tombstones, written_by = %written_by, age_ms, took_ms, %error,
+                "sessions restored from the snapshot file, which could not be removed: a later start after a crash would restore them again"
+            ),
+        },
+        Ok(snapshot::Restore::Damaged { error, moved_to }) => warn!(
+            %path, %error, moved_to = %moved_to.as_deref().map_or_else(|| "(not moved)".into(), |p| p.display().to_string()),
+            "snapshot file is damaged and ignored; starting with no sessions of its own"
+        ),
+        Ok(snapshot::Restore::ForeignCluster { cluster: other }) => warn!(
+            %path, cluster = %other,
+            "snapshot file is of another cluster and ignored (left in place); starting with no sessions of its own"
+        ),
+        Ok(snapshot::Restore::Unreadable { error }) => warn!(
+            %path, %error,
+            "snapshot file cannot be read and is ignored; starting with no sessions of its own"
+        ),
+        Err(error) => warn!(
+            %path, %error,
+            "reading the snapshot file failed; starting with no sessions of its own"
+        ),
+    }
+}
+
+/// Writes the snapshot file once the node has stopped taking changes, and says so.
+async fn write_snapshot(shared: &Arc<Shared>, path: PathBuf) {
+    let store = shared.store.clone();
+    let (cluster, name) = (shared.cluster.clone(), shared.me.name.clone());
+    let file = path.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        snapshot::write(&file, &store, &cluster, &name, now_ms())
+    })
+    .await;
+    let path = path.display();
+    match outcome {
+        Ok(Ok(w)) => info!(
+            %path, sessions = w.sessions, tombstones = w.tombstones, bytes = w.bytes, took_ms = w.took_ms,
+            "sessions written to the snapshot file"
+        ),
+        Ok(Err(error)) => {
+            tracing::error!(%path, %error, "cannot write the snapshot file; this node's sessions are not kept")
+        }
+        Err(error) => {
+            tracing::error!(%path, %error, "writing the snapshot file failed; this node's sessions are not kept")
+        }
+    }
 }
 
 /// Descriptors the node holds besides its HTTP clients: listeners, the replication links
@@ -830,6 +972,7 @@ pub(crate) fn shared_for_test(state: NodeState, url_tracking: bool) -> Arc<Share
         replicator,
         cookie: "JSESSIONID".to_string(),
         url_tracking,
+        ajp: None,
         state: watch::channel(state).0,
     })
 }

@@ -25,6 +25,20 @@ pub struct StatusDoc {
     /// older node's document lacks them).
     #[serde(default)]
     pub membership: MembershipCounters,
+    /// `ajp`: the AJP/1.3 connector, `null` when it is off.
+    #[serde(default)]
+    pub ajp: Option<AjpStatus>,
+}
+
+/// `ajp` in [`StatusDoc`]; the counters count since the node started.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AjpStatus {
+    /// The address the connector listens on (`host:port`, the bound port).
+    pub listen: String,
+    /// Forward requests answered (refusals included).
+    pub requests: u64,
+    /// Connections closed because a packet did not decode.
+    pub errors: u64,
 }
 
 /// `node` in [`StatusDoc`]: the node that answered.
@@ -129,5 +143,13 @@ mod tests {
         assert_eq!(doc.members[0].last_heard_ms, 120);
         assert_eq!(doc.sessions.active, Some(10));
         assert_eq!(doc.membership, MembershipCounters::default());
+        assert_eq!(doc.ajp, None);
+        let with_ajp = text.replacen(
+            "\"cluster\"",
+            r#""ajp": {"listen": "127.0.0.1:8009", "requests": 3, "errors": 1}, "cluster""#,
+            1,
+        );
+        let doc: StatusDoc = serde_json::from_str(&with_ajp).expect("with ajp");
+        assert_eq!(doc.ajp.map(|a| a.errors), Some(1));
     }
 }

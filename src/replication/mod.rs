@@ -718,6 +718,7 @@ mod relayed_links {
                 },
                 state: MemberState::Alive,
                 last_heard: Duration::ZERO,
+                joining: false,
             }],
         );
         let (keep, view) = watch::channel(view);

@@ -73,13 +73,16 @@ pub async fn run(
     if !found {
         return Transfer::Alone;
     }
-    let candidates: Vec<MemberInfo> = view
+    // Members that serve first: one still joining itself holds only part of the state.
+    let mut alive: Vec<(bool, MemberInfo)> = view
         .borrow()
         .members
         .iter()
         .filter(|m| m.state == MemberState::Alive)
-        .map(|m| m.info.clone())
+        .map(|m| (m.joining, m.info.clone()))
         .collect();
+    alive.sort_by_key(|(joining, _)| *joining);
+    let candidates = alive.into_iter().map(|(_, info)| info);
     for member in candidates {
         let started = Instant::now();
         match from_member(streams, cluster, key, me, store, &member).await {
@@ -185,6 +188,7 @@ mod tests {
             },
             state: MemberState::Alive,
             last_heard: Duration::ZERO,
+            joining: false,
         }
     }
 

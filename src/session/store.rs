@@ -1000,6 +1000,27 @@ impl SessionStore {
         })
     }
 
+    /// Every id of shard `index` that ended for good, with when it ended (Unix ms): what
+    /// the sessions file keeps, so a restore can give each tombstone its remaining time
+    /// (applying the invalidation at that instant) rather than a fresh one.
+    pub(crate) fn export_shard_tombstones(&self, index: usize) -> Vec<(SessionId, u64)> {
+        let Some(shard) = self.inner.shards.get(index) else {
+            return Vec::new();
+        };
+        shard
+            .read()
+            .entries
+            .iter()
+            .filter_map(|(id, e)| match e {
+                Entry::Ended {
+                    how: Ended::Invalidated,
+                    at_ms,
+                } => Some((*id, *at_ms)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// What `delta_of` makes of each entry of shard `index`, under its read lock.
     fn export_shard_with(
         &self,

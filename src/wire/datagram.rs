@@ -35,6 +35,7 @@ pub fn encode_heartbeat(
             incarnation: hb.info.incarnation,
             announce: match hb.announce {
                 Announce::Alive => pb::Announce::Alive,
+                Announce::Joining => pb::Announce::Joining,
                 Announce::Leaving => pb::Announce::Leaving,
             } as i32,
             seq: hb.seq,
@@ -87,6 +88,7 @@ pub fn decode_datagram(
     };
     let announce = match pb::Announce::try_from(hb.announce) {
         Ok(pb::Announce::Alive) => Announce::Alive,
+        Ok(pb::Announce::Joining) => Announce::Joining,
         Ok(pb::Announce::Leaving) => Announce::Leaving,
         _ => {
             return Err(WireError::Invalid {
@@ -147,6 +149,18 @@ mod tests {
     fn a_heartbeat_round_trips() {
         let bytes = encode_heartbeat("c1", &heartbeat(), Duration::from_millis(500), None);
         assert_eq!(decode_datagram(&bytes, "c1", None), Ok(heartbeat()));
+    }
+
+    #[test]
+    fn every_announce_round_trips() {
+        for announce in [Announce::Alive, Announce::Joining, Announce::Leaving] {
+            let hb = Heartbeat {
+                announce,
+                ..heartbeat()
+            };
+            let bytes = encode_heartbeat("c1", &hb, Duration::from_millis(500), None);
+            assert_eq!(decode_datagram(&bytes, "c1", None), Ok(hb));
+        }
     }
 
     #[test]

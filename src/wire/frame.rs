@@ -212,7 +212,7 @@ fn id_bytes(id: SessionId) -> Bytes {
     Bytes::copy_from_slice(id.as_bytes())
 }
 
-fn id_from(bytes: &[u8]) -> Result<SessionId, WireError> {
+pub(super) fn id_from(bytes: &[u8]) -> Result<SessionId, WireError> {
     SessionId::from_slice(bytes).ok_or_else(|| WireError::Invalid {
         field: "session id",
         reason: format!("{} bytes, expected 16", bytes.len()),
@@ -255,10 +255,34 @@ fn delta_to_pb(d: &Delta) -> pb::SessionDelta {
     }
 }
 
+/// As [`delta_to_pb`], taking the delta: its names move instead of being copied (the
+/// snapshot file encodes every session once).
+pub(super) fn delta_into_pb(d: Delta) -> pb::SessionDelta {
+    pb::SessionDelta {
+        id: id_bytes(d.id),
+        created_ms: d.created_ms,
+        last_access_ms: d.last_access_ms,
+        max_inactive_s: d.max_inactive.map(|(s, _)| s),
+        max_inactive_version: d.max_inactive.map(|(_, v)| version_to_pb(v)),
+        attributes: d
+            .attributes
+            .into_iter()
+            .map(|a| pb::AttributeChange {
+                name: a.name,
+                value: a.value,
+                version: Some(version_to_pb(a.version)),
+            })
+            .collect(),
+        invalidated: d.invalidated,
+        full: d.full,
+        renamed_from: d.renamed_from.map(id_bytes).unwrap_or_default(),
+    }
+}
+
 /// Longest attribute name accepted from the wire.
 const MAX_NAME_BYTES: usize = 1024;
 
-fn delta_from_pb(d: pb::SessionDelta) -> Result<Delta, WireError> {
+pub(super) fn delta_from_pb(d: pb::SessionDelta) -> Result<Delta, WireError> {
     let attributes = d
         .attributes
         .into_iter()

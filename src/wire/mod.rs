@@ -8,10 +8,15 @@ mod datagram;
 mod frame;
 pub mod key_file;
 pub mod seal;
+mod snapshot;
 
 pub use datagram::{MAGIC, MAX_DATAGRAM, decode_datagram, encode_heartbeat};
 pub use frame::{
     FrameBody, MAX_FRAME, decode_frame, encode_delta, encode_deltas_frame, encode_frame,
+};
+pub use snapshot::{
+    SNAPSHOT_HEADER_LEN, SNAPSHOT_MAGIC, SNAPSHOT_VERSION, Snapshot, SnapshotError, SnapshotWriter,
+    decode_snapshot,
 };
 
 use thiserror::Error;

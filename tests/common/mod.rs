@@ -6,7 +6,14 @@
 
 #![allow(dead_code)]
 
+pub mod ajp;
+pub mod apache;
+pub mod daemon;
 pub mod fake_member;
+pub mod haproxy;
+pub mod hosts;
+pub mod load;
+pub mod nginx;
 pub mod raw_http;
 pub mod redis;
 
@@ -222,6 +229,8 @@ pub struct NodeProc {
     pub name: String,
     pub http: SocketAddr,
     pub replication: SocketAddr,
+    /// The AJP connector's address, when the node runs one (`--ajp`).
+    pub ajp: Option<SocketAddr>,
     pub log: PathBuf,
 }
 
@@ -303,6 +312,7 @@ impl NodeProc {
         Ok(NodeProc {
             http: addr("node.http"),
             replication: addr("node.replication"),
+            ajp: found.get("node.ajp").copied(),
             child,
             name: name.to_string(),
             log,

@@ -44,6 +44,20 @@ pub struct Member {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub errors: AtomicU64,
+    /// Its answers by status class ([`STATUS_CLASSES`]).
+    answers: [AtomicU64; STATUS_CLASSES.len()],
+}
+
+/// The status classes answers are counted by: `1xx` to `5xx`, and `other` (600..999,
+/// which a member may send and the balancer passes on).
+pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+/// The index in [`STATUS_CLASSES`] of a status code.
+pub fn status_class(status: u16) -> usize {
+    match status / 100 {
+        1..=5 => usize::from(status / 100) - 1,
+        _ => 5,
+    }
 }
 
 /// Takes no room but starts a new cache line (two, for the prefetcher that fetches
@@ -72,7 +86,18 @@ impl Member {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            answers: Default::default(),
         }
+    }
+
+    /// It answered with `status` (the head of its answer came).
+    pub fn answered(&self, status: u16) {
+        self.answers[status_class(status)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Its answers so far, by status class ([`STATUS_CLASSES`]).
+    pub fn answers(&self) -> [u64; STATUS_CLASSES.len()] {
+        std::array::from_fn(|i| self.answers[i].load(Ordering::Relaxed))
     }
 
     /// Changes the member's health.
@@ -232,11 +257,16 @@ impl Registry {
         let first = selector.pick(&candidates, sticky);
         drop(selector);
         drop(candidates);
+        let named = match sticky {
+            Stickiness::Route(route) => first.filter(|at| members[*at].route == *route),
+            _ => None,
+        };
         Order {
             registry: self,
             now,
             first: first.map(|at| members[at].clone()),
             first_id: first.map(|at| members[at].id),
+            named: named.map(|at| members[at].id),
             alternatives: members.len() > 1,
             rest: None,
         }
@@ -277,6 +307,8 @@ pub struct Order<'r> {
     /// The pick, until it is handed out.
     first: Option<Arc<Member>>,
     first_id: Option<u64>,
+    /// The pick, when it is the member the request's sticky route named.
+    named: Option<u64>,
     alternatives: bool,
     /// None until the pick was handed out and failed.
     rest: Option<std::vec::IntoIter<Arc<Member>>>,
@@ -286,6 +318,13 @@ impl Order<'_> {
     /// No member is usable.
     pub fn is_empty(&self) -> bool {
         self.first_id.is_none()
+    }
+
+    /// The id of the member the request's sticky route named, when that member is the
+    /// pick (it is live: neither gone, nor in error, nor disabled); None when the request
+    /// named none, or one the lbmethod had to replace.
+    pub fn named(&self) -> Option<u64> {
+        self.named
     }
 
     /// Whether a member other than the pick might be tried.

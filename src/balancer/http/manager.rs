@@ -1,4 +1,5 @@
-//! The reserved `/balancer-manager` paths: the members as JSON (SPEC) and as an HTML page.
+//! The reserved `/balancer-manager` paths: the members as JSON (SPEC), as an HTML page,
+//! and in Prometheus text (written by [`crate::balancer::http::figures`]).
 //!
 //! Who may use them ([`Guard`]): only TCP peers in `balancer.manager_allow` (a forwarded-for
 //! header is the client's word, so it is never read), and a change only with the nonce the
@@ -202,19 +203,25 @@ fn escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// Answers a request under [`PREFIX`].
+/// The Prometheus page's path.
+pub const METRICS_PATH: &str = "/balancer-manager/metrics";
+
+/// Answers a request under [`PREFIX`]; `metrics` writes the Prometheus page (only when it
+/// is asked for).
 pub fn answer(
     method: &Method,
     path: &str,
     members: &[MemberStatus],
     connections: &Connections,
     guard: &Guard,
+    metrics: &dyn Fn() -> String,
 ) -> Response<ProxyBody> {
     if method != Method::GET && method != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     }
     let (body, kind) = match path.trim_end_matches('/') {
         "/balancer-manager/status" => (status_json(members, connections), "application/json"),
+        METRICS_PATH => (metrics(), crate::metrics::PROMETHEUS_CONTENT_TYPE),
         "/balancer-manager" => (
             page_html(members, connections, guard.nonce()),
             "text/html; charset=utf-8",

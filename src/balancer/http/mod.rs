@@ -8,14 +8,16 @@
 //!   serves a client connection ([`conn`]);
 //!
 //! and what both use: what forwarding reads on a worker ([`upstream`]), the connections
-//! to the members ([`pool`]), one attempt's bookkeeping on a member ([`attempt`]), and
-//! the member timeout ([`timeout`]).
+//! to the members ([`pool`]), one attempt's bookkeeping on a member ([`attempt`]), the
+//! member timeout ([`timeout`]), and the balancer's own figures and their Prometheus page
+//! ([`figures`]).
 
 pub mod answer;
 pub mod attempt;
 pub mod body;
 pub use crate::serve::conn;
 pub mod fast;
+pub mod figures;
 pub mod manager;
 pub mod pool;
 pub mod proxy;

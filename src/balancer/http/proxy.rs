@@ -195,6 +195,7 @@ pub async fn forward(
         .map(|(n, v)| (n.as_str(), v.as_bytes()));
     let order = upstream.order(&upstream.sticky.key(fields, target, peer));
     let alternatives = order.has_alternatives();
+    let named = order.named();
     let idempotent = rules::idempotent(parts.method.as_str());
     let request = stepper::Request {
         idempotent,
@@ -236,12 +237,18 @@ pub async fn forward(
     loop {
         let fresh = match next {
             Move::Send(to) => {
+                if member.is_some() {
+                    upstream.figures().retried(true);
+                }
                 busy = Some(Busy::new(&to));
                 attempt = Some(Attempt::start(&to));
                 member = Some(to);
                 false
             }
-            Move::Again => true,
+            Move::Again => {
+                upstream.figures().retried(false);
+                true
+            }
             Move::Pass => break,
             Move::Tunnel => {
                 tunnels = true;
@@ -280,11 +287,24 @@ pub async fn forward(
     else {
         return answer::refusal(Refusal::NoAnswer);
     };
+    member.answered(response.status().as_u16());
+    let set_cookie = balancer_cookie(upstream, named, &member);
     if let (true, Some(client_side)) = (tunnels, client_side.take()) {
-        return tunnel(response, conn, client_side, busy, shutdown, timeout.after());
+        return tunnel(
+            response,
+            conn,
+            client_side,
+            busy,
+            shutdown,
+            timeout.after(),
+            set_cookie,
+        );
     }
     let (mut head, body) = response.into_parts();
     strip_hop_by_hop(&mut head.headers);
+    if let Some(cookie) = set_cookie {
+        head.headers.append(header::SET_COOKIE, cookie);
+    }
     if !framed.length_passed {
         // Transfer-Encoding won (RFC 9112 §6.3): its Content-Length is not passed on.
         head.headers.remove(header::CONTENT_LENGTH);
@@ -308,6 +328,24 @@ pub async fn forward(
         return answer::refusal(Refusal::MemberFailed);
     }
     Response::from_parts(head, ProxyBody::Member(body))
+}
+
+/// The balancer's own sticky cookie for the answer of `member`, when the rule says it
+/// sets one (see [`crate::balancer::rules::sticky::Rule::write_set_cookie`]).
+fn balancer_cookie(
+    upstream: &Upstream,
+    named: Option<u64>,
+    member: &Member,
+) -> Option<HeaderValue> {
+    upstream.sticky.balancer_cookie()?;
+    let mut value = Vec::new();
+    if !upstream
+        .sticky
+        .write_set_cookie(named, member.id, &member.route, &mut value)
+    {
+        return None;
+    }
+    HeaderValue::from_maybe_shared(Bytes::from(value)).ok()
 }
 
 /// What each attempt of one request sends.
@@ -395,7 +433,8 @@ impl Sending<'_> {
 
 /// Answers 101 to the client and, once both sides have switched, copies bytes both ways
 /// until either closes, nothing moves for `idle`, or shutdown (see [`tunnel::copy`]). The
-/// member connection gets a task of its own, to run until it hands its socket over.
+/// member connection gets a task of its own, to run until it hands its socket over. The
+/// 101 carries the balancer's sticky cookie when `set_cookie` has one.
 fn tunnel(
     mut response: Response<Incoming>,
     conn: MemberConn,
@@ -403,11 +442,15 @@ fn tunnel(
     busy: Busy,
     shutdown: &Shutdown,
     idle: Duration,
+    set_cookie: Option<HeaderValue>,
 ) -> Response<ProxyBody> {
     let member_side = hyper::upgrade::on(&mut response);
     let (mut head, _) = response.into_parts();
     let protocol = head.headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut head.headers);
+    if let Some(cookie) = set_cookie {
+        head.headers.append(header::SET_COOKIE, cookie);
+    }
     if let Some(protocol) = protocol {
         set_upgrade(&mut head.headers, protocol);
     }

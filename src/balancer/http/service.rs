@@ -10,6 +10,7 @@ use hyper::{Method, Request, Response, StatusCode, Version};
 use tracing::{debug, info};
 
 use crate::balancer::http::answer::{self, ProxyBody, plain};
+use crate::balancer::http::figures;
 use crate::balancer::http::manager;
 use crate::balancer::http::proxy;
 use crate::balancer::http::upstream::Upstream;
@@ -43,7 +44,21 @@ impl Service {
         }
     }
 
+    /// Answers a request; one that is not the manager's is counted in the worker's figures
+    /// (by the status class of its answer, and the time until its head).
     pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+        let started = std::time::Instant::now();
+        let proxied = !manager::is_manager_path(req.uri().path());
+        let response = self.answer(req, peer).await;
+        if proxied {
+            self.upstream
+                .figures()
+                .answered(response.status().as_u16(), started.elapsed());
+        }
+        response
+    }
+
+    async fn answer(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
         if rules::headers_too_large(proxy::headers_size(req.headers())) {
             return answer::refusal(Refusal::HeadersTooLarge);
         }
@@ -80,7 +95,22 @@ impl Service {
                 max: self.limit.max(),
                 limit_reached: self.limit.reached(),
             };
-            return manager::answer(req.method(), path, &members, &connections, &self.manager);
+            let metrics = || {
+                let members = self.upstream.registry.members();
+                figures::metrics_text(
+                    &members,
+                    &connections,
+                    &self.upstream.figures.figures.totals(),
+                )
+            };
+            return manager::answer(
+                req.method(),
+                path,
+                &members,
+                &connections,
+                &self.manager,
+                &metrics,
+            );
         }
         proxy::forward(&self.upstream, req, peer, &self.shutdown).await
     }

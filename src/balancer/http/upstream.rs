@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::balancer::choice::registry::{Order, Registry};
 use crate::balancer::choice::select::Stickiness;
+use crate::balancer::http::figures::{FiguresSlot, WorkerFigures};
 use crate::balancer::http::pool::Pool;
 use crate::balancer::rules::sticky;
 
@@ -15,11 +16,18 @@ pub struct Upstream {
     /// This worker's connections to the members.
     pub pool: Arc<Pool>,
     pub sticky: sticky::Rule,
+    /// This worker's figures.
+    pub figures: FiguresSlot,
 }
 
 impl Upstream {
     /// The members to try for a request that says this about where it belongs, best first.
     pub fn order(&self, stickiness: &Stickiness<'_>) -> Order<'_> {
         self.registry.order(stickiness, Instant::now())
+    }
+
+    /// What this worker's requests count.
+    pub fn figures(&self) -> &WorkerFigures {
+        self.figures.get()
     }
 }

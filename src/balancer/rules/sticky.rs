@@ -1,9 +1,12 @@
 //! Which member a request belongs to (SPEC, "Stickiness"), as mod_proxy_balancer decides
 //! it, for any backend: with `route`, the route is what follows the last `.` of the
 //! session cookie's value, or of a `;jsessionid=` path parameter, whatever the id before
-//! it looks like (`4DD0...EC.n2`, Jetty's `node0abc123.node0`, `x.A`); with `source_ip`
-//! or `header:NAME`, a key hashed onto a member. Nothing here knows what a session id
-//! is: the balancer fronts backends whose ids it has never seen.
+//! it looks like (`4DD0...EC.n2`, Jetty's `node0abc123.node0`, `x.A`); with
+//! `cookie:NAME`, what follows the last `.` of the balancer's own cookie `NAME`, which
+//! the balancer sets (`NAME=.ROUTE`, [`Rule::write_set_cookie`]) on an answer whenever the
+//! request's cookie did not name the member that answered; with `source_ip` or
+//! `header:NAME`, a key hashed onto a member. Nothing here knows what a session id is:
+//! the balancer fronts backends whose ids it has never seen.
 //!
 //! Everything is borrowed from the request, so finding the key costs no allocation.
 
@@ -29,6 +32,50 @@ impl Rule {
     ) -> Stickiness<'a> {
         stickiness(&self.sticky, &self.cookie, fields, target, peer)
     }
+
+    /// The name of the cookie the balancer sets itself (`cookie:NAME`), if it sets one.
+    pub fn balancer_cookie(&self) -> Option<&str> {
+        match &self.sticky {
+            Sticky::Cookie(name) => Some(name),
+            _ => None,
+        }
+    }
+
+    /// With `cookie:NAME`, writes into `out` the value of the `Set-Cookie` field the answer
+    /// of member `answered` (its id and route) carries to the client,
+    /// `NAME=.ROUTE; Path=/; HttpOnly`, unless the request was sent by its cookie to that
+    /// very member (`named`: the id of the member the request's cookie named and that was
+    /// picked for it, see the registry's `Order::named`). So the cookie is set when the
+    /// request had none, or one naming a member that is gone, down, disabled or not the
+    /// one that answered (a retry moved it): it moves with its member. Whether it wrote;
+    /// never for a route that a cookie value cannot carry (RFC 6265 §4.1.1) or that would
+    /// not read back.
+    pub fn write_set_cookie(
+        &self,
+        named: Option<u64>,
+        answered: u64,
+        route: &str,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let Sticky::Cookie(name) = &self.sticky else {
+            return false;
+        };
+        // A `.` in the route would not read back (the route follows the last one).
+        let carried = !route.is_empty() && route.bytes().all(|b| b != b'.' && cookie_octet(b));
+        if named == Some(answered) || !carried {
+            return false;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"=.");
+        out.extend_from_slice(route.as_bytes());
+        out.extend_from_slice(b"; Path=/; HttpOnly");
+        true
+    }
+}
+
+/// A byte a cookie value may hold unquoted (RFC 6265 §4.1.1 `cookie-octet`).
+fn cookie_octet(b: u8) -> bool {
+    matches!(b, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E)
 }
 
 /// What the request says about where it should go, by the configured stickiness, from
@@ -48,6 +95,13 @@ pub fn stickiness<'a>(
             .into_iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map_or(Stickiness::None, |(_, v)| Stickiness::Key(v)),
+        Sticky::Cookie(name) => {
+            let cookies = fields
+                .into_iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+                .map(|(_, v)| v);
+            route_in_cookies(cookies, name).map_or(Stickiness::None, Stickiness::Route)
+        }
         Sticky::Route => {
             let cookies = fields
                 .into_iter()
@@ -283,6 +337,152 @@ mod tests {
             Stickiness::None
         );
         assert_eq!(stick(&Sticky::None, &cookie, "/", &peer), Stickiness::None);
+    }
+
+    #[test]
+    fn the_balancers_own_cookie_gives_the_route_and_the_session_cookie_does_not() {
+        let peer = peer();
+        let rule = Sticky::Cookie("ROUTEID".into());
+        assert_eq!(
+            stick(
+                &rule,
+                &[("Cookie", "PHPSESSID=abc; ROUTEID=.n2")],
+                "/",
+                &peer
+            ),
+            Stickiness::Route("n2")
+        );
+        assert_eq!(
+            stick(&rule, &[("cookie", "ROUTEID=\".n1\"")], "/", &peer),
+            Stickiness::Route("n1")
+        );
+        for none in ["JSESSIONID=x.n1", "ROUTEID=", "ROUTEID=n1", "routeid=.n1"] {
+            assert_eq!(
+                stick(&rule, &[("Cookie", none)], "/x;jsessionid=y.B", &peer),
+                Stickiness::None,
+                "{none}"
+            );
+        }
+    }
+
+    fn cookie_rule() -> Rule {
+        Rule {
+            sticky: Sticky::Cookie("ROUTEID".into()),
+            cookie: "JSESSIONID".into(),
+        }
+    }
+
+    fn set_cookie(rule: &Rule, named: Option<u64>, answered: u64, route: &str) -> Option<String> {
+        let mut out = Vec::new();
+        rule.write_set_cookie(named, answered, route, &mut out)
+            .then(|| String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn the_cookie_is_set_unless_the_request_named_the_member_that_answered() {
+        let rule = cookie_rule();
+        assert_eq!(rule.balancer_cookie(), Some("ROUTEID"));
+        let want = Some("ROUTEID=.n2; Path=/; HttpOnly".to_string());
+        assert_eq!(set_cookie(&rule, None, 2, "n2"), want, "no cookie yet");
+        assert_eq!(
+            set_cookie(&rule, Some(1), 2, "n2"),
+            want,
+            "moved by a retry"
+        );
+        assert_eq!(set_cookie(&rule, Some(2), 2, "n2"), None, "already there");
+        for odd in ["", "a b", "a;b", "a,b", "a\"b", "a\\b", "\u{e9}", "a.b"] {
+            assert_eq!(set_cookie(&rule, None, 2, odd), None, "{odd:?}");
+        }
+        assert_eq!(
+            set_cookie(&rule, None, 2, "node-0_A"),
+            Some("ROUTEID=.node-0_A; Path=/; HttpOnly".to_string())
+        );
+        for other in [Sticky::Route, Sticky::None, Sticky::SourceIp] {
+            let rule = Rule {
+                sticky: other,
+                cookie: "JSESSIONID".into(),
+            };
+            assert_eq!(rule.balancer_cookie(), None);
+            assert_eq!(set_cookie(&rule, None, 2, "n2"), None);
+        }
+    }
+
+    /// The `Set-Cookie` an answer gets, at `now`, for a request with `cookies`, when the
+    /// first member of its order answers; and that member's route.
+    fn answered_with(
+        registry: &crate::balancer::choice::registry::Registry,
+        cookies: &str,
+        now: std::time::Instant,
+    ) -> (String, Option<String>) {
+        let rule = cookie_rule();
+        let peer = peer();
+        let fields = [("Cookie", cookies.as_bytes())];
+        let mut order = registry.order(&rule.key(fields, "/", &peer), now);
+        let named = order.named();
+        let member = order.next().expect("a member");
+        let mut out = Vec::new();
+        let set = rule
+            .write_set_cookie(named, member.id, &member.route, &mut out)
+            .then(|| String::from_utf8(out).unwrap());
+        (member.route.clone(), set)
+    }
+
+    #[test]
+    fn the_balancer_cookie_is_set_when_its_member_is_not_live_and_kept_while_it_is() {
+        use crate::balancer::choice::member::{Admin, Health, RETRY_MIN};
+        use crate::balancer::choice::registry::Registry;
+        use crate::config::{BalancerMember, LbMethod};
+        let member = |route: &str, port: u16| BalancerMember {
+            url: format!("http://127.0.0.1:{port}"),
+            route: route.into(),
+            loadfactor: 1,
+        };
+        let r = Registry::new(
+            LbMethod::ByRequests,
+            &[member("n1", 9001), member("n2", 9002)],
+        );
+        let t0 = std::time::Instant::now();
+        let cookie = |route: &str| Some(format!("ROUTEID=.{route}; Path=/; HttpOnly"));
+        // No cookie, or one naming no member: the lbmethod picks, the answer names it.
+        for none in ["", "ROUTEID=.n9", "ROUTEID=x"] {
+            let (route, set) = answered_with(&r, none, t0);
+            assert_eq!(set, cookie(&route), "{none:?}");
+        }
+        // A cookie naming a live member: that member, nothing set.
+        for _ in 0..10 {
+            assert_eq!(answered_with(&r, "ROUTEID=.n2", t0), ("n2".into(), None));
+        }
+        // Its member in error: the other one, and the cookie moves to it.
+        r.members()[1].update_health(|h| h.on_failure(t0));
+        assert_eq!(
+            answered_with(&r, "ROUTEID=.n2", t0),
+            ("n1".into(), cookie("n1"))
+        );
+        assert_eq!(answered_with(&r, "ROUTEID=.n1", t0), ("n1".into(), None));
+        // Its retry interval passed: the trial request goes back to it, nothing set.
+        let later = t0 + RETRY_MIN;
+        assert_eq!(answered_with(&r, "ROUTEID=.n2", later), ("n2".into(), None));
+        r.members()[1].update_health(Health::on_success);
+        // Draining: it keeps the sessions it has (mod_proxy_balancer's drain mode); new
+        // ones go elsewhere.
+        r.set_admin("n2", Admin::Draining);
+        assert_eq!(answered_with(&r, "ROUTEID=.n2", later), ("n2".into(), None));
+        for _ in 0..4 {
+            assert_eq!(answered_with(&r, "", later), ("n1".into(), cookie("n1")));
+        }
+        // Disabled: the session moves.
+        r.set_admin("n2", Admin::Disabled);
+        assert_eq!(
+            answered_with(&r, "ROUTEID=.n2", later),
+            ("n1".into(), cookie("n1"))
+        );
+        // Gone: the same.
+        r.set_admin("n2", Admin::Active);
+        let gone = Registry::new(LbMethod::ByRequests, &[member("n1", 9001)]);
+        assert_eq!(
+            answered_with(&gone, "ROUTEID=.n2", later),
+            ("n1".into(), cookie("n1"))
+        );
     }
 
     #[test]

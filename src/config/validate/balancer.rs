@@ -1,4 +1,5 @@
-//! `[balancer]`: the sticky header must be a header name, the limits bounded, and every
+//! `[balancer]`: the sticky header must be a header name, the sticky cookie a cookie name
+//! other than the session cookie, the limits bounded, and every
 //! static member a plain `http://host:port` with a route of its own, since a route names
 //! exactly one member.
 
@@ -8,7 +9,27 @@ use super::super::schema::{BalancerConfig, Sticky};
 use super::render_str;
 use super::{ConfigError, check_host_port, check_range, check_route_name, invalid, is_token};
 
-pub(super) fn check(b: &BalancerConfig) -> Result<(), ConfigError> {
+/// `session_cookie`: `sessions.cookie`, which the balancer's own cookie must not replace.
+pub(super) fn check(b: &BalancerConfig, session_cookie: &str) -> Result<(), ConfigError> {
+    if let Sticky::Cookie(name) = &b.sticky {
+        if !is_token(name) {
+            return Err(invalid(
+                "balancer.sticky",
+                format!(
+                    "cookie:NAME needs NAME to be a cookie name token, got {}",
+                    render_str(&b.sticky.to_string())
+                ),
+            ));
+        }
+        if name == session_cookie {
+            return Err(invalid(
+                "balancer.sticky",
+                format!(
+                    "cookie:{name} would replace the session cookie (sessions.cookie); name the balancer's own cookie, e.g. cookie:ROUTEID, or use \"route\""
+                ),
+            ));
+        }
+    }
     if matches!(&b.sticky, Sticky::Header(name) if !is_token(name)) {
         return Err(invalid(
             "balancer.sticky",
@@ -88,6 +109,35 @@ mod tests {
 
         let mut config = Config::default();
         config.balancer.sticky = Sticky::Header("a:b".into());
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("balancer.sticky"), "{err}");
+    }
+
+    #[test]
+    fn a_sticky_cookie_needs_a_cookie_name_other_than_the_session_cookie() {
+        let config = load("[balancer]\nsticky = \"cookie:ROUTEID\"\n").unwrap();
+        assert_eq!(config.balancer.sticky, Sticky::Cookie("ROUTEID".into()));
+        let config = load_with("", &["balancer.sticky=cookie:ROUTEID"]).unwrap();
+        assert_eq!(config.balancer.sticky, Sticky::Cookie("ROUTEID".into()));
+        for bad in ["cookie:", "cookie:a b", "cookie:a=b"] {
+            let text = invalid_key(
+                load(&format!("[balancer]\nsticky = \"{bad}\"\n")),
+                "balancer.sticky",
+            );
+            assert!(text.contains("cookie"), "{text}");
+        }
+        let text = invalid_key(
+            load("[balancer]\nsticky = \"cookie:JSESSIONID\"\n"),
+            "balancer.sticky",
+        );
+        assert!(text.contains("session cookie"), "{text}");
+        let text = invalid_key(
+            load("[sessions]\ncookie = \"SID\"\n[balancer]\nsticky = \"cookie:SID\"\n"),
+            "balancer.sticky",
+        );
+        assert!(text.contains("sessions.cookie"), "{text}");
+        let mut config = Config::default();
+        config.balancer.sticky = Sticky::Cookie("a;b".into());
         let err = config.validate().unwrap_err();
         assert!(err.to_string().contains("balancer.sticky"), "{err}");
     }

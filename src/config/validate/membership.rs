@@ -54,6 +54,17 @@ pub(super) fn check(m: &MembershipConfig) -> Result<(), ConfigError> {
             ));
         }
     }
+    for (i, name) in m.dns.iter().enumerate() {
+        if check_host_port(name).is_err() {
+            return Err(invalid(
+                format!("membership.dns[{i}]"),
+                format!(
+                    "expected name:port like deltacast.shop.svc.cluster.local:4001 (port 1..=65535), got {}",
+                    render_str(name)
+                ),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -138,5 +149,24 @@ mod tests {
         );
         load("[membership]\nstatic_members = [\"node-2.example.com:4001\", \"[::1]:4001\"]\n")
             .unwrap();
+    }
+
+    #[test]
+    fn a_dns_name_without_a_port_is_rejected_and_a_list_is_taken() {
+        let text = invalid_key(
+            load("[membership]\ndns = [\"peers.local:4001\", \"peers.local\"]\n"),
+            "membership.dns[1]",
+        );
+        assert!(text.contains("\"peers.local\""), "{text}");
+        for bad in ["peers:0", "peers:", ":4001", "bad_name:1"] {
+            invalid_key(
+                load_with("", &[&format!("membership.dns={bad}")]),
+                "membership.dns[0]",
+            );
+        }
+        let config = load_with("", &["membership.dns=a.svc:4001,b.svc:4001"]).unwrap();
+        assert_eq!(config.membership.dns, ["a.svc:4001", "b.svc:4001"]);
+        assert!(config.membership.unicast());
+        assert!(!load("").unwrap().membership.unicast());
     }
 }

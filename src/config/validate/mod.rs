@@ -2,6 +2,7 @@
 //! section, run in the order of the file's sections so the first error reported is the
 //! first a reader of the file meets.
 
+mod ajp;
 mod balancer;
 mod cluster;
 mod membership;
@@ -20,7 +21,8 @@ impl Config {
         membership::check(&self.membership)?;
         node::check(&self.node)?;
         sessions::check(&self.sessions)?;
-        balancer::check(&self.balancer)
+        balancer::check(&self.balancer, &self.sessions.cookie)?;
+        ajp::check(&self.ajp)
     }
 }
 

@@ -32,6 +32,31 @@ pub(super) fn check(s: &SessionsConfig) -> Result<(), ConfigError> {
         "",
     )?;
     check_range("sessions.max_bytes", s.max_bytes, 1024, 1 << 40, " bytes")?;
+    if let Some(path) = &s.snapshot_file {
+        let text = path.to_string_lossy();
+        let names_a_file = !text.ends_with('/')
+            && path
+                .file_name()
+                .is_some_and(|name| !name.is_empty() && name != "." && name != "..");
+        if !names_a_file {
+            return Err(invalid(
+                "sessions.snapshot_file",
+                format!(
+                    "must name a file like \"sessions.snapshot\" or \"/var/lib/deltacast/sessions\", got {}",
+                    render_str(&text)
+                ),
+            ));
+        }
+        if s.store.is_session_server() {
+            return Err(invalid(
+                "sessions.snapshot_file",
+                format!(
+                    "is for the replicated store only: with sessions.store = {} the sessions outlive the nodes in the server; remove sessions.snapshot_file",
+                    render_str(&s.store.to_string())
+                ),
+            ));
+        }
+    }
     check_range(
         "sessions.store_timeout_ms",
         s.store_timeout_ms,
@@ -86,6 +111,26 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_file_must_name_a_file() {
+        for bad in ["", "/", "/var/lib/", ".", ".."] {
+            let text = invalid_key(
+                load_with("", &[&format!("sessions.snapshot_file={bad}")]),
+                "sessions.snapshot_file",
+            );
+            assert!(text.contains("must name a file"), "{text}");
+        }
+        let config = load("[sessions]\nsnapshot_file = \"/var/lib/deltacast/sessions\"\n").unwrap();
+        assert_eq!(
+            config.sessions.snapshot_file.as_deref(),
+            Some(std::path::Path::new("/var/lib/deltacast/sessions"))
+        );
+        invalid_key(
+            load("[sessions]\nsnapshot_file = 3\n"),
+            "sessions.snapshot_file",
+        );
+    }
+
+    #[test]
     fn the_session_store_is_a_url_or_replicated() {
         use crate::config::SessionStoreUrl;
         let c = load("[sessions]\nstore = \"redis://127.0.0.1:6379/0\"\n").unwrap();
@@ -108,5 +153,16 @@ mod tests {
             load_with("", &["sessions.store=redis://:1"]),
             "sessions.store",
         );
+        let text = invalid_key(
+            load_with(
+                "",
+                &[
+                    "sessions.store=redis://127.0.0.1:6379",
+                    "sessions.snapshot_file=s.snap",
+                ],
+            ),
+            "sessions.snapshot_file",
+        );
+        assert!(text.contains("replicated store only"), "{text}");
     }
 }

@@ -37,6 +37,7 @@ use crate::balancer::net::client::ClientSocket;
 use crate::balancer::rules::Peer;
 use crate::balancer::rules::refusal::{CONTENT_TYPE, Refusal};
 use crate::balancer::rules::stepper::{self, Move, Outcome as Attempted, Stepper};
+use crate::balancer::rules::sticky;
 use head::{Asked, Prepared, Request, prepare};
 use relay::{Answer, NoAnswer, pass_answer, read_answer};
 
@@ -156,6 +157,10 @@ async fn serve_with(
                         };
                     }
                     Prepared::Refuse(refusal) => {
+                        // Answered at once: counted as the hyper path counts its own.
+                        upstream
+                            .figures()
+                            .answered(refusal.status(), std::time::Duration::ZERO);
                         refuse(client, refusal, true).await;
                         let _ = client.shutdown().await;
                         return Outcome::Done;
@@ -182,7 +187,7 @@ async fn serve_with(
             }
         };
         buf.advance(request.head_len);
-        let keep = forward(&upstream.pool, client, request, out, answer, client_head).await;
+        let keep = forward(upstream, client, request, out, answer, client_head).await;
         if !keep || token.is_cancelled() {
             // Closing a socket with unread bytes resets it, and a reset drops what is still
             // in the socket (with `write_last`, the whole answer) and ends a close-delimited
@@ -195,17 +200,21 @@ async fn serve_with(
     }
 }
 
-/// Forwards one request over the members of its order, as the stepper says; whether the
-/// client connection may carry another.
+/// Forwards one request over the members of its order, as the stepper says, and counts
+/// its answer in the worker's figures; whether the client connection may carry another.
 async fn forward(
-    pool: &Pool,
+    upstream: &Upstream,
     client: &mut ClientSocket,
     request: Request<Order<'_>>,
     out: &[u8],
     answer: &mut BytesMut,
     client_head: &mut Vec<u8>,
 ) -> bool {
+    let started = std::time::Instant::now();
+    let figures = upstream.figures();
+    let pool = &upstream.pool;
     let Request { asked, to, .. } = request;
+    let named = to.named();
     let timeout = pool.timeout();
     let mut steps = Stepper::new(to, stepper::Request::BODILESS);
     let mut next = steps.start();
@@ -216,16 +225,23 @@ async fn forward(
     loop {
         let fresh = match next {
             Move::Send(to) => {
+                if member.is_some() {
+                    figures.retried(true);
+                }
                 busy = Some(Busy::new(&to));
                 attempt = Some(Attempt::start(&to));
                 member = Some(to);
                 false
             }
-            Move::Again => true,
+            Move::Again => {
+                figures.retried(false);
+                true
+            }
             Move::Answer(refusal) => {
                 if let (Refusal::MemberTimedOut(_), Some(m)) = (refusal, &member) {
                     timeout.note(Stall::Answer, Some(&m.route));
                 }
+                figures.answered(refusal.status(), started.elapsed());
                 return refuse(client, refusal, asked.close).await;
             }
             // No upgrade is asked on this path, so the stepper never tunnels here.
@@ -246,16 +262,49 @@ async fn forward(
         next = decision.next;
     }
     let (Some(member), Some((conn, head))) = (member, answered) else {
+        figures.answered(Refusal::NoAnswer.status(), started.elapsed());
         return refuse(client, Refusal::NoAnswer, asked.close).await;
     };
+    member.answered(head.status);
+    let (status, took) = (head.status, started.elapsed());
+    add_set_cookie(client_head, &upstream.sticky, named, &member);
     // The member stays busy until its answer went through.
     let passed = pass_answer(pool, client, &member, conn, answer, head, client_head).await;
     drop(busy);
     match passed {
-        Ok(whole) => whole && !asked.close,
+        Ok(whole) => {
+            figures.answered(status, took);
+            whole && !asked.close
+        }
         // Nothing of the answer went out: the client gets a whole answer of ours instead.
-        Err(refusal) => refuse(client, refusal, asked.close).await,
+        Err(refusal) => {
+            figures.answered(refusal.status(), took);
+            refuse(client, refusal, asked.close).await
+        }
     }
+}
+
+/// Adds the balancer's own sticky cookie to the head for the client (ending in its empty
+/// line), when the rule says the answer of `member` sets it (see
+/// [`sticky::Rule::write_set_cookie`]).
+fn add_set_cookie(
+    client_head: &mut Vec<u8>,
+    rule: &sticky::Rule,
+    named: Option<u64>,
+    member: &Member,
+) {
+    if rule.balancer_cookie().is_none() || !client_head.ends_with(b"\r\n\r\n") {
+        return;
+    }
+    client_head.truncate(client_head.len() - 2);
+    let before = client_head.len();
+    client_head.extend_from_slice(b"set-cookie: ");
+    if rule.write_set_cookie(named, member.id, &member.route, client_head) {
+        client_head.extend_from_slice(b"\r\n");
+    } else {
+        client_head.truncate(before);
+    }
+    client_head.extend_from_slice(b"\r\n");
 }
 
 /// One attempt on `member`: the request head written on a pooled connection (or a new
@@ -329,6 +378,31 @@ async fn refuse(client: &mut ClientSocket, refusal: Refusal, close: bool) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_balancer_cookie_goes_before_the_empty_line_of_the_head() {
+        let member = Member::new("n2", "http://127.0.0.1:9", 1, true);
+        let rule = |sticky| sticky::Rule {
+            sticky,
+            cookie: "JSESSIONID".into(),
+        };
+        let cookie = rule(crate::config::Sticky::Cookie("ROUTEID".into()));
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec();
+        let mut set = head.clone();
+        add_set_cookie(&mut set, &cookie, None, &member);
+        assert_eq!(
+            String::from_utf8(set).unwrap(),
+            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nset-cookie: ROUTEID=.n2; Path=/; HttpOnly\r\n\r\n"
+        );
+        for (rule, named) in [
+            (cookie.clone(), Some(member.id)),
+            (rule(crate::config::Sticky::Route), None),
+        ] {
+            let mut kept = head.clone();
+            add_set_cookie(&mut kept, &rule, named, &member);
+            assert_eq!(kept, head);
+        }
+    }
 
     #[test]
     fn buffers_grown_large_are_not_kept() {

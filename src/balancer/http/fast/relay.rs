@@ -27,6 +27,8 @@ const MAX_ANSWER_HEAD: usize = 64 * 1024;
 
 /// An answer head from a member, and the head for the client written from it.
 pub struct Answer {
+    /// Its status code.
+    pub status: u16,
     head_len: usize,
     framing: Body,
     /// The member connection may carry another request after this answer.
@@ -172,6 +174,7 @@ fn parse_answer(
     }
     client_head.extend_from_slice(b"\r\n");
     Ok(Some(Parsed::Final(Answer {
+        status: code,
         head_len,
         framing: framing.body,
         member_keeps: !close && framing.reusable,
