@@ -47,12 +47,12 @@ pub(super) fn check(s: &SessionsConfig) -> Result<(), ConfigError> {
                 ),
             ));
         }
-        if s.store != super::super::SessionStoreUrl::Replicated {
+        if s.store.is_session_server() {
             return Err(invalid(
                 "sessions.snapshot_file",
                 format!(
-                    "applies to the replicated store only; with sessions.store = {} the session server keeps the sessions across restarts",
-                    render_str(s.store.kind())
+                    "is for the replicated store only: with sessions.store = {} the sessions outlive the nodes in the server; remove sessions.snapshot_file",
+                    render_str(&s.store.to_string())
                 ),
             ));
         }
@@ -158,5 +158,16 @@ mod tests {
             load_with("", &["sessions.store=redis://:1"]),
             "sessions.store",
         );
+        let text = invalid_key(
+            load_with(
+                "",
+                &[
+                    "sessions.store=redis://127.0.0.1:6379",
+                    "sessions.snapshot_file=s.snap",
+                ],
+            ),
+            "sessions.snapshot_file",
+        );
+        assert!(text.contains("replicated store only"), "{text}");
     }
 }
