@@ -30,7 +30,8 @@ use crate::wire::{self, FrameBody, MAX_DATAGRAM, WireError};
 pub enum Peers {
     /// The multicast group of the socket.
     Group,
-    /// Static members (kept resolved by [`transport::keep_resolving`]); members heard
+    /// Static members and the peers of `membership.dns` (kept resolved by
+    /// [`transport::keep_discovering`]); members heard
     /// from outside the list are answered too.
     Static(watch::Receiver<Vec<SocketAddr>>),
 }

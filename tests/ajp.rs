@@ -6,8 +6,8 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use common::ajp::apache::Apache;
 use common::ajp::{AjpClient, Forward};
+use common::apache::Apache;
 use common::{Cluster, NodeProc, exchange, wait_converged, wait_until};
 use nix::sys::signal::Signal;
 
@@ -248,6 +248,53 @@ fn the_connector_needs_a_secret_unless_told_otherwise_and_is_null_when_off() {
     assert_eq!(answer.status, 200);
 }
 
+#[test]
+fn a_larger_packet_size_carries_larger_chunks_both_ways() {
+    let cluster = Cluster::new("ajp-packet");
+    let node = ajp_node(&cluster, "n1", &["--set", "ajp.packet_size=65536"]);
+    let mut client = AjpClient::connect(node.ajp.expect("ajp"));
+    client.chunk = 65536 - 6;
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 249) as u8).collect();
+    let put = client
+        .request(&Forward::put("/session/attributes/v", Some(SECRET), &body))
+        .expect("an answer");
+    assert_eq!(put.status, 204, "{}", put.text());
+    assert!(
+        put.body_asks <= 300_000 / 8186,
+        "{} asks: larger chunks asked for",
+        put.body_asks
+    );
+    let cookie = put.set_cookie().expect("a session");
+    let get = client
+        .request(&Forward::get("/session/attributes/v", Some(SECRET)).cookie(Some(&cookie)))
+        .expect("an answer");
+    assert!(get.body == body);
+    assert!(
+        get.largest_chunk > 8192,
+        "chunks of up to 64 KiB: {}",
+        get.largest_chunk
+    );
+    assert!(get.largest_chunk <= 65536 - 4);
+}
+
+#[test]
+fn a_node_with_an_idle_ajp_connection_stops_gracefully() {
+    let cluster = Cluster::new("ajp-stop");
+    let mut node = ajp_node(&cluster, "n1", &[]);
+    let mut client = AjpClient::connect(node.ajp.expect("ajp"));
+    let answer = client
+        .request(&Forward::get("/", Some(SECRET)))
+        .expect("an answer");
+    assert!(answer.reuse);
+    // The connection stays open and idle, as a front end's pool keeps it.
+    node.signal(Signal::SIGTERM);
+    let status = node
+        .wait_exit(Duration::from_secs(20))
+        .expect("the node stopped");
+    assert_eq!(status.code(), Some(0), "{}", node.log_text());
+    assert!(client.closed(), "the idle connection was closed");
+}
+
 // ---- (b) a real Apache httpd in front ----------------------------------------------------
 
 /// Which node answered the test page, and its hit count.
@@ -388,8 +435,12 @@ fn apache_mod_proxy_ajp_fronts_two_nodes_sticky_with_bodies_failover_and_the_sec
     else {
         return;
     };
-    let addr = apache.addr;
-    front_end_checks(addr, n1, n2, &|| apache.logs());
+    let addr = apache.addr();
+    let logs = || {
+        let jk = std::fs::read_to_string(apache.dir().join("mod_jk.log")).unwrap_or_default();
+        format!("{}\n--- mod_jk.log\n{jk}", apache.logs())
+    };
+    front_end_checks(addr, n1, n2, &logs);
 }
 
 /// The mod_jk workers.properties of docs/front-ends-ajp.md.
@@ -431,6 +482,10 @@ fn apache_mod_jk_fronts_two_nodes_sticky_with_bodies_failover_and_the_secret() {
     else {
         return;
     };
-    let addr = apache.addr;
-    front_end_checks(addr, n1, n2, &|| apache.logs());
+    let addr = apache.addr();
+    let logs = || {
+        let jk = std::fs::read_to_string(apache.dir().join("mod_jk.log")).unwrap_or_default();
+        format!("{}\n--- mod_jk.log\n{jk}", apache.logs())
+    };
+    front_end_checks(addr, n1, n2, &logs);
 }

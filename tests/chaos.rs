@@ -9,8 +9,9 @@
 //! acknowledged write, and random faults for `DELTACAST_CHAOS_SECS` (default 120) seconds
 //! from a seed (`DELTACAST_CHAOS_SEED`, printed): kill -9 of a node, a graceful restart, a
 //! host's link cut for a few seconds. At least one node serves at every instant (a fault
-//! is only made while two others serve, and a kill waits until the last healed link's
-//! anti-entropy had time to run), so no request may fail. At the end every fault is
+//! is only made while two others serve, a kill waits until the last healed link's
+//! anti-entropy had time to run, and a node is a victim again only 3 s after its last fault
+//! ended), so no request may fail. At the end every fault is
 //! undone, and every acknowledged write must be on every node.
 
 mod common;
@@ -87,6 +88,10 @@ fn random_kills_restarts_and_link_cuts_under_load_fail_no_request_and_lose_no_ac
     assert!(load.wait_acked(200, CONVERGE), "the load runs");
 
     let mut faults = [Fault::None; 3];
+    // When each node's last fault ended: a node is a victim again only a while later, so
+    // faults do not run back to back into one long outage.
+    let mut whole_since = [Instant::now(); 3];
+    let began = Instant::now();
     let mut figures = Figures::default();
     let mut last_heal = Instant::now() - SETTLE_AFTER_HEAL;
     let end = Instant::now() + Duration::from_secs(secs);
@@ -101,11 +106,13 @@ fn random_kills_restarts_and_link_cuts_under_load_fail_no_request_and_lose_no_ac
                     figures.starts += 1;
                     faults[i] = Fault::None;
                     last_heal = Instant::now();
+                    whole_since[i] = last_heal;
                 }
                 Fault::Cut(until) if now >= until => {
                     bed.heal(i);
                     faults[i] = Fault::None;
                     last_heal = Instant::now();
+                    whole_since[i] = last_heal;
                 }
                 _ => {}
             }
@@ -121,11 +128,14 @@ fn random_kills_restarts_and_link_cuts_under_load_fail_no_request_and_lose_no_ac
             continue;
         }
         let victim = serving[rng.random_range(0..serving.len())];
+        if whole_since[victim].elapsed() < SETTLE_AFTER_HEAL {
+            continue;
+        }
         let name = bed.hosts[victim].name.clone();
         let lasts = Duration::from_millis(rng.random_range(1000..4000));
         // Kills and restarts twice as likely as cuts: they wait for a quiet cluster.
         let action = rng.random_range(0..5) / 2;
-        let t = secs as f64 - end.saturating_duration_since(Instant::now()).as_secs_f64();
+        let t = began.elapsed().as_secs_f64();
         match action {
             0 if last_heal.elapsed() >= SETTLE_AFTER_HEAL
                 && faults.iter().all(|f| *f == Fault::None) =>
@@ -217,11 +227,14 @@ fn random_kills_restarts_and_link_cuts_under_load_fail_no_request_and_lose_no_ac
         figures.starts,
         checked.elapsed()
     );
-    let listed: Vec<&str> = report
+    let listed: Vec<String> = report
         .failures
         .iter()
         .take(10)
-        .map(|f| f.what.as_str())
+        .map(|f| {
+            let at = f.at.saturating_duration_since(began).as_secs_f64();
+            format!("{at:6.1}s {}", f.what)
+        })
         .collect();
     assert!(
         report.failures.is_empty(),

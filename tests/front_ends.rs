@@ -4,7 +4,8 @@
 //! mod_proxy_http, nginx and HAProxy, each sticky by the route suffix of the session
 //! cookie and keeping the session when the sticky node is killed; and deltacast's own
 //! balancer setting a sticky cookie (`sticky = "cookie:ROUTEID"`) in front of plain nginx
-//! backends that know nothing of sessions. The configs are the ones docs/front-ends.md
+//! backends that know nothing of sessions, and Apache doing the same with the seed's
+//! `Header add Set-Cookie "ROUTEID=..."`. The configs are the ones docs/front-ends.md
 //! shows. A test whose front end is not installed prints why it skips.
 
 mod common;
@@ -313,4 +314,60 @@ fn deltacast_balancer_sets_its_own_sticky_cookie_in_front_of_plain_nginx_backend
         let (status, set, by) = ask(front, "GET", Some(&moved), "");
         assert_eq!((status, set.len(), by.as_str()), (200, 0, other));
     }
+}
+
+#[test]
+fn apache_sets_the_seeds_routeid_cookie_as_deltacasts_balancer_does() {
+    // The seed's way for backends without routes in their ids, done by Apache itself: the
+    // same cookie deltacast's `sticky = "cookie:ROUTEID"` sets.
+    let Some(b1) = NginxProc::answering("b1") else {
+        return;
+    };
+    let Some(b2) = NginxProc::answering("b2") else {
+        return;
+    };
+    let Some(apache) = Apache::new()
+        .modules(&[
+            "proxy",
+            "proxy_http",
+            "proxy_balancer",
+            "slotmem_shm",
+            "lbmethod_byrequests",
+            "headers",
+        ])
+        .config(&format!(
+            "Header add Set-Cookie \"ROUTEID=.%{{BALANCER_WORKER_ROUTE}}e; path=/\" env=BALANCER_ROUTE_CHANGED\n\
+             <Proxy \"balancer://plain\">\n\
+             \x20   BalancerMember \"http://{}\" route=b1 retry=1\n\
+             \x20   BalancerMember \"http://{}\" route=b2 retry=1\n\
+             \x20   ProxySet stickysession=ROUTEID\n\
+             </Proxy>\n\
+             ProxyPass \"/\" \"balancer://plain/\"\n\
+             ProxyPassReverse \"/\" \"balancer://plain/\"\n",
+            b1.addr(),
+            b2.addr()
+        ))
+        .start()
+    else {
+        return;
+    };
+    let (status, set, first) = ask(apache.addr(), "GET", None, "");
+    assert_eq!(status, 200, "{first}\n{}", apache.logs());
+    assert_eq!(set, [format!("ROUTEID=.{first}; path=/")]);
+    let cookie = format!("ROUTEID=.{first}");
+    for i in 0..10 {
+        let (status, set, by) = ask(apache.addr(), "GET", Some(&cookie), "");
+        assert_eq!((status, by.as_str()), (200, first.as_str()), "request {i}");
+        assert!(set.is_empty(), "{set:?}");
+    }
+    let (dead, _survivor) = if first == "b1" { (b1, b2) } else { (b2, b1) };
+    drop(dead);
+    let other = if first == "b1" { "b2" } else { "b1" };
+    let (status, set, by) = ask(apache.addr(), "GET", Some(&cookie), "");
+    assert_eq!((status, by.as_str()), (200, other), "{}", apache.logs());
+    assert_eq!(
+        set,
+        [format!("ROUTEID=.{other}; path=/")],
+        "the cookie moved"
+    );
 }

@@ -734,7 +734,7 @@ impl Writer {
             }
             None => {
                 // A string name's length must not read as a coded name.
-                if name.first().is_none() || name.len() >= 0xA000 {
+                if name.is_empty() || name.len() >= 0xA000 {
                     return Err(AjpError::DoesNotFit("header name"));
                 }
                 self.string(name)

@@ -726,7 +726,8 @@ fn to_http(request: ForwardRequest) -> Result<(Request<()>, Option<u64>), &'stat
         attributes,
         ..
     } = request;
-    if !uri.starts_with(b"/") && !(uri == b"*" && method == http::Method::OPTIONS) {
+    let asterisk = uri == b"*" && method == http::Method::OPTIONS;
+    if !uri.starts_with(b"/") && !asterisk {
         return Err("bad request: the request URI must be a path");
     }
     let mut target = uri;

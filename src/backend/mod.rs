@@ -156,7 +156,7 @@ pub enum Backend {
     /// Every member holds every session (`sessions.store = "replicated"`).
     Replicated(Replicated),
     /// Redis or Redis Cluster holds them.
-    Redis(RedisBackend),
+    Redis(Box<RedisBackend>),
     /// memcached holds them.
     Memcached(MemcachedBackend),
 }

@@ -126,6 +126,13 @@ pub fn render(doc: &StatusDoc) -> String {
         doc.replication.errors,
         doc.membership.dropped
     );
+    if let Some(ajp) = &doc.ajp {
+        let _ = writeln!(
+            out,
+            "ajp {}  (requests {}, errors {})",
+            ajp.listen, ajp.requests, ajp.errors
+        );
+    }
     let mut rows = vec![[
         "NAME".to_string(),
         "ROUTE".into(),
@@ -267,5 +274,18 @@ mod tests {
         );
         // Columns line up.
         assert_eq!(lines[2].find("HTTP"), lines[4].find("127.0.0.1:8082"));
+        assert!(!text.contains("ajp"));
+
+        let mut with_ajp = doc.clone();
+        with_ajp.ajp = Some(crate::node::status::AjpStatus {
+            listen: "127.0.0.1:8009".into(),
+            requests: 5,
+            errors: 1,
+        });
+        let text = render(&with_ajp);
+        assert_eq!(
+            text.lines().nth(2),
+            Some("ajp 127.0.0.1:8009  (requests 5, errors 1)")
+        );
     }
 }

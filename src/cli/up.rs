@@ -37,6 +37,7 @@ const PER_NODE_KEYS: &[&str] = &[
     "membership.static_members",
     "cluster.name",
     "sessions.snapshot_file",
+    "ajp.listen",
 ];
 
 /// The name of the balancer's row in the table.
@@ -461,13 +462,22 @@ fn start_nodes(
         } else {
             wanted_port(preferred, i, Wants::Tcp, taken)
         };
-        plan.push((format!("n{}", i + 1), http, replication));
+        // With `[ajp] listen`, each node its own port next to the configured one.
+        let ajp = base.ajp.listen.map(|listen| {
+            let port = if attempt == 1 {
+                wanted_port(listen.port(), i, Wants::Tcp, taken)
+            } else {
+                0
+            };
+            SocketAddr::new(listen.ip(), port)
+        });
+        plan.push((format!("n{}", i + 1), http, replication, ajp));
     }
     let static_members: Vec<String> = plan
         .iter()
-        .map(|(_, _, r)| SocketAddr::from((Ipv4Addr::LOCALHOST, *r)).to_string())
+        .map(|(_, _, r, _)| SocketAddr::from((Ipv4Addr::LOCALHOST, *r)).to_string())
         .collect();
-    for (name, http, replication) in plan {
+    for (name, http, replication, ajp) in plan {
         let mut cmd = child_command(&children.exe, "node", &args.common, |_| false);
         if let Some(threads) = node_threads {
             cmd.env(WORKER_THREADS_ENV, threads.to_string());
@@ -478,6 +488,9 @@ fn start_nodes(
             .args(["--name", &name])
             .args(["--http", &at(http)])
             .args(["--replication", &at(replication)]);
+        if let Some(ajp) = ajp {
+            cmd.arg("--ajp").arg(ajp.to_string());
+        }
         if uses_static {
             cmd.arg("--set").arg(format!(
                 "membership.static_members={}",
@@ -495,7 +508,10 @@ fn start_nodes(
         } else {
             Wants::Tcp
         };
-        let asked = vec![(http, Wants::Tcp), (replication, replication_wants)];
+        let mut asked = vec![(http, Wants::Tcp), (replication, replication_wants)];
+        if let Some(ajp) = ajp.filter(|a| a.port() != 0) {
+            asked.push((ajp.port(), Wants::Tcp));
+        }
         if let Err(source) = children.spawn(name.clone(), cmd, asked) {
             return Err(CliError::Io {
                 context: format!("cannot start node {name}"),

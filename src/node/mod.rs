@@ -144,8 +144,9 @@ pub use crate::clock::now_ms;
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// How long queued deltas get to reach the members before the leave.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
-/// How often static member names are resolved again.
-const RESOLVE_EVERY: Duration = Duration::from_secs(10);
+/// How often the names of `membership.static_members` and `membership.dns` are resolved
+/// again: a pod that starts is found within this (plus a heartbeat).
+const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 
 /// The sockets a node serves on, bound before it starts, so that a caller that binds port 0
 /// learns the port it got instead of handing a number to someone who binds it later, and
@@ -190,7 +191,7 @@ impl Sockets<UdpDatagrams> {
                 addr: "the given listener".to_string(),
                 source,
             })?;
-            let heartbeats = if membership.static_members.is_empty() {
+            let heartbeats = if !membership.unicast() {
                 bind_multicast(config)?
             } else {
                 UdpDatagrams::unicast(local).map_err(|source| NodeError::Bind {
@@ -200,7 +201,7 @@ impl Sockets<UdpDatagrams> {
                 })?
             };
             (listener, heartbeats)
-        } else if membership.static_members.is_empty() {
+        } else if !membership.unicast() {
             let replication = bind_tcp("replication", wanted).await?;
             (replication, bind_multicast(config)?)
         } else {
@@ -524,18 +525,24 @@ async fn launch<D: Datagrams>(
         membership.interface.into(),
     );
 
-    let static_names = &membership.static_members;
-    let (peers, resolver) = if static_names.is_empty() {
+    let mut discovery = transport::Discovery::new(&membership.static_members, &membership.dns);
+    let (peers, resolver) = if discovery.is_empty() {
         (Peers::Group, None)
     } else {
-        let (resolved, _) = transport::resolve_peers(static_names, Duration::from_secs(5)).await;
+        transport::resolve_round(
+            &mut discovery,
+            &transport::SystemResolver,
+            Duration::from_secs(5),
+        )
+        .await;
+        let resolved = discovery.peers();
         if replication_addr.ip().is_loopback() && resolved.iter().any(|p| !p.ip().is_loopback()) {
             return Err(NodeError::Unreachable {
                 addr: replication_addr,
             });
         }
         let (tx, rx) = watch::channel(resolved);
-        (Peers::Static(rx), Some((static_names.clone(), tx)))
+        (Peers::Static(rx), Some((discovery, tx)))
     };
     let heartbeat_mode = if resolver.is_none() {
         "multicast"
@@ -627,9 +634,10 @@ async fn launch<D: Datagrams>(
     // Each part stops on a token of its own, in the order of `RunningNode::stopped`.
     let cluster_stop = CancellationToken::new();
     let http_stop = CancellationToken::new();
-    if let Some((names, tx)) = resolver {
-        shutdown.spawn(transport::keep_resolving(
-            names,
+    if let Some((discovery, tx)) = resolver {
+        shutdown.spawn(transport::keep_discovering(
+            discovery,
+            transport::SystemResolver,
             RESOLVE_EVERY,
             tx,
             cluster_stop.clone(),
@@ -878,7 +886,7 @@ fn backend(
                 u32::try_from(s.max_inactive_s).unwrap_or(u32::MAX),
             )?;
             info!(store = %url, "sessions live in a session server; this node replicates none");
-            Ok(Backend::Redis(redis))
+            Ok(Backend::Redis(Box::new(redis)))
         }
         url @ SessionStoreUrl::Memcached { .. } => {
             let memcached = MemcachedBackend::new(

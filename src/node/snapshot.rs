@@ -144,7 +144,7 @@ pub fn write(
     let mut writer = SnapshotWriter::new(cluster, node, now_ms);
     for shard in 0..store.shard_count() {
         for session in store.export_shard(shard) {
-            writer.push_session(&session);
+            writer.push_session(session);
         }
         for (id, ended_ms) in store.export_shard_tombstones(shard) {
             writer.push_tombstone(id, ended_ms);

@@ -5,6 +5,7 @@
 //! and the real encoding of every byte.
 
 mod datagram;
+pub mod discovery;
 pub mod intake;
 pub mod mem;
 mod stream;
@@ -13,7 +14,8 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 
-pub use datagram::{UdpDatagrams, keep_resolving, resolve_peers};
+pub use datagram::UdpDatagrams;
+pub use discovery::{Discovery, SystemResolver, keep_discovering, resolve_round};
 pub use intake::{FrameBudget, FrameLimits, IntakeError, intake_error};
 pub use stream::{
     FrameCodec, FrameTooLong, FramedStream, Listener, Stream, Streams, accept, accept_with_budget,

@@ -233,7 +233,7 @@ fn version_from_pb(v: Option<pb::Version>) -> Version {
     })
 }
 
-pub(super) fn delta_to_pb(d: &Delta) -> pb::SessionDelta {
+fn delta_to_pb(d: &Delta) -> pb::SessionDelta {
     pb::SessionDelta {
         id: id_bytes(d.id),
         created_ms: d.created_ms,
@@ -246,6 +246,30 @@ pub(super) fn delta_to_pb(d: &Delta) -> pb::SessionDelta {
             .map(|a| pb::AttributeChange {
                 name: a.name.clone(),
                 value: a.value.clone(),
+                version: Some(version_to_pb(a.version)),
+            })
+            .collect(),
+        invalidated: d.invalidated,
+        full: d.full,
+        renamed_from: d.renamed_from.map(id_bytes).unwrap_or_default(),
+    }
+}
+
+/// As [`delta_to_pb`], taking the delta: its names move instead of being copied (the
+/// snapshot file encodes every session once).
+pub(super) fn delta_into_pb(d: Delta) -> pb::SessionDelta {
+    pb::SessionDelta {
+        id: id_bytes(d.id),
+        created_ms: d.created_ms,
+        last_access_ms: d.last_access_ms,
+        max_inactive_s: d.max_inactive.map(|(s, _)| s),
+        max_inactive_version: d.max_inactive.map(|(_, v)| version_to_pb(v)),
+        attributes: d
+            .attributes
+            .into_iter()
+            .map(|a| pb::AttributeChange {
+                name: a.name,
+                value: a.value,
                 version: Some(version_to_pb(a.version)),
             })
             .collect(),

@@ -13,7 +13,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use super::frame::{delta_from_pb, delta_to_pb, id_from};
+use super::frame::{delta_from_pb, delta_into_pb, id_from};
 use super::{WireError, pb};
 use crate::session::{Delta, SessionId};
 
@@ -112,9 +112,9 @@ impl SnapshotWriter {
     }
 
     /// Adds a live session (a full delta, as the store exports it).
-    pub fn push_session(&mut self, session: &Delta) {
+    pub fn push_session(&mut self, session: Delta) {
         self.body.put_u8(SESSIONS_KEY);
-        delta_to_pb(session)
+        delta_into_pb(session)
             .encode_length_delimited(&mut self.body)
             .unwrap_or_else(|_| {
                 unreachable!("a Vec grows as needed");
@@ -272,7 +272,7 @@ mod tests {
     fn file(sessions: u8, tombstones: u8) -> Vec<u8> {
         let mut w = SnapshotWriter::new("c1", "n2", 99);
         for n in 0..sessions {
-            w.push_session(&session(n));
+            w.push_session(session(n));
         }
         for n in 0..tombstones {
             w.push_tombstone(SessionId::from_bytes([200 + n; 16]), 50 + u64::from(n));
@@ -419,7 +419,7 @@ mod tests {
         fn any_sessions_round_trip(ns in proptest::collection::vec(any::<u8>(), 0..20), ended in proptest::collection::vec((any::<[u8; 16]>(), any::<u64>()), 0..5)) {
             let mut w = SnapshotWriter::new("c", "n", 5);
             for n in &ns {
-                w.push_session(&session(*n));
+                w.push_session(session(*n));
             }
             for (id, at) in &ended {
                 w.push_tombstone(SessionId::from_bytes(*id), *at);

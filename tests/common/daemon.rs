@@ -1,7 +1,8 @@
 //! What the launchers of real front ends (Apache httpd, nginx, HAProxy) share: a temporary
 //! directory of their own, a free loopback port written into the config they are given,
 //! the program started in the foreground as a child of the test, a wait (with a deadline)
-//! until it accepts connections on that port, a start on another port when another program
+//! until it listens on that port (the listening socket found among the child's own, so
+//! another program on the port is never taken for it), a start on another port when another program
 //! took the one chosen, and the child stopped by its PID when the guard is dropped. When
 //! the program is not installed, the launcher prints why the test skips and returns None.
 //!
@@ -10,7 +11,7 @@
 //! stay as written).
 
 use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -138,19 +139,13 @@ impl Daemon {
     /// Waits until the child accepts connections on its port while it runs.
     fn wait_listening(&mut self) -> Result<(), ()> {
         let deadline = Instant::now() + START_TIMEOUT;
-        let addr = self.addr();
         loop {
             if !matches!(self.child.try_wait(), Ok(None)) {
                 return Err(());
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                // Something listens: make sure it is still ours (a program that lost the
-                // port exits right after it tried to bind).
-                std::thread::sleep(Duration::from_millis(50));
-                if matches!(self.child.try_wait(), Ok(None)) {
-                    return Ok(());
-                }
-                return Err(());
+            // Listening, and by this child: not by a program that took the port first.
+            if listening_socket(self.port).is_some_and(|inode| holds(self.child.id(), inode)) {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(());
@@ -196,6 +191,29 @@ impl Daemon {
             }
         }
     }
+}
+
+/// The inode of the socket listening on 127.0.0.1:`port`, from /proc/net/tcp.
+fn listening_socket(port: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // local address, remote address, state (0A: LISTEN), ..., inode (the tenth).
+        (fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A"))
+            .then(|| fields.get(9)?.parse().ok())
+            .flatten()
+    })
+}
+
+/// Whether process `pid` holds the socket of `inode` open.
+fn holds(pid: u32, inode: u64) -> bool {
+    let want = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+        fds.filter_map(Result::ok)
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .any(|target| target.as_os_str() == want.as_str())
+    })
 }
 
 impl Drop for Daemon {

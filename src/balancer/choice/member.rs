@@ -30,7 +30,8 @@ impl MemberState {
 pub enum Admin {
     /// In rotation.
     Active,
-    /// Only requests of sessions it already serves (mod_proxy_balancer's drain mode).
+    /// Taken out of every choice, sticky or not (SPEC), while it stays listed: what a
+    /// deploy does before stopping a member.
     Draining,
     /// No requests at all.
     Disabled,
@@ -84,11 +85,6 @@ impl Health {
     /// once its retry interval has passed.
     pub fn usable(&self, now: Instant) -> bool {
         self.admin == Admin::Active && self.healthy_or_due(now)
-    }
-
-    /// Whether requests of its own sessions may go to it now (also when draining).
-    pub fn sticky_usable(&self, now: Instant) -> bool {
-        self.admin != Admin::Disabled && self.healthy_or_due(now)
     }
 
     /// Healthy and active: it takes any request, whatever the time. What a request reads
@@ -202,16 +198,15 @@ mod tests {
     }
 
     #[test]
-    fn draining_keeps_sticky_requests_and_disabled_takes_nothing() {
+    fn draining_and_disabled_members_take_no_request() {
         let now = Instant::now();
         let mut h = Health::new();
         h.set_admin(Admin::Draining);
         assert_eq!(h.state(), MemberState::Draining);
         assert!(!h.usable(now));
-        assert!(h.sticky_usable(now));
         h.set_admin(Admin::Disabled);
         assert_eq!(h.state(), MemberState::Disabled);
-        assert!(!h.sticky_usable(now));
+        assert!(!h.usable(now));
         h.set_admin(Admin::Active);
         assert!(h.usable(now));
     }

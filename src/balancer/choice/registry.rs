@@ -117,17 +117,11 @@ impl Member {
     /// The member as the selector sees it at `now`; its busy and traffic figures only
     /// when `figures` (they are the lines every request writes, see [`Member`]).
     fn candidate(&self, now: Instant, figures: bool) -> Candidate<'_> {
-        let (usable, sticky_usable) = if self.in_rotation() {
-            (true, true)
-        } else {
-            let health = self.health.lock();
-            (health.usable(now), health.sticky_usable(now))
-        };
+        let usable = self.in_rotation() || self.health.lock().usable(now);
         Candidate {
             route: &self.route,
             loadfactor: self.loadfactor,
             usable,
-            sticky_usable,
             busy: if figures {
                 self.busy.load(Ordering::Relaxed)
             } else {

@@ -16,10 +16,9 @@ pub struct Candidate<'a> {
     pub route: &'a str,
     /// Weight, 1..=100 as in mod_proxy_balancer.
     pub loadfactor: u32,
-    /// It may take new requests (not in error, draining or disabled).
+    /// It may take requests (not in error, draining or disabled): SPEC's "a sticky route
+    /// whose member is down, draining or disabled falls back to the lbmethod".
     pub usable: bool,
-    /// It may take requests of sessions it already serves (also when draining).
-    pub sticky_usable: bool,
     /// Requests in flight (bybusyness).
     pub busy: u64,
     /// Bytes moved so far, in and out (bytraffic).
@@ -65,7 +64,7 @@ impl Selector {
             Stickiness::Route(route) => {
                 if let Some(i) = members
                     .iter()
-                    .position(|m| m.sticky_usable && m.route == *route)
+                    .position(|m| m.usable && m.route == *route)
                 {
                     return Some(i);
                 }
@@ -197,7 +196,6 @@ mod tests {
             route,
             loadfactor,
             usable: true,
-            sticky_usable: true,
             busy: 0,
             traffic: 0,
         }
@@ -268,11 +266,9 @@ mod tests {
         for _ in 0..50 {
             assert_eq!(s.pick(&members, &Stickiness::Route("n2")), Some(1));
         }
-        // Draining: its sessions still go there, new ones do not.
+        // Down, draining or disabled: its sessions go elsewhere, and so do new ones.
         members[1].usable = false;
-        assert_eq!(s.pick(&members, &Stickiness::Route("n2")), Some(1));
         assert_ne!(s.pick(&members, &Stickiness::None), Some(1));
-        members[1].sticky_usable = false;
         let picked = s.pick(&members, &Stickiness::Route("n2")).unwrap();
         assert_ne!(picked, 1);
         assert_eq!(

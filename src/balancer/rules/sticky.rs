@@ -463,14 +463,16 @@ mod tests {
         let later = t0 + RETRY_MIN;
         assert_eq!(answered_with(&r, "ROUTEID=.n2", later), ("n2".into(), None));
         r.members()[1].update_health(Health::on_success);
-        // Draining: it keeps the sessions it has (mod_proxy_balancer's drain mode); new
-        // ones go elsewhere.
+        // Draining: the session moves (SPEC), and new ones go elsewhere.
         r.set_admin("n2", Admin::Draining);
-        assert_eq!(answered_with(&r, "ROUTEID=.n2", later), ("n2".into(), None));
+        assert_eq!(
+            answered_with(&r, "ROUTEID=.n2", later),
+            ("n1".into(), cookie("n1"))
+        );
         for _ in 0..4 {
             assert_eq!(answered_with(&r, "", later), ("n1".into(), cookie("n1")));
         }
-        // Disabled: the session moves.
+        // Disabled: the same.
         r.set_admin("n2", Admin::Disabled);
         assert_eq!(
             answered_with(&r, "ROUTEID=.n2", later),

@@ -1,8 +1,6 @@
 //! A raw AJP/1.3 client, written from the protocol's description and apart from the
 //! library's codec, so the tests check the connector against the protocol rather than
-//! against itself; and a minimal Apache httpd launcher ([`apache`]).
-
-pub mod apache;
+//! against itself.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
