@@ -405,6 +405,184 @@ fn garbage_under_a_session_key_is_no_session(kind: Kind) {
     assert_eq!(status["sessions"]["store_errors"], 0, "{status}");
 }
 
+/// The library's session layer over a session server: an axum app on two in-process
+/// nodes counts visits, logs in (change-id) and out (invalidate); every step is in the
+/// server, whichever node served it.
+fn the_session_layer_keeps_an_apps_sessions_in_the_server(kind: Kind) {
+    use axum::Router;
+    use axum::routing::{get, post};
+    use deltacast::{Node, Session};
+
+    async fn visit(session: Session) -> String {
+        let n = session.get::<u64>("visits").unwrap_or(0) + 1;
+        session.insert("visits", &n);
+        n.to_string()
+    }
+    async fn login(session: Session) -> &'static str {
+        session.insert("user", "ada");
+        session.change_id();
+        "welcome"
+    }
+    async fn whoami(session: Session) -> String {
+        session.get::<String>("user").unwrap_or_default()
+    }
+    async fn logout(session: Session) -> &'static str {
+        session.invalidate();
+        "bye"
+    }
+
+    let store = Store::start(kind, &format!("layer-{kind:?}"));
+    let c = Cluster::new("redis-layer");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let nodes: Vec<Node> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let mut config = c.in_process_config(name);
+            config.sessions.store = store.url().parse().expect("a store URL");
+            let node = runtime
+                .block_on(Node::start(config))
+                .expect("the node starts");
+            node.serve(
+                Router::new()
+                    .route("/visit", get(visit))
+                    .route("/login", post(login))
+                    .route("/whoami", get(whoami))
+                    .route("/logout", post(logout))
+                    .layer(node.session_layer()),
+            );
+            node
+        })
+        .collect();
+    let (a, b) = (nodes[0].addresses().http, nodes[1].addresses().http);
+    let mut browser = Browser::new();
+    for (i, node) in [a, b, a, b].into_iter().enumerate() {
+        let answer = browser.send(node, "GET", "/visit", b"");
+        assert_eq!((answer.status, answer.text()), (200, (i + 1).to_string()));
+    }
+    let old_key = key(&c, &browser);
+    assert_eq!(
+        store.cli(&["HGET", &old_key, "attr:visits"]).as_deref(),
+        Some("4")
+    );
+    let answer = browser.send(b, "POST", "/login", b"");
+    assert_eq!(answer.status, 200);
+    let new_key = key(&c, &browser);
+    assert_ne!(new_key, old_key, "login changes the id");
+    assert_eq!(store.cli(&["EXISTS", &old_key]).as_deref(), Some("0"));
+    assert_eq!(browser.send(a, "GET", "/whoami", b"").text(), "ada");
+    assert_eq!(browser.send(a, "GET", "/visit", b"").text(), "5");
+    assert_eq!(browser.send(a, "POST", "/logout", b"").text(), "bye");
+    assert_eq!(store.cli(&["EXISTS", &new_key]).as_deref(), Some("0"));
+    for node in nodes {
+        assert_eq!(node.status().sessions.active, None);
+        assert_eq!(node.status().replication.deltas_sent, 0);
+        runtime.block_on(node.shutdown());
+    }
+}
+
+/// A session's slot moves from one master to another while requests use it: first the
+/// key alone (the old owner answers `ASK`), then the slot (`MOVED`). Reads and writes
+/// succeed throughout, and nothing is lost.
+#[test]
+fn redis_cluster_requests_follow_ask_and_moved_while_a_slot_migrates() {
+    if !available("redis_cluster_requests_follow_ask_and_moved_while_a_slot_migrates") {
+        return;
+    }
+    let store = RedisCluster::start("migrate");
+    let c = Cluster::new("redis-migrate");
+    let set = format!("sessions.store={}", store.url());
+    let mut args: Vec<&str> = FAST.to_vec();
+    args.extend(["--set", &set]);
+    let a = c.node("a", &args);
+    let mut browser = Browser::new();
+    let put_ok = |browser: &mut Browser, name: &str, value: &str| {
+        let answer = browser.send(
+            a.http,
+            "PUT",
+            &format!("/session/attributes/{name}"),
+            value.as_bytes(),
+        );
+        assert_eq!(answer.status, 204, "PUT {name}: {}", answer.text());
+    };
+    put_ok(&mut browser, "before", "1");
+    let key = format!(
+        "deltacast:{}:{}",
+        c.name,
+        browser.session_id().expect("a session")
+    );
+    let slot = store
+        .cli(&["CLUSTER", "KEYSLOT", &key])
+        .expect("the key's slot");
+    let id_of = |port: u16| store.cli_at(port, &["CLUSTER", "MYID"]).expect("a node id");
+    let ports: Vec<u16> = store.servers.iter().map(|s| s.port).collect();
+    // The owner is the node that has the key.
+    let source = *ports
+        .iter()
+        .find(|p| store.cli_at(**p, &["EXISTS", &key]).as_deref() == Some("1"))
+        .expect("a node holds the key");
+    let target = *ports.iter().find(|p| **p != source).expect("another node");
+    let (source_id, target_id) = (id_of(source), id_of(target));
+    let admin = |port: u16, args: &[&str]| {
+        let out = store.cli_at(port, args).unwrap_or_default();
+        assert!(
+            out.contains("OK") || out.contains("NOKEY"),
+            "{args:?} on {port}: {out}"
+        );
+    };
+    admin(
+        target,
+        &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id],
+    );
+    admin(
+        source,
+        &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &target_id],
+    );
+    put_ok(&mut browser, "migrating", "2");
+    // The key moves alone: its old owner now answers ASK for it.
+    admin(
+        source,
+        &[
+            "MIGRATE",
+            "127.0.0.1",
+            &target.to_string(),
+            "",
+            "0",
+            "5000",
+            "KEYS",
+            &key,
+        ],
+    );
+    let asked = store.cli_at(source, &["EXISTS", &key]).unwrap_or_default();
+    assert!(asked.starts_with("ASK "), "{asked}");
+    assert_eq!(get(&mut browser, a.http, "before"), (200, "1".to_string()));
+    put_ok(&mut browser, "asked", "3");
+    // The slot moves: every node now says MOVED.
+    for port in &ports {
+        admin(*port, &["CLUSTER", "SETSLOT", &slot, "NODE", &target_id]);
+    }
+    put_ok(&mut browser, "moved", "4");
+    let doc = browser.send(a.http, "GET", "/session", b"").json();
+    for (name, value) in [
+        ("before", "1"),
+        ("migrating", "2"),
+        ("asked", "3"),
+        ("moved", "4"),
+    ] {
+        assert_eq!(doc["attributes"][name], value, "{doc}");
+    }
+    assert_eq!(
+        store
+            .cli_at(target, &["HGET", &key, "attr:moved"])
+            .as_deref(),
+        Some("4")
+    );
+    assert_eq!(a.status().expect("status")["sessions"]["store_errors"], 0);
+}
+
 // ---- one test per scenario and server kind ---------------------------------------------------
 
 macro_rules! scenarios {
@@ -441,4 +619,5 @@ scenarios!(
     sessions_outlive_a_restart_of_every_node,
     a_dead_server_is_one_503_line_and_the_node_comes_back_with_it,
     garbage_under_a_session_key_is_no_session,
+    the_session_layer_keeps_an_apps_sessions_in_the_server,
 );

@@ -253,6 +253,12 @@ impl RedisCluster {
         format!("redis+cluster://{}", seeds.join(","))
     }
 
+    /// `redis-cli` on the server at `port`, without following redirects (for the admin
+    /// commands of one node).
+    pub fn cli_at(&self, port: u16, args: &[&str]) -> Option<String> {
+        cli(port, false, args)
+    }
+
     /// `redis-cli -c` on the first node (redirects followed).
     pub fn cli(&self, args: &[&str]) -> Option<String> {
         cli(self.servers[0].port, true, args)
