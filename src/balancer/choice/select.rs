@@ -62,10 +62,7 @@ impl Selector {
     pub fn pick(&mut self, members: &[Candidate], sticky: &Stickiness<'_>) -> Option<usize> {
         match sticky {
             Stickiness::Route(route) => {
-                if let Some(i) = members
-                    .iter()
-                    .position(|m| m.usable && m.route == *route)
-                {
+                if let Some(i) = members.iter().position(|m| m.usable && m.route == *route) {
                     return Some(i);
                 }
             }
