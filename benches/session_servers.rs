@@ -3,6 +3,7 @@
 //! - `replicated`: every node holds every session (sync replication);
 //! - `redis`: one `redis-server`;
 //! - `redis-cluster`: a three-master Redis Cluster;
+//! - `memcached`: one `memcached` (skipped, saying so, where it is not installed);
 //!
 //! each with 1 and with 3 nodes (the clients spread over the nodes), in one run; plus
 //! `redis-benchmark -t hset` (not pipelined, the same number of clients) on the same
@@ -38,6 +39,7 @@ use hyper::body::Bytes;
 use hyper::header::{COOKIE, HOST, SET_COOKIE};
 use tokio::net::TcpStream;
 
+use common::memcached::MemcachedServer;
 use common::redis::{RedisCluster, RedisServer};
 use common::{Cluster, FAST, NodeProc, proc_status, wait_until};
 
@@ -118,12 +120,17 @@ fn main() {
     }
     let redis = RedisServer::start("bench-session-servers");
     let cluster = RedisCluster::start("bench-session-servers-cluster");
-    let mut targets = Vec::new();
-    for (kind, url) in [
+    let memcached = common::memcached::available("the memcached rows").then(MemcachedServer::start);
+    let mut stores = vec![
         ("replicated", "replicated".to_string()),
         ("redis", redis.url()),
         ("redis-cluster", cluster.url()),
-    ] {
+    ];
+    if let Some(m) = &memcached {
+        stores.push(("memcached", m.url()));
+    }
+    let mut targets = Vec::new();
+    for (kind, url) in stores {
         for count in [1, 3] {
             let name = format!("{kind}-{count}");
             if opts
@@ -420,6 +427,14 @@ fn report(targets: &[Target], results: &[Vec<Round>], hset: Option<f64>) {
             "| redis-1 ÷ redis-benchmark HSET | {r:.2} | ≥ 0.5 | {} |",
             met(r >= 0.5)
         );
+    }
+    if let (Some(mc), Some(replicated)) = (rates.get("memcached-1"), rates.get("replicated-1")) {
+        let r = mc / replicated.max(f64::MIN_POSITIVE);
+        println!("| memcached-1 ÷ replicated-1 | {r:.2} | (none) | |");
+    }
+    if let (Some(mc), Some(redis)) = (rates.get("memcached-1"), rates.get("redis-1")) {
+        let r = mc / redis.max(f64::MIN_POSITIVE);
+        println!("| memcached-1 ÷ redis-1 | {r:.2} | (none) | |");
     }
     let errors: u64 = results.iter().flatten().map(|r| r.errors).sum();
     println!(

@@ -161,7 +161,9 @@ pub fn parse_retrieval(buf: &[u8], key: &str, cas: bool) -> Parse<Option<Item>> 
         (Some(w), true) => match number(w) {
             Some(u) => u,
             None => {
-                return Parse::Invalid("a VALUE line with a CAS unique that is not a number".into());
+                return Parse::Invalid(
+                    "a VALUE line with a CAS unique that is not a number".into(),
+                );
             }
         },
         (None, false) => 0,
