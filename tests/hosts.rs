@@ -47,21 +47,33 @@ fn balancer(bed: &mut Hosts, lb: usize, routes: &[&str]) {
 }
 
 /// Every acknowledged write of `report` read back on each node in `on`; panics naming
-/// what is missing.
+/// what is missing. Reads are retried for a while (a node may answer slowly on a loaded
+/// machine); a write that is really gone stays missing.
 fn assert_all_present(bed: &Hosts, report: &LoadReport, on: &[usize]) {
     let cookies = report.cookies();
-    let mut wrong = Vec::new();
-    for &i in on {
-        let answers = bed.sessions(i, &cookies);
-        wrong.extend(report.missing(&bed.hosts[i].name, &answers));
-    }
-    let count = wrong.len();
-    wrong.truncate(10);
-    assert!(
-        count == 0,
-        "{count} acknowledged writes missing, e.g.:\n{}",
-        wrong.join("\n")
+    let started = Instant::now();
+    settle(
+        Duration::from_secs(20),
+        "every acknowledged write is on every node",
+        || {
+            let mut wrong = Vec::new();
+            for &i in on {
+                let answers = bed.sessions(i, &cookies);
+                wrong.extend(report.missing(&bed.hosts[i].name, &answers));
+            }
+            let count = wrong.len();
+            wrong.truncate(10);
+            if count == 0 {
+                Ok(())
+            } else {
+                Err(format!("{count} missing, e.g.:\n{}", wrong.join("\n")))
+            }
+        },
     );
+    let took = started.elapsed();
+    if took > Duration::from_secs(1) {
+        eprintln!("every acknowledged write read back on every node only after {took:?}");
+    }
 }
 
 fn assert_no_failures(report: &LoadReport) {
