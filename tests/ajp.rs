@@ -160,6 +160,8 @@ fn a_missing_or_wrong_secret_gets_403_and_changes_nothing() {
     }
     let status = node.status().expect("status");
     assert_eq!(status["sessions"]["active"], 0, "nothing was made");
+    assert_eq!(status["sessions"]["store"], "replicated", "{status}");
+    assert_eq!(status["sessions"]["store_errors"], 0, "{status}");
     assert_eq!(status["ajp"]["requests"], 4);
     assert_eq!(status["ajp"]["errors"], 0);
 }

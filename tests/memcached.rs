@@ -81,6 +81,7 @@ fn a_write_on_one_node_is_read_on_another_with_nothing_replicated() {
         let status = n.status().expect("status");
         assert_eq!(status["replication"]["deltas_sent"], 0, "{status}");
         assert!(status["sessions"]["active"].is_null(), "{status}");
+        assert_eq!(status["sessions"]["store"], "memcached", "{status}");
         assert_eq!(status["sessions"]["store_errors"], 0);
     }
 }

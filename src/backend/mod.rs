@@ -179,7 +179,7 @@ macro_rules! dispatch {
 }
 
 impl Backend {
-    /// `replicated`, `redis` or `redis+cluster` (the kind of `sessions.store`).
+    /// `replicated`, `redis`, `redis-cluster` or `memcached` (the kind of `sessions.store`).
     pub fn kind(&self) -> &'static str {
         match self {
             Backend::Replicated(_) => "replicated",

@@ -227,7 +227,7 @@ impl RedisBackend {
                         .set_connection_timeout(timeout)
                         .set_response_timeout(timeout),
                 );
-                (Conn::Cluster(conn), "redis+cluster")
+                (Conn::Cluster(conn), "redis-cluster")
             }
             other => {
                 return Err(RedisSetupError {

@@ -82,7 +82,7 @@ pub fn render_balancer(members: &[serde_json::Value], connections: &serde_json::
 }
 
 /// The human table: the node first (marked `*`), then its members.
-/// The store's name in the table: `replicated`, or the server's URL; an older node's
+/// The store's name in the table (`replicated`, `redis`, `redis-cluster`, `memcached`); an older node's
 /// document (without the field) was replicated.
 fn store_name(store: &str) -> String {
     if store.is_empty() {

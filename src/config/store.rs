@@ -42,7 +42,7 @@ pub enum SessionStoreUrl {
     Memcached {
         /// The text as configured.
         text: String,
-        /// The servers, in the order given (the order is part of the hash).
+        /// The servers, in the order given (rendezvous hashing: the order does not matter).
         servers: Vec<ServerAddr>,
     },
 }
@@ -90,12 +90,12 @@ pub const REDIS_PORT: u16 = 6379;
 pub const MEMCACHED_PORT: u16 = 11211;
 
 impl SessionStoreUrl {
-    /// `replicated`, `redis`, `redis+cluster` or `memcached`.
+    /// `replicated`, `redis`, `redis-cluster` or `memcached`: the name `/status` gives it.
     pub fn kind(&self) -> &'static str {
         match self {
             SessionStoreUrl::Replicated => "replicated",
             SessionStoreUrl::Redis { .. } => "redis",
-            SessionStoreUrl::RedisCluster { .. } => "redis+cluster",
+            SessionStoreUrl::RedisCluster { .. } => "redis-cluster",
             SessionStoreUrl::Memcached { .. } => "memcached",
         }
     }

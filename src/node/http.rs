@@ -66,7 +66,7 @@ pub(super) fn status_doc(shared: &Shared) -> StatusDoc {
             .collect(),
         sessions: SessionsStatus {
             active: shared.backend.active(),
-            store: shared.store_url.clone(),
+            store: shared.backend.kind().to_string(),
             store_errors: shared.backend.store_errors(),
             bytes: shared.store.bytes(),
             refused_over_budget: shared.store.refused_over_budget(),

@@ -109,8 +109,6 @@ pub struct Shared {
     pub replicator: Replicator,
     /// Where the sessions live: every request finds and changes its session through it.
     pub backend: Backend,
-    /// `sessions.store` as `/status` shows it (no credentials).
-    pub store_url: String,
     /// Name of the session cookie (sessions.cookie).
     pub cookie: String,
     /// Whether a `;jsessionid=` path parameter may name the session (sessions.url_tracking).
@@ -612,7 +610,6 @@ async fn launch<D: Datagrams>(
         metrics: metrics.clone(),
         view: view_rx.clone(),
         backend: backend(&config, &store, &replicator)?,
-        store_url: config.sessions.store.to_string(),
         store,
         replicator: replicator.clone(),
         cookie: config.sessions.cookie.clone(),
@@ -978,7 +975,6 @@ pub(crate) fn shared_for_test(state: NodeState, url_tracking: bool) -> Arc<Share
         metrics,
         view: watch::channel(MembershipView::empty()).1,
         backend: Backend::Replicated(Replicated::new(store.clone(), replicator.clone())),
-        store_url: "replicated".to_string(),
         store,
         replicator,
         cookie: "JSESSIONID".to_string(),

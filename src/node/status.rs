@@ -89,7 +89,7 @@ pub struct SessionsStatus {
     /// yet swept included); `null` where a session server holds them (it cannot count
     /// them cheaply).
     pub active: Option<u64>,
-    /// `sessions.store`: `replicated`, or the session server's URL without credentials.
+    /// `sessions.store`'s kind: `replicated`, `redis`, `redis-cluster` or `memcached`.
     #[serde(default)]
     pub store: String,
     /// Calls to the session server that failed (unreachable, too slow, garbled): each was
