@@ -134,7 +134,7 @@ enum ConnError {
 }
 
 /// Accepts and serves until `stop`, then lets open connections finish their request (at
-/// most [`DRAIN_GRACE`]). `limit` is shared with the node's HTTP listener: one budget of
+/// most `DRAIN_GRACE`, 5 s). `limit` is shared with the node's HTTP listener: one budget of
 /// descriptors for both.
 pub async fn serve<S, B>(
     listener: TcpListener,

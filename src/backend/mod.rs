@@ -2,7 +2,7 @@
 //! session layer (and whatever else serves requests) find, read and change sessions only
 //! through [`Backend`], whatever holds them.
 //!
-//! - [`Replicated`]: the node's own [`SessionStore`] plus the [`Replicator`] that sends
+//! - [`Replicated`]: the node's own [`SessionStore`](crate::session::SessionStore) plus the [`Replicator`](crate::replication::Replicator) that sends
 //!   every change to every member (the DeltaManager way; the default).
 //! - [`RedisBackend`]: a Redis server or a Redis Cluster holds them (`sessions.store =
 //!   "redis://..."` or `"redis+cluster://..."`); the node holds none, and replication
