@@ -8,10 +8,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::memcached::{MemcachedServer, available};
+use common::session_servers::{concurrent_pairs_lose_none, get, put};
 use common::{Browser, Cluster, FAST, NodeProc, exchange, wait_until};
 
 /// A node of `cluster` whose sessions live in `url`, with `extra` flags.
@@ -30,17 +30,6 @@ fn key(cluster: &Cluster, browser: &Browser) -> String {
         cluster.name,
         browser.session_id().expect("a session cookie")
     )
-}
-
-fn put(b: &mut Browser, node: SocketAddr, name: &str, value: &str) {
-    let path = format!("/session/attributes/{name}");
-    let answer = b.send(node, "PUT", &path, value.as_bytes());
-    assert_eq!(answer.status, 204, "PUT {name}: {}", answer.text());
-}
-
-fn get(b: &mut Browser, node: SocketAddr, name: &str) -> (u16, String) {
-    let answer = b.send(node, "GET", &format!("/session/attributes/{name}"), b"");
-    (answer.status, answer.text())
 }
 
 /// Whether the item's value (the binary form of docs/session-servers.md) holds `bytes`.
@@ -122,47 +111,7 @@ fn concurrent_requests_setting_different_attributes_lose_none() {
     let more = ["--set", "sessions.max_attributes=1000"];
     let a = node(&c, "a", &server.url(), &more);
     let b = node(&c, "b", &server.url(), &more);
-    let mut browser = Browser::new();
-    put(&mut browser, a.http, "start", "1");
-    let cookie = browser.cookie.clone().expect("a cookie");
-    const PAIRS: usize = 100;
-    const THREADS: usize = 8;
-    std::thread::scope(|scope| {
-        for t in 0..THREADS {
-            let cookie = cookie.clone();
-            let (a, b) = (a.http, b.http);
-            scope.spawn(move || {
-                for i in (t..PAIRS).step_by(THREADS) {
-                    std::thread::scope(|pair| {
-                        for (node, side) in [(a, "a"), (b, "b")] {
-                            let cookie = cookie.clone();
-                            pair.spawn(move || {
-                                let path = format!("/session/attributes/{side}{i}");
-                                let answer = exchange(node, "PUT", &path, Some(&cookie), b"x")
-                                    .expect("an answer");
-                                assert_eq!(answer.status, 204, "{path}: {}", answer.text());
-                                if let Some(set) = &answer.set_cookie {
-                                    assert_eq!(
-                                        set.split('.').next(),
-                                        cookie.split('.').next(),
-                                        "{path}: a new session"
-                                    );
-                                }
-                            });
-                        }
-                    });
-                }
-            });
-        }
-    });
-    let doc = browser.send(b.http, "GET", "/session", b"").json();
-    let attributes = doc["attributes"].as_object().expect("attributes");
-    let missing: Vec<String> = (0..PAIRS)
-        .flat_map(|i| [format!("a{i}"), format!("b{i}")])
-        .filter(|name| !attributes.contains_key(name))
-        .collect();
-    assert!(missing.is_empty(), "lost: {missing:?}");
-    assert_eq!(attributes.len(), 2 * PAIRS + 1);
+    concurrent_pairs_lose_none(a.http, b.http);
 }
 
 #[test]

@@ -7,10 +7,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::redis::{RedisCluster, RedisServer, available};
+use common::session_servers::{concurrent_pairs_lose_none, get, put};
 use common::{Browser, Cluster, FAST, NodeProc, exchange, wait_until};
 
 /// The server a test runs against.
@@ -98,17 +98,6 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-fn put(b: &mut Browser, node: SocketAddr, name: &str, value: &str) {
-    let path = format!("/session/attributes/{name}");
-    let answer = b.send(node, "PUT", &path, value.as_bytes());
-    assert_eq!(answer.status, 204, "PUT {name}: {}", answer.text());
-}
-
-fn get(b: &mut Browser, node: SocketAddr, name: &str) -> (u16, String) {
-    let answer = b.send(node, "GET", &format!("/session/attributes/{name}"), b"");
-    (answer.status, answer.text())
-}
-
 // ---- scenarios -----------------------------------------------------------------------------
 
 fn a_write_on_one_node_is_read_on_another_with_nothing_replicated(kind: Kind) {
@@ -187,49 +176,7 @@ fn concurrent_requests_setting_different_attributes_lose_none(kind: Kind) {
     let more = ["--set", "sessions.max_attributes=1000"];
     let a = node(&c, "a", &store, &more);
     let b = node(&c, "b", &store, &more);
-    let mut browser = Browser::new();
-    put(&mut browser, a.http, "start", "1");
-    let cookie = browser.cookie.clone().expect("a cookie");
-    const PAIRS: usize = 100;
-    const THREADS: usize = 8;
-    std::thread::scope(|scope| {
-        for t in 0..THREADS {
-            let cookie = cookie.clone();
-            let (a, b) = (a.http, b.http);
-            scope.spawn(move || {
-                for i in (t..PAIRS).step_by(THREADS) {
-                    // The two requests of a pair run at once, one on each node.
-                    std::thread::scope(|pair| {
-                        for (node, side) in [(a, "a"), (b, "b")] {
-                            let cookie = cookie.clone();
-                            pair.spawn(move || {
-                                let path = format!("/session/attributes/{side}{i}");
-                                let answer = exchange(node, "PUT", &path, Some(&cookie), b"x")
-                                    .expect("an answer");
-                                assert_eq!(answer.status, 204, "{path}: {}", answer.text());
-                                // Node b re-issues the cookie with its route; the id stays.
-                                if let Some(set) = &answer.set_cookie {
-                                    assert_eq!(
-                                        set.split('.').next(),
-                                        cookie.split('.').next(),
-                                        "{path}: a new session"
-                                    );
-                                }
-                            });
-                        }
-                    });
-                }
-            });
-        }
-    });
-    let doc = browser.send(b.http, "GET", "/session", b"").json();
-    let attributes = doc["attributes"].as_object().expect("attributes");
-    let missing: Vec<String> = (0..PAIRS)
-        .flat_map(|i| [format!("a{i}"), format!("b{i}")])
-        .filter(|name| !attributes.contains_key(name))
-        .collect();
-    assert!(missing.is_empty(), "lost: {missing:?}");
-    assert_eq!(attributes.len(), 2 * PAIRS + 1);
+    concurrent_pairs_lose_none(a.http, b.http);
 }
 
 fn change_id_moves_the_session_and_invalidate_ends_it(kind: Kind) {

@@ -18,6 +18,7 @@ pub mod nginx;
 pub mod raw_http;
 pub mod redis;
 pub mod relay;
+pub mod session_servers;
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
