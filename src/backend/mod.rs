@@ -35,6 +35,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use thiserror::Error;
 use tracing::warn;
@@ -132,6 +133,32 @@ pub trait SessionBackend: Send + Sync {
     where
         R: Send,
         F: FnMut(&mut SessionMut<'_>) -> R + Send;
+
+    /// Applies `changes` (one request's sets and removals, in the order it made them) to
+    /// the live session `id`, touching it; without one, to a new session when a change
+    /// stores a value (`Ok(None)` when none does). A change a limit refuses is left out and
+    /// the first refusal is the outcome's value; the rest still apply. Nothing is read
+    /// back, so a session server can do it in one step (Redis: one script); by default it
+    /// is [`SessionBackend::update_or_create`] (or [`SessionBackend::update`]) with
+    /// [`apply_changes`].
+    fn write(
+        &self,
+        id: Option<SessionId>,
+        now_ms: u64,
+        changes: &[Change],
+    ) -> impl Future<Output = Result<Option<Outcome<Option<StoreError>>>, BackendError>> + Send
+    {
+        async move {
+            let apply = |s: &mut SessionMut<'_>| apply_changes(s, changes);
+            match id {
+                _ if stores_a_value(changes) => {
+                    self.update_or_create(id, now_ms, apply).await.map(Some)
+                }
+                Some(id) => self.update(id, now_ms, apply).await,
+                None => Ok(None),
+            }
+        }
+    }
 
     /// Ends the session `id`; false when it was not live.
     fn invalidate(
@@ -267,6 +294,15 @@ impl SessionBackend for Backend {
         dispatch!(self, b => b.change_id(old, now_ms, f).await)
     }
 
+    async fn write(
+        &self,
+        id: Option<SessionId>,
+        now_ms: u64,
+        changes: &[Change],
+    ) -> Result<Option<Outcome<Option<StoreError>>>, BackendError> {
+        dispatch!(self, b => b.write(id, now_ms, changes).await)
+    }
+
     async fn invalidate(&self, id: SessionId, now_ms: u64) -> Result<bool, BackendError> {
         dispatch!(self, b => b.invalidate(id, now_ms).await)
     }
@@ -278,6 +314,33 @@ impl SessionBackend for Backend {
     fn active(&self) -> Option<u64> {
         dispatch!(self, b => b.active())
     }
+}
+
+/// One attribute change of a request: the attribute's name and its new value, or `None`
+/// for a removal.
+pub type Change = (String, Option<Bytes>);
+
+/// Whether one of `changes` stores a value (so that it would make a session).
+pub fn stores_a_value(changes: &[Change]) -> bool {
+    changes.iter().any(|(_, v)| v.is_some())
+}
+
+/// Applies `changes` in order; the first the limits refuse (the rest still apply).
+pub fn apply_changes(s: &mut SessionMut<'_>, changes: &[Change]) -> Option<StoreError> {
+    let mut refused = None;
+    for (name, value) in changes {
+        match value {
+            Some(value) => {
+                if let Err(e) = s.set(name, value.clone()) {
+                    refused.get_or_insert(e);
+                }
+            }
+            None => {
+                s.remove(name);
+            }
+        }
+    }
+    refused
 }
 
 /// How often a session server's failures are logged at most.

@@ -40,20 +40,37 @@ use redis::{
     ConnectionAddr, FromRedisValue, IntoConnectionInfo, RedisConnectionInfo, Script, Value,
 };
 
-use super::{BackendError, Outcome, ServerHealth, SessionBackend, Unavailable, within};
+use super::{
+    BackendError, Change, Outcome, ServerHealth, SessionBackend, Unavailable, apply_changes,
+    stores_a_value, within,
+};
 use crate::config::{Auth, ServerAddr, SessionStoreUrl};
-use crate::session::{Delta, Detached, Limits, SessionId, SessionMut};
+use crate::session::{Delta, Detached, Limits, SessionId, SessionMut, StoreError};
+
+/// The opening every script on an existing session shares: `live` reads the time fields in
+/// one call (`redis.pcall`, so that a key of another type is an answer, not an error) and
+/// gives `accessed` and `max_inactive` when the key is a live session hash: not dead, its
+/// times decimal digits, `max_inactive` at least 1. `num` is such a decimal, or nil.
+const LIVE: &str = r"
+local function num(s)
+  if s and string.find(s, '^%d+$') then return tonumber(s) end
+  return nil
+end
+local function live(k)
+  local t = redis.pcall('HMGET', k, 'created', 'accessed', 'max_inactive', 'dead')
+  if t.err or t[4] or not num(t[1]) then return nil end
+  local acc, mi = num(t[2]), num(t[3])
+  if not acc or not mi or mi < 1 then return nil end
+  return acc, mi
+end
+";
 
 /// Reads a live session and touches it: `accessed` moves forward to `ARGV[1]`, the TTL is
 /// renewed. Nil when the key is missing, not a hash, dead, or lacks its time fields.
 pub const LOAD: &str = r"
 local k = KEYS[1]
-if redis.call('TYPE', k).ok ~= 'hash' or redis.call('HEXISTS', k, 'dead') == 1 then
-  return false
-end
-local mi = tonumber(redis.call('HGET', k, 'max_inactive'))
-local acc = tonumber(redis.call('HGET', k, 'accessed'))
-if not mi or not acc or mi < 1 then return false end
+local acc, mi = live(k)
+if not acc then return false end
 if tonumber(ARGV[1]) > acc then redis.call('HSET', k, 'accessed', ARGV[1]) end
 redis.call('PEXPIRE', k, mi * 1000)
 return redis.call('HGETALL', k)
@@ -61,12 +78,8 @@ return redis.call('HGETALL', k)
 
 /// Whether a live session is there (no touch): 1 or 0.
 pub const CONTAINS: &str = r"
-local k = KEYS[1]
-if redis.call('TYPE', k).ok ~= 'hash' or redis.call('HEXISTS', k, 'dead') == 1 then
-  return 0
-end
-if not tonumber(redis.call('HGET', k, 'max_inactive')) then return 0 end
-return 1
+if live(KEYS[1]) then return 1 end
+return 0
 ";
 
 /// One request's changes, all or nothing, on a live session only. `ARGV[1]` the access
@@ -75,16 +88,12 @@ return 1
 /// not live (nothing written).
 pub const COMMIT: &str = r"
 local k = KEYS[1]
-if redis.call('TYPE', k).ok ~= 'hash' or redis.call('HEXISTS', k, 'dead') == 1 then
-  return 0
-end
-local mi = tonumber(redis.call('HGET', k, 'max_inactive'))
-if not mi then return 0 end
+local acc, mi = live(k)
+if not acc then return 0 end
 if ARGV[2] ~= '' then
   mi = tonumber(ARGV[2])
   redis.call('HSET', k, 'max_inactive', ARGV[2])
 end
-local acc = tonumber(redis.call('HGET', k, 'accessed')) or 0
 if tonumber(ARGV[1]) > acc then redis.call('HSET', k, 'accessed', ARGV[1]) end
 local i = 3
 while i <= #ARGV do
@@ -98,6 +107,51 @@ while i <= #ARGV do
 end
 redis.call('PEXPIRE', k, mi * 1000)
 return 1
+";
+
+/// A request's changes made without reading the session first (one round trip), on a live
+/// session only, all in one step. `ARGV[1]` the access time, `ARGV[2]` the most attributes
+/// a session holds, then `S field value` or `D field` per change, in order. A set that
+/// would pass the most attributes is left out (the rest apply), as a node refuses it.
+/// 0 when the session is not live (nothing written); else 1, plus the position (from 1)
+/// of the first change left out, if one was.
+pub const WRITE: &str = r"
+local k = KEYS[1]
+local acc, mi = live(k)
+if not acc then return 0 end
+local max = tonumber(ARGV[2])
+local held
+local refused = 0
+local n = 0
+local i = 3
+while i <= #ARGV do
+  n = n + 1
+  local f = ARGV[i + 1]
+  if ARGV[i] == 'S' then
+    if redis.call('HSET', k, f, ARGV[i + 2]) == 1 then
+      if held then
+        held = held + 1
+      else
+        held = 0
+        for _, name in ipairs(redis.call('HKEYS', k)) do
+          if string.sub(name, 1, 5) == 'attr:' then held = held + 1 end
+        end
+      end
+      if held > max then
+        redis.call('HDEL', k, f)
+        held = held - 1
+        if refused == 0 then refused = n end
+      end
+    end
+    i = i + 3
+  else
+    if redis.call('HDEL', k, f) == 1 and held then held = held - 1 end
+    i = i + 2
+  end
+end
+if tonumber(ARGV[1]) > acc then redis.call('HSET', k, 'accessed', ARGV[1]) end
+redis.call('PEXPIRE', k, mi * 1000)
+return 1 + refused
 ";
 
 /// A new session: `ARGV[1]` created, `ARGV[2]` accessed, `ARGV[3]` max inactive seconds,
@@ -120,9 +174,7 @@ return 1
 /// should step 3 (`DEL`) never come.
 pub const TAKE: &str = r"
 local k = KEYS[1]
-if redis.call('TYPE', k).ok ~= 'hash' or redis.call('HEXISTS', k, 'dead') == 1 then
-  return false
-end
+if not live(k) then return false end
 local all = redis.call('HGETALL', k)
 redis.call('HSET', k, 'dead', '1')
 redis.call('PEXPIRE', k, ARGV[1])
@@ -163,6 +215,7 @@ struct Scripts {
     load: Script,
     contains: Script,
     commit: Script,
+    write: Script,
     create: Script,
     take: Script,
 }
@@ -245,11 +298,12 @@ impl RedisBackend {
             timeout,
             health: ServerHealth::default(),
             scripts: Scripts {
-                load: Script::new(LOAD),
-                contains: Script::new(CONTAINS),
-                commit: Script::new(COMMIT),
+                load: with_live(LOAD),
+                contains: with_live(CONTAINS),
+                commit: with_live(COMMIT),
+                write: with_live(WRITE),
                 create: Script::new(CREATE),
-                take: Script::new(TAKE),
+                take: with_live(TAKE),
             },
         })
     }
@@ -492,6 +546,39 @@ impl SessionBackend for RedisBackend {
         }))
     }
 
+    async fn write(
+        &self,
+        id: Option<SessionId>,
+        now_ms: u64,
+        changes: &[Change],
+    ) -> Result<Option<Outcome<Option<StoreError>>>, BackendError> {
+        if let Some(id) = id {
+            let plan = WritePlan::new(now_ms, self.limits, changes);
+            let answer: i64 = self
+                .invoke(&self.scripts.write, &self.key(id), &plan.args)
+                .await?;
+            if answer != 0 {
+                let refused = plan.refused(answer, self.limits).ok_or_else(|| {
+                    let e = garbled("WRITE answered what it never returns");
+                    self.health.failed(&self.label, &e);
+                    BackendError::Unavailable(e)
+                })?;
+                return Ok(Some(Outcome {
+                    id,
+                    created: false,
+                    value: refused,
+                }));
+            }
+            // Not live (unknown, expired, invalidated): as for no id.
+        }
+        if !stores_a_value(changes) {
+            return Ok(None);
+        }
+        self.create_with(now_ms, |s| apply_changes(s, changes))
+            .await
+            .map(Some)
+    }
+
     async fn invalidate(&self, id: SessionId, _now_ms: u64) -> Result<bool, BackendError> {
         let removed: i64 = self.command(del(&self.key(id))).await?;
         Ok(removed > 0)
@@ -507,6 +594,11 @@ impl SessionBackend for RedisBackend {
     fn active(&self) -> Option<u64> {
         None
     }
+}
+
+/// A script that opens with [`LIVE`].
+fn with_live(body: &str) -> Script {
+    Script::new(&format!("{LIVE}{body}"))
 }
 
 /// The client's connection settings for one server.
@@ -567,6 +659,69 @@ fn commit_args(now_ms: u64, delta: &Delta) -> Vec<Vec<u8>> {
         }
     }
     args
+}
+
+/// One request's changes as the arguments of [`WRITE`]: the changes the limits that need
+/// no session refuse are left out here (and remembered), the rest are sent in order.
+struct WritePlan {
+    args: Vec<Vec<u8>>,
+    /// The position in the request's changes of each change sent.
+    sent: Vec<usize>,
+    /// The first change left out here: its position and why.
+    refused_here: Option<(usize, StoreError)>,
+}
+
+impl WritePlan {
+    fn new(now_ms: u64, limits: Limits, changes: &[Change]) -> WritePlan {
+        let mut args = Vec::with_capacity(2 + changes.len() * 3);
+        args.push(decimal(now_ms));
+        args.push(decimal(limits.max_attributes as u64));
+        let mut sent = Vec::with_capacity(changes.len());
+        let mut refused_here = None;
+        for (position, (name, value)) in changes.iter().enumerate() {
+            match value {
+                Some(value) => {
+                    if let Err(e) = limits.check(name, value) {
+                        refused_here.get_or_insert((position, e));
+                        continue;
+                    }
+                    args.push(b"S".to_vec());
+                    args.push(attr_field(name));
+                    args.push(value.to_vec());
+                }
+                None => {
+                    args.push(b"D".to_vec());
+                    args.push(attr_field(name));
+                }
+            }
+            sent.push(position);
+        }
+        WritePlan {
+            args,
+            sent,
+            refused_here,
+        }
+    }
+
+    /// The first refusal of the request, from what [`WRITE`] answered (not 0); `None` when
+    /// the answer is not one [`WRITE`] gives.
+    fn refused(self, answer: i64, limits: Limits) -> Option<Option<StoreError>> {
+        let left_out = usize::try_from(answer.checked_sub(1)?).ok()?;
+        let by_server = match left_out {
+            0 => None,
+            n => Some((
+                *self.sent.get(n - 1)?,
+                StoreError::TooManyAttributes {
+                    max: limits.max_attributes,
+                },
+            )),
+        };
+        let first = match (self.refused_here, by_server) {
+            (Some(a), Some(b)) => Some(if a.0 < b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        };
+        Some(first.map(|(_, e)| e))
+    }
 }
 
 /// The arguments of [`CREATE`] for a whole session.

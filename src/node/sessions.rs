@@ -353,19 +353,23 @@ async fn put_attribute(State(shared): State<Arc<Shared>>, request: Request) -> R
         Ok(value) => value,
         Err(r) => return r,
     };
-    let outcome = shared
+    // A write that needs nothing read: one step on a session server.
+    let changes = [(name, Some(value))];
+    match shared
         .backend
-        .update_or_create(visit.id(), visit.now_ms, |s| s.set(&name, value.clone()))
-        .await;
-    match outcome {
-        Ok(outcome) => {
+        .write(visit.id(), visit.now_ms, &changes)
+        .await
+    {
+        Ok(Some(outcome)) => {
             let done = visit.finish(&shared, outcome);
             let response = match done.value {
-                Ok(()) => StatusCode::NO_CONTENT.into_response(),
-                Err(e) => store_error(&e),
+                None => StatusCode::NO_CONTENT.into_response(),
+                Some(e) => store_error(&e),
             };
             with_cookie(response, done.cookie)
         }
+        // A value is stored, so a session is always there (made if need be).
+        Ok(None) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => backend_error(&e),
     }
 }

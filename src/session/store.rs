@@ -38,6 +38,26 @@ pub struct Limits {
     pub max_bytes: u64,
 }
 
+impl Limits {
+    /// Whether `name` and `value` are within the limits that depend on them alone (the
+    /// name's length, the value's size); the ones that depend on the session (attributes
+    /// held, bytes held) are checked where it is.
+    pub fn check(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        if name.is_empty() || name.len() > self.max_name_bytes {
+            return Err(StoreError::BadName {
+                max: self.max_name_bytes,
+            });
+        }
+        if value.len() > self.max_value_bytes {
+            return Err(StoreError::ValueTooLarge {
+                len: value.len(),
+                max: self.max_value_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
@@ -291,17 +311,7 @@ impl SessionMut<'_> {
     /// when a [`Limits`] would be passed; then nothing changed.
     pub fn set(&mut self, name: &str, value: Bytes) -> Result<(), StoreError> {
         let limits = *self.owner.limits();
-        if name.is_empty() || name.len() > limits.max_name_bytes {
-            return Err(StoreError::BadName {
-                max: limits.max_name_bytes,
-            });
-        }
-        if value.len() > limits.max_value_bytes {
-            return Err(StoreError::ValueTooLarge {
-                len: value.len(),
-                max: limits.max_value_bytes,
-            });
-        }
+        limits.check(name, &value)?;
         if self.state.get(name).is_none() && self.state.present().count() >= limits.max_attributes {
             return Err(StoreError::TooManyAttributes {
                 max: limits.max_attributes,

@@ -15,7 +15,9 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 use tracing::{debug, warn};
 
-use crate::backend::{Backend, BackendError, Outcome, SessionBackend};
+use crate::backend::{
+    Backend, BackendError, Outcome, SessionBackend, apply_changes, stores_a_value,
+};
 use crate::node::Shared;
 use crate::node::sessions::visit::{
     Visit, backend_error, clear_cookie, plain, store_status, with_cookie,
@@ -333,20 +335,17 @@ impl Session {
         let backend = &shared.backend;
         let visit = &self.inner.visit;
         let now = visit.now_ms;
-        let creates = stores_a_value(changes);
-        let apply = |s: &mut SessionMut<'_>| apply_changes(s, changes);
         let outcome: Result<Option<Outcome<Option<StoreError>>>, BackendError> = match id {
-            Some(id) if change_id => match backend.change_id(id, now, apply).await {
-                Ok(None) if creates => backend.update_or_create(None, now, apply).await.map(Some),
-                other => other,
-            },
-            Some(id) if creates => backend
-                .update_or_create(Some(id), now, apply)
-                .await
-                .map(Some),
-            Some(id) => backend.update(id, now, apply).await,
-            None if creates => backend.update_or_create(None, now, apply).await.map(Some),
-            None => Ok(None),
+            Some(id) if change_id => {
+                let apply = |s: &mut SessionMut<'_>| apply_changes(s, changes);
+                match backend.change_id(id, now, apply).await {
+                    Ok(None) if stores_a_value(changes) => {
+                        backend.update_or_create(None, now, apply).await.map(Some)
+                    }
+                    other => other,
+                }
+            }
+            _ => backend.write(id, now, changes).await,
         };
         let update = match outcome {
             Ok(Some(update)) => update,
@@ -360,31 +359,6 @@ impl Session {
         };
         with_cookie(response, done.cookie)
     }
-}
-
-fn stores_a_value(changes: &[(String, Option<Bytes>)]) -> bool {
-    changes.iter().any(|(_, v)| v.is_some())
-}
-
-/// Applies the request's changes; the first the store refuses (the rest still apply).
-fn apply_changes(
-    s: &mut SessionMut<'_>,
-    changes: &[(String, Option<Bytes>)],
-) -> Option<StoreError> {
-    let mut refused = None;
-    for (name, value) in changes {
-        match value {
-            Some(value) => {
-                if let Err(e) = s.set(name, value.clone()) {
-                    refused.get_or_insert(e);
-                }
-            }
-            None => {
-                s.remove(name);
-            }
-        }
-    }
-    refused
 }
 
 /// The answer for a change the session could not take, as the node's endpoints answer.
