@@ -83,6 +83,8 @@ fn options() -> Options {
 struct Target {
     name: String,
     nodes: Vec<NodeProc>,
+    /// The session server's processes (none for the replicated store).
+    servers: Vec<u32>,
 }
 
 fn start_nodes(name: &str, count: usize, store: &str) -> Vec<NodeProc> {
@@ -122,15 +124,23 @@ fn main() {
     let cluster = RedisCluster::start("bench-session-servers-cluster");
     let memcached = common::memcached::available("the memcached rows").then(MemcachedServer::start);
     let mut stores = vec![
-        ("replicated", "replicated".to_string()),
-        ("redis", redis.url()),
-        ("redis-cluster", cluster.url()),
+        ("replicated", "replicated".to_string(), Vec::new()),
+        ("redis", redis.url(), redis.pid().into_iter().collect()),
+        (
+            "redis-cluster",
+            cluster.url(),
+            cluster
+                .servers
+                .iter()
+                .filter_map(RedisServer::pid)
+                .collect(),
+        ),
     ];
     if let Some(m) = &memcached {
-        stores.push(("memcached", m.url()));
+        stores.push(("memcached", m.url(), m.pid().into_iter().collect()));
     }
     let mut targets = Vec::new();
-    for (kind, url) in stores {
+    for (kind, url, servers) in stores {
         for count in [1, 3] {
             let name = format!("{kind}-{count}");
             if opts
@@ -143,6 +153,7 @@ fn main() {
             targets.push(Target {
                 nodes: start_nodes(&format!("bench-{name}"), count, &url),
                 name,
+                servers: servers.clone(),
             });
         }
     }
@@ -155,24 +166,38 @@ fn main() {
         load_average()
     );
     let mut results: Vec<Vec<Round>> = targets.iter().map(|_| Vec::new()).collect();
+    let mut hsets = Vec::new();
+    let redis_pid: Vec<u32> = redis.pid().into_iter().collect();
     for round in 0..opts.rounds {
         for (i, target) in targets.iter().enumerate() {
             let addrs: Vec<SocketAddr> = target.nodes.iter().map(|n| n.http).collect();
-            let r = load(&addrs, &opts, true);
+            let nodes: Vec<u32> = target.nodes.iter().map(|n| n.child.id()).collect();
+            let r = load(&addrs, &opts, true, &nodes, &target.servers);
             eprintln!(
-                "round {}: {:<16} {:>8.0} req/s  p50 {:>6} µs  p99 {:>6} µs  errors {}",
+                "round {}: {:<16} {:>8.0} req/s  p50 {:>6} µs  p99 {:>6} µs  CPU µs/req node {:>5.1} server {:>5.1}  errors {}",
                 round + 1,
                 target.name,
                 r.rate,
                 r.p50_us,
                 r.p99_us,
+                r.node_cpu_us,
+                r.server_cpu_us,
                 r.errors
             );
             results[i].push(r);
         }
+        // In every round, so that the limit sees the same machine as the targets.
+        let before = Cpu::of(&redis_pid);
+        if let Some(rate) = redis_benchmark_hset(redis.port, opts.clients) {
+            let server_us = before.used_us(&redis_pid) / HSET_REQUESTS as f64;
+            eprintln!(
+                "round {}: redis-benchmark HSET {rate:>8.0} req/s  CPU µs/req server {server_us:>5.1}",
+                round + 1
+            );
+            hsets.push((rate, server_us));
+        }
     }
-    let hset = redis_benchmark_hset(redis.port, opts.clients);
-    report(&targets, &results, hset);
+    report(&targets, &results, &hsets);
     drop(targets);
     rss_as_sessions_grow(&redis, &opts);
 }
@@ -182,12 +207,46 @@ struct Round {
     p50_us: u64,
     p99_us: u64,
     errors: u64,
+    /// CPU time of the target's node processes per request, µs.
+    node_cpu_us: f64,
+    /// CPU time of the session server's processes per request, µs (0 for none).
+    server_cpu_us: f64,
+}
+
+/// CPU time used so far by some processes (every thread), to be read again later.
+struct Cpu {
+    at: Instant,
+    ns: u64,
+}
+
+impl Cpu {
+    fn of(pids: &[u32]) -> Cpu {
+        Cpu {
+            at: Instant::now(),
+            ns: pids.iter().map(|&p| common::cpu_ns(p)).sum(),
+        }
+    }
+
+    /// The CPU time `pids` used since, in µs.
+    fn used_us(&self, pids: &[u32]) -> f64 {
+        Cpu::of(pids).ns.saturating_sub(self.ns) as f64 / 1000.0
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.at.elapsed()
+    }
 }
 
 /// `opts.clients` keep-alive clients spread over `addrs`, for the warm-up and the duration;
 /// with `keep_session` each keeps the session of its first answer, else every request
 /// makes a new one.
-fn load(addrs: &[SocketAddr], opts: &Options, keep_session: bool) -> Round {
+fn load(
+    addrs: &[SocketAddr],
+    opts: &Options,
+    keep_session: bool,
+    nodes: &[u32],
+    servers: &[u32],
+) -> Round {
     let client = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -208,11 +267,13 @@ fn load(addrs: &[SocketAddr], opts: &Options, keep_session: bool) -> Round {
             })
             .collect();
         tokio::time::sleep(opts.warmup).await;
+        let node_cpu = Cpu::of(nodes);
+        let server_cpu = Cpu::of(servers);
         measuring.store(true, Ordering::Relaxed);
-        let started = Instant::now();
         tokio::time::sleep(opts.duration).await;
         stop.store(true, Ordering::Relaxed);
-        let elapsed = started.elapsed();
+        let elapsed = node_cpu.elapsed();
+        let (node_us, server_us) = (node_cpu.used_us(nodes), server_cpu.used_us(servers));
         let mut latencies = Vec::new();
         let mut errors = 0;
         for task in tasks {
@@ -227,11 +288,16 @@ fn load(addrs: &[SocketAddr], opts: &Options, keep_session: bool) -> Round {
                 .copied()
                 .unwrap_or(0)
         };
+        // Requests answered while the CPU was counted (the clients stop within one
+        // request of `stop`).
+        let requests = latencies.len() as f64;
         Round {
-            rate: latencies.len() as f64 / elapsed.as_secs_f64(),
+            rate: requests / elapsed.as_secs_f64(),
             p50_us: at(0.50),
             p99_us: at(0.99),
             errors,
+            node_cpu_us: node_us / requests.max(1.0),
+            server_cpu_us: server_us / requests.max(1.0),
         }
     })
 }
@@ -303,11 +369,14 @@ async fn one_client(
     (latencies, errors)
 }
 
+/// The requests of one `redis-benchmark` run.
+const HSET_REQUESTS: u64 = 200_000;
+
 /// `redis-benchmark -t hset` with `clients` connections, not pipelined: requests/s.
 fn redis_benchmark_hset(port: u16, clients: usize) -> Option<f64> {
     let out = Command::new("redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-t", "hset", "-n", "200000", "-q"])
+        .args(["-t", "hset", "-n", &HSET_REQUESTS.to_string(), "-q"])
         .args(["-c", &clients.to_string()])
         .output()
         .ok()?;
@@ -389,10 +458,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-fn report(targets: &[Target], results: &[Vec<Round>], hset: Option<f64>) {
+fn report(targets: &[Target], results: &[Vec<Round>], hsets: &[(f64, f64)]) {
     println!();
-    println!("| target | writes/s (median) | min–max | p50 µs | p99 µs | errors |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| target | writes/s (median) | min–max | p50 µs | p99 µs | node CPU µs/req | server CPU µs/req | errors |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut rates = std::collections::HashMap::new();
     for (target, rounds) in targets.iter().zip(results) {
         let rate = median(rounds.iter().map(|r| r.rate).collect());
@@ -400,15 +471,23 @@ fn report(targets: &[Target], results: &[Vec<Round>], hset: Option<f64>) {
         let max = rounds.iter().map(|r| r.rate).fold(0.0, f64::max);
         let p50 = median(rounds.iter().map(|r| r.p50_us as f64).collect());
         let p99 = median(rounds.iter().map(|r| r.p99_us as f64).collect());
+        let node = median(rounds.iter().map(|r| r.node_cpu_us).collect());
+        let server = median(rounds.iter().map(|r| r.server_cpu_us).collect());
         let errors: u64 = rounds.iter().map(|r| r.errors).sum();
         println!(
-            "| {} | {rate:.0} | {min:.0}–{max:.0} | {p50:.0} | {p99:.0} | {errors} |",
+            "| {} | {rate:.0} | {min:.0}–{max:.0} | {p50:.0} | {p99:.0} | {node:.1} | {server:.1} | {errors} |",
             target.name
         );
         rates.insert(target.name.as_str(), rate);
     }
+    let hset = (!hsets.is_empty()).then(|| median(hsets.iter().map(|h| h.0).collect()));
     if let Some(hset) = hset {
-        println!("| redis-benchmark -t hset (same server, not pipelined) | {hset:.0} | | | | |");
+        let min = hsets.iter().map(|h| h.0).fold(f64::INFINITY, f64::min);
+        let max = hsets.iter().map(|h| h.0).fold(0.0, f64::max);
+        let server = median(hsets.iter().map(|h| h.1).collect());
+        println!(
+            "| redis-benchmark -t hset (same server, not pipelined) | {hset:.0} | {min:.0}–{max:.0} | | | | {server:.1} | |"
+        );
     }
     let met = |ok: bool| if ok { "yes" } else { "NO" };
     println!();

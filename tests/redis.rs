@@ -179,6 +179,73 @@ fn concurrent_requests_setting_different_attributes_lose_none(kind: Kind) {
     concurrent_pairs_lose_none(a.http, b.http);
 }
 
+/// How many times the server ran `command` (scripts' calls included), from `INFO
+/// commandstats` of a single server.
+fn calls(store: &Store, command: &str) -> u64 {
+    let stats = store.cli(&["INFO", "commandstats"]).unwrap_or_default();
+    let prefix = format!("cmdstat_{command}:calls=");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn a_write_is_one_step_within_the_limits(kind: Kind) {
+    let store = Store::start(kind, &format!("one-step-{kind:?}"));
+    let c = Cluster::new("redis-one-step");
+    let a = node(&c, "a", &store, &["--set", "sessions.max_attributes=2"]);
+    let mut browser = Browser::new();
+    put(&mut browser, a.http, "a", "1");
+    let key = key(&c, &browser);
+    let single = matches!(kind, Kind::Single);
+    // (The first write also loads its script into the server.)
+    put(&mut browser, a.http, "b", "first");
+    let scripts = calls(&store, "evalsha");
+    put(&mut browser, a.http, "b", "2");
+    if single {
+        // One round trip for a write to a live session: no read before it.
+        assert_eq!(calls(&store, "evalsha"), scripts + 1);
+    }
+    // A third attribute passes sessions.max_attributes: refused by the server's step, and
+    // nothing of it written.
+    let answer = browser.send(a.http, "PUT", "/session/attributes/c", b"3");
+    assert_eq!(answer.status, 507, "{}", answer.text());
+    let fields = hgetall(&store, &key);
+    assert_eq!(field(&fields, "attr:c"), None, "{fields:?}");
+    assert_eq!(field(&fields, "attr:b"), Some("2"), "{fields:?}");
+    // Changing one it has is within the limit; after a removal there is room again.
+    put(&mut browser, a.http, "a", "one");
+    let answer = browser.send(a.http, "DELETE", "/session/attributes/b", b"");
+    assert_eq!(answer.status, 204);
+    put(&mut browser, a.http, "c", "3");
+    assert_eq!(get(&mut browser, a.http, "a"), (200, "one".to_string()));
+    assert_eq!(get(&mut browser, a.http, "c"), (200, "3".to_string()));
+    assert_eq!(get(&mut browser, a.http, "b").0, 404);
+    if single {
+        // Many requests of one session at once renew its TTL (and `accessed`) once per
+        // window (1 s here), not each: at most one renewal per second begun, plus one.
+        let renewals = calls(&store, "pexpire");
+        let started = std::time::Instant::now();
+        for i in 0..40 {
+            if i % 2 == 0 {
+                assert_eq!(get(&mut browser, a.http, "a"), (200, "one".to_string()));
+            } else {
+                put(&mut browser, a.http, "c", &i.to_string());
+            }
+        }
+        let seconds = started.elapsed().as_secs();
+        let made = calls(&store, "pexpire") - renewals;
+        assert!(made <= seconds + 2, "{made} renewals in {seconds} s");
+    }
+    let ttl: i64 = store
+        .cli(&["PTTL", &key])
+        .and_then(|t| t.parse().ok())
+        .expect("a TTL");
+    assert!(ttl > 1_790_000 && ttl <= 1_800_000, "PTTL {ttl}");
+}
+
 fn change_id_moves_the_session_and_invalidate_ends_it(kind: Kind) {
     let store = Store::start(kind, &format!("change-id-{kind:?}"));
     let c = Cluster::new("redis-change-id");
@@ -352,7 +419,28 @@ fn garbage_under_a_session_key_is_no_session(kind: Kind) {
         );
         let new = answer.set_cookie.expect("a fresh session's cookie");
         assert!(!new.contains(id), "the garbage id was reused: {new}");
+        // A write (one step, nothing read first) does not write into the garbage either.
+        let answer = exchange(a.http, "PUT", "/session/attributes/x", Some(&cookie), b"1")
+            .expect("an answer");
+        assert_eq!(answer.status, 204, "{id}: {}", answer.text());
+        let new = answer.set_cookie.expect("a fresh session's cookie");
+        assert!(!new.contains(id), "the garbage id was written: {new}");
     }
+    assert_eq!(
+        store.cli(&["GET", &key(ids[0])]).as_deref(),
+        Some("not a hash")
+    );
+    for id in &ids[1..] {
+        assert_eq!(
+            store.cli(&["EXISTS", &key(id)]).as_deref(),
+            Some("1"),
+            "the garbage is left where it was"
+        );
+    }
+    assert_eq!(
+        store.cli(&["HEXISTS", &key(ids[3]), "attr:x"]).as_deref(),
+        Some("0")
+    );
     let status = a.status().expect("status");
     assert_eq!(status["sessions"]["store_errors"], 0, "{status}");
 }
@@ -566,6 +654,7 @@ scenarios!(
     a_write_on_one_node_is_read_on_another_with_nothing_replicated,
     the_session_is_one_hash_under_the_documented_key,
     concurrent_requests_setting_different_attributes_lose_none,
+    a_write_is_one_step_within_the_limits,
     change_id_moves_the_session_and_invalidate_ends_it,
     a_session_expires_after_max_inactive_s,
     sessions_outlive_a_restart_of_every_node,

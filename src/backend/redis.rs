@@ -11,17 +11,26 @@
 //!
 //! Every call is one Lua script on one key, so each is atomic and each works on Redis
 //! Cluster (one key, one slot):
-//! - a request reads its session with [`LOAD`], which also moves `accessed` and the TTL
-//!   (one round trip for a read-only request);
-//! - its changes are one [`COMMIT`]: `HSET`/`HDEL` of the attributes it changed and no
-//!   others (two concurrent requests setting different attributes both keep theirs), the
-//!   access time and the TTL, all or nothing, and only while the session is live (a
+//! - a request reads its session with [`LOAD`], which also touches it (one round trip for a
+//!   read-only request);
+//! - a request whose changes need nothing it read (the node's `PUT` and `DELETE` of an
+//!   attribute, the session layer's commit) sends them as one [`WRITE`], with no read
+//!   before it: `HSET`/`HDEL` of the attributes it changed and no others (two concurrent
+//!   requests setting different attributes both keep theirs), `sessions.max_attributes`
+//!   checked there, the touch, all or nothing, and only while the session is live (a
 //!   session invalidated meanwhile is not brought back);
+//! - changes made by a closure that read the session first are one [`COMMIT`] after its
+//!   [`LOAD`];
 //! - a new session is one [`CREATE`] (refused if the key exists);
 //! - invalidate is `DEL`;
 //! - change-id is three steps, none across slots: [`TAKE`] marks the old key dead and
 //!   returns its fields atomically (from then on a request with the old id finds no
 //!   session), [`CREATE`] writes the new key, `DEL` removes the old one.
+//!
+//! The touch (`accessed` and the TTL) is batched: many requests of one session at once renew
+//! it once per window (1% of `max_inactive`, at most 1 s), so a burst of reads writes
+//! nothing and the key expires at most that window before `max_inactive` after its last
+//! access.
 //!
 //! A key that holds something else (another type, a hash without the fields above,
 //! numbers that do not parse) is no session: the request gets a fresh one. A server that
@@ -36,6 +45,7 @@ use bytes::Bytes;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
+use redis::io::tcp::TcpSettings;
 use redis::{
     ConnectionAddr, FromRedisValue, IntoConnectionInfo, RedisConnectionInfo, Script, Value,
 };
@@ -49,8 +59,10 @@ use crate::session::{Delta, Detached, Limits, SessionId, SessionMut, StoreError}
 
 /// The opening every script on an existing session shares: `live` reads the time fields in
 /// one call (`redis.pcall`, so that a key of another type is an answer, not an error) and
-/// gives `accessed` and `max_inactive` when the key is a live session hash: not dead, its
-/// times decimal digits, `max_inactive` at least 1. `num` is such a decimal, or nil.
+/// gives `accessed`, `max_inactive` and `accessed` as stored when the key is a live session
+/// hash: not dead, its times decimal digits, `max_inactive` at least 1. `num` is such a
+/// decimal, or nil. (Each `redis.call` costs more than the command itself, so the scripts
+/// make as few as they can.)
 const LIVE: &str = r"
 local function num(s)
   if s and string.find(s, '^%d+$') then return tonumber(s) end
@@ -61,18 +73,29 @@ local function live(k)
   if t.err or t[4] or not num(t[1]) then return nil end
   local acc, mi = num(t[2]), num(t[3])
   if not acc or not mi or mi < 1 then return nil end
-  return acc, mi
+  return acc, mi, t[2]
+end
+-- Whether an access at `now` renews `accessed` and the TTL: not within a window (1% of
+-- max_inactive, at most 1 s) after the last renewal, so that many requests of one session
+-- at once renew it once; always when the last one came from a clock ahead of this one.
+local function due(now, acc, mi)
+  local since = now - acc
+  return since < 0 or since >= math.min(1000, mi * 10)
 end
 ";
 
-/// Reads a live session and touches it: `accessed` moves forward to `ARGV[1]`, the TTL is
-/// renewed. Nil when the key is missing, not a hash, dead, or lacks its time fields.
+/// Reads a live session and touches it (when `due`): `accessed` moves forward to
+/// `ARGV[1]`, the TTL is renewed. Nil when the key is missing, not a hash, dead, or lacks
+/// its time fields.
 pub const LOAD: &str = r"
 local k = KEYS[1]
 local acc, mi = live(k)
 if not acc then return false end
-if tonumber(ARGV[1]) > acc then redis.call('HSET', k, 'accessed', ARGV[1]) end
-redis.call('PEXPIRE', k, mi * 1000)
+local now = tonumber(ARGV[1])
+if due(now, acc, mi) then
+  if now > acc then redis.call('HSET', k, 'accessed', ARGV[1]) end
+  redis.call('PEXPIRE', k, mi * 1000)
+end
 return redis.call('HGETALL', k)
 ";
 
@@ -117,8 +140,13 @@ return 1
 /// of the first change left out, if one was.
 pub const WRITE: &str = r"
 local k = KEYS[1]
-local acc, mi = live(k)
+local acc, mi, stamp = live(k)
 if not acc then return 0 end
+local now = tonumber(ARGV[1])
+if now > acc then stamp = ARGV[1] end
+local touch = due(now, acc, mi)
+-- `accessed` written, or not to be.
+local stamped = not touch
 local max = tonumber(ARGV[2])
 local held
 local refused = 0
@@ -128,7 +156,15 @@ while i <= #ARGV do
   n = n + 1
   local f = ARGV[i + 1]
   if ARGV[i] == 'S' then
-    if redis.call('HSET', k, f, ARGV[i + 2]) == 1 then
+    local new
+    if stamped then
+      new = redis.call('HSET', k, f, ARGV[i + 2])
+    else
+      -- `accessed` exists (the session is live), so this counts only `f` as new.
+      new = redis.call('HSET', k, f, ARGV[i + 2], 'accessed', stamp)
+      stamped = true
+    end
+    if new == 1 then
       if held then
         held = held + 1
       else
@@ -149,8 +185,8 @@ while i <= #ARGV do
     i = i + 2
   end
 end
-if tonumber(ARGV[1]) > acc then redis.call('HSET', k, 'accessed', ARGV[1]) end
-redis.call('PEXPIRE', k, mi * 1000)
+if not stamped then redis.call('HSET', k, 'accessed', stamp) end
+if touch then redis.call('PEXPIRE', k, mi * 1000) end
 return 1 + refused
 ";
 
@@ -267,6 +303,7 @@ impl RedisBackend {
                 let mut builder = ClusterClientBuilder::new(nodes)
                     .connection_timeout(timeout)
                     .response_timeout(timeout)
+                    .tcp_settings(tcp_settings())
                     .retries(3);
                 if let Some(auth) = auth {
                     builder = builder.password(&auth.password);
@@ -616,7 +653,15 @@ fn connection_info(
     }
     Ok(ConnectionAddr::Tcp(server.host.clone(), server.port)
         .into_connection_info()?
-        .set_redis_settings(redis))
+        .set_redis_settings(redis)
+        .set_tcp_settings(tcp_settings()))
+}
+
+/// `TCP_NODELAY`: the client sends the calls of concurrent requests one after another on
+/// one connection, and Nagle's algorithm (on by default in the client) would hold each small
+/// write back until the previous one is acknowledged.
+fn tcp_settings() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
 }
 
 fn del(key: &str) -> redis::Cmd {
@@ -925,6 +970,60 @@ mod tests {
         let mut read_only = Detached::new(id(), 1, 1, 60, Vec::new());
         let (_, delta) = read_only.edit(Limits::default(), 5, |s| s.get("x").cloned());
         assert!(delta.is_none(), "a read changes nothing");
+    }
+
+    #[test]
+    fn a_write_sends_what_the_limits_let_through_and_finds_the_first_refusal() {
+        let limits = Limits {
+            max_attributes: 8,
+            max_value_bytes: 4,
+            ..Limits::default()
+        };
+        let change = |name: &str, value: Option<&'static [u8]>| {
+            (name.to_string(), value.map(Bytes::from_static))
+        };
+        let changes = [
+            change("a", Some(b"1")),
+            change("big", Some(b"too long")),
+            change("gone", None),
+            change("", Some(b"1")),
+            change("c", Some(b"3")),
+        ];
+        let plan = || WritePlan::new(9, limits, &changes);
+        let sent = plan();
+        let text: Vec<&[u8]> = sent.args.iter().map(Vec::as_slice).collect();
+        assert_eq!(
+            text,
+            [
+                &b"9"[..],
+                b"8",
+                b"S",
+                b"attr:a",
+                b"1",
+                b"D",
+                b"attr:gone",
+                b"S",
+                b"attr:c",
+                b"3"
+            ]
+        );
+        let too_large = || StoreError::ValueTooLarge { len: 8, max: 4 };
+        let too_many = StoreError::TooManyAttributes { max: 8 };
+        // All sent applied: the first refusal is the one made here.
+        assert_eq!(plan().refused(1, limits), Some(Some(too_large())));
+        // The server left out the first sent (position 0), before the one refused here.
+        assert_eq!(plan().refused(2, limits), Some(Some(too_many)));
+        // It left out the third sent (position 4), after it.
+        assert_eq!(plan().refused(4, limits), Some(Some(too_large())));
+        let clean = [change("a", Some(b"1"))];
+        assert_eq!(
+            WritePlan::new(9, limits, &clean).refused(1, limits),
+            Some(None)
+        );
+        // Answers WRITE never gives.
+        for answer in [-1, 5, 99] {
+            assert_eq!(plan().refused(answer, limits), None, "{answer}");
+        }
     }
 
     #[test]

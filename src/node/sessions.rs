@@ -415,11 +415,8 @@ async fn delete_attribute(
     let Some(id) = visit.id() else {
         return StatusCode::NO_CONTENT.into_response();
     };
-    match shared
-        .backend
-        .update(id, visit.now_ms, |s| s.remove(&name))
-        .await
-    {
+    let changes = [(name, None)];
+    match shared.backend.write(Some(id), visit.now_ms, &changes).await {
         Ok(Some(outcome)) => {
             let done = visit.finish(&shared, outcome);
             with_cookie(StatusCode::NO_CONTENT.into_response(), done.cookie)
