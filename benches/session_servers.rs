@@ -20,6 +20,10 @@
 //! `redis-benchmark`'s HSET rate; node RSS flat (under 30 MB) with `--sessions` (200000;
 //! 1000000 for the figure) sessions in Redis.
 //!
+//! Besides the rates, each row gives the CPU time per request of the nodes, of the session
+//! server and of the load generator (from `/proc/<pid>/task/*/schedstat`), figures that
+//! vary far less from run to run on a shared machine than the rates do.
+//!
 //! Run: `cargo bench --bench session_servers` (needs `redis-server`, `redis-cli` and
 //! `redis-benchmark`: Debian's redis-server and redis-tools; options `--duration S
 //! --rounds N --clients N --sessions N --only NAME`).
@@ -211,6 +215,8 @@ struct Round {
     node_cpu_us: f64,
     /// CPU time of the session server's processes per request, µs (0 for none).
     server_cpu_us: f64,
+    /// CPU time of this process (the load generator) per request, µs.
+    client_cpu_us: f64,
 }
 
 /// CPU time used so far by some processes (every thread), to be read again later.
@@ -269,11 +275,14 @@ fn load(
         tokio::time::sleep(opts.warmup).await;
         let node_cpu = Cpu::of(nodes);
         let server_cpu = Cpu::of(servers);
+        let me = [std::process::id()];
+        let client_cpu = Cpu::of(&me);
         measuring.store(true, Ordering::Relaxed);
         tokio::time::sleep(opts.duration).await;
         stop.store(true, Ordering::Relaxed);
         let elapsed = node_cpu.elapsed();
         let (node_us, server_us) = (node_cpu.used_us(nodes), server_cpu.used_us(servers));
+        let client_us = client_cpu.used_us(&me);
         let mut latencies = Vec::new();
         let mut errors = 0;
         for task in tasks {
@@ -298,6 +307,7 @@ fn load(
             errors,
             node_cpu_us: node_us / requests.max(1.0),
             server_cpu_us: server_us / requests.max(1.0),
+            client_cpu_us: client_us / requests.max(1.0),
         }
     })
 }
@@ -461,9 +471,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn report(targets: &[Target], results: &[Vec<Round>], hsets: &[(f64, f64)]) {
     println!();
     println!(
-        "| target | writes/s (median) | min–max | p50 µs | p99 µs | node CPU µs/req | server CPU µs/req | errors |"
+        "| target | writes/s (median) | min–max | p50 µs | p99 µs | node CPU µs/req | server CPU µs/req | client CPU µs/req | errors |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut rates = std::collections::HashMap::new();
     for (target, rounds) in targets.iter().zip(results) {
         let rate = median(rounds.iter().map(|r| r.rate).collect());
@@ -473,9 +483,10 @@ fn report(targets: &[Target], results: &[Vec<Round>], hsets: &[(f64, f64)]) {
         let p99 = median(rounds.iter().map(|r| r.p99_us as f64).collect());
         let node = median(rounds.iter().map(|r| r.node_cpu_us).collect());
         let server = median(rounds.iter().map(|r| r.server_cpu_us).collect());
+        let client = median(rounds.iter().map(|r| r.client_cpu_us).collect());
         let errors: u64 = rounds.iter().map(|r| r.errors).sum();
         println!(
-            "| {} | {rate:.0} | {min:.0}–{max:.0} | {p50:.0} | {p99:.0} | {node:.1} | {server:.1} | {errors} |",
+            "| {} | {rate:.0} | {min:.0}–{max:.0} | {p50:.0} | {p99:.0} | {node:.1} | {server:.1} | {client:.1} | {errors} |",
             target.name
         );
         rates.insert(target.name.as_str(), rate);
@@ -486,7 +497,7 @@ fn report(targets: &[Target], results: &[Vec<Round>], hsets: &[(f64, f64)]) {
         let max = hsets.iter().map(|h| h.0).fold(0.0, f64::max);
         let server = median(hsets.iter().map(|h| h.1).collect());
         println!(
-            "| redis-benchmark -t hset (same server, not pipelined) | {hset:.0} | {min:.0}–{max:.0} | | | | {server:.1} | |"
+            "| redis-benchmark -t hset (same server, not pipelined) | {hset:.0} | {min:.0}–{max:.0} | | | | {server:.1} | | |"
         );
     }
     let met = |ok: bool| if ok { "yes" } else { "NO" };
