@@ -740,6 +740,40 @@ fn member_status(b: &BalancerProc, route: &str) -> Value {
         .unwrap_or_else(|| panic!("no member {route} in {status}"))
 }
 
+/// A member frozen (SIGSTOP: its kernel still takes the connection, nothing answers) while a
+/// request waits on it: its heartbeats stop, discovery drops it, and the request (a GET,
+/// safe to send twice) goes to the other member then, not after the member timeout (60 s;
+/// the test's client gives up after 10).
+#[test]
+fn a_request_waiting_on_a_member_whose_heartbeats_stop_is_sent_to_another() {
+    let cluster = Cluster::new("bal-in-flight");
+    let n1 = node(&cluster, "n1");
+    let n2 = node(&cluster, "n2");
+    common::wait_converged(&[&n1, &n2], STARTUP);
+    let b = balancer(&cluster, &["--set", "balancer.timeout_s=60"]);
+    wait_until(STARTUP, "the balancer discovers both", || {
+        (b.routes()? == ["n1", "n2"]).then_some(())
+    });
+    // Answered by n1 while it runs.
+    let a = exchange(b.addr, "GET", "/status", Some(&routed_to("n1")), b"").expect("an answer");
+    assert_eq!(a.json()["node"]["name"], "n1");
+    n1.signal(Signal::SIGSTOP);
+    let addr = b.addr;
+    let waiting =
+        std::thread::spawn(move || exchange(addr, "GET", "/status", Some(&routed_to("n1")), b""));
+    wait_until(Duration::from_secs(5), "the request waits on n1", || {
+        (member_status(&b, "n1")["busy"] == 1).then_some(())
+    });
+    let a = waiting
+        .join()
+        .expect("the client thread")
+        .expect("an answer before the client gives up");
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json()["node"]["name"], "n2");
+    assert_eq!(b.routes().as_deref(), Some(&["n2".to_string()][..]));
+    n1.signal(Signal::SIGCONT);
+}
+
 #[test]
 fn a_member_that_never_answers_gets_504_and_a_healthy_one_still_serves() {
     let cluster = Cluster::new("bal-timeout");

@@ -38,6 +38,9 @@ pub struct Member {
     /// while the member is healthy, and takes the lock only when it is not.
     in_rotation: AtomicBool,
     health: Mutex<Health>,
+    /// Set when discovery drops the member (its heartbeats stopped, or it left): a
+    /// request still waiting for its answer stops waiting (see [`Member::has_left`]).
+    left: AtomicBool,
     _written: CacheLine,
     pub elected: AtomicU64,
     pub busy: AtomicU64,
@@ -80,6 +83,7 @@ impl Member {
             fixed,
             in_rotation: AtomicBool::new(true),
             health: Mutex::new(Health::new()),
+            left: AtomicBool::new(false),
             _written: CacheLine,
             elected: AtomicU64::new(0),
             busy: AtomicU64::new(0),
@@ -98,6 +102,14 @@ impl Member {
     /// Its answers so far, by status class ([`STATUS_CLASSES`]).
     pub fn answers(&self) -> [u64; STATUS_CLASSES.len()] {
         std::array::from_fn(|i| self.answers[i].load(Ordering::Relaxed))
+    }
+
+    /// Whether discovery dropped the member: a request waiting for its answer takes this as
+    /// the member failing (see [`crate::balancer::http::attempt::unless_left`]), and the
+    /// rulebook sends it elsewhere when it may be sent twice, instead of waiting out the
+    /// member timeout on a member that is gone.
+    pub fn has_left(&self) -> bool {
+        self.left.load(Ordering::Acquire)
     }
 
     /// Changes the member's health.
@@ -287,8 +299,17 @@ impl Registry {
                 next.push(Arc::new(Member::new(route, url, 1, false)));
             }
         }
+        let dropped: Vec<Arc<Member>> = members
+            .iter()
+            .filter(|m| !next.iter().any(|n| n.id == m.id))
+            .cloned()
+            .collect();
         drop(members);
         self.members.store(Arc::new(next));
+        // After the new list is in place, so a request sent elsewhere cannot pick it again.
+        for member in dropped {
+            member.left.store(true, Ordering::Release);
+        }
     }
 }
 

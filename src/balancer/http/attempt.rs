@@ -2,9 +2,12 @@
 //! while the request is on it (until its answer is passed on, or its tunnel closes), and
 //! the attempt's [`Verdict`] goes to the member's health once the attempt is over.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use tracing::debug;
 
 use crate::balancer::choice::member::Health;
 use crate::balancer::choice::registry::Member;
@@ -82,6 +85,28 @@ impl Drop for Attempt {
     }
 }
 
+/// How often a request waiting for a member's answer looks whether the member left.
+pub const LEFT_CHECK: Duration = Duration::from_millis(250);
+
+/// `waiting` (an attempt's wait for its answer head), unless discovery drops `member`
+/// meanwhile (looked at every [`LEFT_CHECK`]): then `None`, and the attempt counts as the
+/// member failing after the request reached it, which the rulebook sends again elsewhere
+/// only when that is safe. Without this, a request in flight to a member whose heartbeats
+/// stopped (a cut network, a frozen host) waits out the whole member timeout.
+pub async fn unless_left<F: Future>(member: &Member, waiting: F) -> Option<F::Output> {
+    let mut waiting = std::pin::pin!(waiting);
+    loop {
+        match tokio::time::timeout(LEFT_CHECK, &mut waiting).await {
+            Ok(done) => return Some(done),
+            Err(_) if member.has_left() => {
+                debug!(member = %member.route, "the member left while a request waited for its answer");
+                return None;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +153,39 @@ mod tests {
         assert_eq!(m.status().state, "error");
         Attempt::start(&m).settle(Verdict::Succeeded);
         assert_eq!(m.status().state, "ok");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_ends_soon_after_its_member_left_and_not_before() {
+        let member = Arc::new(Member::new("n1", "http://127.0.0.1:1", 1, false));
+        let registry = crate::balancer::choice::registry::Registry::new(
+            crate::config::LbMethod::default(),
+            &[],
+        );
+        registry.set_discovered(&[("n1".into(), "http://127.0.0.1:1".into())]);
+        let member_of_registry = registry.members()[0].clone();
+        // An answer that comes is passed on, however long it took.
+        let slow = async {
+            tokio::time::sleep(LEFT_CHECK * 7).await;
+            "answer"
+        };
+        assert_eq!(unless_left(&member, slow).await, Some("answer"));
+        // The member is dropped by discovery while a request waits for it forever.
+        let started = tokio::time::Instant::now();
+        let drop_it = async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            registry.set_discovered(&[]);
+        };
+        let (waited, ()) = tokio::join!(
+            unless_left(&member_of_registry, std::future::pending::<()>()),
+            drop_it
+        );
+        assert_eq!(waited, None);
+        assert!(member_of_registry.has_left());
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(2) && took <= Duration::from_secs(2) + LEFT_CHECK,
+            "{took:?}"
+        );
     }
 }

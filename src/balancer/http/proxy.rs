@@ -19,7 +19,7 @@ use tracing::debug;
 
 use crate::balancer::choice::registry::Member;
 use crate::balancer::http::answer::{self, MemberBody, ProxyBody, full};
-use crate::balancer::http::attempt::{Attempt, Busy};
+use crate::balancer::http::attempt::{Attempt, Busy, unless_left};
 use crate::balancer::http::body::{OutBody, Payload};
 use crate::balancer::http::pool::{MemberConn, Pool, SendError};
 use crate::balancer::http::timeout::Stall;
@@ -396,9 +396,10 @@ impl Sending<'_> {
         };
         let request = member_request(self.parts, headers, body, member);
         let reused = conn.reused;
-        let failed = match conn.send(request, self.after).await {
-            Ok(response) => return Ok((response, conn)),
-            Err(failed) => failed,
+        let failed = match unless_left(member, conn.send(request, self.after)).await {
+            Some(Ok(response)) => return Ok((response, conn)),
+            Some(Err(failed)) => failed,
+            None => return Err(Attempted::Failed { reached: true }),
         };
         if let Some(refusal) = self.payload.client_failed(self.after) {
             debug!(member = %member.route, "the client's request body failed");

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::balancer::choice::registry::{Member, Order};
-use crate::balancer::http::attempt::{Attempt, Busy};
+use crate::balancer::http::attempt::{Attempt, Busy, unless_left};
 use crate::balancer::http::conn::HEADER_READ_TIMEOUT;
 use crate::balancer::http::pool::{self, Pool};
 use crate::balancer::http::timeout::Stall;
@@ -332,13 +332,17 @@ async fn exchange(
         }
     };
     let deadline = tokio::time::Instant::now() + after;
-    let no_answer = match tokio::time::timeout_at(deadline, conn.write_all(out)).await {
-        Ok(Ok(())) => match read_answer(&mut conn, answer, asked, deadline, client_head).await {
-            Ok(head) => return Ok((conn, head)),
-            Err(no_answer) => no_answer,
-        },
-        Ok(Err(_)) => NoAnswer::Closed,
-        Err(_) => NoAnswer::TimedOut,
+    let waiting = async {
+        match tokio::time::timeout_at(deadline, conn.write_all(out)).await {
+            Ok(Ok(())) => read_answer(&mut conn, answer, asked, deadline, client_head).await,
+            Ok(Err(_)) => Err(NoAnswer::Closed),
+            Err(_) => Err(NoAnswer::TimedOut),
+        }
+    };
+    let no_answer = match unless_left(member, waiting).await {
+        Some(Ok(head)) => return Ok((conn, head)),
+        Some(Err(no_answer)) => no_answer,
+        None => return Err(Attempted::Failed { reached: true }),
     };
     Err(match no_answer {
         NoAnswer::Closed => {
