@@ -740,10 +740,11 @@ fn member_status(b: &BalancerProc, route: &str) -> Value {
         .unwrap_or_else(|| panic!("no member {route} in {status}"))
 }
 
-/// A member frozen (SIGSTOP: its kernel still takes the connection, nothing answers) while a
-/// request waits on it: its heartbeats stop, discovery drops it, and the request (a GET,
-/// safe to send twice) goes to the other member then, not after the member timeout (60 s;
-/// the test's client gives up after 10).
+/// A member frozen (SIGSTOP: its kernel still takes the connection, nothing answers) while
+/// requests wait on it: its heartbeats stop, discovery drops it, and the requests (a GET,
+/// on the fast path, and a PUT with a body, on the general one: both safe to send twice)
+/// go to the other member then, not after the member timeout (60 s; the test's client gives
+/// up after 10).
 #[test]
 fn a_request_waiting_on_a_member_whose_heartbeats_stop_is_sent_to_another() {
     let cluster = Cluster::new("bal-in-flight");
@@ -759,17 +760,28 @@ fn a_request_waiting_on_a_member_whose_heartbeats_stop_is_sent_to_another() {
     assert_eq!(a.json()["node"]["name"], "n1");
     n1.signal(Signal::SIGSTOP);
     let addr = b.addr;
-    let waiting =
+    let get =
         std::thread::spawn(move || exchange(addr, "GET", "/status", Some(&routed_to("n1")), b""));
-    wait_until(Duration::from_secs(5), "the request waits on n1", || {
-        (member_status(&b, "n1")["busy"] == 1).then_some(())
+    let put = std::thread::spawn(move || {
+        let path = "/session/attributes/x";
+        exchange(addr, "PUT", path, Some(&routed_to("n1")), b"1")
     });
-    let a = waiting
-        .join()
-        .expect("the client thread")
-        .expect("an answer before the client gives up");
+    wait_until(Duration::from_secs(5), "both requests wait on n1", || {
+        (member_status(&b, "n1")["busy"] == 2).then_some(())
+    });
+    let answer = |client: std::thread::JoinHandle<Option<common::Answer>>, what: &str| {
+        client
+            .join()
+            .expect("the client thread")
+            .unwrap_or_else(|| panic!("no answer to the {what} before the client gave up"))
+    };
+    let a = answer(get, "GET");
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(a.json()["node"]["name"], "n2");
+    let a = answer(put, "PUT");
+    assert_eq!(a.status, 204, "{}", a.text());
+    let cookie = a.set_cookie.expect("n2 made the session");
+    assert!(cookie.contains(".n2"), "{cookie}");
     assert_eq!(b.routes().as_deref(), Some(&["n2".to_string()][..]));
     n1.signal(Signal::SIGCONT);
 }
