@@ -595,7 +595,7 @@ impl SessionBackend for RedisBackend {
                 .invoke(&self.scripts.write, &self.key(id), &plan.args)
                 .await?;
             if answer != 0 {
-                let refused = plan.refused(answer, self.limits).ok_or_else(|| {
+                let refused = plan.refused(answer).ok_or_else(|| {
                     let e = garbled("WRITE answered what it never returns");
                     self.health.failed(&self.label, &e);
                     BackendError::Unavailable(e)
@@ -714,6 +714,8 @@ struct WritePlan {
     sent: Vec<usize>,
     /// The first change left out here: its position and why.
     refused_here: Option<(usize, StoreError)>,
+    /// The most attributes a session holds, which [`WRITE`] checks.
+    max_attributes: usize,
 }
 
 impl WritePlan {
@@ -745,19 +747,20 @@ impl WritePlan {
             args,
             sent,
             refused_here,
+            max_attributes: limits.max_attributes,
         }
     }
 
     /// The first refusal of the request, from what [`WRITE`] answered (not 0); `None` when
     /// the answer is not one [`WRITE`] gives.
-    fn refused(self, answer: i64, limits: Limits) -> Option<Option<StoreError>> {
+    fn refused(self, answer: i64) -> Option<Option<StoreError>> {
         let left_out = usize::try_from(answer.checked_sub(1)?).ok()?;
         let by_server = match left_out {
             0 => None,
             n => Some((
                 *self.sent.get(n - 1)?,
                 StoreError::TooManyAttributes {
-                    max: limits.max_attributes,
+                    max: self.max_attributes,
                 },
             )),
         };
@@ -1010,19 +1013,16 @@ mod tests {
         let too_large = || StoreError::ValueTooLarge { len: 8, max: 4 };
         let too_many = StoreError::TooManyAttributes { max: 8 };
         // All sent applied: the first refusal is the one made here.
-        assert_eq!(plan().refused(1, limits), Some(Some(too_large())));
+        assert_eq!(plan().refused(1), Some(Some(too_large())));
         // The server left out the first sent (position 0), before the one refused here.
-        assert_eq!(plan().refused(2, limits), Some(Some(too_many)));
+        assert_eq!(plan().refused(2), Some(Some(too_many)));
         // It left out the third sent (position 4), after it.
-        assert_eq!(plan().refused(4, limits), Some(Some(too_large())));
+        assert_eq!(plan().refused(4), Some(Some(too_large())));
         let clean = [change("a", Some(b"1"))];
-        assert_eq!(
-            WritePlan::new(9, limits, &clean).refused(1, limits),
-            Some(None)
-        );
+        assert_eq!(WritePlan::new(9, limits, &clean).refused(1), Some(None));
         // Answers WRITE never gives.
         for answer in [-1, 5, 99] {
-            assert_eq!(plan().refused(answer, limits), None, "{answer}");
+            assert_eq!(plan().refused(answer), None, "{answer}");
         }
     }
 
