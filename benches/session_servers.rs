@@ -26,7 +26,7 @@
 //!
 //! Run: `cargo bench --bench session_servers` (needs `redis-server`, `redis-cli` and
 //! `redis-benchmark`: Debian's redis-server and redis-tools; options `--duration S
-//! --rounds N --clients N --sessions N --only NAME`).
+//! --rounds N --clients N --sessions N --only NAME[,NAME...]`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -56,6 +56,16 @@ struct Options {
     clients: usize,
     sessions: u64,
     only: Option<String>,
+}
+
+impl Options {
+    /// Whether `name` is measured: every target without `--only`, else those that start
+    /// with one of its comma-separated prefixes (`--only replicated-1,redis-1,rss`).
+    fn wants(&self, name: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.split(',').any(|p| name.starts_with(p)))
+    }
 }
 
 fn options() -> Options {
@@ -147,11 +157,7 @@ fn main() {
     for (kind, url, servers) in stores {
         for count in [1, 3] {
             let name = format!("{kind}-{count}");
-            if opts
-                .only
-                .as_ref()
-                .is_some_and(|only| !name.starts_with(only.as_str()))
-            {
+            if !opts.wants(&name) {
                 continue;
             }
             targets.push(Target {
@@ -403,7 +409,7 @@ fn redis_benchmark_hset(port: u16, clients: usize) -> Option<f64> {
 /// One node over `redis`, clients that make a new session with every request, the node's
 /// RSS before and at each fifth of `opts.sessions`.
 fn rss_as_sessions_grow(redis: &RedisServer, opts: &Options) {
-    if opts.only.as_ref().is_some_and(|only| only != "rss") {
+    if opts.only.is_some() && !opts.wants("rss") {
         return;
     }
     let nodes = start_nodes("bench-rss", 1, &redis.url());
