@@ -21,8 +21,12 @@
 //! 1000000 for the figure) sessions in Redis.
 //!
 //! Besides the rates, each row gives the CPU time per request of the nodes, of the session
-//! server and of the load generator (from `/proc/<pid>/task/*/schedstat`), figures that
-//! vary far less from run to run on a shared machine than the rates do.
+//! server and of the load generator (from `/proc/<pid>/task/*/schedstat`; for
+//! `redis-benchmark`, its own from its rusage), figures that vary far less from run to run
+//! on a shared machine than the rates do; and what they make of the HSET ratio: the whole
+//! loop's CPU per request (the rate ratio where everything shares the cores) and the
+//! server's alone (the rate ratio where the server's own core is the bottleneck), with the
+//! time Redis spends inside the commands (`INFO commandstats`).
 //!
 //! Run: `cargo bench --bench session_servers` (needs `redis-server`, `redis-cli` and
 //! `redis-benchmark`: Debian's redis-server and redis-tools; options `--duration S
@@ -198,18 +202,32 @@ fn main() {
         }
         // In every round, so that the limit sees the same machine as the targets.
         let before = Cpu::of(&redis_pid);
-        if let Some(rate) = redis_benchmark_hset(redis.port, opts.clients) {
+        if let Some((rate, client_us)) = redis_benchmark_hset(redis.port, opts.clients) {
             let server_us = before.used_us(&redis_pid) / HSET_REQUESTS as f64;
             eprintln!(
-                "round {}: redis-benchmark HSET {rate:>8.0} req/s  CPU µs/req server {server_us:>5.1}",
+                "round {}: redis-benchmark HSET {rate:>8.0} req/s  CPU µs/req server {server_us:>5.1} client {client_us:>5.1}",
                 round + 1
             );
-            hsets.push((rate, server_us));
+            hsets.push(Hset {
+                rate,
+                server_cpu_us: server_us,
+                client_cpu_us: client_us,
+            });
         }
     }
     report(&targets, &results, &hsets);
+    inside_redis(&redis);
     drop(targets);
     rss_as_sessions_grow(&redis, &opts);
+}
+
+/// One `redis-benchmark` run.
+struct Hset {
+    rate: f64,
+    /// CPU time of `redis-server` per request, µs.
+    server_cpu_us: f64,
+    /// CPU time of `redis-benchmark` itself per request, µs.
+    client_cpu_us: f64,
 }
 
 struct Round {
@@ -388,8 +406,19 @@ async fn one_client(
 /// The requests of one `redis-benchmark` run.
 const HSET_REQUESTS: u64 = 200_000;
 
-/// `redis-benchmark -t hset` with `clients` connections, not pipelined: requests/s.
-fn redis_benchmark_hset(port: u16, clients: usize) -> Option<f64> {
+/// `redis-benchmark -t hset` with `clients` connections, not pipelined: requests/s, and
+/// its own CPU time per request (µs; from the rusage of the children this process waited
+/// for, which during the run is that one child alone).
+fn redis_benchmark_hset(port: u16, clients: usize) -> Option<(f64, f64)> {
+    let children = || {
+        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+            .map(|u| {
+                let us = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 * 1e6 + t.tv_usec() as f64;
+                us(u.user_time()) + us(u.system_time())
+            })
+            .ok()
+    };
+    let before = children()?;
     let out = Command::new("redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(["-t", "hset", "-n", &HSET_REQUESTS.to_string(), "-q"])
@@ -403,7 +432,8 @@ fn redis_benchmark_hset(port: u16, clients: usize) -> Option<f64> {
         .next()?
         .lines()
         .find(|l| l.contains("HSET"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    let rate = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some((rate, (children()? - before) / HSET_REQUESTS as f64))
 }
 
 /// One node over `redis`, clients that make a new session with every request, the node's
@@ -474,13 +504,15 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-fn report(targets: &[Target], results: &[Vec<Round>], hsets: &[(f64, f64)]) {
+fn report(targets: &[Target], results: &[Vec<Round>], hsets: &[Hset]) {
     println!();
     println!(
         "| target | writes/s (median) | min–max | p50 µs | p99 µs | node CPU µs/req | server CPU µs/req | client CPU µs/req | errors |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut rates = std::collections::HashMap::new();
+    // node, server and client CPU µs per request of each target.
+    let mut cpus = std::collections::HashMap::new();
     for (target, rounds) in targets.iter().zip(results) {
         let rate = median(rounds.iter().map(|r| r.rate).collect());
         let min = rounds.iter().map(|r| r.rate).fold(f64::INFINITY, f64::min);
@@ -496,14 +528,20 @@ fn report(targets: &[Target], results: &[Vec<Round>], hsets: &[(f64, f64)]) {
             target.name
         );
         rates.insert(target.name.as_str(), rate);
+        cpus.insert(target.name.as_str(), (node, server, client));
     }
-    let hset = (!hsets.is_empty()).then(|| median(hsets.iter().map(|h| h.0).collect()));
-    if let Some(hset) = hset {
-        let min = hsets.iter().map(|h| h.0).fold(f64::INFINITY, f64::min);
-        let max = hsets.iter().map(|h| h.0).fold(0.0, f64::max);
-        let server = median(hsets.iter().map(|h| h.1).collect());
+    let hset = (!hsets.is_empty()).then(|| median(hsets.iter().map(|h| h.rate).collect()));
+    let hset_cpu = (!hsets.is_empty()).then(|| {
+        (
+            median(hsets.iter().map(|h| h.server_cpu_us).collect()),
+            median(hsets.iter().map(|h| h.client_cpu_us).collect()),
+        )
+    });
+    if let (Some(hset), Some((server, client))) = (hset, hset_cpu) {
+        let min = hsets.iter().map(|h| h.rate).fold(f64::INFINITY, f64::min);
+        let max = hsets.iter().map(|h| h.rate).fold(0.0, f64::max);
         println!(
-            "| redis-benchmark -t hset (same server, not pipelined) | {hset:.0} | {min:.0}–{max:.0} | | | | {server:.1} | | |"
+            "| redis-benchmark -t hset (same server, not pipelined) | {hset:.0} | {min:.0}–{max:.0} | | | | {server:.1} | {client:.1} | |"
         );
     }
     let met = |ok: bool| if ok { "yes" } else { "NO" };
@@ -524,6 +562,24 @@ fn report(targets: &[Target], results: &[Vec<Round>], hsets: &[(f64, f64)]) {
             met(r >= 0.5)
         );
     }
+    // What decides that ratio: where the nodes, the server and the load generator share the
+    // cores and fill them, the rates stand as the CPU one request costs all of them (the
+    // whole loop); where the session server has a core of its own and that core is the
+    // bottleneck, as the server's CPU per request alone.
+    if let (Some((node, server, client)), Some((hset_server, hset_client))) =
+        (cpus.get("redis-1"), hset_cpu)
+    {
+        let shared = (hset_server + hset_client) / (node + server + client).max(f64::MIN_POSITIVE);
+        println!(
+            "| CPU µs/req of the whole loop, HSET {:.1} ÷ redis-1 {:.1}: the rate ratio where all share the cores | {shared:.2} | (none) | |",
+            hset_server + hset_client,
+            node + server + client
+        );
+        let own = hset_server / server.max(f64::MIN_POSITIVE);
+        println!(
+            "| server CPU µs/req, HSET {hset_server:.1} ÷ redis-1 {server:.1}: the rate ratio where the server's core is the bottleneck | {own:.2} | (none) | |"
+        );
+    }
     if let (Some(mc), Some(replicated)) = (rates.get("memcached-1"), rates.get("replicated-1")) {
         let r = mc / replicated.max(f64::MIN_POSITIVE);
         println!("| memcached-1 ÷ replicated-1 | {r:.2} | (none) | |");
@@ -537,6 +593,31 @@ fn report(targets: &[Target], results: &[Vec<Round>], hsets: &[(f64, f64)]) {
         "| errors, all targets | {errors} | 0 | {} |",
         met(errors == 0)
     );
+}
+
+/// The time Redis spent inside the commands themselves (`INFO commandstats`: the scripts
+/// of the `redis-*` targets are the `EVALSHA` calls, `redis-benchmark` the `HSET` ones), what
+/// is left of the server's CPU per request without its socket work.
+fn inside_redis(redis: &RedisServer) {
+    let Some(stats) = redis.cli(&["INFO", "commandstats"]) else {
+        return;
+    };
+    let per_call = |command: &str| {
+        stats
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("cmdstat_{command}:")))
+            .and_then(|fields| {
+                fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix("usec_per_call="))
+            })
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    if let (Some(evalsha), Some(hset)) = (per_call("evalsha"), per_call("hset")) {
+        println!(
+            "| time inside Redis per call (INFO commandstats): EVALSHA (the scripts) {evalsha:.2} µs, HSET {hset:.2} µs | | (none) | |"
+        );
+    }
 }
 
 fn load_average() -> String {
