@@ -48,7 +48,7 @@ use hyper::header::{COOKIE, HOST, SET_COOKIE};
 use tokio::net::TcpStream;
 
 use common::memcached::MemcachedServer;
-use common::redis::{RedisCluster, RedisServer};
+use common::redis::{RedisCluster, RedisServer, command_stat};
 use common::{Cluster, FAST, NodeProc, proc_status, wait_until};
 
 const PATH: &str = "/session/attributes/n";
@@ -530,14 +530,17 @@ fn report(targets: &[Target], results: &[Vec<Round>], hsets: &[Hset]) {
         rates.insert(target.name.as_str(), rate);
         cpus.insert(target.name.as_str(), (node, server, client));
     }
-    let hset = (!hsets.is_empty()).then(|| median(hsets.iter().map(|h| h.rate).collect()));
-    let hset_cpu = (!hsets.is_empty()).then(|| {
+    // The medians of the HSET runs: rate, server and client CPU µs per request.
+    let hset_medians = (!hsets.is_empty()).then(|| {
         (
+            median(hsets.iter().map(|h| h.rate).collect()),
             median(hsets.iter().map(|h| h.server_cpu_us).collect()),
             median(hsets.iter().map(|h| h.client_cpu_us).collect()),
         )
     });
-    if let (Some(hset), Some((server, client))) = (hset, hset_cpu) {
+    let hset = hset_medians.map(|(rate, _, _)| rate);
+    let hset_cpu = hset_medians.map(|(_, server, client)| (server, client));
+    if let Some((hset, server, client)) = hset_medians {
         let min = hsets.iter().map(|h| h.rate).fold(f64::INFINITY, f64::min);
         let max = hsets.iter().map(|h| h.rate).fold(0.0, f64::max);
         println!(
@@ -603,15 +606,7 @@ fn inside_redis(redis: &RedisServer) {
         return;
     };
     let per_call = |command: &str| {
-        stats
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(&format!("cmdstat_{command}:")))
-            .and_then(|fields| {
-                fields
-                    .split(',')
-                    .find_map(|f| f.strip_prefix("usec_per_call="))
-            })
-            .and_then(|v| v.parse::<f64>().ok())
+        command_stat(&stats, command, "usec_per_call").and_then(|v| v.parse::<f64>().ok())
     };
     if let (Some(evalsha), Some(hset)) = (per_call("evalsha"), per_call("hset")) {
         println!(

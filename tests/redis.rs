@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::redis::{RedisCluster, RedisServer, available};
+use common::redis::{RedisCluster, RedisServer, available, command_stat};
 use common::session_servers::{concurrent_pairs_lose_none, get, put};
 use common::{Browser, Cluster, FAST, NodeProc, exchange, wait_until};
 
@@ -183,11 +183,7 @@ fn concurrent_requests_setting_different_attributes_lose_none(kind: Kind) {
 /// commandstats` of a single server.
 fn calls(store: &Store, command: &str) -> u64 {
     let stats = store.cli(&["INFO", "commandstats"]).unwrap_or_default();
-    let prefix = format!("cmdstat_{command}:calls=");
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|rest| rest.split(',').next())
+    command_stat(&stats, command, "calls")
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }

@@ -37,6 +37,21 @@ pub fn available(test: &str) -> bool {
 }
 
 /// A directory of its own under the target's temporary directory.
+/// One field of `command`'s line in the text of `INFO commandstats`
+/// (`cmdstat_hset:calls=3,usec=9,usec_per_call=3.00,...`): `calls`, `usec_per_call`...
+pub fn command_stat<'a>(stats: &'a str, command: &str, field: &str) -> Option<&'a str> {
+    let line = format!("cmdstat_{command}:");
+    let field = format!("{field}=");
+    stats
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(line.as_str()))
+        .and_then(|fields| {
+            fields
+                .split(',')
+                .find_map(|f| f.strip_prefix(field.as_str()))
+        })
+}
+
 fn temp_dir(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join("redis")
